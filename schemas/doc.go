@@ -1,0 +1,17 @@
+// Package schemas is the wire contract of the usage pipeline.
+//
+// A UsageEvent is one JSON object per Kafka message on the topic
+// usage.events, keyed by tenant_id. The JSON Schema in
+// usage_event.schema.json (draft 2020-12) is the contract for producers in
+// any language; Decode and Validate enforce the same rules in Go and report
+// a *ValidationError whose Tag is a stable machine-readable code such as
+// "missing_field:tenant_id" or "invalid_quantity". The shared test vectors in
+// testdata/vectors.json pin both down, so that SDKs in other languages can
+// run the same cases.
+//
+// Quantities are exact decimals (at most 29 integer and 9 fractional digits,
+// the range of ClickHouse's Decimal(38, 9)); float64 never appears in the
+// contract. On the wire a quantity may be a JSON string ("1.25", preferred,
+// because JSON parsers in other languages turn numbers into floats) or a
+// JSON number (1.25), which is read from its text, not through a float.
+package schemas

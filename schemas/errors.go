@@ -1,0 +1,56 @@
+package schemas
+
+import "fmt"
+
+// Code is a stable, machine-readable reason why an event was refused. Codes
+// are part of the contract: they appear in DLQ headers and metrics and are
+// never renamed.
+type Code string
+
+const (
+	CodeMalformedJSON            Code = "malformed_json"
+	CodePayloadTooLarge          Code = "payload_too_large"
+	CodeMissingField             Code = "missing_field"
+	CodeInvalidType              Code = "invalid_type"
+	CodeInvalidField             Code = "invalid_field"
+	CodeUnknownField             Code = "unknown_field"
+	CodeInvalidQuantity          Code = "invalid_quantity"
+	CodeInvalidTimestamp         Code = "invalid_timestamp"
+	CodeTimestampTooFarInFuture  Code = "timestamp_too_far_in_future"
+	CodeInvalidBillingPeriod     Code = "invalid_billing_period"
+	CodeUnsupportedSchemaVersion Code = "unsupported_schema_version"
+)
+
+// withField reports whether the field name is part of the code's tag: for
+// these codes the code alone does not say which field is wrong.
+func (c Code) withField() bool {
+	switch c {
+	case CodeMissingField, CodeInvalidType, CodeInvalidField, CodeUnknownField:
+		return true
+	}
+	return false
+}
+
+// ValidationError explains why an event does not satisfy the contract.
+type ValidationError struct {
+	Code   Code
+	Field  string // the offending field, e.g. "tenant_id" (empty for malformed_json)
+	Reason string // human-readable detail
+}
+
+// Tag is the stable code, with the field appended where the code needs it:
+// "missing_field:tenant_id", "invalid_quantity".
+func (e *ValidationError) Tag() string {
+	if e.Code.withField() && e.Field != "" {
+		return string(e.Code) + ":" + e.Field
+	}
+	return string(e.Code)
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("invalid usage event: %s: %s", e.Tag(), e.Reason)
+}
+
+func invalid(code Code, field, format string, args ...any) *ValidationError {
+	return &ValidationError{Code: code, Field: field, Reason: fmt.Sprintf(format, args...)}
+}

@@ -1,0 +1,10 @@
+module github.com/usagemeter/usagemeter/schemas
+
+go 1.26.8
+
+require (
+	github.com/santhosh-tekuri/jsonschema/v6 v6.0.2
+	github.com/shopspring/decimal v1.4.0
+)
+
+require golang.org/x/text v0.14.0 // indirect

@@ -1,0 +1,345 @@
+package schemas
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/shopspring/decimal"
+)
+
+// Limits of the contract. They match usage_event.schema.json.
+const (
+	DefaultMaxEventBytes = 32 << 10 // one event, as JSON
+	DefaultMaxFutureSkew = 5 * time.Minute
+	MaxIDLen             = 128
+	MaxTenantIDLen       = 128
+	MaxUserIDLen         = 256
+	MaxFeatureTypeLen    = 64
+	MaxMetadataEntries   = 64
+	MaxMetadataKeyLen    = 128
+	MaxMetadataValueLen  = 1024
+	QuantityScale        = 9  // fractional digits, as in Decimal(38, 9)
+	QuantityIntDigits    = 29 // 38 - 9
+)
+
+// maxQuantity is the first value that no longer fits in Decimal(38, 9).
+var maxQuantity = decimal.New(1, QuantityIntDigits)
+
+// Validator checks events against the contract. The zero value is not
+// usable; build one with NewValidator. A Validator is safe for concurrent use.
+type Validator struct {
+	maxBytes int
+	maxSkew  time.Duration
+	now      func() time.Time
+}
+
+// Option configures a Validator.
+type Option func(*Validator)
+
+// WithMaxEventBytes sets the largest accepted encoded event.
+func WithMaxEventBytes(n int) Option { return func(v *Validator) { v.maxBytes = n } }
+
+// WithMaxFutureSkew sets how far in the future (relative to now) an event
+// time may be, to tolerate clock skew between producers and the pipeline.
+func WithMaxFutureSkew(d time.Duration) Option { return func(v *Validator) { v.maxSkew = d } }
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(v *Validator) { v.now = now } }
+
+// NewValidator returns a Validator with the default limits, changed by opts.
+func NewValidator(opts ...Option) *Validator {
+	v := &Validator{maxBytes: DefaultMaxEventBytes, maxSkew: DefaultMaxFutureSkew, now: time.Now}
+	for _, o := range opts {
+		o(v)
+	}
+	return v
+}
+
+// wireEvent mirrors the JSON object. Quantity stays raw so that numbers are
+// read from their text (never through float64) and strings are accepted too.
+type wireEvent struct {
+	ID            string            `json:"id"`
+	TenantID      string            `json:"tenant_id"`
+	UserID        string            `json:"user_id"`
+	FeatureType   string            `json:"feature_type"`
+	Quantity      json.RawMessage   `json:"quantity"`
+	Timestamp     string            `json:"timestamp"`
+	Metadata      map[string]string `json:"metadata"`
+	BillingPeriod string            `json:"billing_period"`
+	SchemaVersion *int              `json:"schema_version"`
+}
+
+// Decode parses one JSON-encoded event and validates it. On success the
+// event is normalised: Timestamp in UTC, BillingPeriod and SchemaVersion
+// filled. Any failure is a *ValidationError.
+func (v *Validator) Decode(data []byte) (UsageEvent, error) {
+	if len(data) > v.maxBytes {
+		return UsageEvent{}, invalid(CodePayloadTooLarge, "", "event is %d bytes, the limit is %d", len(data), v.maxBytes)
+	}
+	var w wireEvent
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return UsageEvent{}, decodeError(err)
+	}
+	if dec.More() {
+		return UsageEvent{}, invalid(CodeMalformedJSON, "", "trailing data after the JSON object")
+	}
+
+	e := UsageEvent{
+		ID:            w.ID,
+		TenantID:      w.TenantID,
+		UserID:        w.UserID,
+		FeatureType:   w.FeatureType,
+		Metadata:      w.Metadata,
+		BillingPeriod: w.BillingPeriod,
+		SchemaVersion: CurrentSchemaVersion,
+	}
+	// Field order here is the order in which errors are reported.
+	if err := checkIdentity(&e); err != nil {
+		return UsageEvent{}, err
+	}
+	q, err := parseQuantity(w.Quantity)
+	if err != nil {
+		return UsageEvent{}, err
+	}
+	e.Quantity = q
+	if w.Timestamp == "" {
+		return UsageEvent{}, invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
+	}
+	ts, perr := time.Parse(time.RFC3339Nano, w.Timestamp)
+	if perr != nil {
+		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp", "%q is not an RFC 3339 date-time", w.Timestamp)
+	}
+	e.Timestamp = ts.UTC()
+	if w.SchemaVersion != nil {
+		e.SchemaVersion = *w.SchemaVersion
+	}
+	if err := v.checkRest(&e); err != nil {
+		return UsageEvent{}, err
+	}
+	return e, nil
+}
+
+// Validate checks an event built in Go (the SDK calls it before publishing)
+// and normalises it like Decode. ID and Timestamp must already be set.
+func (v *Validator) Validate(e *UsageEvent) error {
+	if err := checkIdentity(e); err != nil {
+		return err
+	}
+	if err := checkQuantity(e.Quantity); err != nil {
+		return err
+	}
+	if e.Timestamp.IsZero() {
+		return invalid(CodeMissingField, "timestamp", "timestamp is required")
+	}
+	e.Timestamp = e.Timestamp.UTC()
+	if e.SchemaVersion == 0 {
+		e.SchemaVersion = CurrentSchemaVersion
+	}
+	return v.checkRest(e)
+}
+
+func checkIdentity(e *UsageEvent) error {
+	switch {
+	case e.ID == "":
+		return invalid(CodeMissingField, "id", "id is required (the idempotency key; the Go SDK fills a UUIDv7)")
+	case len(e.ID) > MaxIDLen || !isToken(e.ID, false):
+		return invalid(CodeInvalidField, "id", "id must be 1-%d characters of A-Z a-z 0-9 . _ : -", MaxIDLen)
+	case e.TenantID == "":
+		return invalid(CodeMissingField, "tenant_id", "tenant_id is required")
+	case len(e.TenantID) > MaxTenantIDLen || !isToken(e.TenantID, true):
+		return invalid(CodeInvalidField, "tenant_id", "tenant_id must be 1-%d characters of A-Z a-z 0-9 . _ : @ -", MaxTenantIDLen)
+	case len(e.UserID) > MaxUserIDLen || !isPrintable(e.UserID):
+		return invalid(CodeInvalidField, "user_id", "user_id must be at most %d printable UTF-8 characters", MaxUserIDLen)
+	case e.FeatureType == "":
+		return invalid(CodeMissingField, "feature_type", "feature_type is required (the meter, e.g. api_calls)")
+	case len(e.FeatureType) > MaxFeatureTypeLen || !isMeterName(e.FeatureType):
+		return invalid(CodeInvalidField, "feature_type", "feature_type must match ^[a-z][a-z0-9_.-]{0,63}$")
+	}
+	return nil
+}
+
+func (v *Validator) checkRest(e *UsageEvent) error {
+	if limit := v.now().Add(v.maxSkew); e.Timestamp.After(limit) {
+		return invalid(CodeTimestampTooFarInFuture, "timestamp", "%s is more than %s ahead of now", e.Timestamp.Format(time.RFC3339), v.maxSkew)
+	}
+	if e.Timestamp.Year() < 1970 || e.Timestamp.Year() > 2105 {
+		// ClickHouse DateTime covers 1970-2105.
+		return invalid(CodeInvalidTimestamp, "timestamp", "year %d is outside 1970-2105", e.Timestamp.Year())
+	}
+	if e.BillingPeriod == "" {
+		e.BillingPeriod = PeriodOf(e.Timestamp)
+	} else if !isPeriod(e.BillingPeriod) {
+		return invalid(CodeInvalidBillingPeriod, "billing_period", "%q is not YYYY-MM", e.BillingPeriod)
+	}
+	if len(e.Metadata) > MaxMetadataEntries {
+		return invalid(CodeInvalidField, "metadata", "metadata has %d entries, the limit is %d", len(e.Metadata), MaxMetadataEntries)
+	}
+	for k, val := range e.Metadata {
+		if k == "" || len(k) > MaxMetadataKeyLen || !isPrintable(k) {
+			return invalid(CodeInvalidField, "metadata", "metadata key %q must be 1-%d printable characters", k, MaxMetadataKeyLen)
+		}
+		if len(val) > MaxMetadataValueLen || !utf8.ValidString(val) {
+			return invalid(CodeInvalidField, "metadata", "metadata[%q] must be at most %d bytes of UTF-8", k, MaxMetadataValueLen)
+		}
+	}
+	if e.SchemaVersion < 1 || e.SchemaVersion > CurrentSchemaVersion {
+		return invalid(CodeUnsupportedSchemaVersion, "schema_version", "schema_version %d is not supported (1..%d)", e.SchemaVersion, CurrentSchemaVersion)
+	}
+	return nil
+}
+
+func parseQuantity(raw json.RawMessage) (decimal.Decimal, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return decimal.Decimal{}, invalid(CodeMissingField, "quantity", "quantity is required")
+	}
+	text := string(raw)
+	switch raw[0] {
+	case '"':
+		// Strings use plain notation only: "12.5", never "1.25e1".
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil || !isDecimalText(s, false) {
+			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%s is not a plain decimal string such as \"12.5\"", raw)
+		}
+		text = s
+	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+	default:
+		return decimal.Decimal{}, invalid(CodeInvalidType, "quantity", "quantity must be a decimal number or a string holding one")
+	}
+	if !isDecimalText(text, true) {
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
+	}
+	d, err := decimal.NewFromString(text)
+	if err != nil {
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
+	}
+	return d, checkQuantity(d)
+}
+
+func checkQuantity(d decimal.Decimal) error {
+	switch {
+	case d.Sign() < 0:
+		return invalid(CodeInvalidQuantity, "quantity", "quantity %s is negative", d)
+	case !d.Equal(d.Truncate(QuantityScale)):
+		return invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d decimal places", d, QuantityScale)
+	case d.GreaterThanOrEqual(maxQuantity):
+		return invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d integer digits", d, QuantityIntDigits)
+	}
+	return nil
+}
+
+// decodeError turns an encoding/json error into the contract's codes.
+func decodeError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		field, _, _ := strings.Cut(te.Field, ".")
+		if field == "" {
+			return invalid(CodeMalformedJSON, "", "the event must be a JSON object, got %s", te.Value)
+		}
+		return invalid(CodeInvalidType, field, "%s must not be a JSON %s", field, te.Value)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		name = strings.Trim(name, `"`)
+		return invalid(CodeUnknownField, name, "field %q is not part of schema version %d", name, CurrentSchemaVersion)
+	}
+	return invalid(CodeMalformedJSON, "", "%v", err)
+}
+
+// isDecimalText accepts -?digits(.digits)? and, with exp, an exponent of at
+// most 3 digits: the JSON number grammar minus its leading-zero rule.
+func isDecimalText(s string, exp bool) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	start := i
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == start {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		fs := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == fs {
+			return false
+		}
+	}
+	if exp && i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		es := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		if i == es || i-es > 3 {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
+// isToken reports whether s uses only the identifier alphabet. "/" is
+// excluded on purpose: quota-state keys are tenant/meter/period.
+func isToken(s string, allowAt bool) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9',
+			c == '.', c == '_', c == ':', c == '-':
+		case c == '@' && allowAt:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isMeterName(s string) bool {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func isPrintable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isPeriod(s string) bool {
+	if len(s) != 7 || s[4] != '-' {
+		return false
+	}
+	for i, c := range []byte(s) {
+		if i != 4 && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	m := (s[5]-'0')*10 + s[6] - '0'
+	return m >= 1 && m <= 12
+}
