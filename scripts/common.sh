@@ -1,0 +1,63 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the sourcing scripts
+# Shared settings and helpers for scripts/*.sh. Sourced, never run directly.
+
+# Repo root, whatever the caller's working directory.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPTS_DIR="$REPO_ROOT/scripts"
+# Everything downloaded or generated lives here (git-ignored).
+CACHE_DIR="${USAGE_CACHE_DIR:-$REPO_ROOT/.cache}"
+
+# Stay on 3.9.x: kafka-go v0.4.51 uses JoinGroup v1, which Kafka 4.x removed.
+KAFKA_VERSION="3.9.1"
+KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+KAFKA_LIBS_MARKER="$CACHE_DIR/kafka-$KAFKA_VERSION/.complete"
+
+CHDB_VERSION="4.4.0"
+VENV_DIR="$CACHE_DIR/venv"
+
+log() { printf '%s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# pid_alive PIDFILE PATTERN: prints the pid and succeeds when the pid in PIDFILE is
+# alive and its command line contains PATTERN (guards against pid reuse).
+pid_alive() {
+  local pidfile=$1 pattern=$2 pid
+  [[ -s $pidfile ]] || return 1
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern" || return 1
+  printf '%s\n' "$pid"
+}
+
+# stop_pid PID NAME [TIMEOUT]: SIGTERM, wait up to TIMEOUT seconds, then SIGKILL.
+stop_pid() {
+  local pid=$1 name=$2 timeout=${3:-30} i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < timeout * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { log "$name stopped (pid $pid)"; return 0; }
+    sleep 0.1
+  done
+  log "$name did not exit within ${timeout}s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  die "$name (pid $pid) survived SIGKILL"
+}
+
+# port_in_use PORT: something already listens on 127.0.0.1:PORT (or any address).
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# show_log_tail FILE...: help diagnose a failed start.
+show_log_tail() {
+  local f
+  for f in "$@"; do
+    [[ -s $f ]] || continue
+    log "---- last lines of $f ----"
+    tail -n 40 "$f" >&2
+  done
+}

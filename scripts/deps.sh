@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Installs what the local engines and SQL checks need, skipping what is present.
+#   scripts/deps.sh [kafka] [clickhouse] [chdb] [kcat]    (no argument = all)
+# Prints one line per thing it installs; silent when everything is there.
+set -euo pipefail
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+mkdir -p "$CACHE_DIR"
+# Serialise concurrent callers (e.g. several `kafka.sh start` at once).
+exec 9>"$CACHE_DIR/.deps.lock"
+flock 9
+
+APT_UPDATED=0
+
+apt_missing() {
+  local p missing=()
+  for p in "$@"; do
+    if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) != "install ok installed" ]]; then
+      missing+=("$p")
+    fi
+  done
+  printf '%s\n' "${missing[@]}"
+}
+
+# apt_install PKG...: installs the missing ones; `apt-get update` at most once.
+apt_install() {
+  local missing
+  mapfile -t missing < <(apt_missing "$@")
+  [[ ${#missing[@]} -gt 0 && -n ${missing[0]} ]] || return 0
+  local aptlog="$CACHE_DIR/apt.log"
+  if [[ $APT_UPDATED == 0 ]]; then
+    apt-get update -q >"$aptlog" 2>&1 || { tail -n 20 "$aptlog" >&2; die "apt-get update failed"; }
+    APT_UPDATED=1
+  fi
+  echo "deps: apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$aptlog" 2>&1 \
+    || { tail -n 30 "$aptlog" >&2; die "apt-get install ${missing[*]} failed"; }
+}
+
+# The Debian package enables a system service on the default ports (9000/8123);
+# we run our own instances, so make sure that one is neither running nor enabled.
+stop_system_clickhouse() {
+  # `systemctl disable` also works without a running systemd (it only edits links).
+  if command -v systemctl >/dev/null; then
+    systemctl disable clickhouse-server >/dev/null 2>&1 || true
+  fi
+  if [[ -d /run/systemd/system ]]; then
+    systemctl stop clickhouse-server >/dev/null 2>&1 || true
+  fi
+  # Never use /etc/init.d/clickhouse-server stop: its start-stop-daemon matches by
+  # executable only and SIGKILLs our own instances too. Match the system config instead.
+  local pid
+  for pid in $(pgrep -f -- '--config=/etc/clickhouse-server/config.xml' || true); do
+    echo "deps: stopping system clickhouse-server (pid $pid)"
+    stop_pid "$pid" clickhouse-server 30
+  done
+}
+
+dep_clickhouse() {
+  apt_install clickhouse-server clickhouse-client
+  stop_system_clickhouse
+}
+
+dep_kcat() {
+  apt_install kcat
+}
+
+dep_kafka() {
+  local want="kafka_2.13-$KAFKA_VERSION"
+  if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$want" ]] \
+    && compgen -G "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null; then
+    return 0
+  fi
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  echo "deps: Apache Kafka $KAFKA_VERSION jars from Maven Central -> $KAFKA_LIBS"
+  rm -rf "$KAFKA_LIBS" "$KAFKA_LIBS_MARKER"
+  mkdir -p "$KAFKA_LIBS"
+  local mvnlog="$CACHE_DIR/mvn-kafka.log"
+  mvn -q -B -f "$SCRIPTS_DIR/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS" \
+    >"$mvnlog" 2>&1 || { tail -n 30 "$mvnlog" >&2; die "mvn could not resolve Kafka $KAFKA_VERSION"; }
+  [[ -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] || die "kafka jar missing after mvn"
+  # Written last: its presence means the libs dir is complete.
+  printf '%s\n' "$want" >"$KAFKA_LIBS_MARKER"
+}
+
+dep_chdb() {
+  local py="$VENV_DIR/bin/python"
+  if [[ -x $py ]] && [[ $("$py" -c 'import importlib.metadata as m; print(m.version("chdb"))' 2>/dev/null || true) == "$CHDB_VERSION" ]]; then
+    return 0
+  fi
+  if [[ ! -x $py ]]; then
+    echo "deps: python venv at $VENV_DIR"
+    local base="${PYTHON:-python3}"
+    "$base" -m venv "$VENV_DIR" 2>/dev/null || {
+      apt_install python3-venv
+      /usr/bin/python3 -m venv "$VENV_DIR"
+    }
+  fi
+  echo "deps: pip install chdb==$CHDB_VERSION"
+  local piplog="$CACHE_DIR/pip-chdb.log"
+  "$py" -m pip install -q --disable-pip-version-check "chdb==$CHDB_VERSION" >"$piplog" 2>&1 \
+    || { tail -n 30 "$piplog" >&2; die "pip install chdb==$CHDB_VERSION failed"; }
+}
+
+parts=("$@")
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb)
+for part in "${parts[@]}"; do
+  case $part in
+    kafka | clickhouse | chdb | kcat) "dep_$part" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat)" ;;
+  esac
+done
