@@ -80,7 +80,9 @@ const (
 ENGINE = ReplacingMergeTree()
 ORDER BY version`
 	selectApplied = `SELECT version, checksum FROM schema_migrations FINAL`
-	insertApplied = `INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())`
+	// INSERT ... SELECT, not VALUES: with VALUES, clickhouse-go waits for a
+	// data block that ClickHouse 18.16 never asks for, and the call hangs.
+	insertApplied = `INSERT INTO schema_migrations (version, name, checksum, applied_at) SELECT ?, ?, ?, now()`
 )
 
 type applied struct {

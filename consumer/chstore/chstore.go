@@ -1,0 +1,190 @@
+// Package chstore writes raw usage events to ClickHouse: it opens the
+// connection (creating the database and applying migrations), and inserts
+// batches into usage_events.
+package chstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/migrations"
+)
+
+// Config locates the ClickHouse server. Only the native protocol is used:
+// ClickHouse 18.16 rejects clickhouse-go's HTTP protocol.
+type Config struct {
+	Addr        []string      `mapstructure:"addr"`
+	Database    string        `mapstructure:"database"`
+	Username    string        `mapstructure:"username"`
+	Password    string        `mapstructure:"password"`
+	DialTimeout time.Duration `mapstructure:"dial_timeout"`
+	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+}
+
+// DefaultConfig points at the server scripts/clickhouse.sh starts.
+func DefaultConfig() Config {
+	return Config{
+		Addr:        []string{"127.0.0.1:19000"},
+		Database:    "usage",
+		Username:    "default",
+		DialTimeout: 5 * time.Second,
+		ReadTimeout: 60 * time.Second,
+	}
+}
+
+// Store inserts raw events. It is safe for concurrent use.
+type Store struct {
+	conn driver.Conn
+	log  *zap.Logger
+}
+
+// Open connects, creates the database when missing and returns the Store.
+// It does not apply migrations; call Migrate.
+func Open(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
+	if len(cfg.Addr) == 0 {
+		return nil, errors.New("clickhouse.addr: at least one address is required")
+	}
+	createDB, err := migrations.CreateDatabaseSQL(cfg.Database)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse.database: %w", err)
+	}
+	// The database must exist before a connection can select it.
+	admin, err := open(ctx, cfg, "default")
+	if err != nil {
+		return nil, err
+	}
+	err = admin.Exec(ctx, createDB)
+	_ = admin.Close()
+	if err != nil {
+		return nil, fmt.Errorf("create database %s: %w", cfg.Database, err)
+	}
+	conn, err := open(ctx, cfg, cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{conn: conn, log: log}, nil
+}
+
+func open(ctx context.Context, cfg Config, db string) (driver.Conn, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:        cfg.Addr,
+		Auth:        clickhouse.Auth{Database: db, Username: cfg.Username, Password: cfg.Password},
+		DialTimeout: cfg.DialTimeout,
+		ReadTimeout: cfg.ReadTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse %v: %w", cfg.Addr, err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("connect to clickhouse %v: %w", cfg.Addr, err)
+	}
+	return conn, nil
+}
+
+// Migrate applies the embedded migrations that are not applied yet.
+func (s *Store) Migrate(ctx context.Context) error {
+	ran, err := migrations.Apply(ctx, s.conn)
+	if err != nil {
+		return err
+	}
+	for _, v := range ran {
+		s.log.Info("applied migration", zap.Uint32("version", v))
+	}
+	return nil
+}
+
+// Conn exposes the connection, for queries in tests and tools.
+func (s *Store) Conn() driver.Conn { return s.conn }
+
+// Close closes the connection.
+func (s *Store) Close() error { return s.conn.Close() }
+
+// Row is one accepted event with the Kafka position it was read from.
+type Row struct {
+	Event     schemas.UsageEvent
+	Partition int32
+	Offset    int64
+}
+
+// insertEvents lists the columns explicitly: ClickHouse 18.16 rejects a
+// batch insert without a column list.
+const insertEvents = `INSERT INTO usage_events (id, tenant_id, user_id, feature_type, quantity, event_time, event_time_ns,
+ billing_period, metadata_keys, metadata_values, schema_version, ingested_at, kafka_partition, kafka_offset, version)`
+
+// firstWriteWins makes ReplacingMergeTree keep the lowest offset of an id.
+const firstWriteWins = uint64(1) << 63
+
+// InsertEvents writes rows in one batch, column by column. The batch is all
+// or nothing from the caller's point of view: on error nothing may be
+// assumed written, and retrying the same rows is safe because the table
+// deduplicates by (tenant_id, id).
+func (s *Store) InsertEvents(ctx context.Context, rows []Row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
+	if err != nil {
+		return fmt.Errorf("prepare insert into usage_events: %w", err)
+	}
+	defer func() { _ = batch.Abort() }()
+	n := len(rows)
+	var (
+		ids, tenants, users, meters, periods = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		quantities                           = make([]decimal.Decimal, n)
+		times, ingested                      = make([]time.Time, n), make([]time.Time, n)
+		nanos                                = make([]uint32, n)
+		keys, values                         = make([][]string, n), make([][]string, n)
+		versions                             = make([]uint8, n)
+		partitions                           = make([]int32, n)
+		offsets                              = make([]int64, n)
+		dedup                                = make([]uint64, n)
+	)
+	now := time.Now().UTC().Truncate(time.Second)
+	for i := range rows {
+		r := &rows[i]
+		e := &r.Event
+		ids[i], tenants[i], users[i], meters[i], periods[i] = e.ID, e.TenantID, e.UserID, e.FeatureType, e.BillingPeriod
+		quantities[i] = e.Quantity
+		times[i] = e.Timestamp.Truncate(time.Second)
+		nanos[i] = uint32(e.Timestamp.Nanosecond())
+		keys[i], values[i] = splitMetadata(e.Metadata)
+		versions[i] = uint8(e.SchemaVersion)
+		ingested[i] = now
+		partitions[i], offsets[i] = r.Partition, r.Offset
+		dedup[i] = firstWriteWins - uint64(r.Offset)
+	}
+	cols := []any{ids, tenants, users, meters, quantities, times, nanos, periods, keys, values, versions, ingested, partitions, offsets, dedup}
+	for i, col := range cols {
+		if err := batch.Column(i).Append(col); err != nil {
+			return fmt.Errorf("append column %d to usage_events batch: %w", i, err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("insert %d rows into usage_events: %w", n, err)
+	}
+	return nil
+}
+
+var empty = []string{}
+
+func splitMetadata(m map[string]string) ([]string, []string) {
+	if len(m) == 0 {
+		return empty, empty
+	}
+	keys := make([]string, 0, len(m))
+	values := make([]string, 0, len(m))
+	for k, v := range m {
+		keys = append(keys, k)
+		values = append(values, v)
+	}
+	return keys, values
+}

@@ -1,0 +1,84 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config tunes the raw-event consumer. Keys are the viper/YAML names.
+type Config struct {
+	Brokers  []string `mapstructure:"brokers"`
+	Topic    string   `mapstructure:"topic"`
+	GroupID  string   `mapstructure:"group_id"`
+	DLQTopic string   `mapstructure:"dlq_topic"`
+	// A batch is flushed to ClickHouse when it holds BatchSize events or its
+	// first event is FlushInterval old, whichever comes first.
+	BatchSize     int           `mapstructure:"batch_size"`
+	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	// Insert (and DLQ write) retries back off from RetryMin to RetryMax,
+	// forever: offsets are never committed past unwritten data.
+	RetryMin time.Duration `mapstructure:"retry_min"`
+	RetryMax time.Duration `mapstructure:"retry_max"`
+	// ShutdownTimeout bounds the final flush on SIGTERM.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// MaxEventBytes and MaxFutureSkew are the validation limits.
+	MaxEventBytes int           `mapstructure:"max_event_bytes"`
+	MaxFutureSkew time.Duration `mapstructure:"max_future_skew"`
+	// FetchMaxBytes caps one fetch response; FetchMaxWait is how long the
+	// broker may hold a fetch waiting for data.
+	FetchMaxBytes int           `mapstructure:"fetch_max_bytes"`
+	FetchMaxWait  time.Duration `mapstructure:"fetch_max_wait"`
+}
+
+// DefaultConfig returns the defaults documented in consumer/README.md.
+func DefaultConfig() Config {
+	return Config{
+		Brokers:         []string{"127.0.0.1:19092"},
+		Topic:           "usage.events",
+		GroupID:         "usage-consumer",
+		DLQTopic:        "usage.events.dlq",
+		BatchSize:       50000,
+		FlushInterval:   time.Second,
+		RetryMin:        100 * time.Millisecond,
+		RetryMax:        10 * time.Second,
+		ShutdownTimeout: 30 * time.Second,
+		MaxEventBytes:   32 << 10,
+		MaxFutureSkew:   5 * time.Minute,
+		FetchMaxBytes:   16 << 20,
+		FetchMaxWait:    250 * time.Millisecond,
+	}
+}
+
+// Validate names the first bad key and why.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("kafka.%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Brokers) == 0 {
+		bad("brokers", "at least one host:port is required")
+	}
+	if c.Topic == "" {
+		bad("topic", "must not be empty")
+	}
+	if c.GroupID == "" {
+		bad("group_id", "must not be empty")
+	}
+	if c.DLQTopic == "" || c.DLQTopic == c.Topic {
+		bad("dlq_topic", "must be set and differ from topic")
+	}
+	if c.BatchSize < 1 {
+		bad("batch_size", "must be >= 1, got %d", c.BatchSize)
+	}
+	if c.FlushInterval <= 0 {
+		bad("flush_interval", "must be > 0, got %s", c.FlushInterval)
+	}
+	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
+		bad("retry_min", "need 0 < retry_min <= retry_max, got %s and %s", c.RetryMin, c.RetryMax)
+	}
+	if c.MaxEventBytes < 1024 {
+		bad("max_event_bytes", "must be >= 1024, got %d", c.MaxEventBytes)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,357 @@
+// Package ingest is the raw-event sink: it reads usage events from Kafka
+// with a consumer group, validates them, writes the valid ones to ClickHouse
+// in batches and the invalid ones to the DLQ, and only then commits the
+// offsets.
+//
+// # Delivery
+//
+// Offsets are committed only after the batch they cover is in ClickHouse
+// and its invalid messages are in the DLQ, so a crash at any point re-reads
+// uncommitted messages instead of losing them. A re-read event is inserted
+// again; usage_events is a ReplacingMergeTree keyed by (tenant_id, id), so
+// the deduplicated view counts it once. Together: at-least-once writes,
+// exactly-once counts.
+//
+// # Back-pressure
+//
+// One batch is written while the next one fills. When ClickHouse is down the
+// writer retries with exponential backoff, forever; the next batch fills up
+// and the consumer stops fetching, which holds every assigned partition in
+// place (kafka-go's group reader has no per-partition pause, so all of them
+// wait) while the group membership stays alive through heartbeats. When
+// ClickHouse returns, the writer catches up batch by batch.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// Store writes a batch of valid events. Writing the same rows again must be
+// harmless (chstore.Store deduplicates by id).
+type Store interface {
+	InsertEvents(ctx context.Context, rows []chstore.Row) error
+}
+
+// DLQ header names. Values are strings.
+const (
+	HeaderError           = "usage.error"            // stable tag, e.g. missing_field:tenant_id
+	HeaderReason          = "usage.error.reason"     // human-readable detail
+	HeaderSourceTopic     = "usage.source.topic"     // where the message was read
+	HeaderSourcePartition = "usage.source.partition" //
+	HeaderSourceOffset    = "usage.source.offset"    //
+	HeaderFailedAt        = "usage.failed_at"        // RFC 3339, when the consumer refused it
+)
+
+// Consumer is one member of the raw-sink consumer group.
+type Consumer struct {
+	cfg       Config
+	log       *zap.Logger
+	store     Store
+	validator *schemas.Validator
+	reader    *kafka.Reader
+	dlq       *kafka.Writer
+	m         *metrics
+	reg       prometheus.Registerer
+
+	// afterWrite runs after a batch is written and before its commit; an
+	// error aborts Run without committing. Tests use it to crash there.
+	afterWrite func(rows int) error
+}
+
+// Option configures a Consumer.
+type Option func(*Consumer)
+
+// WithRegisterer registers the consumer's Prometheus metrics on reg.
+func WithRegisterer(reg prometheus.Registerer) Option { return func(c *Consumer) { c.reg = reg } }
+
+// New returns a Consumer; Run starts it.
+func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid consumer config: %w", err)
+	}
+	c := &Consumer{
+		cfg:   cfg,
+		log:   log,
+		store: store,
+		validator: schemas.NewValidator(
+			schemas.WithMaxEventBytes(cfg.MaxEventBytes),
+			schemas.WithMaxFutureSkew(cfg.MaxFutureSkew)),
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.m = newMetrics(c.reg)
+	c.reader = kafka.NewReader(kafka.ReaderConfig{
+		Brokers:        cfg.Brokers,
+		GroupID:        cfg.GroupID,
+		Topic:          cfg.Topic,
+		MinBytes:       1,
+		MaxBytes:       cfg.FetchMaxBytes,
+		MaxWait:        cfg.FetchMaxWait,
+		QueueCapacity:  4096,
+		CommitInterval: 0, // synchronous commits: we commit exactly what was written
+		StartOffset:    kafka.FirstOffset,
+		ErrorLogger:    kafka.LoggerFunc(func(msg string, args ...any) { log.Warn("kafka reader: " + fmt.Sprintf(msg, args...)) }),
+	})
+	c.dlq = &kafka.Writer{
+		Addr:         kafka.TCP(cfg.Brokers...),
+		Topic:        cfg.DLQTopic,
+		Balancer:     kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll,
+		BatchSize:    10000,
+		BatchTimeout: 2 * time.Millisecond,
+		MaxAttempts:  3,
+	}
+	if c.reg != nil {
+		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "usage_consumer_lag", Help: "Messages behind the end of the assigned partitions, as last seen by the reader."},
+			func() float64 { return float64(c.reader.Stats().Lag) }))
+	}
+	return c, nil
+}
+
+// batch is what one flush writes and commits.
+type batch struct {
+	rows    []chstore.Row
+	invalid []kafka.Message
+	last    map[int]kafka.Message // the last message read per partition
+	msgs    int
+	started time.Time
+}
+
+func (c *Consumer) newBatch() *batch {
+	return &batch{rows: make([]chstore.Row, 0, min(c.cfg.BatchSize, 65536)), last: make(map[int]kafka.Message)}
+}
+
+// add validates m and files it as a row or a DLQ message.
+func (c *Consumer) add(b *batch, m kafka.Message) {
+	if b.msgs == 0 {
+		b.started = time.Now()
+	}
+	b.msgs++
+	b.last[m.Partition] = m
+	e, err := c.validator.Decode(m.Value)
+	if err != nil {
+		b.invalid = append(b.invalid, c.dlqMessage(m, err))
+		return
+	}
+	b.rows = append(b.rows, chstore.Row{Event: e, Partition: int32(m.Partition), Offset: m.Offset})
+}
+
+func (c *Consumer) dlqMessage(m kafka.Message, err error) kafka.Message {
+	tag, reason := "malformed_json", err.Error()
+	var ve *schemas.ValidationError
+	if errors.As(err, &ve) {
+		tag, reason = ve.Tag(), ve.Reason
+	}
+	c.m.invalid.WithLabelValues(tag).Inc()
+	headers := append(append([]kafka.Header(nil), m.Headers...),
+		kafka.Header{Key: HeaderError, Value: []byte(tag)},
+		kafka.Header{Key: HeaderReason, Value: []byte(reason)},
+		kafka.Header{Key: HeaderSourceTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
+		kafka.Header{Key: HeaderFailedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
+	)
+	c.log.Debug("invalid event to DLQ", zap.String("code", tag), zap.Int("partition", m.Partition), zap.Int64("offset", m.Offset))
+	return kafka.Message{Key: m.Key, Value: m.Value, Headers: headers}
+}
+
+// Run consumes until ctx is cancelled, then flushes and commits what it has
+// read (bounded by ShutdownTimeout) and returns nil. It returns an error
+// only when it could not finish cleanly; uncommitted messages are then
+// re-read by the next member, so nothing is lost either way.
+func (c *Consumer) Run(ctx context.Context) error {
+	c.log.Info("consuming", zap.Strings("brokers", c.cfg.Brokers), zap.String("topic", c.cfg.Topic),
+		zap.String("group", c.cfg.GroupID), zap.Int("batch_size", c.cfg.BatchSize), zap.Duration("flush_interval", c.cfg.FlushInterval))
+	defer func() {
+		if err := c.reader.Close(); err != nil {
+			c.log.Warn("close reader", zap.Error(err))
+		}
+		if err := c.dlq.Close(); err != nil {
+			c.log.Warn("close DLQ writer", zap.Error(err))
+		}
+	}()
+
+	// The fetcher feeds messages through a channel so that the loop below
+	// can also react to the flush timer and to shutdown.
+	fetchCtx, stopFetch := context.WithCancel(context.Background())
+	defer stopFetch()
+	msgs := make(chan kafka.Message, 1024)
+	fetchErr := make(chan error, 1)
+	go func() {
+		defer close(msgs)
+		for {
+			m, err := c.reader.FetchMessage(fetchCtx)
+			if err != nil {
+				if fetchCtx.Err() == nil {
+					fetchErr <- err
+				}
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-fetchCtx.Done():
+				return
+			}
+		}
+	}()
+
+	// The writer writes and commits batches in order, one at a time.
+	writeCtx, stopWrite := context.WithCancel(context.Background())
+	defer stopWrite()
+	batches := make(chan *batch, 1)
+	writeErr := make(chan error, 1)
+	go func() {
+		for b := range batches {
+			if err := c.write(writeCtx, b); err != nil {
+				writeErr <- err
+				for range batches { //nolint:revive // drain so the sender never blocks
+				}
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+
+	tick := time.NewTicker(max(c.cfg.FlushInterval/10, time.Millisecond))
+	defer tick.Stop()
+	cur := c.newBatch()
+	var runErr error
+
+loop:
+	for {
+		var full bool
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				runErr = fmt.Errorf("fetch from %s: %w", c.cfg.Topic, <-fetchErr)
+				break loop
+			}
+			c.m.consumed.Inc()
+			c.add(cur, m)
+			full = len(cur.rows)+len(cur.invalid) >= c.cfg.BatchSize
+		case <-tick.C:
+			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval
+		case <-ctx.Done():
+			break loop
+		case err := <-writeErr:
+			return err // the writer stopped early: a test's crash hook
+		}
+		if !full {
+			continue
+		}
+		// Blocks while the previous batch is still being written: this is
+		// the back-pressure that pauses consumption when ClickHouse is down.
+		select {
+		case batches <- cur:
+			cur = c.newBatch()
+		case <-ctx.Done():
+			break loop
+		case err := <-writeErr:
+			return err
+		}
+	}
+
+	// Shutdown: stop reading, write what was read, commit, leave the group.
+	stopFetch()
+	if cur.msgs > 0 {
+		batches <- cur // the writer is busy with at most one batch
+	}
+	close(batches)
+	timer := time.AfterFunc(c.cfg.ShutdownTimeout, stopWrite)
+	defer timer.Stop()
+	if err := <-writeErr; err != nil {
+		return errors.Join(runErr, fmt.Errorf("final flush: %w (uncommitted messages will be re-read)", err))
+	}
+	if runErr == nil {
+		c.log.Info("stopped cleanly: every message read is written and committed")
+	}
+	return runErr
+}
+
+// write stores one batch and commits it. It only returns early when ctx is
+// cancelled (shutdown timeout) or the crash hook fires.
+func (c *Consumer) write(ctx context.Context, b *batch) error {
+	start := time.Now()
+	if err := c.retry(ctx, "insert into ClickHouse", c.m.insertErrors, func(ctx context.Context) error {
+		return c.store.InsertEvents(ctx, b.rows)
+	}); err != nil {
+		return err
+	}
+	c.m.insertSeconds.Observe(time.Since(start).Seconds())
+	c.m.inserted.Add(float64(len(b.rows)))
+	if len(b.invalid) > 0 {
+		if err := c.retry(ctx, "write to DLQ", c.m.dlqErrors, func(ctx context.Context) error {
+			return c.dlq.WriteMessages(ctx, b.invalid...)
+		}); err != nil {
+			return err
+		}
+	}
+	if c.afterWrite != nil {
+		if err := c.afterWrite(len(b.rows)); err != nil {
+			return err
+		}
+	}
+	commits := make([]kafka.Message, 0, len(b.last))
+	for _, m := range b.last {
+		commits = append(commits, m)
+	}
+	// A commit is not retried: the data is durable, and a lost commit only
+	// means these messages are read and deduplicated again.
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.reader.CommitMessages(cctx, commits...); err != nil {
+		c.m.commitErrors.Inc()
+		c.log.Warn("commit offsets failed; the batch will be re-read and deduplicated", zap.Error(err))
+	} else {
+		for _, m := range commits {
+			c.m.committed.WithLabelValues(strconv.Itoa(m.Partition)).Set(float64(m.Offset))
+		}
+	}
+	c.m.batches.Inc()
+	c.m.batchRows.Observe(float64(b.msgs))
+	c.log.Debug("batch committed", zap.Int("rows", len(b.rows)), zap.Int("invalid", len(b.invalid)),
+		zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// retry runs fn until it succeeds or ctx ends, backing off exponentially
+// with jitter between RetryMin and RetryMax.
+func (c *Consumer) retry(ctx context.Context, what string, failures prometheus.Counter, fn func(context.Context) error) error {
+	delay := c.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil {
+			if attempt > 1 {
+				c.log.Info(what+" succeeded again", zap.Int("attempts", attempt))
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+		failures.Inc()
+		c.log.Warn(what+" failed; retrying, offsets stay uncommitted",
+			zap.Int("attempt", attempt), zap.Duration("backoff", delay), zap.Error(err))
+		jittered := delay/2 + time.Duration(rand.Int64N(int64(delay)/2+1))
+		select {
+		case <-time.After(jittered):
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+		delay = min(delay*2, c.cfg.RetryMax)
+	}
+}

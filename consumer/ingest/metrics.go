@@ -1,0 +1,50 @@
+package ingest
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are registered on the registry the caller passes in; nothing is
+// global, so two consumers in one process (tests) do not collide.
+type metrics struct {
+	consumed      prometheus.Counter
+	inserted      prometheus.Counter
+	invalid       *prometheus.CounterVec
+	batches       prometheus.Counter
+	insertErrors  prometheus.Counter
+	dlqErrors     prometheus.Counter
+	commitErrors  prometheus.Counter
+	insertSeconds prometheus.Histogram
+	batchRows     prometheus.Histogram
+	committed     *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		consumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_messages_total", Help: "Kafka messages read from the events topic."}),
+		inserted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_events_inserted_total", Help: "Valid events written to ClickHouse (re-inserts after a crash included)."}),
+		invalid: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "usage_consumer_events_invalid_total", Help: "Invalid events sent to the DLQ, by error code."}, []string{"code"}),
+		batches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_batches_total", Help: "Batches flushed and committed."}),
+		insertErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_insert_errors_total", Help: "Failed ClickHouse insert attempts (each is retried)."}),
+		dlqErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_dlq_errors_total", Help: "Failed DLQ write attempts (each is retried)."}),
+		commitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_commit_errors_total", Help: "Failed offset commits (the data is written; it will be re-read and deduplicated)."}),
+		insertSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "usage_consumer_insert_seconds", Help: "Duration of successful ClickHouse batch inserts.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		batchRows: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "usage_consumer_batch_messages", Help: "Messages per flushed batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
+		committed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "usage_consumer_committed_offset", Help: "Last committed offset per partition."}, []string{"partition"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.consumed, m.inserted, m.invalid, m.batches, m.insertErrors, m.dlqErrors,
+			m.commitErrors, m.insertSeconds, m.batchRows, m.committed)
+	}
+	return m
+}

@@ -1,0 +1,211 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/compress"
+
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// DefaultTopic is the topic usage events are published to.
+const DefaultTopic = "usage.events"
+
+// ErrClosed is returned by Publish after Close.
+var ErrClosed = errors.New("producer: publisher is closed")
+
+// Publisher publishes usage events to Kafka. It is safe for concurrent use.
+type Publisher struct {
+	w         *kafka.Writer
+	validator *schemas.Validator
+	async     bool
+	onError   func(error, []schemas.UsageEvent)
+	now       func() time.Time
+
+	bufs sync.Pool // *[]byte, reused JSON encoding buffers in sync mode
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+	stats     counters
+}
+
+type counters struct {
+	published, failed, refused atomic.Int64
+}
+
+// Stats are cumulative counts since the Publisher was created.
+type Stats struct {
+	Published int64 // acknowledged by the broker (acks=all)
+	Failed    int64 // given up after retries; reported to the caller
+	Refused   int64 // invalid, never sent
+}
+
+// New returns a Publisher for the given brokers ("host:port").
+func New(brokers []string, opts ...Option) (*Publisher, error) {
+	if len(brokers) == 0 {
+		return nil, errors.New("producer: at least one broker address is required")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	codec, err := compressionCodec(cfg.compression)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.topic == "" {
+		return nil, errors.New("producer: topic must not be empty")
+	}
+	p := &Publisher{
+		validator: schemas.NewValidator(cfg.validatorOpts...),
+		async:     cfg.async,
+		onError:   cfg.onError,
+		now:       cfg.now,
+	}
+	p.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
+	p.w = &kafka.Writer{
+		Addr:                   kafka.TCP(brokers...),
+		Topic:                  cfg.topic,
+		Balancer:               kafka.Murmur2Balancer{},
+		BatchSize:              cfg.batchSize,
+		BatchBytes:             cfg.batchBytes,
+		BatchTimeout:           cfg.batchTimeout,
+		WriteTimeout:           cfg.writeTimeout,
+		MaxAttempts:            cfg.maxAttempts,
+		RequiredAcks:           kafka.RequireAll,
+		Compression:            codec,
+		Async:                  cfg.async,
+		AllowAutoTopicCreation: false,
+		Completion:             p.complete,
+	}
+	return p, nil
+}
+
+func compressionCodec(name string) (kafka.Compression, error) {
+	switch name {
+	case "lz4":
+		return kafka.Lz4, nil
+	case "zstd":
+		return kafka.Zstd, nil
+	case "snappy":
+		return kafka.Snappy, nil
+	case "gzip":
+		return kafka.Gzip, nil
+	case "none", "":
+		return compress.None, nil
+	}
+	return 0, fmt.Errorf("producer: compression %q: want lz4, zstd, snappy, gzip or none", name)
+}
+
+// Publish validates the events and publishes them. Each event missing an ID
+// gets a UUIDv7 and each missing Timestamp gets the current time; the
+// slice's elements are updated in place, so the caller sees what was sent.
+//
+// If any event is invalid, Publish returns its *schemas.ValidationError
+// (wrapped, naming the index) and publishes none of them.
+//
+// In sync mode (the default) Publish returns once the broker acknowledged
+// every event (acks=all) or returns the error. In async mode it returns as
+// soon as the events are queued; delivery failures go to the callback given
+// to WithAsync, and Close waits for everything queued.
+func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	now := p.now()
+	for i := range events {
+		e := &events[i]
+		if e.ID == "" {
+			id, err := uuid.NewV7()
+			if err != nil {
+				return fmt.Errorf("producer: generate event id: %w", err)
+			}
+			e.ID = id.String()
+		}
+		if e.Timestamp.IsZero() {
+			e.Timestamp = now
+		}
+		if err := p.validator.Validate(e); err != nil {
+			p.stats.refused.Add(int64(len(events)))
+			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
+		}
+	}
+	msgs := make([]kafka.Message, len(events))
+	var pooled []*[]byte
+	for i := range events {
+		e := &events[i]
+		var value []byte
+		if p.async {
+			// The writer keeps the bytes until the batch is sent.
+			value = e.AppendJSON(make([]byte, 0, 256))
+			if p.onError != nil {
+				msgs[i].WriterData = *e
+			}
+		} else {
+			bp := p.bufs.Get().(*[]byte)
+			*bp = e.AppendJSON((*bp)[:0])
+			value = *bp
+			pooled = append(pooled, bp)
+		}
+		msgs[i].Key = []byte(e.TenantID)
+		msgs[i].Value = value
+	}
+	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
+		// Not recycling the buffers: after a cancelled context the writer
+		// may still be sending them. A cancelled publish may still be
+		// delivered; publishing the same events again is safe (same ids).
+		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
+	}
+	for _, bp := range pooled {
+		p.bufs.Put(bp)
+	}
+	return nil
+}
+
+// complete runs for every batch the writer finished, in both modes.
+func (p *Publisher) complete(msgs []kafka.Message, err error) {
+	if err == nil {
+		p.stats.published.Add(int64(len(msgs)))
+		return
+	}
+	p.stats.failed.Add(int64(len(msgs)))
+	if !p.async || p.onError == nil {
+		return // sync mode: Publish returns the error
+	}
+	events := make([]schemas.UsageEvent, 0, len(msgs))
+	for _, m := range msgs {
+		if e, ok := m.WriterData.(schemas.UsageEvent); ok {
+			events = append(events, e)
+		}
+	}
+	p.onError(fmt.Errorf("producer: deliver %d events: %w", len(msgs), err), events)
+}
+
+// Stats returns cumulative counts.
+func (p *Publisher) Stats() Stats {
+	return Stats{Published: p.stats.published.Load(), Failed: p.stats.failed.Load(), Refused: p.stats.refused.Load()}
+}
+
+// Close flushes every queued event, waits for the broker's answers (and the
+// async error callbacks) and releases the connections. Publish after Close
+// returns ErrClosed.
+func (p *Publisher) Close() error {
+	var err error
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		if cerr := p.w.Close(); cerr != nil {
+			err = fmt.Errorf("producer: close: %w", cerr)
+		}
+	})
+	return err
+}

@@ -1,0 +1,265 @@
+// Package testenv gives integration tests the real engines that
+// scripts/engines.sh started (make test does): an Apache Kafka broker and a
+// ClickHouse server on 127.0.0.1. Each test gets its own topics and its own
+// ClickHouse database, so tests never see each other's data.
+//
+// Without the engines, integration tests fail with a message saying how to
+// start them; with -short they are skipped, for quick unit-test loops.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/segmentio/kafka-go"
+)
+
+// Environment variables printed by scripts/engines.sh start.
+const (
+	EnvKafka      = "USAGE_TEST_KAFKA"
+	EnvClickHouse = "USAGE_TEST_CLICKHOUSE"
+)
+
+func need(t testing.TB, env string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test skipped in -short mode")
+	}
+	v := os.Getenv(env)
+	if v == "" {
+		t.Fatalf("%s is not set: run `make test`, or `eval $(scripts/engines.sh start)` before go test", env)
+	}
+	return v
+}
+
+// Kafka returns the address of the test broker.
+func Kafka(t testing.TB) string { return need(t, EnvKafka) }
+
+// ClickHouseAddr returns the native-protocol address of the test server.
+func ClickHouseAddr(t testing.TB) string { return need(t, EnvClickHouse) }
+
+// Name returns a unique lower-case identifier with the given prefix, safe as
+// a topic, group or database name.
+func Name(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + "_" + hex.EncodeToString(b)
+}
+
+// CreateTopic creates a topic with the given partitions and configs
+// (e.g. "cleanup.policy", "compact") and deletes it when the test ends.
+func CreateTopic(t testing.TB, broker, topic string, partitions int, configs ...string) {
+	t.Helper()
+	var entries []kafka.ConfigEntry
+	for i := 0; i+1 < len(configs); i += 2 {
+		entries = append(entries, kafka.ConfigEntry{ConfigName: configs[i], ConfigValue: configs[i+1]})
+	}
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 30 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: entries,
+	}}})
+	if err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+	waitTopic(t, client, topic, partitions)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}})
+	})
+}
+
+// waitTopic waits until every partition has a leader, so that the first
+// produce does not race topic creation.
+func waitTopic(t testing.TB, client *kafka.Client, topic string, partitions int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		md, err := client.Metadata(context.Background(), &kafka.MetadataRequest{Topics: []string{topic}})
+		if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) == partitions {
+			ready := true
+			for _, p := range md.Topics[0].Partitions {
+				if p.Leader.ID < 0 || p.Error != nil {
+					ready = false
+				}
+			}
+			if ready {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s not ready: %v", topic, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ClickHouse opens a connection to a fresh database on the test server and
+// drops the database when the test ends.
+func ClickHouse(t testing.TB) (driver.Conn, string) {
+	t.Helper()
+	return ClickHouseAt(t, ClickHouseAddr(t))
+}
+
+// ClickHouseAt is ClickHouse for a server at addr.
+func ClickHouseAt(t testing.TB, addr string) (driver.Conn, string) {
+	t.Helper()
+	db := Name("t")
+	ctx := context.Background()
+	admin := Open(t, addr, "default")
+	if err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+		t.Fatalf("create database %s: %v", db, err)
+	}
+	conn := Open(t, addr, db)
+	t.Cleanup(func() {
+		if os.Getenv("USAGE_TEST_KEEP_DB") == "" {
+			_ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+		}
+	})
+	return conn, db
+}
+
+// Open connects to database db at addr and closes it when the test ends.
+func Open(t testing.TB, addr, db string) driver.Conn {
+	t.Helper()
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:        []string{addr},
+		Auth:        clickhouse.Auth{Database: db},
+		DialTimeout: 5 * time.Second,
+		ReadTimeout: 60 * time.Second,
+	})
+	if err != nil {
+		t.Fatalf("open clickhouse %s/%s: %v", addr, db, err)
+	}
+	if err := conn.Ping(context.Background()); err != nil {
+		t.Fatalf("ping clickhouse %s: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// RepoRoot is the directory holding go.work.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("go.work not found above the test's directory")
+		}
+		dir = parent
+	}
+}
+
+// ClickHouseServer is a private ClickHouse server a test can stop and start,
+// started by scripts/clickhouse.sh on free ports with its own data dir.
+type ClickHouseServer struct {
+	t    testing.TB
+	root string
+	env  []string
+	Addr string
+}
+
+// StartClickHouse starts a private server and stops it (deleting its data)
+// when the test ends.
+func StartClickHouse(t testing.TB) *ClickHouseServer {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test skipped in -short mode")
+	}
+	ports := freePorts(t, 3)
+	dir := t.TempDir()
+	s := &ClickHouseServer{t: t, root: RepoRoot(t), Addr: "127.0.0.1:" + strconv.Itoa(ports[0])}
+	s.env = append(os.Environ(),
+		"CH_TCP_PORT="+strconv.Itoa(ports[0]),
+		"CH_HTTP_PORT="+strconv.Itoa(ports[1]),
+		"CH_INTERSERVER_PORT="+strconv.Itoa(ports[2]),
+		"CH_DIR="+dir,
+	)
+	s.Start()
+	t.Cleanup(func() { s.script("stop", "--purge") })
+	return s
+}
+
+// Start starts the server and waits until it answers.
+func (s *ClickHouseServer) Start() { s.t.Helper(); s.script("start") }
+
+// Stop stops the server (SIGTERM, then SIGKILL), keeping its data.
+func (s *ClickHouseServer) Stop() { s.t.Helper(); s.script("stop") }
+
+func (s *ClickHouseServer) script(args ...string) {
+	s.t.Helper()
+	cmd := exec.Command(filepath.Join(s.root, "scripts", "clickhouse.sh"), args...)
+	cmd.Env = s.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("clickhouse.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	return ports
+}
+
+// Eventually polls cond every 50 ms until it returns true or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		lastErr = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s (last error: %v)", timeout, what, lastErr)
+}
+
+// CountRows returns SELECT count() for a query like "FROM x FINAL WHERE ...".
+func CountRows(ctx context.Context, conn driver.Conn, from string, args ...any) (uint64, error) {
+	var n uint64
+	err := conn.QueryRow(ctx, "SELECT count() "+from, args...).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", from, err)
+	}
+	return n, nil
+}
