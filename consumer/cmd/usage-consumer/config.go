@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/consumer/ingest"
+)
+
+// Config is the whole service configuration. Sources, lowest to highest
+// precedence: defaults, the YAML file (--config), USAGE_* environment
+// variables (USAGE_KAFKA_BROKERS=a:9092,b:9092, USAGE_CLICKHOUSE_DATABASE=...),
+// flags.
+type Config struct {
+	Kafka      ingest.Config  `mapstructure:"kafka"`
+	ClickHouse chstore.Config `mapstructure:"clickhouse"`
+	HTTP       struct {
+		// Addr serves /metrics, /healthz and the dashboard. Empty disables it.
+		Addr string `mapstructure:"addr"`
+	} `mapstructure:"http"`
+	Log struct {
+		Level  string `mapstructure:"level"`  // debug, info, warn, error
+		Format string `mapstructure:"format"` // json or console
+	} `mapstructure:"log"`
+	// MigrateOnStart applies pending ClickHouse migrations before consuming.
+	MigrateOnStart bool `mapstructure:"migrate_on_start"`
+	// CreateTopics creates the events and DLQ topics when they are missing.
+	CreateTopics    bool `mapstructure:"create_topics"`
+	TopicPartitions int  `mapstructure:"topic_partitions"`
+}
+
+func defaultConfig() Config {
+	c := Config{Kafka: ingest.DefaultConfig(), ClickHouse: chstore.DefaultConfig(), MigrateOnStart: true, CreateTopics: true, TopicPartitions: 4}
+	c.HTTP.Addr = "127.0.0.1:9464"
+	c.Log.Level = "info"
+	c.Log.Format = "json"
+	return c
+}
+
+// loadConfig reads the configuration. Unknown keys in the file are errors,
+// so that a typo does not silently fall back to a default.
+func loadConfig(flags *pflag.FlagSet) (Config, map[string]any, error) {
+	v := viper.New()
+	setDefaults(v, "", defaultConfig())
+	v.SetEnvPrefix("USAGE")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if f := flags.Lookup("config"); f != nil && f.Value.String() != "" {
+		v.SetConfigFile(f.Value.String())
+		if err := v.ReadInConfig(); err != nil {
+			return Config{}, nil, fmt.Errorf("read config file %s: %w", f.Value.String(), err)
+		}
+	}
+	for flag, key := range map[string]string{"brokers": "kafka.brokers", "clickhouse": "clickhouse.addr", "http": "http.addr", "log-level": "log.level"} {
+		if err := v.BindPFlag(key, flags.Lookup(flag)); err != nil {
+			return Config{}, nil, fmt.Errorf("bind flag %s: %w", flag, err)
+		}
+	}
+	var c Config
+	if err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
+		return Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	return c, printable(v.AllSettings()), c.validate()
+}
+
+// printable prepares settings for the config command: durations as text,
+// secrets redacted.
+func printable(m map[string]any) map[string]any {
+	for k, val := range m {
+		switch x := val.(type) {
+		case map[string]any:
+			m[k] = printable(x)
+		case time.Duration:
+			m[k] = x.String()
+		}
+		if k == "password" && m[k] != "" {
+			m[k] = "<redacted>"
+		}
+	}
+	return m
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if err := c.Kafka.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.ClickHouse.Addr) == 0 {
+		errs = append(errs, errors.New("clickhouse.addr: at least one host:port is required"))
+	}
+	if c.ClickHouse.Database == "" {
+		errs = append(errs, errors.New("clickhouse.database: must not be empty"))
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not json or console", c.Log.Format))
+	}
+	if c.CreateTopics && c.TopicPartitions < 1 {
+		errs = append(errs, fmt.Errorf("topic_partitions: must be >= 1, got %d", c.TopicPartitions))
+	}
+	return errors.Join(errs...)
+}
+
+// setDefaults registers every key of the struct with its default, which also
+// makes every key reachable from the environment.
+func setDefaults(v *viper.Viper, prefix string, cfg any) {
+	rv := reflect.ValueOf(cfg)
+	rt := rv.Type()
+	for i := range rt.NumField() {
+		f := rt.Field(i)
+		name := f.Tag.Get("mapstructure")
+		if name == "" {
+			continue
+		}
+		key := prefix + name
+		if f.Type.Kind() == reflect.Struct {
+			setDefaults(v, key+".", rv.Field(i).Interface())
+			continue
+		}
+		v.SetDefault(key, rv.Field(i).Interface())
+	}
+}

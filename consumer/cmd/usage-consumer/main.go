@@ -1,0 +1,207 @@
+// Command usage-consumer is the raw-event sink: Kafka usage.events ->
+// validate -> ClickHouse usage_events, invalid events to usage.events.dlq.
+//
+//	usage-consumer [run]   consume until SIGTERM/SIGINT (the default)
+//	usage-consumer migrate apply ClickHouse migrations and exit
+//	usage-consumer config  print the effective configuration
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/consumer/ingest"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	flags := newFlags()
+	if err := flags.Parse(args); err != nil {
+		return 2
+	}
+	cmd := "run"
+	if flags.NArg() > 0 {
+		cmd = flags.Arg(0)
+	}
+	cfg, settings, err := loadConfig(flags)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-consumer:", err)
+		return 2
+	}
+	log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-consumer:", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	switch cmd {
+	case "run":
+		err = serve(ctx, cfg, log)
+	case "migrate":
+		err = migrate(ctx, cfg, log)
+	case "config":
+		var out []byte
+		out, err = yaml.Marshal(settings)
+		fmt.Print(string(out))
+	default:
+		fmt.Fprintf(os.Stderr, "usage-consumer: unknown command %q (want run, migrate or config)\n", cmd)
+		return 2
+	}
+	if err != nil {
+		log.Error("usage-consumer failed", zap.String("command", cmd), zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func newFlags() *pflag.FlagSet {
+	flags := pflag.NewFlagSet("usage-consumer", pflag.ContinueOnError)
+	flags.String("config", "", "YAML config file (see consumer/config.example.yaml)")
+	flags.StringSlice("brokers", nil, "Kafka brokers host:port (kafka.brokers)")
+	flags.StringSlice("clickhouse", nil, "ClickHouse native addresses host:port (clickhouse.addr)")
+	flags.String("http", "", "metrics, health and dashboard address (http.addr)")
+	flags.String("log-level", "", "debug, info, warn or error (log.level)")
+	return flags
+}
+
+func newLogger(level, format string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	if format == "console" {
+		zc = zap.NewDevelopmentConfig()
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zc.Build()
+}
+
+func migrate(ctx context.Context, cfg Config, log *zap.Logger) error {
+	store, err := chstore.Open(ctx, cfg.ClickHouse, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	return store.Migrate(ctx)
+}
+
+func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
+	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if cfg.MigrateOnStart {
+		if err := store.Migrate(ctx); err != nil {
+			return err
+		}
+	}
+	if cfg.CreateTopics {
+		if err := createTopics(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c, err := ingest.New(cfg.Kafka, store, log, ingest.WithRegisterer(reg))
+	if err != nil {
+		return err
+	}
+	if cfg.HTTP.Addr != "" {
+		srv, err := startHTTP(cfg.HTTP.Addr, reg, store, log)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	return c.Run(ctx)
+}
+
+// openStore waits for ClickHouse at start-up (it may still be booting next
+// to us) instead of failing at once.
+func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*chstore.Store, error) {
+	delay := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		store, err := chstore.Open(ctx, cfg.ClickHouse, log)
+		if err == nil {
+			return store, nil
+		}
+		if attempt >= 20 {
+			return nil, err
+		}
+		log.Warn("ClickHouse not reachable yet; retrying", zap.Int("attempt", attempt), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func createTopics(ctx context.Context, cfg Config) error {
+	client := &kafka.Client{Addr: kafka.TCP(cfg.Kafka.Brokers...), Timeout: 30 * time.Second}
+	var topics []kafka.TopicConfig
+	for _, t := range []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic} {
+		topics = append(topics, kafka.TopicConfig{Topic: t, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1})
+	}
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for t, terr := range res.Errors {
+		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t, terr)
+		}
+	}
+	return nil
+}
+
+func startHTTP(addr string, reg *prometheus.Registry, store *chstore.Store, log *zap.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	registerDashboard(mux, store, log)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http.addr %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", zap.Error(err))
+		}
+	}()
+	log.Info("serving /metrics, /healthz and the dashboard", zap.String("addr", "http://"+ln.Addr().String()))
+	return srv, nil
+}
