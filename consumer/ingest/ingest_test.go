@@ -26,14 +26,14 @@ import (
 
 // env is one test's private topics, group and ClickHouse database.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	broker string
 	cfg    Config
 	store  *chstore.Store
 	log    *zap.Logger
 }
 
-func newEnv(t *testing.T, chAddr string) *env {
+func newEnv(t testing.TB, chAddr string) *env {
 	t.Helper()
 	broker := testenv.Kafka(t)
 	if chAddr == "" {
@@ -94,7 +94,7 @@ func (e *env) start(opts ...func(*Consumer)) *running {
 }
 
 // shutdown cancels the consumer like SIGTERM does and returns Run's result.
-func (r *running) shutdown(t *testing.T) error {
+func (r *running) shutdown(t testing.TB) error {
 	t.Helper()
 	r.stop()
 	select {

@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Everything they need is installed by scripts/deps.sh when missing.
+SHELL := /bin/bash
+PKGS  := ./schemas/... ./producer/... ./consumer/... ./testenv/...
+BIN   := .cache/bin
+
+.PHONY: run test bench lint build deps engines-start engines-stop clean
+
+## run: real Kafka + ClickHouse on 127.0.0.1, the consumer, demo traffic and the dashboard
+run:
+	scripts/run-demo.sh
+
+## test: every test against the real engines (started and stopped here)
+test:
+	scripts/test.sh
+
+## bench: publish (SDK -> Kafka) and consume (Kafka -> ClickHouse) events/s, plus codec micro-benchmarks
+bench:
+	scripts/bench.sh
+
+## lint: gofmt, go vet, shellcheck
+lint:
+	@out=$$(gofmt -l schemas producer consumer testenv); if [[ -n $$out ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet $(PKGS)
+	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed: skipped"; fi
+
+## build: the service binaries into .cache/bin
+build:
+	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen
+
+deps:
+	scripts/deps.sh
+
+engines-start:
+	scripts/engines.sh start
+
+engines-stop:
+	scripts/engines.sh stop
+
+## clean: stop the engines and delete their data and the build output
+clean:
+	scripts/engines.sh stop --purge
+	rm -rf $(BIN)

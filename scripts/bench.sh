@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# make bench: starts the engines and prints events/s for SDK -> Kafka and for
+# Kafka -> ClickHouse through the consumer, then the codec micro-benchmarks.
+# BENCH_EVENTS sets the event count per benchmark (default 500000).
+set -euo pipefail
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+"$SCRIPTS_DIR/deps.sh" kafka clickhouse
+env_lines=$("$SCRIPTS_DIR/engines.sh" start)
+set -a
+eval "$env_lines"
+set +a
+n=${BENCH_EVENTS:-500000}
+echo "== SDK -> Kafka ($n events, acks=all, 4 partitions)"
+go test -run '^$' -bench 'Publish' -benchtime "${n}x" ./producer/
+echo "== Kafka -> consumer -> ClickHouse ($n events)"
+go test -run '^$' -bench 'ConsumeToClickHouse' -benchtime "${n}x" ./consumer/ingest/
+echo "== codec (per event)"
+go test -run '^$' -bench . -benchmem ./schemas/
