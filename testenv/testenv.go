@@ -100,7 +100,9 @@ func waitTopic(t testing.TB, client *kafka.Client, topic string, partitions int)
 					ready = false
 				}
 			}
-			if ready {
+			// Leaders in the metadata are not enough: right after creation a
+			// partition can still answer NOT_LEADER to offset requests.
+			if ready && offsetsReady(client, topic, partitions) {
 				return
 			}
 		}
@@ -109,6 +111,23 @@ func waitTopic(t testing.TB, client *kafka.Client, topic string, partitions int)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func offsetsReady(client *kafka.Client, topic string, partitions int) bool {
+	var reqs []kafka.OffsetRequest
+	for p := range partitions {
+		reqs = append(reqs, kafka.LastOffsetOf(p))
+	}
+	res, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil || len(res.Topics[topic]) != partitions {
+		return false
+	}
+	for _, po := range res.Topics[topic] {
+		if po.Error != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // ClickHouse opens a connection to a fresh database on the test server and
