@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,8 +30,6 @@ type Publisher struct {
 	onError   func(error, []schemas.UsageEvent)
 	now       func() time.Time
 
-	bufs sync.Pool // *[]byte, reused JSON encoding buffers in sync mode
-
 	closeOnce sync.Once
 	closed    atomic.Bool
 	stats     counters
@@ -43,14 +42,19 @@ type counters struct {
 // Stats are cumulative counts since the Publisher was created.
 type Stats struct {
 	Published int64 // acknowledged by the broker (acks=all)
-	Failed    int64 // given up after retries; reported to the caller
-	Refused   int64 // invalid, never sent
+	Failed    int64 // given up after retries, or not queued; reported to the caller
+	Refused   int64 // in a Publish call refused for an invalid event; never sent
 }
 
 // New returns a Publisher for the given brokers ("host:port").
 func New(brokers []string, opts ...Option) (*Publisher, error) {
 	if len(brokers) == 0 {
 		return nil, errors.New("producer: at least one broker address is required")
+	}
+	for _, b := range brokers {
+		if b == "" {
+			return nil, errors.New("producer: empty broker address")
+		}
 	}
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -69,7 +73,6 @@ func New(brokers []string, opts ...Option) (*Publisher, error) {
 		onError:   cfg.onError,
 		now:       cfg.now,
 	}
-	p.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	p.w = &kafka.Writer{
 		Addr:                   kafka.TCP(brokers...),
 		Topic:                  cfg.topic,
@@ -109,18 +112,26 @@ func compressionCodec(name string) (kafka.Compression, error) {
 // slice's elements are updated in place, so the caller sees what was sent.
 //
 // If any event is invalid, Publish returns its *schemas.ValidationError
-// (wrapped, naming the index) and publishes none of them.
+// (wrapped, naming the index) and publishes none of them. If ctx is already
+// done, Publish returns its error and publishes nothing.
 //
 // In sync mode (the default) Publish returns once the broker acknowledged
 // every event (acks=all) or returns the error. In async mode it returns as
 // soon as the events are queued; delivery failures go to the callback given
-// to WithAsync, and Close waits for everything queued.
+// to WithAsync, and Close waits for everything queued. Failures known before
+// queueing are returned in both modes: an error from Publish in async mode
+// means the events were not queued (for instance the topic does not exist:
+// kafka-go looks the topic up in its metadata cache before queueing, without
+// retries); they count as Failed but are not passed to the callback.
 func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) error {
 	if p.closed.Load() {
 		return ErrClosed
 	}
 	if len(events) == 0 {
 		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
 	now := p.now()
 	for i := range events {
@@ -140,36 +151,46 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
 		}
 	}
+	// One slab holds every encoded event of the call: one allocation instead
+	// of one per event. The writer may keep the bytes after Publish returns
+	// (async mode, or a cancelled context), so a slab is never reused.
 	msgs := make([]kafka.Message, len(events))
-	var pooled []*[]byte
+	slab := make([]byte, 0, 256*len(events))
 	for i := range events {
 		e := &events[i]
-		var value []byte
-		if p.async {
-			// The writer keeps the bytes until the batch is sent.
-			value = e.AppendJSON(make([]byte, 0, 256))
-			if p.onError != nil {
-				msgs[i].WriterData = *e
-			}
-		} else {
-			bp := p.bufs.Get().(*[]byte)
-			*bp = e.AppendJSON((*bp)[:0])
-			value = *bp
-			pooled = append(pooled, bp)
-		}
+		start := len(slab)
+		slab = e.AppendJSON(slab)
 		msgs[i].Key = []byte(e.TenantID)
-		msgs[i].Value = value
+		msgs[i].Value = slab[start:len(slab):len(slab)]
+		if p.async && p.onError != nil {
+			msgs[i].WriterData = *e
+		}
 	}
 	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
-		// Not recycling the buffers: after a cancelled context the writer
-		// may still be sending them. A cancelled publish may still be
-		// delivered; publishing the same events again is safe (same ids).
+		if errors.Is(err, io.ErrClosedPipe) && p.closed.Load() {
+			return ErrClosed // Close ran since the check above
+		}
+		if !p.queued(ctx, err) {
+			p.stats.failed.Add(int64(len(events)))
+		}
+		// A cancelled publish may still be delivered; publishing the same
+		// events again is safe (same ids).
 		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
-	for _, bp := range pooled {
-		p.bufs.Put(bp)
-	}
 	return nil
+}
+
+// queued reports whether the events of a WriteMessages call that returned err
+// reached the writer's batches, whose outcome complete counts. In async mode
+// an error always means they did not; in sync mode the writer returns
+// WriteErrors for completed batches and the context's error when it stopped
+// waiting for queued ones.
+func (p *Publisher) queued(ctx context.Context, err error) bool {
+	if p.async {
+		return false
+	}
+	var werrs kafka.WriteErrors
+	return errors.As(err, &werrs) || (ctx.Err() != nil && errors.Is(err, ctx.Err()))
 }
 
 // complete runs for every batch the writer finished, in both modes.
