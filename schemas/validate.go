@@ -1,10 +1,6 @@
 package schemas
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -59,20 +55,6 @@ func NewValidator(opts ...Option) *Validator {
 	return v
 }
 
-// wireEvent mirrors the JSON object. Quantity stays raw so that numbers are
-// read from their text (never through float64) and strings are accepted too.
-type wireEvent struct {
-	ID            string            `json:"id"`
-	TenantID      string            `json:"tenant_id"`
-	UserID        string            `json:"user_id"`
-	FeatureType   string            `json:"feature_type"`
-	Quantity      json.RawMessage   `json:"quantity"`
-	Timestamp     string            `json:"timestamp"`
-	Metadata      map[string]string `json:"metadata"`
-	BillingPeriod string            `json:"billing_period"`
-	SchemaVersion *int              `json:"schema_version"`
-}
-
 // Decode parses one JSON-encoded event and validates it. On success the
 // event is normalised: Timestamp in UTC, BillingPeriod and SchemaVersion
 // filled. Any failure is a *ValidationError.
@@ -80,45 +62,29 @@ func (v *Validator) Decode(data []byte) (UsageEvent, error) {
 	if len(data) > v.maxBytes {
 		return UsageEvent{}, invalid(CodePayloadTooLarge, "", "event is %d bytes, the limit is %d", len(data), v.maxBytes)
 	}
-	var w wireEvent
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
-		return UsageEvent{}, decodeError(err)
-	}
-	if dec.More() {
-		return UsageEvent{}, invalid(CodeMalformedJSON, "", "trailing data after the JSON object")
+	w, err := scanEvent(data)
+	if err != nil {
+		return UsageEvent{}, err
 	}
 
-	e := UsageEvent{
-		ID:            w.ID,
-		TenantID:      w.TenantID,
-		UserID:        w.UserID,
-		FeatureType:   w.FeatureType,
-		Metadata:      w.Metadata,
-		BillingPeriod: w.BillingPeriod,
-		SchemaVersion: CurrentSchemaVersion,
-	}
+	e := w.UsageEvent
 	// Field order here is the order in which errors are reported.
 	if err := checkIdentity(&e); err != nil {
 		return UsageEvent{}, err
 	}
-	q, err := parseQuantity(w.Quantity)
+	q, err := parseQuantity(w.quantity)
 	if err != nil {
 		return UsageEvent{}, err
 	}
 	e.Quantity = q
-	if w.Timestamp == "" {
+	if w.timestamp == "" {
 		return UsageEvent{}, invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
 	}
-	ts, perr := time.Parse(time.RFC3339Nano, w.Timestamp)
+	ts, perr := time.Parse(time.RFC3339Nano, w.timestamp)
 	if perr != nil {
-		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp", "%q is not an RFC 3339 date-time", w.Timestamp)
+		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp", "%q is not an RFC 3339 date-time", w.timestamp)
 	}
 	e.Timestamp = ts.UTC()
-	if w.SchemaVersion != nil {
-		e.SchemaVersion = *w.SchemaVersion
-	}
 	if err := v.checkRest(&e); err != nil {
 		return UsageEvent{}, err
 	}
@@ -194,31 +160,61 @@ func (v *Validator) checkRest(e *UsageEvent) error {
 	return nil
 }
 
-func parseQuantity(raw json.RawMessage) (decimal.Decimal, error) {
-	if len(raw) == 0 || string(raw) == "null" {
+func parseQuantity(q wireQuantity) (decimal.Decimal, error) {
+	text := q.text
+	switch q.kind {
+	case quantityAbsent:
 		return decimal.Decimal{}, invalid(CodeMissingField, "quantity", "quantity is required")
-	}
-	text := string(raw)
-	switch raw[0] {
-	case '"':
+	case quantityString:
 		// Strings use plain notation only: "12.5", never "1.25e1".
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil || !isDecimalText(s, false) {
-			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%s is not a plain decimal string such as \"12.5\"", raw)
+		if !isDecimalText(text, false) {
+			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a plain decimal string such as \"12.5\"", text)
 		}
-		text = s
-	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+	case quantityNumber:
 	default:
 		return decimal.Decimal{}, invalid(CodeInvalidType, "quantity", "quantity must be a decimal number or a string holding one")
 	}
 	if !isDecimalText(text, true) {
 		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
 	}
+	if d, ok := smallDecimal(text); ok {
+		return d, nil
+	}
 	d, err := decimal.NewFromString(text)
 	if err != nil {
 		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
 	}
 	return d, checkQuantity(d)
+}
+
+// smallDecimal is a fast path for the usual quantity: text (which passed
+// isDecimalText) without exponent, of at most 18 digits, non-negative and
+// with at most QuantityScale decimals, so valid for checkQuantity. It
+// returns what decimal.NewFromString would, without parsing a string twice
+// or comparing big integers.
+func smallDecimal(text string) (decimal.Decimal, bool) {
+	var unscaled int64
+	digits, scale, point := 0, 0, false
+	for i := 0; i < len(text); i++ {
+		switch c := text[i]; {
+		case c == '.':
+			point = true
+		case c < '0' || c > '9': // '-' or an exponent
+			return decimal.Decimal{}, false
+		default:
+			if digits++; digits > 18 {
+				return decimal.Decimal{}, false
+			}
+			unscaled = unscaled*10 + int64(c-'0')
+			if point {
+				scale++
+			}
+		}
+	}
+	if scale > QuantityScale {
+		return decimal.Decimal{}, false
+	}
+	return decimal.New(unscaled, int32(-scale)), true
 }
 
 func checkQuantity(d decimal.Decimal) error {
@@ -231,23 +227,6 @@ func checkQuantity(d decimal.Decimal) error {
 		return invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d integer digits", d, QuantityIntDigits)
 	}
 	return nil
-}
-
-// decodeError turns an encoding/json error into the contract's codes.
-func decodeError(err error) error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		field, _, _ := strings.Cut(te.Field, ".")
-		if field == "" {
-			return invalid(CodeMalformedJSON, "", "the event must be a JSON object, got %s", te.Value)
-		}
-		return invalid(CodeInvalidType, field, "%s must not be a JSON %s", field, te.Value)
-	}
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		name = strings.Trim(name, `"`)
-		return invalid(CodeUnknownField, name, "field %q is not part of schema version %d", name, CurrentSchemaVersion)
-	}
-	return invalid(CodeMalformedJSON, "", "%v", err)
 }
 
 // isDecimalText accepts -?digits(.digits)? and, with exp, an exponent of at
@@ -320,6 +299,17 @@ func isMeterName(s string) bool {
 }
 
 func isPrintable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf {
+			return isPrintableUTF8(s[i:]) // rare: keep the ASCII loop short
+		} else if c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isPrintableUTF8(s string) bool {
 	if !utf8.ValidString(s) {
 		return false
 	}

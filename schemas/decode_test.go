@@ -1,0 +1,367 @@
+package schemas
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// fuzzNow keeps the future-skew check stable between the two decoders.
+var fuzzNow = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+// base is a valid event; tricky seeds add one member to it.
+const base = `"id":"e1","tenant_id":"acme","feature_type":"api_calls","quantity":"1","timestamp":"2026-11-20T10:00:00Z"`
+
+// trickyInputs are seeds for FuzzDecodeMatchesReference beyond the vectors:
+// the edge cases of encoding/json that the scanner must reproduce.
+var trickyInputs = []string{
+	// strings: escapes, surrogates, invalid UTF-8, control characters
+	`{` + base + `,"user_id":"a\u0062\"\\\/\b\f\n\r\t"}`,
+	`{` + base + `,"user_id":"\ud83d\ude00 \uD83D\uDE00"}`,
+	`{` + base + `,"user_id":"\ud800"}`,
+	`{` + base + `,"user_id":"\ud800\u0041"}`,
+	`{` + base + `,"user_id":"\udc00\ud800"}`,
+	`{` + base + `,"user_id":"\ud800\ud800\udc00"}`,
+	`{` + base + `,"user_id":"\ud800\u12"}`,
+	`{` + base + `,"user_id":"\u12G4"}`,
+	`{` + base + `,"user_id":"\x"}`,
+	`{` + base + `,"user_id":"\'"}`,
+	`{` + base + `,"user_id":"\u0000"}`,
+	`{` + base + `,"user_id":"` + "a\tb" + `"}`,
+	`{` + base + `,"user_id":"` + "\xff\xfe" + `"}`,
+	`{` + base + `,"user_id":"` + "\xed\xa0\x80" + `"}`,
+	`{` + base + `,"user_id":"` + "caf\xc3\xa9 \xef\xbf\xbd" + `"}`,
+	`{` + base + `,"metadata":{"k":"` + "\xff" + `"}}`,
+	`{` + base + `,"metadata":{"` + "\xff" + `":"v"}}`,
+	`{` + base + `,"` + "\xff" + `":1}`,
+	`{` + base + `,"m":` + "\xff" + `}`,
+	"\xef\xbb\xbf{" + base + `}`,
+	// keys: case folding, escapes, odd unknown names
+	`{"ID":"e1","Tenant_ID":"acme","FEATURE_TYPE":"api_calls","Quantity":"1","timeStamp":"2026-11-20T10:00:00Z"}`,
+	`{` + base + `,"ſchema_verſion":1}`,
+	`{` + base + `,"\u0069d":"e2"}`,
+	`{` + base + `,"a\"b":1}`,
+	`{` + base + `,"":1}`,
+	`{` + base + `,"\n\u2028":1}`,
+	`{` + base + `,"tenantId":"x","id":5}`,
+	`{"id":5,` + base + `,"tenantId":"x"}`,
+	// duplicate keys and null
+	`{` + base + `,"id":"e2"}`,
+	`{` + base + `,"id":null}`,
+	`{` + base + `,"quantity":null}`,
+	`{` + base + `,"schema_version":2,"schema_version":null}`,
+	`{` + base + `,"metadata":{"a":"1"},"metadata":{"b":"2","a":"3"}}`,
+	`{` + base + `,"metadata":{"a":"1"},"metadata":null}`,
+	`{` + base + `,"metadata":null,"metadata":{}}`,
+	`{` + base + `,"metadata":{"a":null,"a":"x","b":null}}`,
+	`{` + base + `,"billing_period":null,"user_id":null}`,
+	`null`,
+	` null `,
+	`{}`,
+	// values of the wrong type, nested values
+	`{` + base + `,"metadata":{"a":{"b":[1,{"c":null}]}}}`,
+	`{` + base + `,"metadata":{"a":[]}}`,
+	`{` + base + `,"metadata":{"a":true}}`,
+	`{` + base + `,"metadata":"a"}`,
+	`{` + base + `,"metadata":[{"a":"b"}]}`,
+	`{` + base + `,"user_id":{"a":1}}`,
+	`{` + base + `,"user_id":[1,2]}`,
+	`{` + base + `,"user_id":false}`,
+	`{` + base + `,"timestamp":1.5e3}`,
+	`{` + base + `,"quantity":{"a":1}}`,
+	`{` + base + `,"quantity":[1]}`,
+	`{` + base + `,"quantity":false}`,
+	`{"quantity":true}`,
+	`{` + base + `,"schema_version":"1"}`,
+	`{` + base + `,"schema_version":true}`,
+	`{` + base + `,"schema_version":{}}`,
+	`{` + base + `,"schema_version":[]}`,
+	`{` + base + `,"user_id":1,"metadata":{"a":2}}`,
+	`{` + base + `,"user_id":1,"x":2}`,
+	`{` + base + `,"user_id":1,"x":2,}`,
+	`{` + base + `,"x":{"y":[1,2,{"z":"\u00e9"}]},"id":1}`,
+	// numbers
+	`{` + base + `,"quantity":1e3}`,
+	`{` + base + `,"quantity":1E+3}`,
+	`{` + base + `,"quantity":12.5e-1}`,
+	`{` + base + `,"quantity":1e-9}`,
+	`{` + base + `,"quantity":1e-10}`,
+	`{` + base + `,"quantity":1e1000}`,
+	`{` + base + `,"quantity":-0}`,
+	`{` + base + `,"quantity":"-0"}`,
+	`{` + base + `,"quantity":"-0.0"}`,
+	`{` + base + `,"quantity":0.0}`,
+	`{` + base + `,"quantity":"007.50"}`,
+	`{` + base + `,"quantity":"1.0000000000"}`,
+	`{` + base + `,"quantity":1.0000000000}`,
+	`{` + base + `,"quantity":"123456789012345678"}`,
+	`{` + base + `,"quantity":"1234567890123456789"}`,
+	`{` + base + `,"quantity":"12345678901234567.8"}`,
+	`{` + base + `,"quantity":"99999999999999999999999999999.999999999"}`,
+	`{` + base + `,"quantity":"100000000000000000000000000000"}`,
+	`{` + base + `,"quantity":"\u0031\u002e5"}`,
+	`{` + base + `,"quantity":" 1"}`,
+	`{` + base + `,"quantity":"1."}`,
+	`{` + base + `,"quantity":".5"}`,
+	`{` + base + `,"quantity":01}`,
+	`{` + base + `,"quantity":1.}`,
+	`{` + base + `,"quantity":-}`,
+	`{` + base + `,"quantity":+1}`,
+	`{` + base + `,"quantity":1e}`,
+	`{` + base + `,"quantity":1.5.5}`,
+	`{` + base + `,"schema_version":1.0}`,
+	`{` + base + `,"schema_version":1e0}`,
+	`{` + base + `,"schema_version":-0}`,
+	`{` + base + `,"schema_version":0}`,
+	`{` + base + `,"schema_version":-1}`,
+	`{` + base + `,"schema_version":9223372036854775807}`,
+	`{` + base + `,"schema_version":9223372036854775808}`,
+	`{` + base + `,"x":-01}`,
+	// literals and whitespace
+	`{` + base + `,"user_id":nul}`,
+	`{` + base + `,"user_id":nullx}`,
+	`{` + base + `,"x":tru}`,
+	`{` + base + `,"x":truex}`,
+	`{` + base + `,"x":NaN}`,
+	" \t\r\n{ \"id\" :\t\"e1\" ,\n\"tenant_id\"\r:\"acme\",\"feature_type\" : \"api_calls\" , \"quantity\" : 1 , \"timestamp\":\"2026-11-20T10:00:00Z\" , \"metadata\" : { \"a\" : \"b\" , \"c\" : null } } \n",
+	"{" + base + ",\"x\":[ 1 , { } , [ ] ,\"\" ] }",
+	"{" + base + "}\x00",
+	"{" + base + "}\f",
+	// top level and trailing data
+	``, ` `, `{`, `}`, `[]`, `[{` + base + `}]`, `"s"`, `1`, `-1`, `true`, `nul`, `null x`, `{}x`, `{} {}`,
+	`{` + base + `}   `, `{` + base + `} x`, `{` + base + `}{}`, `{` + base + `}}`, `{` + base + `} ]`, `null]`,
+	`{"id":1} x`,
+	// truncated
+	`{"id"`, `{"id":`, `{"id":"e1`, `{"id":"e1",`, `{"id":"\`, `{"id":"\u12`, `{"x":[1,`, `{"x":{"a":`,
+	`{` + base + `,"metadata":{"a":"b"`,
+	// timestamps and periods
+	`{` + base + `,"timestamp":"2026-11-20T10:00:00.123456789+05:30"}`,
+	`{` + base + `,"timestamp":"2026-11-20t10:00:00z"}`,
+	`{` + base + `,"timestamp":"1970-01-01T00:00:00+01:00"}`,
+	`{` + base + `,"timestamp":"2026-11-28T12:05:00.000000001Z"}`,
+	`{` + base + `,"billing_period":"2026-00"}`,
+}
+
+// deepInputs nest arrays and objects around encoding/json's depth limit.
+func deepInputs() []string {
+	var out []string
+	for _, n := range []int{maxNestingDepth - 2, maxNestingDepth - 1, maxNestingDepth} {
+		arr := strings.Repeat("[", n) + strings.Repeat("]", n)
+		out = append(out, `{`+base+`,"x":`+arr+`}`, `{`+base+`,"metadata":{"a":`+arr+`}}`, `{"id":`+arr+`}`)
+		obj := strings.Repeat(`{"a":`, n) + "1" + strings.Repeat("}", n)
+		out = append(out, `{`+base+`,"x":`+obj+`}`)
+	}
+	return out
+}
+
+func decodeSeeds(tb testing.TB) [][]byte {
+	vs, err := TestVectors()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var seeds [][]byte
+	for _, vec := range vs {
+		seeds = append(seeds, vec.Bytes())
+	}
+	for _, s := range trickyInputs {
+		seeds = append(seeds, []byte(s))
+	}
+	full := []byte(`{"id":"e1","tenant_id":"acme","user_id":"\u00e9","feature_type":"api_calls","quantity":12.5,"timestamp":"2026-11-20T10:00:00Z","metadata":{"a":"b"},"billing_period":"2026-11","schema_version":1}`)
+	for i := range full {
+		seeds = append(seeds, full[:i])
+	}
+	return seeds
+}
+
+func FuzzDecodeMatchesReference(f *testing.F) {
+	for _, s := range decodeSeeds(f) {
+		f.Add(s)
+	}
+	v := NewValidator(WithClock(func() time.Time { return fuzzNow }))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, gerr := v.Decode(data)
+		if foldedKey(data) {
+			// Deliberate difference: encoding/json matched keys without
+			// case; Decode, like the JSON Schema, refuses them.
+			if gerr == nil {
+				t.Fatalf("accepted a key in the wrong case: %q", data)
+			}
+			return
+		}
+		want, werr := decodeReference(v, data)
+		if tag, ok := trailingCloserTag(data); ok {
+			// Deliberate difference: encoding/json's Decoder.More let a
+			// trailing ']' or '}' through; Decode refuses it.
+			want, werr = UsageEvent{}, invalid(Code(tag), "", "trailing data")
+		}
+		if msg := compareDecodes(got, gerr, want, werr); msg != "" {
+			t.Fatalf("%s\ninput: %q", msg, data)
+		}
+	})
+}
+
+// foldedKey reports whether a top-level key of data names a field only
+// when compared without case.
+func foldedKey(data []byte) bool {
+	var obj map[string]json.RawMessage
+	if json.NewDecoder(bytes.NewReader(data)).Decode(&obj) != nil { // the first value only
+		return false
+	}
+	fields := []string{"id", "tenant_id", "user_id", "feature_type", "quantity", "timestamp", "metadata", "billing_period", "schema_version"}
+	for k := range obj {
+		for _, f := range fields {
+			if k != f && strings.EqualFold(k, f) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// trailingCloserTag reports whether the reference gets past the Decoder
+// although data has a ']' or '}' after its first value, and then the tag
+// Decode must give instead: the Decoder's own error, or malformed_json.
+func trailingCloserTag(data []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var raw json.RawMessage
+	if dec.Decode(&raw) != nil {
+		return "", false
+	}
+	rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n")
+	if len(rest) == 0 || (rest[0] != ']' && rest[0] != '}') {
+		return "", false
+	}
+	dec = json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&jsonWireEvent{}); err != nil {
+		var ve *ValidationError
+		errors.As(decodeErrorReference(err), &ve)
+		return ve.Tag(), true
+	}
+	return string(CodeMalformedJSON), true
+}
+
+// compareDecodes describes how two Decode results differ, or returns "".
+func compareDecodes(got UsageEvent, gerr error, want UsageEvent, werr error) string {
+	if gerr != nil || werr != nil {
+		var g, w *ValidationError
+		if !errors.As(gerr, &g) || !errors.As(werr, &w) {
+			return "got " + errString(gerr) + ", want " + errString(werr)
+		}
+		if g.Tag() != w.Tag() || g.Reason == "" {
+			return "got " + gerr.Error() + ", want " + werr.Error()
+		}
+		return ""
+	}
+	switch {
+	case got.ID != want.ID, got.TenantID != want.TenantID, got.UserID != want.UserID, got.FeatureType != want.FeatureType:
+		return "identity differs"
+	case !got.Quantity.Equal(want.Quantity) || got.Quantity.Exponent() != want.Quantity.Exponent():
+		return "quantity: got " + got.Quantity.String() + ", want " + want.Quantity.String()
+	case !got.Timestamp.Equal(want.Timestamp) || got.Timestamp.Location() != want.Timestamp.Location():
+		return "timestamp differs"
+	case !reflect.DeepEqual(got.Metadata, want.Metadata): // also tells nil from empty
+		return "metadata differs"
+	case got.BillingPeriod != want.BillingPeriod || got.SchemaVersion != want.SchemaVersion:
+		return "billing period or schema version differs"
+	}
+	return ""
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
+
+// Deep inputs are tested here rather than seeded: 10 KB seeds slow the
+// fuzzer down.
+func TestDecodeDeepNestingMatchesReference(t *testing.T) {
+	v := NewValidator()
+	for _, in := range deepInputs() {
+		got, gerr := v.Decode([]byte(in))
+		want, werr := decodeReference(v, []byte(in))
+		if msg := compareDecodes(got, gerr, want, werr); msg != "" {
+			t.Errorf("%s\ninput: %.80s", msg, in)
+		}
+	}
+}
+
+// TestDecodeEdgeCases pins behaviours of encoding/json that Decode keeps,
+// and the one it deliberately changes.
+func TestDecodeEdgeCases(t *testing.T) {
+	v := NewValidator(WithClock(func() time.Time { return fuzzNow }))
+	for _, c := range []struct{ in, want string }{
+		{`{` + base + `,"metadata":{"a":"1"},"metadata":{"b":"2"}}`, "ok"},
+		{`{` + base + `,"id":null}`, "ok"},
+		{`{` + base + `,"quantity":null}`, "missing_field:quantity"},
+		{`{` + base + `,"ID":"e 2"}`, "unknown_field:ID"}, // keys are case-sensitive, as in the JSON Schema
+		{`{` + base + `,"a\"b":1}`, `unknown_field:a\"b`},
+		{`{"x":1,"id":2}`, "unknown_field:x"},
+		{`{"id":2,"x":1}`, "invalid_type:id"},
+		{`{"id":2,"x":1,}`, "malformed_json"},
+		{`{` + base + `,"schema_version":1.0}`, "invalid_type:schema_version"},
+		{`{` + base + `,"metadata":{"a":{}}}`, "invalid_type:metadata"},
+		{`null`, "missing_field:id"},
+		{`{` + base + `}}`, "malformed_json"}, // encoding/json's Decoder.More accepted this
+	} {
+		_, err := v.Decode([]byte(c.in))
+		got := "ok"
+		var ve *ValidationError
+		if errors.As(err, &ve) {
+			got = ve.Tag()
+		}
+		if got != c.want {
+			t.Errorf("%s: got %s (%v), want %s", c.in, got, err, c.want)
+		}
+	}
+}
+
+func TestPeriodOf(t *testing.T) {
+	for _, ts := range []time.Time{
+		time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(999, 12, 31, 23, 0, 0, 0, time.UTC),
+		time.Date(2026, 11, 30, 23, 30, 0, 0, time.FixedZone("x", -3600)), time.Date(9999, 9, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+	} {
+		if got, want := PeriodOf(ts), ts.UTC().Format("2006-01"); got != want {
+			t.Errorf("PeriodOf(%s) = %q, want %q", ts, got, want)
+		}
+	}
+}
+
+func TestSmallDecimalMatchesNewFromString(t *testing.T) {
+	for _, s := range []string{"0", "1", "007.50", "0.000000001", "1.000000000", "123456789012345678",
+		"123456789.901234567", "999999999999999999", "0.0", "10"} {
+		d, ok := smallDecimal(s)
+		want := decimal.RequireFromString(s)
+		if !ok || !d.Equal(want) || d.Exponent() != want.Exponent() || d.Coefficient().Cmp(want.Coefficient()) != 0 {
+			t.Errorf("smallDecimal(%q) = %s, %v; want %s", s, d, ok, want)
+		}
+	}
+	for _, s := range []string{"-1", "-0", "1e3", "1234567890123456789", "0.0000000001"} {
+		if _, ok := smallDecimal(s); ok {
+			t.Errorf("smallDecimal(%q) took the fast path", s)
+		}
+	}
+}
+
+// BenchmarkDecodeReference measures the former encoding/json Decode, for
+// comparison with BenchmarkDecode.
+func BenchmarkDecodeReference(b *testing.B) {
+	raw := []byte(`{"id":"018f3a5e-7c1d-7b3e-9a2f-0c4b5d6e7f80","tenant_id":"acme","user_id":"user-42","feature_type":"api_calls","quantity":"1","timestamp":"2026-11-20T10:00:00.123456789Z","metadata":{"endpoint":"/v1/items","method":"GET"}}`)
+	v := NewValidator()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		if _, err := decodeReference(v, raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
