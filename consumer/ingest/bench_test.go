@@ -49,3 +49,40 @@ func BenchmarkConsumeToClickHouse(b *testing.B) {
 		b.Fatalf("%d deduplicated rows, want %d", got, b.N)
 	}
 }
+
+// BenchmarkEndToEnd measures SDK -> Kafka -> consumer -> ClickHouse with
+// both running at once on the same machine as the engines: the timer runs
+// from the first publish until the last of b.N events is inserted.
+func BenchmarkEndToEnd(b *testing.B) {
+	e := newEnv(b, "")
+	e.log = zap.NewNop()
+	events, _ := mixed(b.N, time.Now().Add(-time.Hour))
+	r := e.start()
+	p := e.publisher(producer.WithAsync(func(err error, _ []schemas.UsageEvent) { b.Errorf("publish: %v", err) }))
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < len(events); i += 1000 {
+		if err := p.Publish(context.Background(), events[i:min(i+1000, len(events))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := p.Close(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for testutil.ToFloat64(r.c.m.inserted) < float64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("only %v of %d inserted", testutil.ToFloat64(r.c.m.inserted), b.N)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	if err := r.shutdown(b); err != nil {
+		b.Fatal(err)
+	}
+	if got := e.count("FROM usage_events FINAL"); got != uint64(b.N) {
+		b.Fatalf("%d deduplicated rows, want %d", got, b.N)
+	}
+}
