@@ -28,7 +28,7 @@ if [[ $already_running == 0 && ${USAGE_KEEP_ENGINES:-} != 1 ]]; then
 fi
 
 echo "== go vet"
-go vet ./schemas/... ./producer/... ./consumer/... ./testenv/...
+go vet ./schemas/... ./producer/... ./consumer/... ./aggregator/... ./testenv/...
 
 echo "== go test (real Kafka at $USAGE_TEST_KAFKA, ClickHouse at $USAGE_TEST_CLICKHOUSE)"
-go test -count=1 -timeout 20m ./schemas/... ./producer/... ./consumer/... ./testenv/... "$@"
+go test -count=1 -timeout 20m ./schemas/... ./producer/... ./consumer/... ./aggregator/... ./testenv/... "$@"

@@ -108,13 +108,6 @@ func (s *Store) Conn() driver.Conn { return s.conn }
 // Close closes the connection.
 func (s *Store) Close() error { return s.conn.Close() }
 
-// Row is one accepted event with the Kafka position it was read from.
-type Row struct {
-	Event     schemas.UsageEvent
-	Partition int32
-	Offset    int64
-}
-
 // insertEvents lists the columns explicitly: ClickHouse 18.16 rejects a
 // batch insert without a column list.
 const insertEvents = `INSERT INTO usage_events (id, tenant_id, user_id, feature_type, quantity, event_time, event_time_ns,
@@ -123,12 +116,59 @@ const insertEvents = `INSERT INTO usage_events (id, tenant_id, user_id, feature_
 // firstWriteWins makes ReplacingMergeTree keep the lowest offset of an id.
 const firstWriteWins = uint64(1) << 63
 
-// InsertEvents writes rows in one batch, column by column. The batch is all
-// or nothing from the caller's point of view: on error nothing may be
-// assumed written, and retrying the same rows is safe because the table
-// deduplicates by (tenant_id, id).
-func (s *Store) InsertEvents(ctx context.Context, rows []Row) error {
-	if len(rows) == 0 {
+// EventBatch accumulates accepted events column by column, the layout the
+// native protocol sends, so a flush copies nothing. Reset keeps the
+// capacity for the next batch.
+type EventBatch struct {
+	ids, tenants, users, meters, periods []string
+	quantities                           []decimal.Decimal
+	times                                []time.Time
+	nanos                                []uint32
+	keys, values                         [][]string
+	versions                             []uint8
+	partitions                           []int32
+	offsets                              []int64
+	dedup                                []uint64
+}
+
+// Append adds one event read from the given Kafka position.
+func (b *EventBatch) Append(e *schemas.UsageEvent, partition int32, offset int64) {
+	b.ids = append(b.ids, e.ID)
+	b.tenants = append(b.tenants, e.TenantID)
+	b.users = append(b.users, e.UserID)
+	b.meters = append(b.meters, e.FeatureType)
+	b.periods = append(b.periods, e.BillingPeriod)
+	b.quantities = append(b.quantities, e.Quantity)
+	b.times = append(b.times, e.Timestamp.Truncate(time.Second))
+	b.nanos = append(b.nanos, uint32(e.Timestamp.Nanosecond()))
+	k, v := splitMetadata(e.Metadata)
+	b.keys = append(b.keys, k)
+	b.values = append(b.values, v)
+	b.versions = append(b.versions, uint8(e.SchemaVersion))
+	b.partitions = append(b.partitions, partition)
+	b.offsets = append(b.offsets, offset)
+	b.dedup = append(b.dedup, firstWriteWins-uint64(offset))
+}
+
+// Len is the number of events in the batch.
+func (b *EventBatch) Len() int { return len(b.ids) }
+
+// Reset empties the batch, keeping its memory.
+func (b *EventBatch) Reset() {
+	*b = EventBatch{
+		ids: b.ids[:0], tenants: b.tenants[:0], users: b.users[:0], meters: b.meters[:0], periods: b.periods[:0],
+		quantities: b.quantities[:0], times: b.times[:0], nanos: b.nanos[:0], keys: b.keys[:0], values: b.values[:0],
+		versions: b.versions[:0], partitions: b.partitions[:0], offsets: b.offsets[:0], dedup: b.dedup[:0],
+	}
+}
+
+// Insert writes the batch as one insert. It is all or nothing from the
+// caller's point of view: on error nothing may be assumed written, and
+// retrying the same batch is safe because the table deduplicates by
+// (tenant_id, id).
+func (s *Store) Insert(ctx context.Context, b *EventBatch) error {
+	n := b.Len()
+	if n == 0 {
 		return nil
 	}
 	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
@@ -136,33 +176,13 @@ func (s *Store) InsertEvents(ctx context.Context, rows []Row) error {
 		return fmt.Errorf("prepare insert into usage_events: %w", err)
 	}
 	defer func() { _ = batch.Abort() }()
-	n := len(rows)
-	var (
-		ids, tenants, users, meters, periods = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		quantities                           = make([]decimal.Decimal, n)
-		times, ingested                      = make([]time.Time, n), make([]time.Time, n)
-		nanos                                = make([]uint32, n)
-		keys, values                         = make([][]string, n), make([][]string, n)
-		versions                             = make([]uint8, n)
-		partitions                           = make([]int32, n)
-		offsets                              = make([]int64, n)
-		dedup                                = make([]uint64, n)
-	)
+	ingested := make([]time.Time, n)
 	now := time.Now().UTC().Truncate(time.Second)
-	for i := range rows {
-		r := &rows[i]
-		e := &r.Event
-		ids[i], tenants[i], users[i], meters[i], periods[i] = e.ID, e.TenantID, e.UserID, e.FeatureType, e.BillingPeriod
-		quantities[i] = e.Quantity
-		times[i] = e.Timestamp.Truncate(time.Second)
-		nanos[i] = uint32(e.Timestamp.Nanosecond())
-		keys[i], values[i] = splitMetadata(e.Metadata)
-		versions[i] = uint8(e.SchemaVersion)
+	for i := range ingested {
 		ingested[i] = now
-		partitions[i], offsets[i] = r.Partition, r.Offset
-		dedup[i] = firstWriteWins - uint64(r.Offset)
 	}
-	cols := []any{ids, tenants, users, meters, quantities, times, nanos, periods, keys, values, versions, ingested, partitions, offsets, dedup}
+	cols := []any{b.ids, b.tenants, b.users, b.meters, b.quantities, b.times, b.nanos, b.periods,
+		b.keys, b.values, b.versions, ingested, b.partitions, b.offsets, b.dedup}
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
 			return fmt.Errorf("append column %d to usage_events batch: %w", i, err)
@@ -174,11 +194,9 @@ func (s *Store) InsertEvents(ctx context.Context, rows []Row) error {
 	return nil
 }
 
-var empty = []string{}
-
 func splitMetadata(m map[string]string) ([]string, []string) {
 	if len(m) == 0 {
-		return empty, empty
+		return []string{}, []string{}
 	}
 	keys := make([]string, 0, len(m))
 	values := make([]string, 0, len(m))

@@ -41,16 +41,31 @@ func TestStoreAgainstClickHouse(t *testing.T) {
 		return schemas.UsageEvent{ID: id, TenantID: tenant, FeatureType: "tokens", Quantity: decimal.RequireFromString(qty),
 			Timestamp: ts, BillingPeriod: "2026-11", SchemaVersion: 1, Metadata: map[string]string{"model": "m1"}}
 	}
-	rows := []Row{
-		{Event: ev("acme", "e1", "0.000000001"), Offset: 10},
-		{Event: ev("acme", "e2", "12345678901234567890.123456789"), Offset: 11},
-		{Event: ev("acme", "e1", "5"), Offset: 12},   // conflicting duplicate: first write wins
-		{Event: ev("globex", "e1", "7"), Offset: 13}, // same id, other tenant: a different event
+	type row struct {
+		e      schemas.UsageEvent
+		offset int64
 	}
-	if err := s.InsertEvents(ctx, rows); err != nil {
+	rows := []row{
+		{ev("acme", "e1", "0.000000001"), 10},
+		{ev("acme", "e2", "12345678901234567890.123456789"), 11},
+		{ev("acme", "e1", "5"), 12},   // conflicting duplicate: first write wins
+		{ev("globex", "e1", "7"), 13}, // same id, other tenant: a different event
+	}
+	var b EventBatch
+	for _, r := range rows {
+		b.Append(&r.e, 0, r.offset)
+	}
+	if err := s.Insert(ctx, &b); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.InsertEvents(ctx, rows[:2]); err != nil { // a replayed batch
+	b.Reset()
+	for _, r := range rows[:2] { // a replayed batch
+		b.Append(&r.e, 0, r.offset)
+	}
+	if b.Len() != 2 {
+		t.Fatalf("Reset left %d rows", b.Len())
+	}
+	if err := s.Insert(ctx, &b); err != nil {
 		t.Fatal(err)
 	}
 	totals, err := s.Totals(ctx, TotalsQuery{Since: ts.Add(-time.Hour)})

@@ -38,10 +38,10 @@ import (
 	"github.com/usagemeter/usagemeter/schemas"
 )
 
-// Store writes a batch of valid events. Writing the same rows again must be
-// harmless (chstore.Store deduplicates by id).
+// Store writes a batch of valid events. Writing the same batch again must
+// be harmless (chstore.Store deduplicates by id).
 type Store interface {
-	InsertEvents(ctx context.Context, rows []chstore.Row) error
+	Insert(ctx context.Context, b *chstore.EventBatch) error
 }
 
 // DLQ header names. Values are strings.
@@ -124,15 +124,25 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 
 // batch is what one flush writes and commits.
 type batch struct {
-	rows    []chstore.Row
+	rows    chstore.EventBatch
 	invalid []kafka.Message
 	last    map[int]kafka.Message // the last message read per partition
 	msgs    int
 	started time.Time
 }
 
-func (c *Consumer) newBatch() *batch {
-	return &batch{rows: make([]chstore.Row, 0, min(c.cfg.BatchSize, 65536)), last: make(map[int]kafka.Message)}
+// newBatch takes a written batch back for reuse, or makes one. Reusing the
+// column slices saves re-growing them for every flush.
+func (c *Consumer) newBatch(free chan *batch) *batch {
+	select {
+	case b := <-free:
+		b.rows.Reset()
+		b.invalid, b.msgs = b.invalid[:0], 0
+		clear(b.last)
+		return b
+	default:
+		return &batch{last: make(map[int]kafka.Message)}
+	}
 }
 
 // add validates m and files it as a row or a DLQ message.
@@ -147,7 +157,7 @@ func (c *Consumer) add(b *batch, m kafka.Message) {
 		b.invalid = append(b.invalid, c.dlqMessage(m, err))
 		return
 	}
-	b.rows = append(b.rows, chstore.Row{Event: e, Partition: int32(m.Partition), Offset: m.Offset})
+	b.rows.Append(&e, int32(m.Partition), m.Offset)
 }
 
 func (c *Consumer) dlqMessage(m kafka.Message, err error) kafka.Message {
@@ -213,10 +223,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	writeCtx, stopWrite := context.WithCancel(context.Background())
 	defer stopWrite()
 	batches := make(chan *batch, 1)
+	free := make(chan *batch, 2)
 	writeErr := make(chan error, 1)
 	go func() {
 		for b := range batches {
-			if err := c.write(writeCtx, b); err != nil {
+			err := c.write(writeCtx, b)
+			select {
+			case free <- b:
+			default:
+			}
+			if err != nil {
 				writeErr <- err
 				for range batches { //nolint:revive // drain so the sender never blocks
 				}
@@ -228,7 +244,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(max(c.cfg.FlushInterval/10, time.Millisecond))
 	defer tick.Stop()
-	cur := c.newBatch()
+	cur := c.newBatch(free)
 	var runErr error
 
 loop:
@@ -242,7 +258,7 @@ loop:
 			}
 			c.m.consumed.Inc()
 			c.add(cur, m)
-			full = len(cur.rows)+len(cur.invalid) >= c.cfg.BatchSize
+			full = cur.msgs >= c.cfg.BatchSize
 		case <-tick.C:
 			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval
 		case <-ctx.Done():
@@ -257,7 +273,7 @@ loop:
 		// the back-pressure that pauses consumption when ClickHouse is down.
 		select {
 		case batches <- cur:
-			cur = c.newBatch()
+			cur = c.newBatch(free)
 		case <-ctx.Done():
 			break loop
 		case err := <-writeErr:
@@ -287,12 +303,12 @@ loop:
 func (c *Consumer) write(ctx context.Context, b *batch) error {
 	start := time.Now()
 	if err := c.retry(ctx, "insert into ClickHouse", c.m.insertErrors, func(ctx context.Context) error {
-		return c.store.InsertEvents(ctx, b.rows)
+		return c.store.Insert(ctx, &b.rows)
 	}); err != nil {
 		return err
 	}
 	c.m.insertSeconds.Observe(time.Since(start).Seconds())
-	c.m.inserted.Add(float64(len(b.rows)))
+	c.m.inserted.Add(float64(b.rows.Len()))
 	if len(b.invalid) > 0 {
 		if err := c.retry(ctx, "write to DLQ", c.m.dlqErrors, func(ctx context.Context) error {
 			return c.dlq.WriteMessages(ctx, b.invalid...)
@@ -301,7 +317,7 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 		}
 	}
 	if c.afterWrite != nil {
-		if err := c.afterWrite(len(b.rows)); err != nil {
+		if err := c.afterWrite(b.rows.Len()); err != nil {
 			return err
 		}
 	}
@@ -323,7 +339,7 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	}
 	c.m.batches.Inc()
 	c.m.batchRows.Observe(float64(b.msgs))
-	c.log.Debug("batch committed", zap.Int("rows", len(b.rows)), zap.Int("invalid", len(b.invalid)),
+	c.log.Debug("batch committed", zap.Int("rows", b.rows.Len()), zap.Int("invalid", len(b.invalid)),
 		zap.Duration("took", time.Since(start)))
 	return nil
 }
