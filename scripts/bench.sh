@@ -14,7 +14,7 @@ set +a
 n=${BENCH_EVENTS:-500000}
 echo "== SDK -> Kafka ($n events, acks=all, 4 partitions)"
 go test -run '^$' -bench 'Publish' -benchtime "${n}x" ./producer/
-echo "== Kafka -> consumer -> ClickHouse ($n events)"
-go test -run '^$' -bench 'ConsumeToClickHouse' -benchtime "${n}x" ./consumer/ingest/
+echo "== Kafka -> consumer -> ClickHouse, then SDK -> Kafka -> consumer -> ClickHouse at once ($n events)"
+go test -run '^$' -bench 'ConsumeToClickHouse|EndToEnd' -benchtime "${n}x" ./consumer/ingest/
 echo "== codec (per event)"
 go test -run '^$' -bench . -benchmem ./schemas/

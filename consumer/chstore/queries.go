@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 // TotalsQuery sums the deduplicated raw events per tenant and meter since a
@@ -58,6 +60,10 @@ func (s *Store) Totals(ctx context.Context, q TotalsQuery) ([]Total, error) {
 		var t Total
 		if err := rows.Scan(&t.TenantID, &t.FeatureType, &t.Quantity, &t.Events, &t.LastEvent); err != nil {
 			return nil, fmt.Errorf("scan usage totals: %w", err)
+		}
+		// "1219.000000000" -> "1219": same value, without the column's scale.
+		if d, err := decimal.NewFromString(t.Quantity); err == nil {
+			t.Quantity = d.String()
 		}
 		out = append(out, t)
 	}
