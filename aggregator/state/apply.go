@@ -1,0 +1,259 @@
+package state
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// Config tunes the state.
+type Config struct {
+	Plans *plans.Config
+	// AllowedLateness: an event older than its partition's watermark minus
+	// this is late; the streaming path does not apply it.
+	AllowedLateness time.Duration
+	// DedupHorizon is how many recent event ids per partition are kept to
+	// drop duplicates.
+	DedupHorizon int
+}
+
+// Outcome says what Apply did with an event.
+type Outcome uint8
+
+const (
+	Applied      Outcome = iota // folded into at least one row
+	Replayed                    // every row already had it (a re-read after a crash)
+	Duplicate                   // same tenant and id seen within the horizon
+	Late                        // older than the watermark minus the allowed lateness
+	UnknownMeter                // feature_type not configured and unknown_meters: reject
+)
+
+func (o Outcome) String() string {
+	return [...]string{"applied", "replayed", "duplicate", "late", "unknown_meter"}[o]
+}
+
+// Fetcher reads one row from storage, for keys older than what was loaded
+// at start-up; nil when the row does not exist.
+type Fetcher func(Key) (*Row, error)
+
+// State is the aggregator's memory. It is not safe for concurrent use: the
+// service calls it from one goroutine.
+type State struct {
+	cfg        Config
+	rows       map[Key]*Row
+	quotas     map[QuotaKey]*Quota
+	dedup      map[int32]*dedup
+	watermark  map[int32]time.Time
+	processed  map[int32]int64
+	loadedFrom time.Time // every row of a window starting at or after this is in rows
+	fetch      Fetcher
+}
+
+// New returns an empty State. Rows of windows that start before loadedFrom
+// are read through fetch when an event needs them.
+func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
+	return &State{
+		cfg:        cfg,
+		rows:       make(map[Key]*Row),
+		quotas:     make(map[QuotaKey]*Quota),
+		dedup:      make(map[int32]*dedup),
+		watermark:  make(map[int32]time.Time),
+		processed:  make(map[int32]int64),
+		loadedFrom: loadedFrom,
+		fetch:      fetch,
+	}
+}
+
+// Apply folds one event read at (partition, offset) into every row it
+// belongs to.
+func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Outcome, error) {
+	s.processed[partition] = offset
+	meter, known := s.cfg.Plans.MeterFor(e.FeatureType)
+	if !known && s.cfg.Plans.UnknownMeters == "reject" {
+		return UnknownMeter, nil
+	}
+	if !s.remember(e, partition) {
+		return Duplicate, nil
+	}
+	wm := s.watermark[partition]
+	if e.Timestamp.Before(wm.Add(-s.cfg.AllowedLateness)) {
+		return Late, nil
+	}
+	if e.Timestamp.After(wm) {
+		s.watermark[partition] = e.Timestamp
+	}
+	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
+	period := plans.PeriodOf(quota, assignment.AnchorDay, e.Timestamp)
+	subject := subjectOf(meter, e)
+	tsNs := e.Timestamp.UnixNano()
+	outcome := Replayed
+	for _, g := range Grains {
+		k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g}
+		if g == Period {
+			k.Start = period.Start.Unix()
+		} else {
+			k.Start = windowStart(g, e.Timestamp).Unix()
+		}
+		r, err := s.row(k, meter.Aggregation, period, plan)
+		if err != nil {
+			return 0, err
+		}
+		if r.Offset >= offset && r.Partition == partition {
+			continue // the row already reflects this event
+		}
+		oldValue, oldEvents := r.Value, r.Events
+		r.apply(e.Quantity, tsNs, partition, offset)
+		if g == Period {
+			s.fold(r, oldValue, oldEvents)
+		}
+		outcome = Applied
+	}
+	return outcome, nil
+}
+
+// Remember records an event that is already reflected in storage (read
+// again before the checkpoint to warm the dedup set) without applying it.
+func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
+	s.remember(e, partition)
+	if e.Timestamp.After(s.watermark[partition]) {
+		s.watermark[partition] = e.Timestamp
+	}
+}
+
+func (s *State) remember(e *schemas.UsageEvent, partition int32) bool {
+	d, ok := s.dedup[partition]
+	if !ok {
+		d = newDedup(s.cfg.DedupHorizon)
+		s.dedup[partition] = d
+	}
+	return d.add(e.TenantID+"\x00"+e.ID, s.cfg.DedupHorizon)
+}
+
+func subjectOf(m plans.Meter, e *schemas.UsageEvent) string {
+	if key, ok := strings.CutPrefix(m.UniqueBy, "metadata."); ok {
+		return e.Metadata[key]
+	}
+	return e.UserID
+}
+
+// row returns the row for k, loading or creating it.
+func (s *State) row(k Key, agg plans.Aggregation, p plans.Period, plan string) (*Row, error) {
+	if r, ok := s.rows[k]; ok {
+		return r, nil
+	}
+	var end time.Time
+	if k.Grain == Period {
+		end = p.End
+	} else {
+		end = time.Unix(k.Start, 0).Add(GrainLength(k.Grain))
+	}
+	if end.Before(s.loadedFrom) || end.Equal(s.loadedFrom) {
+		r, err := s.fetch(k)
+		if err != nil {
+			return nil, fmt.Errorf("load %s row %s/%s/%s@%d: %w", k.Grain, k.Tenant, k.Meter, k.Subject, k.Start, err)
+		}
+		if r != nil {
+			s.Load(r)
+			return r, nil
+		}
+	}
+	r := &Row{Key: k, Aggregation: agg, Offset: -1}
+	if k.Grain == Period {
+		r.PeriodID, r.PeriodEnd, r.Plan = p.ID, p.End.Unix(), plan
+	}
+	s.rows[k] = r
+	return r, nil
+}
+
+// Load puts a row read from storage into memory (at start-up, or through
+// the Fetcher).
+func (s *State) Load(r *Row) {
+	r.dirty = false
+	s.rows[r.Key] = r
+	if r.Grain == Period {
+		s.fold(r, decimal.Zero, 0)
+		s.quotas[QuotaKey{r.Tenant, r.Meter, r.PeriodID}].dirty = false
+	}
+}
+
+// Restore sets a partition's checkpoint: the last offset reflected in
+// storage and the watermark at that point.
+func (s *State) Restore(partition int32, offset int64, watermark time.Time) {
+	s.processed[partition] = offset
+	s.watermark[partition] = watermark
+}
+
+// Checkpoint is one partition's resume point.
+type Checkpoint struct {
+	Partition int32
+	Offset    int64 // last offset processed; all its effects are in the rows
+	Watermark time.Time
+}
+
+// Checkpoints returns the resume point of every partition seen.
+func (s *State) Checkpoints() []Checkpoint {
+	out := make([]Checkpoint, 0, len(s.processed))
+	for p, o := range s.processed {
+		out = append(out, Checkpoint{Partition: p, Offset: o, Watermark: s.watermark[p]})
+	}
+	return out
+}
+
+// Dirty returns the rows changed since MarkClean, by grain.
+func (s *State) Dirty() [len(Grains)][]*Row {
+	var out [len(Grains)][]*Row
+	for _, r := range s.rows {
+		if r.dirty {
+			out[r.Grain] = append(out[r.Grain], r)
+		}
+	}
+	return out
+}
+
+// MarkClean records that rows are durably written.
+func (s *State) MarkClean(rows []*Row) {
+	for _, r := range rows {
+		r.dirty = false
+	}
+}
+
+// Evict drops clean rows that no event can change any more (their window
+// ended more than the allowed lateness before their partition's
+// watermark), and marks quotas of such periods final. It returns how many
+// rows it dropped.
+func (s *State) Evict() int {
+	n := 0
+	for k, r := range s.rows {
+		if r.dirty {
+			continue
+		}
+		wm := s.watermark[r.Partition].Add(-s.cfg.AllowedLateness)
+		var end time.Time
+		if k.Grain == Period {
+			_, q, _ := s.cfg.Plans.QuotaFor(k.Tenant, k.Meter)
+			end = time.Unix(r.PeriodEnd, 0).Add(q.GracePeriod)
+			if !end.Before(wm) {
+				continue
+			}
+			if qt := s.quotas[QuotaKey{k.Tenant, k.Meter, r.PeriodID}]; qt != nil && !qt.Final {
+				qt.Final, qt.dirty = true, true
+			}
+		} else {
+			end = time.Unix(k.Start, 0).Add(GrainLength(k.Grain))
+			if !end.Before(wm) {
+				continue
+			}
+		}
+		delete(s.rows, k)
+		n++
+	}
+	return n
+}
+
+// Rows returns how many rows are in memory.
+func (s *State) Rows() int { return len(s.rows) }

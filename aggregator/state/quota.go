@@ -1,0 +1,104 @@
+package state
+
+import (
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+)
+
+// QuotaKey identifies a quota total.
+type QuotaKey struct {
+	Tenant, Meter, PeriodID string
+}
+
+// Quota is a tenant's usage of one meter in one period, over all subjects.
+type Quota struct {
+	QuotaKey
+	Plan        string
+	PeriodStart time.Time
+	PeriodEnd   time.Time
+	Aggregation plans.Aggregation
+	Usage       decimal.Decimal
+	LatestNs    int64
+	Events      uint64
+	Partition   int32
+	Offset      int64 // highest source offset reflected
+	Final       bool  // the period is closed
+
+	dirty     bool
+	published time.Time
+}
+
+// fold updates the quota total from a period row that changed from
+// (oldValue, oldEvents) to its current value.
+func (s *State) fold(r *Row, oldValue decimal.Decimal, oldEvents uint64) {
+	k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
+	q, ok := s.quotas[k]
+	if !ok {
+		q = &Quota{QuotaKey: k, Plan: r.Plan, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
+			Aggregation: r.Aggregation, Offset: -1}
+		s.quotas[k] = q
+	}
+	switch r.Aggregation {
+	case plans.Sum, plans.Count:
+		q.Usage = q.Usage.Add(r.Value.Sub(oldValue))
+	case plans.Max:
+		if q.Events == 0 || r.Value.GreaterThan(q.Usage) {
+			q.Usage = r.Value
+		}
+	case plans.Latest:
+		if q.Events == 0 || r.LatestNs >= q.LatestNs {
+			q.Usage, q.LatestNs = r.Value, r.LatestNs
+		}
+	case plans.UniqueCount:
+		if oldEvents == 0 && r.Events > 0 {
+			q.Usage = q.Usage.Add(one)
+		}
+	}
+	q.Events += r.Events - oldEvents
+	if r.Offset > q.Offset {
+		q.Partition, q.Offset = r.Partition, r.Offset
+	}
+	q.dirty = true
+}
+
+// DueQuotas returns the changed quotas not published within coalesce, and
+// marks them published at now. Final quotas are returned once and then
+// forgotten.
+func (s *State) DueQuotas(now time.Time, coalesce time.Duration) []Quota {
+	var out []Quota
+	for k, q := range s.quotas {
+		if !q.dirty || now.Sub(q.published) < coalesce {
+			continue
+		}
+		q.dirty, q.published = false, now
+		out = append(out, *q)
+		if q.Final {
+			delete(s.quotas, k)
+		}
+	}
+	return out
+}
+
+// Requeue marks quotas dirty again after their publication failed.
+func (s *State) Requeue(qs []Quota) {
+	for _, q := range qs {
+		if cur, ok := s.quotas[q.QuotaKey]; ok {
+			cur.dirty, cur.published = true, time.Time{}
+		} else if q.Final {
+			q.dirty = true
+			s.quotas[q.QuotaKey] = &q
+		}
+	}
+}
+
+// QuotaOf returns the current total of a quota, for tests and tools.
+func (s *State) QuotaOf(k QuotaKey) (Quota, bool) {
+	q, ok := s.quotas[k]
+	if !ok {
+		return Quota{}, false
+	}
+	return *q, true
+}

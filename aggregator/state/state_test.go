@@ -1,0 +1,188 @@
+package state
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+func seedPlans(t *testing.T) *plans.Config {
+	t.Helper()
+	c, err := plans.Load("../plans.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func newState(t *testing.T) *State {
+	return New(Config{Plans: seedPlans(t), AllowedLateness: 10 * time.Minute, DedupHorizon: 1000}, time.Time{},
+		func(Key) (*Row, error) { return nil, nil })
+}
+
+var t0 = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+
+func ev(tenant, meter, user, qty string, at time.Time, id string) *schemas.UsageEvent {
+	return &schemas.UsageEvent{ID: id, TenantID: tenant, UserID: user, FeatureType: meter,
+		Quantity: decimal.RequireFromString(qty), Timestamp: at}
+}
+
+func TestSeedScenarioLevels(t *testing.T) {
+	s := newState(t)
+	cfg := seedPlans(t)
+	level := func(tenant, period string) (string, decimal.Decimal) {
+		q, ok := s.QuotaOf(QuotaKey{tenant, "ai_generation", period})
+		if !ok {
+			t.Fatalf("no quota for %s %s", tenant, period)
+		}
+		_, quota, _ := cfg.QuotaFor(tenant, "ai_generation")
+		return plans.Evaluate(quota, q.Usage).Level, q.Usage
+	}
+	for i := 1; i <= 51; i++ {
+		if _, err := s.Apply(ev("free-co", "ai_generation", "u1", "1", t0.Add(time.Duration(i)*time.Second), fmt.Sprint("f", i)), 0, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 50 {
+			if l, u := level("free-co", "2026-11"); l != plans.LevelAtLimit {
+				t.Fatalf("50th: %s at %s", l, u)
+			}
+		}
+	}
+	if l, _ := level("free-co", "2026-11"); l != plans.LevelBlocked {
+		t.Fatalf("51st: %s", l)
+	}
+	for i := 1; i <= 120; i++ {
+		if _, err := s.Apply(ev("globex", "ai_generation", "u1", "1", t0, fmt.Sprint("g", i)), 1, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, u := level("globex", "2026-11"); l != plans.LevelOK || !u.Equal(decimal.NewFromInt(120)) {
+		t.Fatalf("PRO/ENTERPRISE at 120: %s %s", l, u)
+	}
+	// The first event of the next month starts a fresh period at 1.
+	if _, err := s.Apply(ev("free-co", "ai_generation", "u1", "1", time.Date(2026, 12, 1, 0, 0, 1, 0, time.UTC), "dec-1"), 0, 100); err != nil {
+		t.Fatal(err)
+	}
+	if l, u := level("free-co", "2026-12"); l != plans.LevelOK || !u.Equal(decimal.NewFromInt(1)) {
+		t.Fatalf("new period: %s %s", l, u)
+	}
+}
+
+func TestDuplicatesReplaysAndLateEvents(t *testing.T) {
+	s := newState(t)
+	e := ev("acme", "tokens", "u", "2.5", t0, "x")
+	mustOutcome(t, s, e, 0, 1, Applied)
+	mustOutcome(t, s, e, 0, 2, Duplicate) // same id again
+	// A re-read of the same offset after a crash changes nothing.
+	s.dedup = map[int32]*dedup{}
+	mustOutcome(t, s, e, 0, 1, Replayed)
+	mustOutcome(t, s, ev("acme", "tokens", "u", "1", t0.Add(time.Hour), "y"), 0, 3, Applied)
+	mustOutcome(t, s, ev("acme", "tokens", "u", "1", t0.Add(50*time.Minute), "z"), 0, 4, Applied) // within lateness
+	mustOutcome(t, s, ev("acme", "tokens", "u", "1", t0.Add(49*time.Minute), "w"), 0, 5, Late)
+	q, _ := s.QuotaOf(QuotaKey{"acme", "tokens", "2026-11"}) // PRO lists no tokens quota: calendar month
+	if !q.Usage.Equal(decimal.RequireFromString("4.5")) || q.Offset != 4 {
+		t.Fatalf("quota %+v", q)
+	}
+	dirty := s.Dirty()
+	if len(dirty[Minute]) != 3 || len(dirty[Hour]) != 2 || len(dirty[Day]) != 1 || len(dirty[Period]) != 1 {
+		t.Fatalf("dirty rows per grain: %d %d %d %d", len(dirty[Minute]), len(dirty[Hour]), len(dirty[Day]), len(dirty[Period]))
+	}
+}
+
+func mustOutcome(t *testing.T, s *State, e *schemas.UsageEvent, p int32, o int64, want Outcome) {
+	t.Helper()
+	got, err := s.Apply(e, p, o)
+	if err != nil || got != want {
+		t.Fatalf("event %s at %d: %v %v, want %v", e.ID, o, got, err, want)
+	}
+}
+
+func TestAggregations(t *testing.T) {
+	s := newState(t)
+	apply := func(meter, user, qty string, at time.Time, o int64) {
+		t.Helper()
+		if _, err := s.Apply(ev("t", meter, user, qty, at, fmt.Sprint(meter, o)), 0, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply("storage", "a", "5", t0, 1)
+	apply("storage", "b", "9", t0.Add(time.Second), 2)
+	apply("storage", "a", "7", t0.Add(2*time.Second), 3)
+	apply("users", "", "10", t0.Add(3*time.Second), 4)
+	apply("users", "", "4", t0.Add(2*time.Second), 5) // older: not the latest
+	apply("active_users", "a", "1", t0, 6)
+	apply("active_users", "a", "1", t0, 7)
+	apply("active_users", "b", "1", t0, 8)
+	apply("exports", "a", "123", t0, 9)
+	apply("exports", "a", "0.5", t0, 10)
+	for meter, want := range map[string]string{"storage": "9", "users": "10", "active_users": "2", "exports": "2"} {
+		q, _ := s.QuotaOf(QuotaKey{"t", meter, "2026-11"})
+		if !q.Usage.Equal(decimal.RequireFromString(want)) {
+			t.Errorf("%s: %s, want %s", meter, q.Usage, want)
+		}
+	}
+}
+
+func TestLoadRebuildsQuotasAndEvictMarksFinal(t *testing.T) {
+	s := newState(t)
+	for i, u := range []string{"a", "b", "a"} {
+		if _, err := s.Apply(ev("t", "tokens", u, "3", t0, fmt.Sprint(i)), 0, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := s.Dirty()
+	s2 := newState(t)
+	for _, g := range Grains {
+		for _, r := range d[g] {
+			cp := *r
+			s2.Load(&cp)
+		}
+	}
+	q, _ := s2.QuotaOf(QuotaKey{"t", "tokens", "2026-11"})
+	if !q.Usage.Equal(decimal.NewFromInt(9)) || q.Offset != 2 {
+		t.Fatalf("reloaded quota %+v", q)
+	}
+	// A replay of offset 2 after the reload is recognised as applied.
+	mustOutcome(t, s2, ev("t", "tokens", "a", "3", t0, "2"), 0, 2, Replayed)
+	// Time moves past the period's end and grace: rows go, the quota is final.
+	mustOutcome(t, s2, ev("t", "tokens", "a", "1", time.Date(2027, 1, 5, 0, 0, 0, 0, time.UTC), "jan"), 0, 3, Applied)
+	s2.MarkClean(flatten(s2.Dirty()))
+	if n := s2.Evict(); n < 4 {
+		t.Fatalf("evicted %d rows", n)
+	}
+	due := s2.DueQuotas(time.Now(), 0)
+	final := 0
+	for _, q := range due {
+		if q.PeriodID == "2026-11" && q.Final {
+			final++
+		}
+	}
+	if final != 1 {
+		t.Fatalf("final quotas: %+v", due)
+	}
+}
+
+func flatten(d [len(Grains)][]*Row) []*Row {
+	var out []*Row
+	for _, rs := range d {
+		out = append(out, rs...)
+	}
+	return out
+}
+
+func TestDedupIsBounded(t *testing.T) {
+	d := newDedup(3)
+	for _, k := range []string{"a", "b", "c", "d"} {
+		if !d.add(k, 3) {
+			t.Fatalf("%s not new", k)
+		}
+	}
+	if len(d.seen) != 3 || !d.add("a", 3) || d.add("d", 3) {
+		t.Fatalf("horizon not enforced: %v", d.seen)
+	}
+}
