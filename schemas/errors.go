@@ -48,7 +48,7 @@ func (e *ValidationError) Tag() string {
 }
 
 func (e *ValidationError) Error() string {
-	return fmt.Sprintf("invalid usage event: %s: %s", e.Tag(), e.Reason)
+	return fmt.Sprintf("invalid message: %s: %s", e.Tag(), e.Reason)
 }
 
 func invalid(code Code, field, format string, args ...any) *ValidationError {

@@ -66,6 +66,8 @@ num.io.threads=4
 num.recovery.threads.per.data.dir=1
 log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=33554432
+# Compacted topics (usage.quota-state) are cleaned within seconds, not 15 s.
+log.cleaner.backoff.ms=1000
 log.retention.hours=24
 log.segment.bytes=134217728
 log.retention.check.interval.ms=60000

@@ -257,3 +257,10 @@ func (s *State) Evict() int {
 
 // Rows returns how many rows are in memory.
 func (s *State) Rows() int { return len(s.rows) }
+
+// Skip records that the event at offset was read but is not aggregated
+// (invalid input: the raw consumer sends it to the DLQ).
+func (s *State) Skip(partition int32, offset int64) { s.processed[partition] = offset }
+
+// Watermark is a partition's watermark: the newest event time seen on it.
+func (s *State) Watermark(partition int32) time.Time { return s.watermark[partition] }

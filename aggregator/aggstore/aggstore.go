@@ -1,0 +1,208 @@
+// Package aggstore reads and writes the aggregator's rows and checkpoints in
+// ClickHouse. Every query is a small struct whose toSQL returns the text and
+// its bound arguments, so the SQL is unit-tested as text and run against the
+// server in integration tests.
+package aggstore
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/aggregator/state"
+)
+
+// Store wraps a connection to the database holding the aggregate tables
+// (created by the migrations in schemas/migrations).
+type Store struct {
+	conn driver.Conn
+	now  func() time.Time
+}
+
+// New returns a Store on conn.
+func New(conn driver.Conn) *Store { return &Store{conn: conn, now: time.Now} }
+
+const windowColumns = `tenant_id, feature_type, subject, window_start, aggregation, value, events, latest_ns,
+ source_partition, source_offset, updated_at, version`
+
+const periodColumns = `tenant_id, feature_type, subject, period_id, period_start, period_end, plan, aggregation, value,
+ events, latest_ns, source_partition, source_offset, updated_at, version`
+
+// WriteRows writes rows of one grain as a single insert. The version is
+// the write time, so the newest write of a row wins in FINAL.
+func (s *Store) WriteRows(ctx context.Context, g state.Grain, rows []*state.Row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	cols := windowColumns
+	if g == state.Period {
+		cols = periodColumns
+	}
+	batch, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+g.Table()+" ("+cols+")")
+	if err != nil {
+		return fmt.Errorf("prepare insert into %s: %w", g.Table(), err)
+	}
+	defer func() { _ = batch.Abort() }()
+	now := s.now()
+	version := uint64(now.UnixNano())
+	updated := now.UTC().Truncate(time.Second)
+	for _, r := range rows {
+		start := time.Unix(r.Start, 0).UTC()
+		if g == state.Period {
+			err = batch.Append(r.Tenant, r.Meter, r.Subject, r.PeriodID, start, time.Unix(r.PeriodEnd, 0).UTC(), r.Plan,
+				string(r.Aggregation), r.Value, r.Events, r.LatestNs, r.Partition, r.Offset, updated, version)
+		} else {
+			err = batch.Append(r.Tenant, r.Meter, r.Subject, start, string(r.Aggregation), r.Value, r.Events, r.LatestNs,
+				r.Partition, r.Offset, updated, version)
+		}
+		if err != nil {
+			return fmt.Errorf("append to %s batch: %w", g.Table(), err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("insert %d rows into %s: %w", len(rows), g.Table(), err)
+	}
+	return nil
+}
+
+// rowsQuery selects the current (FINAL) rows of one grain: those whose
+// window or period ends after Since, or the one row matching Key.
+type rowsQuery struct {
+	Grain state.Grain
+	Since time.Time  // when Key is nil
+	Key   *state.Key // a single row
+}
+
+func (q rowsQuery) toSQL() (string, []any) {
+	table := q.Grain.Table()
+	var sql string
+	if q.Grain == state.Period {
+		sql = `SELECT tenant_id, feature_type, subject, period_start, aggregation, toString(value), events, latest_ns,
+ source_partition, source_offset, period_id, period_end, plan FROM ` + table + ` FINAL`
+	} else {
+		sql = `SELECT tenant_id, feature_type, subject, window_start, aggregation, toString(value), events, latest_ns,
+ source_partition, source_offset, '', toDateTime(0), '' FROM ` + table + ` FINAL`
+	}
+	startCol := "window_start"
+	if q.Grain == state.Period {
+		startCol = "period_start"
+	}
+	if q.Key != nil {
+		return sql + ` WHERE tenant_id = ? AND feature_type = ? AND subject = ? AND ` + startCol + ` = ?`,
+			[]any{q.Key.Tenant, q.Key.Meter, q.Key.Subject, time.Unix(q.Key.Start, 0).UTC()}
+	}
+	if q.Grain == state.Period {
+		return sql + ` WHERE period_end > ?`, []any{q.Since.UTC()}
+	}
+	// A window starting before Since - length has ended by Since.
+	return sql + ` WHERE window_start > ?`, []any{q.Since.Add(-state.GrainLength(q.Grain)).UTC()}
+}
+
+// LoadOpen reads every row of every grain whose window or period ends
+// after since: the rows a resumed aggregator may still change.
+func (s *Store) LoadOpen(ctx context.Context, since time.Time) ([]*state.Row, error) {
+	var out []*state.Row
+	for _, g := range state.Grains {
+		rows, err := s.query(ctx, rowsQuery{Grain: g, Since: since})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rows...)
+	}
+	return out, nil
+}
+
+// Fetch reads one row; nil when it does not exist.
+func (s *Store) Fetch(ctx context.Context, k state.Key) (*state.Row, error) {
+	rows, err := s.query(ctx, rowsQuery{Grain: k.Grain, Key: &k})
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	return rows[0], nil
+}
+
+func (s *Store) query(ctx context.Context, q rowsQuery) ([]*state.Row, error) {
+	sql, args := q.toSQL()
+	rs, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", q.Grain.Table(), err)
+	}
+	defer rs.Close()
+	var out []*state.Row
+	for rs.Next() {
+		var (
+			r          = &state.Row{}
+			start, end time.Time
+			agg, value string
+		)
+		if err := rs.Scan(&r.Tenant, &r.Meter, &r.Subject, &start, &agg, &value, &r.Events, &r.LatestNs,
+			&r.Partition, &r.Offset, &r.PeriodID, &end, &r.Plan); err != nil {
+			return nil, fmt.Errorf("scan %s: %w", q.Grain.Table(), err)
+		}
+		r.Grain, r.Start, r.Aggregation = q.Grain, start.Unix(), plans.Aggregation(agg)
+		if q.Grain == state.Period {
+			r.PeriodEnd = end.Unix()
+		}
+		if r.Value, err = decimal.NewFromString(value); err != nil {
+			return nil, fmt.Errorf("%s value %q: %w", q.Grain.Table(), value, err)
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// WriteCheckpoints records where the group resumes, after its rows.
+func (s *Store) WriteCheckpoints(ctx context.Context, group, topic string, cps []state.Checkpoint) error {
+	if len(cps) == 0 {
+		return nil
+	}
+	batch, err := s.conn.PrepareBatch(ctx, "INSERT INTO aggregator_checkpoints (consumer_group, topic, partition, offset, watermark, updated_at, version)")
+	if err != nil {
+		return fmt.Errorf("prepare checkpoint insert: %w", err)
+	}
+	defer func() { _ = batch.Abort() }()
+	now := s.now()
+	for _, c := range cps {
+		wm := c.Watermark.UTC()
+		if wm.IsZero() {
+			wm = time.Unix(0, 0).UTC()
+		}
+		if err := batch.Append(group, topic, c.Partition, c.Offset, wm, now.UTC().Truncate(time.Second), uint64(now.UnixNano())); err != nil {
+			return fmt.Errorf("append checkpoint: %w", err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("write checkpoints: %w", err)
+	}
+	return nil
+}
+
+type checkpointsQuery struct{ Group, Topic string }
+
+func (q checkpointsQuery) toSQL() (string, []any) {
+	return `SELECT partition, offset, watermark FROM aggregator_checkpoints FINAL WHERE consumer_group = ? AND topic = ?`,
+		[]any{q.Group, q.Topic}
+}
+
+// Checkpoints reads the group's resume points.
+func (s *Store) Checkpoints(ctx context.Context, group, topic string) ([]state.Checkpoint, error) {
+	sql, args := checkpointsQuery{group, topic}.toSQL()
+	rs, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoints: %w", err)
+	}
+	defer rs.Close()
+	var out []state.Checkpoint
+	for rs.Next() {
+		var c state.Checkpoint
+		if err := rs.Scan(&c.Partition, &c.Offset, &c.Watermark); err != nil {
+			return nil, fmt.Errorf("scan checkpoint: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rs.Err()
+}

@@ -1,0 +1,82 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config tunes usage-aggregator. Keys are the viper/YAML names.
+type Config struct {
+	Brokers         []string `mapstructure:"brokers"`
+	Topic           string   `mapstructure:"topic"`
+	GroupID         string   `mapstructure:"group_id"`
+	QuotaTopic      string   `mapstructure:"quota_topic"`
+	LateTopic       string   `mapstructure:"late_topic"`
+	DLQTopic        string   `mapstructure:"dlq_topic"`
+	AssignmentTopic string   `mapstructure:"assignment_topic"`
+	// FlushInterval is how often aggregate rows and the checkpoint are
+	// written to ClickHouse.
+	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	// QuotaCoalesce: a quota-state key is published at most this often.
+	QuotaCoalesce   time.Duration `mapstructure:"quota_coalesce"`
+	AllowedLateness time.Duration `mapstructure:"allowed_lateness"`
+	DedupHorizon    int           `mapstructure:"dedup_horizon"`
+	RetryMin        time.Duration `mapstructure:"retry_min"`
+	RetryMax        time.Duration `mapstructure:"retry_max"`
+	// ShutdownTimeout bounds the final flush after SIGTERM.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Brokers:         []string{"127.0.0.1:19092"},
+		Topic:           "usage.events",
+		GroupID:         "usage-aggregator",
+		QuotaTopic:      "usage.quota-state",
+		LateTopic:       "usage.events.late",
+		DLQTopic:        "usage.events.dlq",
+		AssignmentTopic: "usage.plan-assignments",
+		FlushInterval:   time.Second,
+		QuotaCoalesce:   250 * time.Millisecond,
+		AllowedLateness: 10 * time.Minute,
+		DedupHorizon:    200_000,
+		RetryMin:        100 * time.Millisecond,
+		RetryMax:        10 * time.Second,
+		ShutdownTimeout: 30 * time.Second,
+	}
+}
+
+// Validate names the first bad key and why.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("aggregator.%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if len(c.Brokers) == 0 {
+		bad("brokers", "at least one host:port is required")
+	}
+	for key, v := range map[string]string{"topic": c.Topic, "group_id": c.GroupID, "quota_topic": c.QuotaTopic,
+		"late_topic": c.LateTopic, "dlq_topic": c.DLQTopic} {
+		if v == "" {
+			bad(key, "must not be empty")
+		}
+	}
+	if c.FlushInterval <= 0 {
+		bad("flush_interval", "must be > 0")
+	}
+	if c.QuotaCoalesce < 0 {
+		bad("quota_coalesce", "must not be negative")
+	}
+	if c.AllowedLateness < 0 {
+		bad("allowed_lateness", "must not be negative")
+	}
+	if c.DedupHorizon < 1 {
+		bad("dedup_horizon", "must be >= 1, got %d", c.DedupHorizon)
+	}
+	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
+		bad("retry_min", "need 0 < retry_min <= retry_max")
+	}
+	return errors.Join(errs...)
+}

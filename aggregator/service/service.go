@@ -1,0 +1,456 @@
+// Package service runs usage-aggregator: it reads usage.events in its own
+// consumer group, folds every event into package state, writes the changed
+// aggregate rows and then a checkpoint to ClickHouse once per flush
+// interval, and publishes changed quota totals to the compacted topic
+// usage.quota-state. See aggregator/README.md for why a crash anywhere
+// neither loses nor double counts.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/aggregator/aggstore"
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/aggregator/state"
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// Service is one aggregator.
+type Service struct {
+	cfg       Config
+	plans     *plans.Config
+	store     *aggstore.Store
+	log       *zap.Logger
+	validator *schemas.Validator
+	m         *metrics
+	quotaW    *kafka.Writer
+	sideW     *kafka.Writer // late events and rejected ones
+
+	written []state.Checkpoint // the last checkpoint written
+
+	// hook runs at named points of a flush; an error aborts Run there, as a
+	// crash would. Tests use it.
+	hook func(point string) error
+}
+
+// Option configures a Service.
+type Option func(*Service)
+
+// WithRegisterer registers the service's metrics on reg.
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(s *Service) { s.m = newMetrics(reg) }
+}
+
+// New returns a Service; Run starts it.
+func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, opts ...Option) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid aggregator config: %w", err)
+	}
+	s := &Service{cfg: cfg, plans: p, store: store, log: log, validator: schemas.NewValidator()}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.m == nil {
+		s.m = newMetrics(nil)
+	}
+	s.quotaW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.QuotaTopic, Balancer: kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000}
+	s.sideW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Balancer: kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000}
+	return s, nil
+}
+
+// Run aggregates until ctx is cancelled, then flushes and returns nil.
+func (s *Service) Run(ctx context.Context) error {
+	defer s.quotaW.Close()
+	defer s.sideW.Close()
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: s.cfg.GroupID, Brokers: s.cfg.Brokers, Topics: []string{s.cfg.Topic},
+		StartOffset: kafka.FirstOffset, JoinGroupBackoff: 500 * time.Millisecond,
+	})
+	if err != nil {
+		return fmt.Errorf("join group %s: %w", s.cfg.GroupID, err)
+	}
+	defer group.Close()
+	for {
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("next generation of %s: %w", s.cfg.GroupID, err)
+		}
+		if err := s.runGeneration(ctx, gen); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			s.log.Info("stopped cleanly: every event read is aggregated and checkpointed")
+			return nil
+		}
+	}
+}
+
+// message is one record read from an assigned partition.
+type message struct {
+	kafka.Message
+	replay bool // at or before the checkpoint: only warms the dedup set
+}
+
+// runGeneration aggregates the partitions of one group generation. State is
+// rebuilt from ClickHouse at its start, so a rebalance never carries memory
+// over for partitions another member may have changed.
+func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation) error {
+	assigned := gen.Assignments[s.cfg.Topic]
+	s.written = nil
+	st, starts, err := s.restore(ctx, assigned)
+	if err != nil {
+		return err
+	}
+	s.log.Info("generation started", zap.Int32("generation", gen.ID), zap.Int("partitions", len(assigned)),
+		zap.Int("rows_loaded", st.Rows()))
+
+	msgs := make(chan message, 4096)
+	genDone := make(chan struct{})
+	gen.Start(func(gctx context.Context) {
+		<-gctx.Done()
+		close(genDone)
+	})
+	readCtx, stopReading := context.WithCancel(context.Background())
+	defer stopReading()
+	for _, a := range assigned {
+		ckpt := starts[a.ID]
+		gen.Start(func(gctx context.Context) { s.read(readCtx, a.ID, ckpt, msgs) })
+	}
+
+	// Writes outlive ctx: a flush under way when SIGTERM arrives finishes,
+	// and so does the final one, unless ClickHouse stays unreachable for
+	// ShutdownTimeout (then nothing is checkpointed and the next run
+	// re-reads: nothing lost either way).
+	wctx, cancelWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWrites()
+	stopTimer := context.AfterFunc(ctx, func() { time.AfterFunc(s.cfg.ShutdownTimeout, cancelWrites) })
+	defer stopTimer()
+
+	flushTick := time.NewTicker(s.cfg.FlushInterval)
+	defer flushTick.Stop()
+	quotaTick := time.NewTicker(50 * time.Millisecond)
+	defer quotaTick.Stop()
+	var side []kafka.Message
+	for {
+		select {
+		case m := <-msgs:
+			out, err := s.apply(st, m, &side)
+			if err != nil {
+				return err
+			}
+			if out != nil {
+				side = append(side, *out)
+			}
+		case <-quotaTick.C:
+			if err := s.publishQuotas(wctx, st); err != nil {
+				return err
+			}
+		case <-flushTick.C:
+			if err := s.flush(wctx, gen, st, &side); err != nil {
+				return err
+			}
+		case <-genDone:
+			stopReading()
+			return s.flush(wctx, gen, st, &side)
+		case <-ctx.Done():
+			stopReading()
+			if err := s.flush(wctx, gen, st, &side); err != nil {
+				return err
+			}
+			return s.publishQuotas(wctx, st)
+		}
+	}
+}
+
+// restore rebuilds state for the assigned partitions from ClickHouse and
+// returns, per partition, the checkpointed offset (-1 when none).
+func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignment) (*state.State, map[int]int64, error) {
+	cps, err := s.store.Checkpoints(ctx, s.cfg.GroupID, s.cfg.Topic)
+	if err != nil {
+		return nil, nil, err
+	}
+	byPart := map[int]state.Checkpoint{}
+	for _, c := range cps {
+		byPart[int(c.Partition)] = c
+	}
+	// Rows whose window ends after `since` may still change: load them all;
+	// older ones are fetched one by one if an event needs them.
+	since := time.Now().Add(-2*s.cfg.AllowedLateness - 24*time.Hour)
+	starts := map[int]int64{}
+	for _, a := range assigned {
+		starts[a.ID] = -1
+		if c, ok := byPart[a.ID]; ok {
+			starts[a.ID] = c.Offset
+			if wm := c.Watermark.Add(-s.cfg.AllowedLateness - time.Minute); wm.Before(since) {
+				since = wm
+			}
+		}
+	}
+	rows, err := s.store.LoadOpen(ctx, since)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := state.New(state.Config{Plans: s.plans, AllowedLateness: s.cfg.AllowedLateness, DedupHorizon: s.cfg.DedupHorizon},
+		since, func(k state.Key) (*state.Row, error) { return s.store.Fetch(ctx, k) })
+	for _, r := range rows {
+		st.Load(r)
+	}
+	for p, off := range starts {
+		if off >= 0 {
+			st.Restore(int32(p), off, byPart[p].Watermark)
+		}
+	}
+	return st, starts, nil
+}
+
+// read feeds one partition into msgs, starting DedupHorizon messages
+// before the checkpoint so that duplicates of recent events are still
+// recognised after a restart.
+func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan<- message) {
+	first, err := s.firstOffset(ctx, partition)
+	if err != nil {
+		s.log.Error("first offset", zap.Int("partition", partition), zap.Error(err))
+		return
+	}
+	start := max(first, ckpt+1-int64(s.cfg.DedupHorizon))
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
+		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
+	defer r.Close()
+	if err := r.SetOffset(start); err != nil {
+		s.log.Error("set offset", zap.Int("partition", partition), zap.Error(err))
+		return
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("read partition", zap.Int("partition", partition), zap.Error(err))
+			}
+			return
+		}
+		select {
+		case msgs <- message{Message: m, replay: m.Offset <= ckpt}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Service) firstOffset(ctx context.Context, partition int) (int64, error) {
+	client := &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...)}
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		s.cfg.Topic: {kafka.FirstOffsetOf(partition)}}})
+	if err != nil {
+		return 0, err
+	}
+	for _, po := range res.Topics[s.cfg.Topic] {
+		if po.Error != nil {
+			return 0, po.Error
+		}
+		return po.FirstOffset, nil
+	}
+	return 0, errors.New("no offsets returned")
+}
+
+// apply folds one message into st and returns the message to publish on
+// the late topic or the DLQ, if any.
+func (s *Service) apply(st *state.State, m message, _ *[]kafka.Message) (*kafka.Message, error) {
+	p, o := int32(m.Partition), m.Offset
+	e, err := s.validator.Decode(m.Value)
+	if err != nil {
+		st.Skip(p, o) // the raw consumer puts it in the DLQ
+		s.m.outcomes.WithLabelValues("invalid").Inc()
+		return nil, nil
+	}
+	if m.replay {
+		st.Remember(&e, p)
+		return nil, nil
+	}
+	out, err := st.Apply(&e, p, o)
+	if err != nil {
+		return nil, err
+	}
+	s.m.outcomes.WithLabelValues(out.String()).Inc()
+	switch out {
+	case state.Late:
+		return s.sideMessage(s.cfg.LateTopic, m, "late", fmt.Sprintf("event time %s is more than %s before the partition watermark %s",
+			e.Timestamp.Format(time.RFC3339Nano), s.cfg.AllowedLateness, st.Watermark(p).Format(time.RFC3339Nano))), nil
+	case state.UnknownMeter:
+		return s.sideMessage(s.cfg.DLQTopic, m, "unknown_meter", fmt.Sprintf("feature_type %q is not configured and unknown_meters is reject", e.FeatureType)), nil
+	case state.Applied:
+		if _, known := s.plans.MeterFor(e.FeatureType); !known {
+			s.m.unknownMeters.WithLabelValues(e.FeatureType).Inc()
+		}
+	}
+	return nil, nil
+}
+
+func (s *Service) sideMessage(topic string, m message, code, reason string) *kafka.Message {
+	headers := append(append([]kafka.Header(nil), m.Headers...),
+		kafka.Header{Key: "usage.error", Value: []byte(code)},
+		kafka.Header{Key: "usage.error.reason", Value: []byte(reason)},
+		kafka.Header{Key: "usage.source.topic", Value: []byte(m.Topic)},
+		kafka.Header{Key: "usage.source.partition", Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: "usage.source.offset", Value: []byte(strconv.FormatInt(m.Offset, 10))})
+	return &kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: headers}
+}
+
+// flush makes everything applied so far durable: side messages, then the
+// rows of each grain, then the checkpoint. A crash between any two steps
+// is harmless: rows carry their offsets, and the checkpoint only moves
+// after all of them.
+func (s *Service) flush(ctx context.Context, gen *kafka.Generation, st *state.State, side *[]kafka.Message) error {
+	start := time.Now()
+	dirty := st.Dirty()
+	cps := st.Checkpoints()
+	idle := len(*side) == 0 && sameCheckpoints(cps, s.written)
+	for _, rows := range dirty {
+		idle = idle && len(rows) == 0
+	}
+	if idle {
+		return nil // nothing new since the last flush
+	}
+	if err := s.at("flush"); err != nil {
+		return err
+	}
+	if len(*side) > 0 {
+		if err := s.retry(ctx, "write late/DLQ events", func(ctx context.Context) error { return s.sideW.WriteMessages(ctx, *side...) }); err != nil {
+			return err
+		}
+		*side = (*side)[:0]
+	}
+	n := 0
+	for _, g := range state.Grains {
+		rows := dirty[g]
+		if err := s.retry(ctx, "write "+g.Table(), func(ctx context.Context) error { return s.store.WriteRows(ctx, g, rows) }); err != nil {
+			return err
+		}
+		n += len(rows)
+		if err := s.at("after_rows_" + g.String()); err != nil {
+			return err
+		}
+	}
+	if err := s.retry(ctx, "write checkpoint", func(ctx context.Context) error {
+		return s.store.WriteCheckpoints(ctx, s.cfg.GroupID, s.cfg.Topic, cps)
+	}); err != nil {
+		return err
+	}
+	s.written = cps
+	if err := s.at("after_checkpoint"); err != nil {
+		return err
+	}
+	// Kafka's committed offsets are for lag monitoring only: the checkpoint
+	// in ClickHouse is where the aggregator resumes.
+	offsets := map[int]int64{}
+	for _, c := range cps {
+		offsets[int(c.Partition)] = c.Offset + 1
+	}
+	if err := gen.CommitOffsets(map[string]map[int]int64{s.cfg.Topic: offsets}); err != nil {
+		s.log.Debug("commit offsets (monitoring only)", zap.Error(err))
+	}
+	for _, g := range state.Grains {
+		st.MarkClean(dirty[g])
+	}
+	evicted := st.Evict()
+	if n > 0 {
+		s.m.rowsWritten.Add(float64(n))
+		s.m.flushSeconds.Observe(time.Since(start).Seconds())
+		s.log.Debug("flushed", zap.Int("rows", n), zap.Int("evicted", evicted), zap.Duration("took", time.Since(start)))
+	}
+	return nil
+}
+
+func sameCheckpoints(a, b []state.Checkpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := make(map[int32]int64, len(b))
+	for _, c := range b {
+		m[c.Partition] = c.Offset
+	}
+	for _, c := range a {
+		if o, ok := m[c.Partition]; !ok || o != c.Offset {
+			return false
+		}
+	}
+	return true
+}
+
+// publishQuotas writes changed quota totals to the compacted topic.
+func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
+	due := st.DueQuotas(time.Now(), s.cfg.QuotaCoalesce)
+	if len(due) == 0 {
+		return nil
+	}
+	msgs := make([]kafka.Message, len(due))
+	now := time.Now().UTC()
+	for i, q := range due {
+		qs := s.quotaState(q, now)
+		msgs[i] = kafka.Message{Key: []byte(schemas.QuotaStateKey(q.Tenant, q.Meter, q.PeriodID)), Value: qs.AppendJSON(nil)}
+	}
+	if err := s.quotaW.WriteMessages(ctx, msgs...); err != nil {
+		st.Requeue(due)
+		s.m.quotaErrors.Inc()
+		s.log.Warn("publish quota state failed; will retry", zap.Int("keys", len(due)), zap.Error(err))
+		return nil
+	}
+	s.m.quotaPublished.Add(float64(len(due)))
+	return s.at("after_publish")
+}
+
+func (s *Service) quotaState(q state.Quota, now time.Time) schemas.QuotaState {
+	_, quota, _ := s.plans.QuotaFor(q.Tenant, q.Meter)
+	ev := plans.Evaluate(quota, q.Usage)
+	qs := schemas.QuotaState{
+		TenantID: q.Tenant, FeatureType: q.Meter, Period: q.PeriodID, Plan: q.Plan,
+		Usage: q.Usage, Limit: quota.Limit, Remaining: ev.Remaining, Percentage: ev.Percentage, OverageUsed: ev.OverageUsed,
+		Level: ev.Level, PeriodStart: q.PeriodStart, PeriodEnd: q.PeriodEnd, Final: q.Final,
+		UpdatedAt: now, SchemaVersion: schemas.CurrentSchemaVersion,
+	}
+	if q.Offset >= 0 {
+		qs.SourceOffsets = map[int32]int64{q.Partition: q.Offset}
+	}
+	return qs
+}
+
+func (s *Service) at(point string) error {
+	if s.hook == nil {
+		return nil
+	}
+	return s.hook(point)
+}
+
+// retry runs fn until it succeeds or ctx ends, with exponential backoff.
+func (s *Service) retry(ctx context.Context, what string, fn func(context.Context) error) error {
+	delay := s.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+		s.m.writeErrors.Inc()
+		s.log.Warn(what+" failed; retrying", zap.Int("attempt", attempt), zap.Duration("backoff", delay), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		}
+		delay = min(delay*2, s.cfg.RetryMax)
+	}
+}
