@@ -81,6 +81,8 @@ type Config struct {
 	Plans         map[string]Plan       `mapstructure:"plans"`
 	DefaultPlan   string                `mapstructure:"default_plan"`
 	Tenants       map[string]Assignment `mapstructure:"tenants"`
+
+	fromFile map[string]Assignment // Tenants as loaded, for Assign(nil)
 }
 
 // DefaultThresholds are the warning percentages when a quota names none.
@@ -199,4 +201,36 @@ func (c *Config) QuotaFor(tenant, meter string) (string, Quota, Assignment) {
 		q = Quota{Limit: Unlimited, Period: CalendarMonth, WarningThresholds: defaultThresholds}
 	}
 	return a.Plan, q, a
+}
+
+// Assign changes a tenant's plan at run time (from the compacted topic
+// usage.plan-assignments). nil reverts the tenant to the config file's
+// assignment, or to the default plan. Not safe for concurrent use with the
+// lookups: the aggregator calls both from one goroutine.
+func (c *Config) Assign(tenant string, a *Assignment) error {
+	if c.fromFile == nil {
+		c.fromFile = make(map[string]Assignment, len(c.Tenants))
+		for t, fa := range c.Tenants {
+			c.fromFile[t] = fa
+		}
+	}
+	if c.Tenants == nil {
+		c.Tenants = map[string]Assignment{}
+	}
+	if a == nil {
+		if fa, ok := c.fromFile[tenant]; ok {
+			c.Tenants[tenant] = fa
+		} else {
+			delete(c.Tenants, tenant)
+		}
+		return nil
+	}
+	if _, ok := c.Plans[a.Plan]; !ok {
+		return fmt.Errorf("plan assignment for %s: plan %q is not defined", tenant, a.Plan)
+	}
+	if a.AnchorDay < 0 || a.AnchorDay > 31 {
+		return fmt.Errorf("plan assignment for %s: anchor_day %d is not in 1..31", tenant, a.AnchorDay)
+	}
+	c.Tenants[tenant] = *a
+	return nil
 }

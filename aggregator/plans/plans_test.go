@@ -124,3 +124,34 @@ func TestEvaluateSeedAndEdges(t *testing.T) {
 		t.Errorf("custom threshold: %+v", s)
 	}
 }
+
+func TestAssignOverridesAndReverts(t *testing.T) {
+	c, err := Load("../plans.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Assign("acme", &Assignment{Plan: "ENTERPRISE"}); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, _ := c.QuotaFor("acme", "api_calls"); p != "ENTERPRISE" {
+		t.Fatalf("override: %s", p)
+	}
+	if err := c.Assign("newco", &Assignment{Plan: "PRO"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Assign("acme", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Assign("newco", nil); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, a := c.QuotaFor("acme", "api_calls"); p != "PRO" || a.AnchorDay != 15 {
+		t.Fatalf("revert to file: %s %+v", p, a)
+	}
+	if p, _, _ := c.QuotaFor("newco", "api_calls"); p != "FREE" {
+		t.Fatalf("revert to default: %s", p)
+	}
+	if err := c.Assign("x", &Assignment{Plan: "GOLD"}); err == nil || !strings.Contains(err.Error(), "GOLD") {
+		t.Fatalf("unknown plan accepted: %v", err)
+	}
+}

@@ -10,6 +10,7 @@ type metrics struct {
 	flushSeconds   prometheus.Histogram
 	quotaPublished prometheus.Counter
 	quotaErrors    prometheus.Counter
+	assignErrors   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -28,9 +29,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "QuotaState messages published."}),
 		quotaErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_quota_publish_errors_total",
 			Help: "Failed quota-state publications (retried)."}),
+		assignErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_plan_assignment_errors_total",
+			Help: "Plan assignment records ignored (bad JSON, unknown plan)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors)
+		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors, m.assignErrors)
 	}
 	return m
 }

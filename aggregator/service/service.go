@@ -72,6 +72,10 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 func (s *Service) Run(ctx context.Context) error {
 	defer s.quotaW.Close()
 	defer s.sideW.Close()
+	assignments := make(chan assignment, 64)
+	if err := s.followAssignments(ctx, assignments); err != nil {
+		return err
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: s.cfg.GroupID, Brokers: s.cfg.Brokers, Topics: []string{s.cfg.Topic},
 		StartOffset: kafka.FirstOffset, JoinGroupBackoff: 500 * time.Millisecond,
@@ -88,7 +92,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("next generation of %s: %w", s.cfg.GroupID, err)
 		}
-		if err := s.runGeneration(ctx, gen); err != nil {
+		if err := s.runGeneration(ctx, gen, assignments); err != nil {
 			return err
 		}
 		if ctx.Err() != nil {
@@ -107,7 +111,7 @@ type message struct {
 // runGeneration aggregates the partitions of one group generation. State is
 // rebuilt from ClickHouse at its start, so a rebalance never carries memory
 // over for partitions another member may have changed.
-func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation) error {
+func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assignments <-chan assignment) error {
 	assigned := gen.Assignments[s.cfg.Topic]
 	s.written = nil
 	st, starts, err := s.restore(ctx, assigned)
@@ -154,6 +158,14 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation) erro
 			if out != nil {
 				side = append(side, *out)
 			}
+		case a := <-assignments:
+			if err := s.plans.Assign(a.tenant, a.a); err != nil {
+				s.m.assignErrors.Inc()
+				s.log.Warn("ignored plan assignment", zap.Error(err))
+				continue
+			}
+			s.log.Info("plan assignment changed", zap.String("tenant", a.tenant))
+			st.TouchTenant(a.tenant)
 		case <-quotaTick.C:
 			if err := s.publishQuotas(wctx, st); err != nil {
 				return err
@@ -412,10 +424,10 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
 }
 
 func (s *Service) quotaState(q state.Quota, now time.Time) schemas.QuotaState {
-	_, quota, _ := s.plans.QuotaFor(q.Tenant, q.Meter)
+	plan, quota, _ := s.plans.QuotaFor(q.Tenant, q.Meter)
 	ev := plans.Evaluate(quota, q.Usage)
 	qs := schemas.QuotaState{
-		TenantID: q.Tenant, FeatureType: q.Meter, Period: q.PeriodID, Plan: q.Plan,
+		TenantID: q.Tenant, FeatureType: q.Meter, Period: q.PeriodID, Plan: plan,
 		Usage: q.Usage, Limit: quota.Limit, Remaining: ev.Remaining, Percentage: ev.Percentage, OverageUsed: ev.OverageUsed,
 		Level: ev.Level, PeriodStart: q.PeriodStart, PeriodEnd: q.PeriodEnd, Final: q.Final,
 		UpdatedAt: now, SchemaVersion: schemas.CurrentSchemaVersion,

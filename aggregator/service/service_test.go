@@ -65,12 +65,14 @@ func newEnv(t *testing.T) *env {
 	cfg.QuotaTopic = cfg.Topic + ".quota"
 	cfg.LateTopic = cfg.Topic + ".late"
 	cfg.DLQTopic = cfg.Topic + ".dlq"
+	cfg.AssignmentTopic = cfg.Topic + ".plans"
 	cfg.FlushInterval = 200 * time.Millisecond
 	cfg.QuotaCoalesce = 100 * time.Millisecond
 	cfg.RetryMax = time.Second
 	testenv.CreateTopic(t, broker, cfg.Topic, 4)
 	testenv.CreateTopic(t, broker, cfg.QuotaTopic, 2, "cleanup.policy", "compact", "segment.ms", "200", "min.cleanable.dirty.ratio", "0.01")
 	testenv.CreateTopic(t, broker, cfg.LateTopic, 1)
+	testenv.CreateTopic(t, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, cfg.DLQTopic, 1)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	chCfg := chstore.DefaultConfig()
@@ -527,4 +529,44 @@ func TestSeedScenarioAndCompactedQuotaState(t *testing.T) {
 		ok := states["free-co/ai_generation/2026-10"]["level"] == "blocked" && states["pro-co/ai_generation/2026-10"]["usage"] == "120"
 		return ok && read < published, nil
 	})
+}
+
+// A plan change on usage.plan-assignments reaches the quota state without
+// a restart, and a tombstone reverts it; bad records are ignored.
+func TestPlanAssignmentTakesEffectWithoutRestart(t *testing.T) {
+	e := newEnv(t)
+	w := &kafka.Writer{Addr: kafka.TCP(e.broker), Topic: e.cfg.AssignmentTopic, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	// Known before start: a bad record, then a valid one.
+	if err := w.WriteMessages(context.Background(),
+		kafka.Message{Key: []byte("up-co"), Value: []byte(`{"plan":"GOLD"}`)},
+		kafka.Message{Key: []byte("up-co"), Value: []byte(`{"plan":"FREE"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.startAggregator(nil)
+	at := time.Now().UTC().Add(-time.Minute)
+	var msgs []kafka.Message
+	for i := range 60 {
+		msgs = append(msgs, eventMsg(&schemas.UsageEvent{ID: fmt.Sprint("u", i), TenantID: "up-co", UserID: "u", FeatureType: "ai_generation",
+			Quantity: decimal.NewFromInt(1), Timestamp: at.Add(time.Duration(i) * time.Millisecond)}))
+	}
+	e.publish(msgs)
+	key := "up-co/ai_generation/" + at.Format("2006-01")
+	wait := func(level, plan string) {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, key+" "+level+" on "+plan, func() (bool, error) {
+			st, _ := latestStates(t, e.broker, e.cfg.QuotaTopic)
+			return st[key]["level"] == level && st[key]["plan"] == plan && st[key]["usage"] == "60", nil
+		})
+	}
+	wait("blocked", "FREE")
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte("up-co"), Value: []byte(`{"plan":"PRO"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	wait("ok", "PRO")
+	if err := w.WriteMessages(context.Background(), kafka.Message{Key: []byte("up-co")}); err != nil { // tombstone
+		t.Fatal(err)
+	}
+	wait("blocked", "FREE") // back to default_plan
+	r.shutdown(t)
 }

@@ -102,3 +102,13 @@ func (s *State) QuotaOf(k QuotaKey) (Quota, bool) {
 	}
 	return *q, true
 }
+
+// TouchTenant marks every quota of a tenant changed, so that it is published
+// again at once (its plan changed: limits and levels may differ).
+func (s *State) TouchTenant(tenant string) {
+	for k, q := range s.quotas {
+		if k.Tenant == tenant {
+			q.dirty, q.published = true, time.Time{}
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+)
+
+// assignment is one record of the compacted topic usage.plan-assignments:
+// key = tenant_id, value = {"plan": "PRO", "anchor_day": 15}; an empty value
+// (a tombstone) reverts the tenant to the config file or the default plan.
+type assignment struct {
+	tenant string
+	a      *plans.Assignment
+}
+
+func parseAssignment(m kafka.Message) (assignment, error) {
+	out := assignment{tenant: string(m.Key)}
+	if out.tenant == "" {
+		return out, fmt.Errorf("plan assignment at offset %d has no key (tenant_id)", m.Offset)
+	}
+	if len(m.Value) == 0 {
+		return out, nil
+	}
+	var v struct {
+		Plan      string `json:"plan"`
+		AnchorDay int    `json:"anchor_day"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(m.Value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return out, fmt.Errorf("plan assignment for %s: %w", out.tenant, err)
+	}
+	out.a = &plans.Assignment{Plan: v.Plan, AnchorDay: v.AnchorDay}
+	return out, nil
+}
+
+// followAssignments reads the assignment topic from its start: everything
+// up to the current end is applied to s.plans before it returns, so that
+// aggregation starts with every known plan; later records arrive on ch.
+func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) error {
+	client := &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...), Timeout: 10 * time.Second}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{s.cfg.AssignmentTopic}})
+	if err != nil {
+		return fmt.Errorf("metadata of %s: %w", s.cfg.AssignmentTopic, err)
+	}
+	if len(md.Topics) == 0 || md.Topics[0].Error != nil {
+		s.log.Warn("plan assignment topic unavailable: plans come from the config file only", zap.String("topic", s.cfg.AssignmentTopic))
+		return nil
+	}
+	for _, p := range md.Topics[0].Partitions {
+		first, end, err := offsetsOf(ctx, client, s.cfg.AssignmentTopic, p.ID)
+		if err != nil {
+			return err
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.AssignmentTopic, Partition: p.ID, MaxWait: 250 * time.Millisecond})
+		if err := r.SetOffset(first); err != nil {
+			r.Close()
+			return err
+		}
+		for end > first { // catch up synchronously
+			m, err := r.FetchMessage(ctx)
+			if err != nil {
+				r.Close()
+				return fmt.Errorf("read %s: %w", s.cfg.AssignmentTopic, err)
+			}
+			s.assign(m)
+			if m.Offset+1 >= end {
+				break
+			}
+		}
+		go func() {
+			defer r.Close()
+			for {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					return
+				}
+				a, err := parseAssignment(m)
+				if err != nil {
+					s.m.assignErrors.Inc()
+					s.log.Warn("ignored plan assignment", zap.Error(err))
+					continue
+				}
+				select {
+				case ch <- a:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+// assign applies one record directly (during the initial catch-up).
+func (s *Service) assign(m kafka.Message) {
+	a, err := parseAssignment(m)
+	if err == nil {
+		err = s.plans.Assign(a.tenant, a.a)
+	}
+	if err != nil {
+		s.m.assignErrors.Inc()
+		s.log.Warn("ignored plan assignment", zap.Error(err))
+	}
+}
+
+// offsetsOf returns the first and the end (next) offset of a partition.
+func offsetsOf(ctx context.Context, client *kafka.Client, topic string, partition int) (first, end int64, err error) {
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		topic: {kafka.FirstOffsetOf(partition), kafka.LastOffsetOf(partition)}}})
+	if err != nil {
+		return 0, 0, fmt.Errorf("offsets of %s/%d: %w", topic, partition, err)
+	}
+	for _, po := range res.Topics[topic] {
+		if po.Error != nil {
+			return 0, 0, po.Error
+		}
+		return po.FirstOffset, po.LastOffset, nil
+	}
+	return 0, 0, fmt.Errorf("offsets of %s/%d: no answer", topic, partition)
+}
