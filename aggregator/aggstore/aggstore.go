@@ -7,6 +7,7 @@ package aggstore
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -127,6 +128,11 @@ func (s *Store) Fetch(ctx context.Context, k state.Key) (*state.Row, error) {
 
 func (s *Store) query(ctx context.Context, q rowsQuery) ([]*state.Row, error) {
 	sql, args := q.toSQL()
+	return s.scan(ctx, q.Grain, sql, args)
+}
+
+func (s *Store) scan(ctx context.Context, g state.Grain, sql string, args []any) ([]*state.Row, error) {
+	q := struct{ Grain state.Grain }{g}
 	rs, err := s.conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", q.Grain.Table(), err)
@@ -205,4 +211,26 @@ func (s *Store) Checkpoints(ctx context.Context, group, topic string) ([]state.C
 		out = append(out, c)
 	}
 	return out, rs.Err()
+}
+
+// rangeQuery selects the current rows of one grain whose window starts in
+// [From, To), or, for periods, whose period overlaps it.
+type rangeQuery struct {
+	Grain    state.Grain
+	From, To time.Time
+}
+
+func (q rangeQuery) toSQL() (string, []any) {
+	base, _ := rowsQuery{Grain: q.Grain, Since: q.From}.toSQL()
+	base = base[:strings.Index(base, " WHERE ")]
+	if q.Grain == state.Period {
+		return base + ` WHERE period_start < ? AND period_end > ?`, []any{q.To.UTC(), q.From.UTC()}
+	}
+	return base + ` WHERE window_start >= ? AND window_start < ?`, []any{q.From.UTC(), q.To.UTC()}
+}
+
+// Range reads the rows of a grain in [from, to).
+func (s *Store) Range(ctx context.Context, g state.Grain, from, to time.Time) ([]*state.Row, error) {
+	sql, args := rangeQuery{Grain: g, From: from, To: to}.toSQL()
+	return s.scan(ctx, g, sql, args)
 }

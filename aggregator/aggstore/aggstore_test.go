@@ -1,0 +1,40 @@
+package aggstore
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usagemeter/usagemeter/aggregator/state"
+)
+
+type toSQLer interface{ toSQL() (string, []any) }
+
+func TestQueriesAreParameterised(t *testing.T) {
+	from := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	key := state.Key{Tenant: "a'; DROP TABLE x --", Meter: "m", Subject: "s", Grain: state.Hour, Start: from.Unix()}
+	for _, c := range []struct {
+		q    toSQLer
+		want []string
+	}{
+		{rowsQuery{Grain: state.Hour, Key: &key}, []string{"FROM usage_1h FINAL", "tenant_id = ?", "window_start = ?"}},
+		{rowsQuery{Grain: state.Period, Since: from}, []string{"FROM usage_period FINAL", "period_end > ?"}},
+		{rowsQuery{Grain: state.Minute, Since: from}, []string{"FROM usage_1m FINAL", "window_start > ?"}},
+		{rangeQuery{Grain: state.Day, From: from, To: from.AddDate(0, 1, 0)}, []string{"FROM usage_1d FINAL", "window_start >= ? AND window_start < ?"}},
+		{rangeQuery{Grain: state.Period, From: from, To: from.AddDate(0, 1, 0)}, []string{"period_start < ? AND period_end > ?"}},
+		{checkpointsQuery{"g", "t"}, []string{"FROM aggregator_checkpoints FINAL", "consumer_group = ? AND topic = ?"}},
+	} {
+		sql, args := c.q.toSQL()
+		if strings.Count(sql, "?") != len(args) {
+			t.Errorf("%d placeholders, %d args:\n%s", strings.Count(sql, "?"), len(args), sql)
+		}
+		if strings.Contains(sql, "DROP") {
+			t.Errorf("user input in SQL text:\n%s", sql)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(sql, w) {
+				t.Errorf("missing %q in:\n%s", w, sql)
+			}
+		}
+	}
+}
