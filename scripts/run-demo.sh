@@ -20,20 +20,31 @@ mkdir -p "$bin" "$run_dir"
 env_lines=$("$SCRIPTS_DIR/engines.sh" start)
 eval "$env_lines"
 echo "== building"
-go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen
+go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./aggregator/cmd/usage-aggregator
 
 echo "== starting usage-consumer (log: $run_dir/consumer.log)"
 USAGE_KAFKA_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=$http_addr \
   "$bin/usage-consumer" >"$run_dir/consumer.log" 2>&1 &
 consumer=$!
+echo "== starting usage-aggregator (log: $run_dir/aggregator.log, plans: aggregator/plans.example.yaml)"
+USAGE_AGGREGATOR_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=${AGGREGATOR_ADDR:-127.0.0.1:9465} \
+  "$bin/usage-aggregator" --plans aggregator/plans.example.yaml >"$run_dir/aggregator.log" 2>&1 &
+aggregator=$!
 stop_consumer() {
-  if kill -0 "$consumer" 2>/dev/null; then
-    kill -TERM "$consumer"
-    wait "$consumer" && echo "usage-consumer stopped cleanly (exit 0)" || echo "usage-consumer exited with $?"
-  fi
+  local pid name
+  for pid in "$aggregator" "$consumer"; do
+    name=usage-consumer
+    [[ $pid == "$aggregator" ]] && name=usage-aggregator
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid"
+      if wait "$pid"; then echo "$name stopped cleanly (exit 0)"; else echo "$name exited with $?"; fi
+    fi
+  done
   echo
   echo "Kafka and ClickHouse are still running. Query the data:"
   echo "  clickhouse-client --port ${CH_TCP_PORT:-19000} -d usage -q 'SELECT tenant_id, feature_type, sum(quantity), count() FROM usage_events_dedup GROUP BY tenant_id, feature_type ORDER BY tenant_id'"
+  echo "Latest quota state per tenant/meter/period (compacted topic):"
+  printf '  kcat -C -b %s -t usage.quota-state -e -f "%%k %%s\\n" | tail\n' "$USAGE_TEST_KAFKA"
   echo "Stop them with: make engines-stop"
 }
 trap stop_consumer EXIT

@@ -55,11 +55,23 @@ func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) e
 		s.log.Warn("plan assignment topic unavailable: plans come from the config file only", zap.String("topic", s.cfg.AssignmentTopic))
 		return nil
 	}
-	for _, p := range md.Topics[0].Partitions {
-		first, end, err := offsetsOf(ctx, client, s.cfg.AssignmentTopic, p.ID)
-		if err != nil {
-			return err
+	type span struct{ first, end int64 }
+	spans := map[int]span{}
+	// A topic created a moment ago can answer NOT_LEADER for a while.
+	if err := s.retry(ctx, "read plan assignment offsets", func(ctx context.Context) error {
+		for _, p := range md.Topics[0].Partitions {
+			first, end, err := offsetsOf(ctx, client, s.cfg.AssignmentTopic, p.ID)
+			if err != nil {
+				return err
+			}
+			spans[p.ID] = span{first, end}
 		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, p := range md.Topics[0].Partitions {
+		first, end := spans[p.ID].first, spans[p.ID].end
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.AssignmentTopic, Partition: p.ID, MaxWait: 250 * time.Millisecond})
 		if err := r.SetOffset(first); err != nil {
 			r.Close()

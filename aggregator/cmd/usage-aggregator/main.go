@@ -3,6 +3,8 @@
 // quota state to the compacted topic usage.quota-state.
 //
 //	usage-aggregator [run]     aggregate until SIGTERM/SIGINT (the default)
+//	usage-aggregator reconcile --from 2026-11-01 --to 2026-11-30
+//	                           repair the aggregates of a range from the raw table
 //	usage-aggregator config    print the effective configuration
 package main
 
@@ -26,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
@@ -58,6 +61,10 @@ func run(args []string) int {
 	flags.String("config", "", "YAML config file")
 	flags.String("plans", "", "meters and plans YAML (plans_file)")
 	flags.String("http", "", "metrics and health address (http.addr)")
+	from := flags.String("from", "", "reconcile: first day, YYYY-MM-DD (UTC)")
+	to := flags.String("to", "", "reconcile: last day, YYYY-MM-DD (UTC), inclusive")
+	rawGroup := flags.String("raw-group", "usage-consumer", "reconcile: the raw consumer's group, which must have caught up")
+	force := flags.Bool("force", false, "reconcile: skip the safety checks")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -77,6 +84,8 @@ func run(args []string) int {
 		return 2
 	}
 	zc := zap.NewProductionConfig()
+	zc.DisableStacktrace = true
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	if err := zc.Level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
 		fmt.Fprintln(os.Stderr, "usage-aggregator: log.level:", err)
 		return 2
@@ -89,6 +98,17 @@ func run(args []string) int {
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if flags.NArg() > 0 && flags.Arg(0) == "reconcile" {
+		if err := reconcileCmd(ctx, cfg, p, log, *from, *to, *rawGroup, *force); err != nil {
+			log.Error("reconcile failed", zap.Error(err))
+			return 1
+		}
+		return 0
+	}
+	if flags.NArg() > 0 && flags.Arg(0) != "run" {
+		fmt.Fprintf(os.Stderr, "usage-aggregator: unknown command %q (want run, reconcile or config)\n", flags.Arg(0))
+		return 2
+	}
 	if err := serve(ctx, cfg, p, log); err != nil {
 		log.Error("usage-aggregator failed", zap.Error(err))
 		return 1
