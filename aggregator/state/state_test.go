@@ -186,3 +186,16 @@ func TestDedupIsBounded(t *testing.T) {
 		t.Fatalf("horizon not enforced: %v", d.seen)
 	}
 }
+
+func TestUnknownMeters(t *testing.T) {
+	s := newState(t)
+	mustOutcome(t, s, ev("t", "mystery", "u", "2", t0, "m1"), 0, 1, Applied) // unknown_meters: sum
+	if q, ok := s.QuotaOf(QuotaKey{"t", "mystery", "2026-11"}); !ok || !q.Usage.Equal(decimal.NewFromInt(2)) || q.Aggregation != plans.Sum {
+		t.Fatalf("unknown meter not summed: %+v", q)
+	}
+	s.cfg.Plans.UnknownMeters = "reject"
+	mustOutcome(t, s, ev("t", "mystery", "u", "2", t0, "m2"), 0, 2, UnknownMeter)
+	if q, _ := s.QuotaOf(QuotaKey{"t", "mystery", "2026-11"}); !q.Usage.Equal(decimal.NewFromInt(2)) {
+		t.Fatalf("rejected event counted: %+v", q)
+	}
+}
