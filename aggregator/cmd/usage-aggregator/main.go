@@ -10,20 +10,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"reflect"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
@@ -35,6 +27,7 @@ import (
 	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/service"
 	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/consumer/svckit"
 )
 
 // Config is the service configuration: defaults, then the YAML file
@@ -126,52 +119,30 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 		return err
 	}
 	if cfg.CreateTopics {
-		if err := createTopics(ctx, cfg); err != nil {
+		a, n := cfg.Aggregator, cfg.TopicPartitions
+		compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
+		if err := svckit.CreateTopics(ctx, a.Brokers,
+			kafka.TopicConfig{Topic: a.Topic, NumPartitions: n, ReplicationFactor: 1},
+			kafka.TopicConfig{Topic: a.DLQTopic, NumPartitions: n, ReplicationFactor: 1},
+			kafka.TopicConfig{Topic: a.LateTopic, NumPartitions: n, ReplicationFactor: 1},
+			kafka.TopicConfig{Topic: a.QuotaTopic, NumPartitions: n, ReplicationFactor: 1, ConfigEntries: compact},
+			kafka.TopicConfig{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact}); err != nil {
 			return err
 		}
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := svckit.Registry()
 	svc, err := service.New(cfg.Aggregator, p, aggstore.New(store.Conn()), log, service.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
 	if cfg.HTTP.Addr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, nil)
 		if err != nil {
-			return fmt.Errorf("http.addr %s: %w", cfg.HTTP.Addr, err)
+			return err
 		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
 		defer srv.Close()
 	}
 	return svc.Run(ctx)
-}
-
-func createTopics(ctx context.Context, cfg Config) error {
-	a := cfg.Aggregator
-	client := &kafka.Client{Addr: kafka.TCP(a.Brokers...), Timeout: 30 * time.Second}
-	compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
-	topics := []kafka.TopicConfig{
-		{Topic: a.Topic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1},
-		{Topic: a.DLQTopic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1},
-		{Topic: a.LateTopic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1},
-		{Topic: a.QuotaTopic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1, ConfigEntries: compact},
-		{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact},
-	}
-	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
-	if err != nil {
-		return fmt.Errorf("create topics: %w", err)
-	}
-	for t, terr := range res.Errors {
-		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", t, terr)
-		}
-	}
-	return nil
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
@@ -180,7 +151,7 @@ func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	def.HTTP.Addr = "127.0.0.1:9465"
 	def.Log.Level = "info"
 	v := viper.New()
-	setDefaults(v, "", def)
+	svckit.SetDefaults(v, "", def)
 	v.SetEnvPrefix("USAGE")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -202,21 +173,5 @@ func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	if err := c.Aggregator.Validate(); err != nil {
 		return Config{}, nil, err
 	}
-	return c, v.AllSettings(), nil
-}
-
-func setDefaults(v *viper.Viper, prefix string, cfg any) {
-	rv := reflect.ValueOf(cfg)
-	for i := range rv.NumField() {
-		f := rv.Type().Field(i)
-		name := f.Tag.Get("mapstructure")
-		if name == "" {
-			continue
-		}
-		if f.Type.Kind() == reflect.Struct {
-			setDefaults(v, prefix+name+".", rv.Field(i).Interface())
-			continue
-		}
-		v.SetDefault(prefix+name, rv.Field(i).Interface())
-	}
+	return c, svckit.Printable(v.AllSettings()), nil
 }

@@ -3,9 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
-	"reflect"
 	"strings"
-	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
+	"github.com/usagemeter/usagemeter/consumer/svckit"
 )
 
 // Config is the whole service configuration. Sources, lowest to highest
@@ -49,7 +48,7 @@ func defaultConfig() Config {
 // so that a typo does not silently fall back to a default.
 func loadConfig(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	v := viper.New()
-	setDefaults(v, "", defaultConfig())
+	svckit.SetDefaults(v, "", defaultConfig())
 	v.SetEnvPrefix("USAGE")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -68,24 +67,7 @@ func loadConfig(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	if err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
 		return Config{}, nil, fmt.Errorf("config: %w", err)
 	}
-	return c, printable(v.AllSettings()), c.validate()
-}
-
-// printable prepares settings for the config command: durations as text,
-// secrets redacted.
-func printable(m map[string]any) map[string]any {
-	for k, val := range m {
-		switch x := val.(type) {
-		case map[string]any:
-			m[k] = printable(x)
-		case time.Duration:
-			m[k] = x.String()
-		}
-		if k == "password" && m[k] != "" {
-			m[k] = "<redacted>"
-		}
-	}
-	return m
+	return c, svckit.Printable(v.AllSettings()), c.validate()
 }
 
 func (c Config) validate() error {
@@ -108,24 +90,4 @@ func (c Config) validate() error {
 		errs = append(errs, fmt.Errorf("topic_partitions: must be >= 1, got %d", c.TopicPartitions))
 	}
 	return errors.Join(errs...)
-}
-
-// setDefaults registers every key of the struct with its default, which also
-// makes every key reachable from the environment.
-func setDefaults(v *viper.Viper, prefix string, cfg any) {
-	rv := reflect.ValueOf(cfg)
-	rt := rv.Type()
-	for i := range rt.NumField() {
-		f := rt.Field(i)
-		name := f.Tag.Get("mapstructure")
-		if name == "" {
-			continue
-		}
-		key := prefix + name
-		if f.Type.Kind() == reflect.Struct {
-			setDefaults(v, key+".", rv.Field(i).Interface())
-			continue
-		}
-		v.SetDefault(key, rv.Field(i).Interface())
-	}
 }

@@ -8,18 +8,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -28,6 +23,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
+	"github.com/usagemeter/usagemeter/consumer/svckit"
 )
 
 func main() {
@@ -123,18 +119,20 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 	if cfg.CreateTopics {
-		if err := createTopics(ctx, cfg); err != nil {
+		k := cfg.Kafka
+		if err := svckit.CreateTopics(ctx, k.Brokers,
+			kafka.TopicConfig{Topic: k.Topic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1},
+			kafka.TopicConfig{Topic: k.DLQTopic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1}); err != nil {
 			return err
 		}
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := svckit.Registry()
 	c, err := ingest.New(cfg.Kafka, store, log, ingest.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
 	if cfg.HTTP.Addr != "" {
-		srv, err := startHTTP(cfg.HTTP.Addr, reg, store, log)
+		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, func(mux *http.ServeMux) { registerDashboard(mux, store, log) })
 		if err != nil {
 			return err
 		}
@@ -167,41 +165,4 @@ func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*chstore.Store
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
-}
-
-func createTopics(ctx context.Context, cfg Config) error {
-	client := &kafka.Client{Addr: kafka.TCP(cfg.Kafka.Brokers...), Timeout: 30 * time.Second}
-	var topics []kafka.TopicConfig
-	for _, t := range []string{cfg.Kafka.Topic, cfg.Kafka.DLQTopic} {
-		topics = append(topics, kafka.TopicConfig{Topic: t, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1})
-	}
-	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
-	if err != nil {
-		return fmt.Errorf("create topics: %w", err)
-	}
-	for t, terr := range res.Errors {
-		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
-			return fmt.Errorf("create topic %s: %w", t, terr)
-		}
-	}
-	return nil
-}
-
-func startHTTP(addr string, reg *prometheus.Registry, store *chstore.Store, log *zap.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	registerDashboard(mux, store, log)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("http.addr %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("http server", zap.Error(err))
-		}
-	}()
-	log.Info("serving /metrics, /healthz and the dashboard", zap.String("addr", "http://"+ln.Addr().String()))
-	return srv, nil
 }

@@ -1,0 +1,102 @@
+// Package svckit holds what every usage-* command shares: viper defaults
+// taken from a config struct, topic creation, and the HTTP server for
+// /metrics and /healthz. Library packages never import it; commands do.
+package svckit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"reflect"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go"
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+)
+
+// SetDefaults registers every mapstructure key of cfg (a struct, nested
+// structs become dotted keys) with its value as the default. Registering
+// every key is also what makes each one settable from the environment.
+func SetDefaults(v *viper.Viper, prefix string, cfg any) {
+	rv := reflect.ValueOf(cfg)
+	for i := range rv.NumField() {
+		f := rv.Type().Field(i)
+		name := f.Tag.Get("mapstructure")
+		if name == "" {
+			continue
+		}
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) {
+			SetDefaults(v, prefix+name+".", rv.Field(i).Interface())
+			continue
+		}
+		v.SetDefault(prefix+name, rv.Field(i).Interface())
+	}
+}
+
+// Printable prepares viper settings for a `config` command: durations as
+// text, passwords redacted.
+func Printable(m map[string]any) map[string]any {
+	for k, val := range m {
+		switch x := val.(type) {
+		case map[string]any:
+			m[k] = Printable(x)
+		case time.Duration:
+			m[k] = x.String()
+		}
+		if k == "password" && m[k] != "" {
+			m[k] = "<redacted>"
+		}
+	}
+	return m
+}
+
+// CreateTopics creates the topics that do not exist yet.
+func CreateTopics(ctx context.Context, brokers []string, topics ...kafka.TopicConfig) error {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for t, terr := range res.Errors {
+		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t, terr)
+		}
+	}
+	return nil
+}
+
+// Registry returns a registry with the Go and process collectors.
+func Registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// ServeHTTP serves /metrics from reg, /healthz, and whatever extra adds to
+// the mux, on addr. Shut the returned server down on exit.
+func ServeHTTP(addr string, reg *prometheus.Registry, log *zap.Logger, extra func(*http.ServeMux)) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	if extra != nil {
+		extra(mux)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("http.addr %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", zap.Error(err))
+		}
+	}()
+	log.Info("serving HTTP", zap.String("addr", "http://"+ln.Addr().String()))
+	return srv, nil
+}
