@@ -16,5 +16,8 @@ echo "== SDK -> Kafka ($n events, acks=all, 4 partitions)"
 go test -run '^$' -bench 'Publish' -benchtime "${n}x" ./producer/
 echo "== Kafka -> consumer -> ClickHouse, then SDK -> Kafka -> consumer -> ClickHouse at once ($n events)"
 go test -run '^$' -bench 'ConsumeToClickHouse|EndToEnd' -benchtime "${n}x" ./consumer/ingest/
+echo "== aggregator: sustained events/s and CPU per event ($n events), then publish -> quota state freshness at 10k events/s"
+go test -run '^$' -bench 'AggregatorThroughput' -benchtime "${n}x" ./aggregator/service/
+go test -run '^$' -bench 'QuotaFreshness' ./aggregator/service/
 echo "== codec (per event)"
 go test -run '^$' -bench . -benchmem ./schemas/

@@ -1,0 +1,413 @@
+package service
+
+// Benchmarks against the real engines (USAGE_TEST_KAFKA and
+// USAGE_TEST_CLICKHOUSE, see testenv), e.g. from aggregator/:
+//
+//	USAGE_TEST_KAFKA=127.0.0.1:19092 USAGE_TEST_CLICKHOUSE=127.0.0.1:19000 \
+//	  go test -run '^$' -bench QuotaFreshness ./service/
+//	USAGE_TEST_KAFKA=127.0.0.1:19092 USAGE_TEST_CLICKHOUSE=127.0.0.1:19000 \
+//	  go test -run '^$' -bench AggregatorThroughput -benchtime 300000x ./service/
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/shopspring/decimal"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/usagemeter/usagemeter/aggregator/aggstore"
+	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/testenv"
+)
+
+const (
+	// benchFreshnessDuration is how long BenchmarkQuotaFreshness publishes;
+	// USAGE_BENCH_FRESHNESS (a Go duration, e.g. 30s) overrides it.
+	benchFreshnessDuration = 10 * time.Second
+	benchFreshnessRate     = 10_000 // events/s
+	benchFreshnessTick     = 10 * time.Millisecond
+	benchFreshnessTenants  = 50
+)
+
+// benchEnv is newEnv for testing.TB, without the raw consumer: topics, a
+// fresh ClickHouse database and the production configuration (FlushInterval
+// 1s, QuotaCoalesce 250ms).
+type benchEnv struct {
+	tb     testing.TB
+	broker string
+	cfg    Config
+	store  *chstore.Store
+	plans  *plans.Config
+	log    *zap.Logger
+}
+
+func newBenchEnv(tb testing.TB) *benchEnv {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("integration benchmark skipped in -short mode")
+	}
+	if os.Getenv(testenv.EnvKafka) == "" || os.Getenv(testenv.EnvClickHouse) == "" {
+		tb.Skipf("%s and %s must be set (eval $(scripts/engines.sh start))", testenv.EnvKafka, testenv.EnvClickHouse)
+	}
+	broker := testenv.Kafka(tb)
+	p, err := plans.Parse([]byte(testPlans))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg := DefaultConfig() // FlushInterval 1s, QuotaCoalesce 250ms
+	cfg.Brokers = []string{broker}
+	cfg.Topic = testenv.Name("bench")
+	cfg.GroupID = testenv.Name("agg")
+	cfg.QuotaTopic = cfg.Topic + ".quota"
+	cfg.LateTopic = cfg.Topic + ".late"
+	cfg.DLQTopic = cfg.Topic + ".dlq"
+	cfg.AssignmentTopic = cfg.Topic + ".plans"
+	testenv.CreateTopic(tb, broker, cfg.Topic, 4)
+	testenv.CreateTopic(tb, broker, cfg.QuotaTopic, 2, "cleanup.policy", "compact")
+	testenv.CreateTopic(tb, broker, cfg.LateTopic, 1)
+	testenv.CreateTopic(tb, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
+	testenv.CreateTopic(tb, broker, cfg.DLQTopic, 1)
+	log := zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel))
+	chCfg := chstore.DefaultConfig()
+	chCfg.Addr = []string{testenv.ClickHouseAddr(tb)}
+	chCfg.Database = testenv.Name("b")
+	store, err := chstore.Open(context.Background(), chCfg, log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = store.Conn().Exec(context.Background(), "DROP DATABASE IF EXISTS "+chCfg.Database)
+		_ = store.Close()
+	})
+	if err := store.Migrate(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return &benchEnv{tb: tb, broker: broker, cfg: cfg, store: store, plans: p, log: log}
+}
+
+// startBenchAggregator runs the aggregator until the benchmark ends.
+func (e *benchEnv) startBenchAggregator() {
+	e.tb.Helper()
+	svc, err := New(e.cfg, e.plans, aggstore.New(e.store.Conn()), e.log, WithRegisterer(prometheus.NewRegistry()))
+	if err != nil {
+		e.tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	e.tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				e.tb.Errorf("aggregator stopped with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			e.tb.Error("aggregator did not stop")
+		}
+	})
+}
+
+// checkpointed returns how many messages the group's checkpoint covers.
+func (e *benchEnv) checkpointed(ctx context.Context) (int, error) {
+	cps, err := aggstore.New(e.store.Conn()).Checkpoints(ctx, e.cfg.GroupID, e.cfg.Topic)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, c := range cps {
+		n += int(c.Offset) + 1
+	}
+	return n, nil
+}
+
+// freshness tracks, per tenant, when its k-th api_calls event (quantity 1,
+// so usage k) was published, and records publish-to-visible latencies as
+// quota states arrive. Events of a tenant share a partition and are applied
+// in publish order, so usage U covers exactly the first U events.
+type freshness struct {
+	mu        sync.Mutex
+	published map[string][]time.Time // tenant -> publish time of its k-th event at [k-1]
+	visible   map[string]int         // tenant -> events already recorded
+	latencies []time.Duration
+	ahead     int // states whose usage exceeded what was published (must stay 0)
+	states    int
+}
+
+func (f *freshness) publish(tenant string, at time.Time) {
+	f.published[tenant] = append(f.published[tenant], at)
+}
+
+func (f *freshness) observe(tenant string, usage int, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.states++
+	pub := f.published[tenant]
+	if usage > len(pub) {
+		f.ahead++
+		usage = len(pub)
+	}
+	for k := f.visible[tenant]; k < usage; k++ {
+		f.latencies = append(f.latencies, at.Sub(pub[k]))
+	}
+	f.visible[tenant] = max(f.visible[tenant], usage)
+}
+
+func (f *freshness) pending() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for t, pub := range f.published {
+		n += len(pub) - f.visible[t]
+	}
+	return n
+}
+
+// followQuotas reads every partition of the quota-state topic from its end
+// and passes each api_calls state to f, until ctx ends.
+func (e *benchEnv) followQuotas(ctx context.Context, f *freshness, partitions int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for p := range partitions {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.broker}, Topic: e.cfg.QuotaTopic, Partition: p,
+			MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond})
+		if err := r.SetOffset(kafka.LastOffset); err != nil {
+			e.tb.Fatal(err)
+		}
+		wg.Go(func() {
+			defer r.Close()
+			for {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						e.tb.Errorf("read %s[%d]: %v", e.cfg.QuotaTopic, p, err)
+					}
+					return
+				}
+				now := time.Now()
+				qs, err := schemas.DecodeQuotaState(m.Value)
+				if err != nil {
+					e.tb.Errorf("quota state %s: %v", m.Value, err)
+					continue
+				}
+				if qs.FeatureType == "api_calls" {
+					f.observe(qs.TenantID, int(qs.Usage.IntPart()), now)
+				}
+			}
+		})
+	}
+	return &wg
+}
+
+func benchDuration(tb testing.TB) time.Duration {
+	d := benchFreshnessDuration
+	if v := os.Getenv("USAGE_BENCH_FRESHNESS"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil || d <= 0 {
+			tb.Fatalf("USAGE_BENCH_FRESHNESS=%q: want a positive Go duration", v)
+		}
+	}
+	return d
+}
+
+// BenchmarkQuotaFreshness publishes api_calls events at a steady
+// benchFreshnessRate over benchFreshnessTenants tenants and measures how
+// long each takes to be reflected in a QuotaState on the compacted topic,
+// as a quota cache reading it sees it. One measurement per run, whatever
+// b.N: the duration is benchFreshnessDuration.
+func BenchmarkQuotaFreshness(b *testing.B) {
+	e := newBenchEnv(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &freshness{published: map[string][]time.Time{}, visible: map[string]int{}}
+	readers := e.followQuotas(ctx, f, 2)
+	defer func() { cancel(); readers.Wait() }()
+	e.startBenchAggregator()
+
+	var failed atomic.Int64
+	w := &kafka.Writer{Addr: kafka.TCP(e.broker), Topic: e.cfg.Topic, Balancer: kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, Async: true, BatchSize: 10000, BatchTimeout: 5 * time.Millisecond, // the producer SDK's defaults
+		Completion: func(msgs []kafka.Message, err error) {
+			if err != nil {
+				failed.Add(int64(len(msgs)))
+			}
+		}}
+	defer w.Close()
+	tenants := make([]string, benchFreshnessTenants)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("fresh-%02d", i)
+	}
+	seq := 0
+	send := func(n int, now time.Time) {
+		msgs := make([]kafka.Message, n)
+		f.mu.Lock()
+		for i := range msgs {
+			seq++
+			t := tenants[seq%len(tenants)]
+			msgs[i] = eventMsg(&schemas.UsageEvent{ID: fmt.Sprintf("fr-%d", seq), TenantID: t, UserID: fmt.Sprintf("u%d", seq%7),
+				FeatureType: "api_calls", Quantity: decimal.NewFromInt(1), Timestamp: now.UTC()})
+			f.publish(t, now)
+		}
+		f.mu.Unlock()
+		if err := w.WriteMessages(ctx, msgs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wait := func(what string, timeout time.Duration) {
+		testenv.Eventually(b, timeout, what, func() (bool, error) { return f.pending() == 0, nil })
+	}
+
+	// Warm up: one event per tenant, visible once the group has joined.
+	send(len(tenants), time.Now())
+	wait("warm-up quota states", 60*time.Second)
+	f.mu.Lock()
+	f.latencies, f.states = nil, 0
+	f.mu.Unlock()
+	time.Sleep(time.Second) // let the warm-up's coalescing window pass
+
+	b.ResetTimer()
+	dur := benchDuration(b)
+	start := time.Now()
+	sent := 0
+	tick := time.NewTicker(benchFreshnessTick)
+	for now := start; now.Sub(start) < dur; now = <-tick.C {
+		// Catch up on ticks the scheduler delayed, so the average holds.
+		due := int(float64(benchFreshnessRate)*now.Sub(start).Seconds()) - sent
+		if due > 0 {
+			send(due, time.Now())
+			sent += due
+		}
+	}
+	tick.Stop()
+	elapsed := time.Since(start)
+	wait("every event in a quota state", 60*time.Second)
+	b.StopTimer()
+
+	f.mu.Lock()
+	lat := slices.Clone(f.latencies)
+	states, ahead := f.states, f.ahead
+	f.mu.Unlock()
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d events failed to publish", n)
+	}
+	if ahead > 0 {
+		b.Fatalf("%d quota states counted more events than were published", ahead)
+	}
+	if len(lat) != sent {
+		b.Fatalf("measured %d latencies for %d events", len(lat), sent)
+	}
+	slices.Sort(lat)
+	ms := func(q float64) float64 {
+		return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(ms(0.50), "p50_ms")
+	b.ReportMetric(ms(0.99), "p99_ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max_ms")
+	b.ReportMetric(float64(sent)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(states)/elapsed.Seconds(), "states/s")
+	if p99 := ms(0.99); p99 >= 1000 {
+		b.Logf("p99 freshness %.0f ms is above the 1000 ms target", p99)
+	}
+}
+
+// BenchmarkAggregatorThroughput times how fast the aggregator catches up on
+// a backlog of b.N events (run with -benchtime 300000x): from its start
+// (group join and restore included) until its ClickHouse checkpoint covers
+// every event. Production defaults, so the last flush can add up to
+// FlushInterval (1s).
+//
+// cpu_us/event is the user+system CPU time of this whole process over that
+// span, divided by b.N. The process hosts the aggregator and its kafka-go
+// and clickhouse-go clients (and this benchmark's checkpoint polling), not
+// the Kafka broker or the ClickHouse server, whose CPU is not counted.
+func BenchmarkAggregatorThroughput(b *testing.B) {
+	e := newBenchEnv(b)
+	r := rand.New(rand.NewPCG(uint64(b.N), 42))
+	tenants := 8
+	// Sum meters mostly, some unique_count (by user and by metadata).
+	meters := []string{"api_calls", "api_calls", "api_calls", "api_calls", "tokens", "tokens", "tokens", "active_users", "projects", "ai_generation"}
+	base := time.Now().UTC().Add(-5 * time.Minute)
+	span := 4 * time.Minute // in order over the last minutes: none late
+	msgs := make([]kafka.Message, b.N)
+	for i := range msgs {
+		meter := meters[r.IntN(len(meters))]
+		q := decimal.NewFromInt(1)
+		if meter == "tokens" {
+			q = decimal.New(r.Int64N(100_000), -int32(r.IntN(4)))
+		}
+		msgs[i] = eventMsg(&schemas.UsageEvent{ID: fmt.Sprintf("tp-%d", i), TenantID: fmt.Sprintf("tp-%d", r.IntN(tenants)),
+			UserID: fmt.Sprintf("user-%d", r.IntN(50)), FeatureType: meter, Quantity: q,
+			Timestamp: base.Add(span * time.Duration(i) / time.Duration(b.N)),
+			Metadata:  map[string]string{"project_id": fmt.Sprintf("p%d", r.IntN(20)), "endpoint": "/v1/things"}})
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(e.broker), Topic: e.cfg.Topic, Balancer: kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchSize: 10000, BatchTimeout: time.Millisecond}
+	for chunk := range slices.Chunk(msgs, 50_000) {
+		if err := w.WriteMessages(context.Background(), chunk...); err != nil {
+			b.Fatal(firstWriteError(err))
+		}
+	}
+	_ = w.Close()
+	msgs = nil
+
+	ctx := context.Background()
+	b.ResetTimer()
+	cpu0 := benchCPU(b)
+	start := time.Now()
+	e.startBenchAggregator()
+	var done int
+	for deadline := start.Add(10 * time.Minute); ; {
+		n, err := e.checkpointed(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if done = n; done >= b.N || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	cpu := benchCPU(b) - cpu0
+	b.StopTimer()
+	if done != b.N {
+		b.Fatalf("checkpoint covers %d of %d events after %s", done, b.N, elapsed)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu_us/event")
+}
+
+// benchCPU returns the user+system CPU time of this process so far.
+func benchCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// firstWriteError shortens kafka.WriteErrors (one error per message) to
+// its first error and a count.
+func firstWriteError(err error) error {
+	var we kafka.WriteErrors
+	if errors.As(err, &we) {
+		for _, e := range we {
+			if e != nil {
+				return fmt.Errorf("%d of %d messages failed, first: %w", we.Count(), len(we), e)
+			}
+		}
+	}
+	return err
+}
