@@ -638,3 +638,26 @@ func TestReconcileRepairsToTheRawTable(t *testing.T) {
 	r.shutdown(t)
 	e.assertTablesMatchRaw()
 }
+
+// unknown_meters: reject sends such events to the DLQ with their code;
+// the default (sum) aggregates them and counts them in a metric.
+func TestUnknownMeterRejectedToDLQ(t *testing.T) {
+	e := newEnv(t)
+	e.plans.UnknownMeters = "reject"
+	r := e.startAggregator(nil)
+	at := time.Now().UTC().Add(-time.Minute)
+	e.publish([]kafka.Message{
+		eventMsg(&schemas.UsageEvent{ID: "n1", TenantID: "acme", FeatureType: "not_configured", Quantity: decimal.NewFromInt(3), Timestamp: at}),
+		eventMsg(&schemas.UsageEvent{ID: "k1", TenantID: "acme", FeatureType: "api_calls", Quantity: decimal.NewFromInt(2), Timestamp: at}),
+	})
+	e.waitCaughtUp(2)
+	r.shutdown(t)
+	dlq := readAll(t, e.broker, e.cfg.DLQTopic, 1)
+	if h := headers(dlq[0]); h["usage.error"] != "unknown_meter" || !strings.Contains(string(dlq[0].Value), `"n1"`) {
+		t.Fatalf("DLQ holds %s %v", dlq[0].Value, h)
+	}
+	var n uint64
+	if err := e.store.Conn().QueryRow(context.Background(), "SELECT count() FROM usage_1m FINAL WHERE feature_type = 'not_configured'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("rejected meter aggregated: %d rows (%v)", n, err)
+	}
+}
