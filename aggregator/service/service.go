@@ -131,7 +131,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	defer stopReading()
 	for _, a := range assigned {
 		ckpt := starts[a.ID]
-		gen.Start(func(gctx context.Context) { s.read(readCtx, a.ID, ckpt, msgs) })
+		gen.Start(func(context.Context) { s.read(readCtx, a.ID, ckpt, msgs) })
 	}
 
 	// Writes outlive ctx: a flush under way when SIGTERM arrives finishes,
@@ -151,7 +151,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	for {
 		select {
 		case m := <-msgs:
-			out, err := s.apply(st, m, &side)
+			out, err := s.apply(st, m)
 			if err != nil {
 				return err
 			}
@@ -230,34 +230,57 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 
 // read feeds one partition into msgs, starting DedupHorizon messages
 // before the checkpoint so that duplicates of recent events are still
-// recognised after a restart.
+// recognised after a restart. A failing reader is re-created at the next
+// offset after a pause, so a broker hiccup never stalls a partition.
 func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan<- message) {
-	first, err := s.firstOffset(ctx, partition)
-	if err != nil {
-		s.log.Error("first offset", zap.Int("partition", partition), zap.Error(err))
-		return
+	next := int64(-1)
+	for pause := s.cfg.RetryMin; ctx.Err() == nil; pause = min(pause*2, s.cfg.RetryMax) {
+		if next < 0 {
+			first, err := s.firstOffset(ctx, partition)
+			if err != nil {
+				s.log.Warn("first offset; retrying", zap.Int("partition", partition), zap.Error(err))
+				sleep(ctx, pause)
+				continue
+			}
+			next = max(first, ckpt+1-int64(s.cfg.DedupHorizon))
+		}
+		var err error
+		next, err = s.readFrom(ctx, partition, next, ckpt, msgs)
+		if ctx.Err() != nil {
+			return
+		}
+		s.m.writeErrors.Inc()
+		s.log.Warn("read partition; re-creating the reader", zap.Int("partition", partition), zap.Int64("offset", next), zap.Error(err))
+		sleep(ctx, pause)
 	}
-	start := max(first, ckpt+1-int64(s.cfg.DedupHorizon))
+}
+
+// readFrom reads from offset until an error, and returns the next offset.
+func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs chan<- message) (int64, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
 	defer r.Close()
-	if err := r.SetOffset(start); err != nil {
-		s.log.Error("set offset", zap.Int("partition", partition), zap.Error(err))
-		return
+	if err := r.SetOffset(offset); err != nil {
+		return offset, err
 	}
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Error("read partition", zap.Int("partition", partition), zap.Error(err))
-			}
-			return
+			return offset, err
 		}
 		select {
 		case msgs <- message{Message: m, replay: m.Offset <= ckpt}:
+			offset = m.Offset + 1
 		case <-ctx.Done():
-			return
+			return offset, ctx.Err()
 		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
 	}
 }
 
@@ -279,7 +302,7 @@ func (s *Service) firstOffset(ctx context.Context, partition int) (int64, error)
 
 // apply folds one message into st and returns the message to publish on
 // the late topic or the DLQ, if any.
-func (s *Service) apply(st *state.State, m message, _ *[]kafka.Message) (*kafka.Message, error) {
+func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 	p, o := int32(m.Partition), m.Offset
 	e, err := s.validator.Decode(m.Value)
 	if err != nil {

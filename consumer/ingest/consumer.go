@@ -234,7 +234,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			if err != nil {
 				writeErr <- err
-				for range batches { //nolint:revive // drain so the sender never blocks
+				for range batches { // drain, so the loop's send never blocks
 				}
 				return
 			}
