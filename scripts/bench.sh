@@ -19,5 +19,7 @@ go test -run '^$' -bench 'ConsumeToClickHouse|EndToEnd' -benchtime "${n}x" ./con
 echo "== aggregator: sustained events/s and CPU per event ($n events), then publish -> quota state freshness at 10k events/s"
 go test -run '^$' -bench 'AggregatorThroughput' -benchtime "${n}x" ./aggregator/service/
 go test -run '^$' -bench 'QuotaFreshness' ./aggregator/service/
+echo "== the whole pipeline at once: SDK -> Kafka -> consumer + aggregator -> ClickHouse ($n events)"
+go test -run '^$' -bench 'Pipeline' -benchtime "${n}x" ./aggregator/service/
 echo "== codec (per event)"
 go test -run '^$' -bench . -benchmem ./schemas/

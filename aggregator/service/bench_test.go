@@ -24,12 +24,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
-	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/testenv"
 )
@@ -43,17 +40,8 @@ const (
 	benchFreshnessTenants  = 50
 )
 
-// benchEnv is newEnv for testing.TB, without the raw consumer: topics, a
-// fresh ClickHouse database and the production configuration (FlushInterval
-// 1s, QuotaCoalesce 250ms).
-type benchEnv struct {
-	tb     testing.TB
-	broker string
-	cfg    Config
-	store  *chstore.Store
-	plans  *plans.Config
-	log    *zap.Logger
-}
+// benchEnv is the tests' env with production intervals and no raw consumer.
+type benchEnv = env
 
 func newBenchEnv(tb testing.TB) *benchEnv {
 	tb.Helper()
@@ -63,61 +51,28 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 	if os.Getenv(testenv.EnvKafka) == "" || os.Getenv(testenv.EnvClickHouse) == "" {
 		tb.Skipf("%s and %s must be set (eval $(scripts/engines.sh start))", testenv.EnvKafka, testenv.EnvClickHouse)
 	}
-	broker := testenv.Kafka(tb)
-	p, err := plans.Parse([]byte(testPlans))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg := DefaultConfig() // FlushInterval 1s, QuotaCoalesce 250ms
-	cfg.Brokers = []string{broker}
-	cfg.Topic = testenv.Name("bench")
-	cfg.GroupID = testenv.Name("agg")
-	cfg.QuotaTopic = cfg.Topic + ".quota"
-	cfg.LateTopic = cfg.Topic + ".late"
-	cfg.DLQTopic = cfg.Topic + ".dlq"
-	cfg.AssignmentTopic = cfg.Topic + ".plans"
-	testenv.CreateTopic(tb, broker, cfg.Topic, 4)
-	testenv.CreateTopic(tb, broker, cfg.QuotaTopic, 2, "cleanup.policy", "compact")
-	testenv.CreateTopic(tb, broker, cfg.LateTopic, 1)
-	testenv.CreateTopic(tb, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
-	testenv.CreateTopic(tb, broker, cfg.DLQTopic, 1)
-	log := zaptest.NewLogger(tb, zaptest.Level(zap.WarnLevel))
-	chCfg := chstore.DefaultConfig()
-	chCfg.Addr = []string{testenv.ClickHouseAddr(tb)}
-	chCfg.Database = testenv.Name("b")
-	store, err := chstore.Open(context.Background(), chCfg, log)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		_ = store.Conn().Exec(context.Background(), "DROP DATABASE IF EXISTS "+chCfg.Database)
-		_ = store.Close()
-	})
-	if err := store.Migrate(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	return &benchEnv{tb: tb, broker: broker, cfg: cfg, store: store, plans: p, log: log}
+	return setupEnv(tb, false)
 }
 
 // startBenchAggregator runs the aggregator until the benchmark ends.
 func (e *benchEnv) startBenchAggregator() {
-	e.tb.Helper()
+	e.t.Helper()
 	svc, err := New(e.cfg, e.plans, aggstore.New(e.store.Conn()), e.log, WithRegisterer(prometheus.NewRegistry()))
 	if err != nil {
-		e.tb.Fatal(err)
+		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
-	e.tb.Cleanup(func() {
+	e.t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				e.tb.Errorf("aggregator stopped with %v", err)
+				e.t.Errorf("aggregator stopped with %v", err)
 			}
 		case <-time.After(30 * time.Second):
-			e.tb.Error("aggregator did not stop")
+			e.t.Error("aggregator did not stop")
 		}
 	})
 }
@@ -185,7 +140,7 @@ func (e *benchEnv) followQuotas(ctx context.Context, f *freshness, partitions in
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{e.broker}, Topic: e.cfg.QuotaTopic, Partition: p,
 			MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond})
 		if err := r.SetOffset(kafka.LastOffset); err != nil {
-			e.tb.Fatal(err)
+			e.t.Fatal(err)
 		}
 		wg.Go(func() {
 			defer r.Close()
@@ -193,14 +148,14 @@ func (e *benchEnv) followQuotas(ctx context.Context, f *freshness, partitions in
 				m, err := r.FetchMessage(ctx)
 				if err != nil {
 					if ctx.Err() == nil {
-						e.tb.Errorf("read %s[%d]: %v", e.cfg.QuotaTopic, p, err)
+						e.t.Errorf("read %s[%d]: %v", e.cfg.QuotaTopic, p, err)
 					}
 					return
 				}
 				now := time.Now()
 				qs, err := schemas.DecodeQuotaState(m.Value)
 				if err != nil {
-					e.tb.Errorf("quota state %s: %v", m.Value, err)
+					e.t.Errorf("quota state %s: %v", m.Value, err)
 					continue
 				}
 				if qs.FeatureType == "api_calls" {
@@ -410,4 +365,60 @@ func firstWriteError(err error) error {
 		}
 	}
 	return err
+}
+
+// BenchmarkPipeline measures the whole pipeline at once on this machine:
+// the SDK publishes b.N events while the raw consumer writes them to
+// ClickHouse and the aggregator folds them into the aggregate tables and
+// quota state. The timer runs from the first publish until both have
+// durably written everything (raw rows inserted, aggregator checkpoint at
+// the end of the topic). Run with a fixed count: -benchtime 300000x.
+func BenchmarkPipeline(b *testing.B) {
+	e := newBenchEnv(b)
+	e.startRawConsumer()
+	e.startBenchAggregator()
+	p, err := producer.New([]string{e.broker}, producer.WithTopic(e.cfg.Topic),
+		producer.WithAsync(func(err error, _ []schemas.UsageEvent) { b.Errorf("publish: %v", err) }))
+	if err != nil {
+		b.Fatal(err)
+	}
+	events := make([]schemas.UsageEvent, b.N)
+	now := time.Now().UTC()
+	for i := range events {
+		events[i] = schemas.UsageEvent{TenantID: fmt.Sprintf("tenant-%02d", i%50), UserID: fmt.Sprintf("user-%d", i%500),
+			FeatureType: []string{"api_calls", "tokens", "active_users"}[i%3], Quantity: decimal.NewFromInt(int64(i%7 + 1)),
+			Timestamp: now.Add(-time.Duration(b.N-i) * time.Microsecond)}
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < len(events); i += 1000 {
+		if err := p.Publish(ctx, events[i:min(i+1000, len(events))]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := p.Close(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		agg, err := e.checkpointed(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw, err := testenv.CountRows(ctx, e.store.Conn(), "FROM usage_events")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if agg >= b.N && raw >= uint64(b.N) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("after 10 minutes: aggregator at %d, raw rows %d of %d", agg, raw, b.N)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 }

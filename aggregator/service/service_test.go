@@ -45,7 +45,7 @@ tenants:
 `
 
 type env struct {
-	t           *testing.T
+	t           testing.TB
 	includeLate bool // compare with every raw event, late ones too (after reconcile)
 	broker      string
 	cfg         Config
@@ -54,7 +54,18 @@ type env struct {
 	log         *zap.Logger
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv is setupEnv with fast flushes and the raw consumer running.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	e := setupEnv(t, true)
+	e.startRawConsumer()
+	return e
+}
+
+// setupEnv makes a test's own topics and ClickHouse database. fast shortens
+// the flush and coalesce intervals and lets the quota topic compact within
+// seconds; otherwise the configuration is production's.
+func setupEnv(t testing.TB, fast bool) *env {
 	t.Helper()
 	broker := testenv.Kafka(t)
 	p, err := plans.Parse([]byte(testPlans))
@@ -69,11 +80,15 @@ func newEnv(t *testing.T) *env {
 	cfg.LateTopic = cfg.Topic + ".late"
 	cfg.DLQTopic = cfg.Topic + ".dlq"
 	cfg.AssignmentTopic = cfg.Topic + ".plans"
-	cfg.FlushInterval = 200 * time.Millisecond
-	cfg.QuotaCoalesce = 100 * time.Millisecond
-	cfg.RetryMax = time.Second
+	quotaConfig := []string{"cleanup.policy", "compact"}
+	if fast {
+		cfg.FlushInterval = 200 * time.Millisecond
+		cfg.QuotaCoalesce = 100 * time.Millisecond
+		cfg.RetryMax = time.Second
+		quotaConfig = append(quotaConfig, "segment.ms", "200", "min.cleanable.dirty.ratio", "0.01")
+	}
 	testenv.CreateTopic(t, broker, cfg.Topic, 4)
-	testenv.CreateTopic(t, broker, cfg.QuotaTopic, 2, "cleanup.policy", "compact", "segment.ms", "200", "min.cleanable.dirty.ratio", "0.01")
+	testenv.CreateTopic(t, broker, cfg.QuotaTopic, 2, quotaConfig...)
 	testenv.CreateTopic(t, broker, cfg.LateTopic, 1)
 	testenv.CreateTopic(t, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, cfg.DLQTopic, 1)
@@ -92,9 +107,7 @@ func newEnv(t *testing.T) *env {
 	if err := store.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, broker: broker, cfg: cfg, store: store, plans: p, log: log}
-	e.startRawConsumer()
-	return e
+	return &env{t: t, broker: broker, cfg: cfg, store: store, plans: p, log: log}
 }
 
 // startRawConsumer runs the raw sink on the same topic: the deduplicated
@@ -139,7 +152,7 @@ func (e *env) startAggregator(hook func(string) error) *running {
 	return r
 }
 
-func (r *running) shutdown(t *testing.T) {
+func (r *running) shutdown(t testing.TB) {
 	t.Helper()
 	r.stop()
 	select {
