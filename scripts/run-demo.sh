@@ -54,8 +54,18 @@ for _ in $(seq 100); do
   kill -0 "$consumer" 2>/dev/null || { tail -n 20 "$run_dir/consumer.log"; die "usage-consumer exited"; }
   sleep 0.2
 done
+agg_addr=${AGGREGATOR_ADDR:-127.0.0.1:9465}
+for _ in $(seq 100); do
+  curl -fs "http://$agg_addr/healthz" >/dev/null 2>&1 && break
+  kill -0 "$aggregator" 2>/dev/null || { tail -n 20 "$run_dir/aggregator.log"; die "usage-aggregator exited"; }
+  sleep 0.2
+done
+# Demo plan changes, live: two tenants move off the default FREE plan.
+printf 'tenant-01|{"plan":"PRO"}\ntenant-02|{"plan":"ENTERPRISE","anchor_day":1}\n' |
+  kcat -P -b "$USAGE_TEST_KAFKA" -t usage.plan-assignments -K '|'
 echo
-echo "   Dashboard: http://$http_addr/      Metrics: http://$http_addr/metrics"
+echo "   Usage dashboard: http://$http_addr/     Quota state: http://${AGGREGATOR_ADDR:-127.0.0.1:9465}/"
+echo "   Metrics: http://$http_addr/metrics and http://${AGGREGATOR_ADDR:-127.0.0.1:9465}/metrics"
 echo
 echo "== publishing demo traffic at $rate events/s (Ctrl-C to stop)"
 "$bin/usage-loadgen" -brokers "$USAGE_TEST_KAFKA" -rate "$rate" -duration "$duration" || true

@@ -10,7 +10,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +38,9 @@ type Service struct {
 
 	written []state.Checkpoint // the last checkpoint written
 
+	mu     sync.Mutex
+	latest map[string]schemas.QuotaState // last published state per key, for the status page
+
 	// hook runs at named points of a flush; an error aborts Run there, as a
 	// crash would. Tests use it.
 	hook func(point string) error
@@ -54,7 +59,8 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid aggregator config: %w", err)
 	}
-	s := &Service{cfg: cfg, plans: p, store: store, log: log, validator: schemas.NewValidator()}
+	s := &Service{cfg: cfg, plans: p, store: store, log: log, validator: schemas.NewValidator(),
+		latest: make(map[string]schemas.QuotaState)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -431,10 +437,11 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	msgs := make([]kafka.Message, len(due))
+	states := make([]schemas.QuotaState, len(due))
 	now := time.Now().UTC()
 	for i, q := range due {
-		qs := s.quotaState(q, now)
-		msgs[i] = kafka.Message{Key: []byte(schemas.QuotaStateKey(q.Tenant, q.Meter, q.PeriodID)), Value: qs.AppendJSON(nil)}
+		states[i] = s.quotaState(q, now)
+		msgs[i] = kafka.Message{Key: []byte(states[i].Key()), Value: states[i].AppendJSON(nil)}
 	}
 	if err := s.quotaW.WriteMessages(ctx, msgs...); err != nil {
 		st.Requeue(due)
@@ -443,6 +450,15 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
 		return nil
 	}
 	s.m.quotaPublished.Add(float64(len(due)))
+	s.mu.Lock()
+	for _, qs := range states {
+		if qs.Final {
+			delete(s.latest, qs.Key())
+		} else {
+			s.latest[qs.Key()] = qs
+		}
+	}
+	s.mu.Unlock()
 	return s.at("after_publish")
 }
 
@@ -459,6 +475,19 @@ func (s *Service) quotaState(q state.Quota, now time.Time) schemas.QuotaState {
 		qs.SourceOffsets = map[int32]int64{q.Partition: q.Offset}
 	}
 	return qs
+}
+
+// QuotaStates returns the last published state of every open quota, sorted
+// by key. It is safe to call from any goroutine.
+func (s *Service) QuotaStates() []schemas.QuotaState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]schemas.QuotaState, 0, len(s.latest))
+	for _, q := range s.latest {
+		out = append(out, q)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key() < out[j].Key() })
+	return out
 }
 
 func (s *Service) at(point string) error {

@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -136,7 +137,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 		return err
 	}
 	if cfg.HTTP.Addr != "" {
-		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, nil)
+		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, func(mux *http.ServeMux) { registerStatus(mux, svc) })
 		if err != nil {
 			return err
 		}
