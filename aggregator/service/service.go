@@ -22,6 +22,7 @@ import (
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
 	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/state"
+	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/schemas"
 )
 
@@ -341,11 +342,12 @@ func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 
 func (s *Service) sideMessage(topic string, m message, code, reason string) *kafka.Message {
 	headers := append(append([]kafka.Header(nil), m.Headers...),
-		kafka.Header{Key: "usage.error", Value: []byte(code)},
-		kafka.Header{Key: "usage.error.reason", Value: []byte(reason)},
-		kafka.Header{Key: "usage.source.topic", Value: []byte(m.Topic)},
-		kafka.Header{Key: "usage.source.partition", Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: "usage.source.offset", Value: []byte(strconv.FormatInt(m.Offset, 10))})
+		kafka.Header{Key: ingest.HeaderError, Value: []byte(code)},
+		kafka.Header{Key: ingest.HeaderReason, Value: []byte(reason)},
+		kafka.Header{Key: ingest.HeaderSourceTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: ingest.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: ingest.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
+		kafka.Header{Key: ingest.HeaderFailedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))})
 	return &kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: headers}
 }
 
