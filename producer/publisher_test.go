@@ -60,25 +60,7 @@ func ev(tenant, meter, qty string, meta map[string]string) schemas.UsageEvent {
 // endOffsets returns the end offset of each partition of topic.
 func endOffsets(t testing.TB, broker, topic string) []int64 {
 	t.Helper()
-	reqs := make([]kafka.OffsetRequest, testPartitions)
-	for i := range reqs {
-		reqs[i] = kafka.LastOffsetOf(i)
-	}
-	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 10 * time.Second}
-	res, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{
-		Topics: map[string][]kafka.OffsetRequest{topic: reqs},
-	})
-	if err != nil {
-		t.Fatalf("list offsets of %s: %v", topic, err)
-	}
-	ends := make([]int64, testPartitions)
-	for _, po := range res.Topics[topic] {
-		if po.Error != nil {
-			t.Fatalf("list offsets of %s/%d: %v", topic, po.Partition, po.Error)
-		}
-		ends[po.Partition] = po.LastOffset
-	}
-	return ends
+	return testenv.EndOffsets(t, broker, topic, testPartitions)
 }
 
 func sum(xs []int64) (n int64) {

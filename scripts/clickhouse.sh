@@ -151,38 +151,4 @@ cmd_start() {
   log "clickhouse $(clickhouse-client --port "$CH_TCP_PORT" -q 'SELECT version()') running on $ADDR (pid $(<"$PIDFILE"), dir $CH_DIR)"
 }
 
-cmd_stop() {
-  local pid
-  if pid=$(running_pid); then
-    stop_pid "$pid" clickhouse 30
-  fi
-  rm -f "$PIDFILE"
-  if [[ ${1:-} == --purge ]]; then
-    rm -rf "$CH_DIR"
-    log "clickhouse dir $CH_DIR removed"
-  fi
-}
-
-cmd_status() {
-  local pid
-  if pid=$(running_pid) && answering; then
-    echo "clickhouse running on $ADDR (pid $pid)"
-    return 0
-  fi
-  echo "clickhouse not running on $ADDR"
-  return 1
-}
-
-cmd_wait() {
-  running_pid >/dev/null || die "clickhouse is not running (no live pid in $PIDFILE)"
-  wait_ready
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop "${2:-}" ;;
-  reset) cmd_stop --purge ;;
-  status) cmd_status ;;
-  wait) cmd_wait ;;
-  *) die "usage: $0 start|stop [--purge]|reset|status|wait" ;;
-esac
+engine_main clickhouse "$CH_DIR" "$ADDR" "$@"

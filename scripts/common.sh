@@ -61,3 +61,38 @@ show_log_tail() {
     tail -n 40 "$f" >&2
   done
 }
+
+# engine_main NAME DIR ADDR COMMAND...: the commands kafka.sh and clickhouse.sh
+# share. The caller defines cmd_start, running_pid, answering and wait_ready,
+# and PIDFILE.
+# shellcheck disable=SC2153 # PIDFILE is set by the sourcing script
+engine_main() {
+  local name=$1 dir=$2 addr=$3 pid
+  shift 3
+  case "${1:-}" in
+    start) cmd_start ;;
+    stop | reset)
+      if pid=$(running_pid); then
+        stop_pid "$pid" "$name" 30
+      fi
+      rm -f "$PIDFILE"
+      if [[ $1 == reset || ${2:-} == --purge ]]; then
+        rm -rf "$dir"
+        log "$name dir $dir removed"
+      fi
+      ;;
+    status)
+      if pid=$(running_pid) && answering; then
+        echo "$name running on $addr (pid $pid)"
+        return 0
+      fi
+      echo "$name not running on $addr"
+      return 1
+      ;;
+    wait)
+      running_pid >/dev/null || die "$name is not running (no live pid in $PIDFILE)"
+      wait_ready
+      ;;
+    *) die "usage: $0 start|stop [--purge]|reset|status|wait" ;;
+  esac
+}

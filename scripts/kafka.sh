@@ -137,38 +137,4 @@ cmd_start() {
   log "kafka $KAFKA_VERSION running on $BOOTSTRAP (pid $(<"$PIDFILE"), dir $KAFKA_DIR)"
 }
 
-cmd_stop() {
-  local pid
-  if pid=$(running_pid); then
-    stop_pid "$pid" kafka 30
-  fi
-  rm -f "$PIDFILE"
-  if [[ ${1:-} == --purge ]]; then
-    rm -rf "$KAFKA_DIR"
-    log "kafka dir $KAFKA_DIR removed"
-  fi
-}
-
-cmd_status() {
-  local pid
-  if pid=$(running_pid) && answering; then
-    echo "kafka running on $BOOTSTRAP (pid $pid)"
-    return 0
-  fi
-  echo "kafka not running on $BOOTSTRAP"
-  return 1
-}
-
-cmd_wait() {
-  running_pid >/dev/null || die "kafka is not running (no live pid in $PIDFILE)"
-  wait_ready
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop "${2:-}" ;;
-  reset) cmd_stop --purge ;;
-  status) cmd_status ;;
-  wait) cmd_wait ;;
-  *) die "usage: $0 start|stop [--purge]|reset|status|wait" ;;
-esac
+engine_main kafka "$KAFKA_DIR" "$BOOTSTRAP" "$@"

@@ -282,3 +282,57 @@ func CountRows(ctx context.Context, conn driver.Conn, from string, args ...any) 
 	}
 	return n, nil
 }
+
+// EndOffsets returns the end (next) offset of partitions 0..n-1 of topic.
+func EndOffsets(t testing.TB, broker, topic string, n int) []int64 {
+	t.Helper()
+	var reqs []kafka.OffsetRequest
+	for p := range n {
+		reqs = append(reqs, kafka.LastOffsetOf(p))
+	}
+	client := &kafka.Client{Addr: kafka.TCP(broker)}
+	res, err := client.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		t.Fatalf("end offsets of %s: %v", topic, err)
+	}
+	out := make([]int64, n)
+	if got := len(res.Topics[topic]); got != n {
+		t.Fatalf("end offsets of %s: %d partitions answered, want %d", topic, got, n)
+	}
+	for _, po := range res.Topics[topic] {
+		if po.Error != nil {
+			t.Fatalf("end offset of %s/%d: %v", topic, po.Partition, po.Error)
+		}
+		out[po.Partition] = po.LastOffset
+	}
+	return out
+}
+
+// ReadN reads n messages from all partitions of topic, in a group of its
+// own, failing the test if they do not arrive within 60 s.
+func ReadN(t testing.TB, broker, topic string, n int) []kafka.Message {
+	t.Helper()
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, GroupID: Name("reader"), Topic: topic,
+		StartOffset: kafka.FirstOffset, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out []kafka.Message
+	for len(out) < n {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			t.Fatalf("read %s: got %d of %d messages: %v", topic, len(out), n, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Headers returns a message's headers as a map.
+func Headers(m kafka.Message) map[string]string {
+	h := make(map[string]string, len(m.Headers))
+	for _, x := range m.Headers {
+		h[x.Key] = string(x.Value)
+	}
+	return h
+}

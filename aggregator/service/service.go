@@ -8,7 +8,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -22,6 +21,7 @@ import (
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
 	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/state"
+	"github.com/usagemeter/usagemeter/consumer/backoff"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/schemas"
 )
@@ -243,7 +243,7 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 	next := int64(-1)
 	for pause := s.cfg.RetryMin; ctx.Err() == nil; pause = min(pause*2, s.cfg.RetryMax) {
 		if next < 0 {
-			first, err := s.firstOffset(ctx, partition)
+			first, _, err := offsetsOf(ctx, &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...)}, s.cfg.Topic, partition)
 			if err != nil {
 				s.log.Warn("first offset; retrying", zap.Int("partition", partition), zap.Error(err))
 				sleep(ctx, pause)
@@ -289,22 +289,6 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-time.After(d):
 	case <-ctx.Done():
 	}
-}
-
-func (s *Service) firstOffset(ctx context.Context, partition int) (int64, error) {
-	client := &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...)}
-	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
-		s.cfg.Topic: {kafka.FirstOffsetOf(partition)}}})
-	if err != nil {
-		return 0, err
-	}
-	for _, po := range res.Topics[s.cfg.Topic] {
-		if po.Error != nil {
-			return 0, po.Error
-		}
-		return po.FirstOffset, nil
-	}
-	return 0, errors.New("no offsets returned")
 }
 
 // apply folds one message into st and returns the message to publish on
@@ -499,24 +483,15 @@ func (s *Service) at(point string) error {
 	return s.hook(point)
 }
 
-// retry runs fn until it succeeds or ctx ends, with exponential backoff.
+// retry runs fn until it succeeds or ctx ends, backing off between
+// RetryMin and RetryMax, and logs and counts each failure.
 func (s *Service) retry(ctx context.Context, what string, fn func(context.Context) error) error {
-	delay := s.cfg.RetryMin
-	for attempt := 1; ; attempt++ {
-		err := fn(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		}
+	err := backoff.Retry(ctx, backoff.Policy{Min: s.cfg.RetryMin, Max: s.cfg.RetryMax}, fn, func(attempt int, pause time.Duration, err error) {
 		s.m.writeErrors.Inc()
-		s.log.Warn(what+" failed; retrying", zap.Int("attempt", attempt), zap.Duration("backoff", delay), zap.Error(err))
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		}
-		delay = min(delay*2, s.cfg.RetryMax)
+		s.log.Warn(what+" failed; retrying", zap.Int("attempt", attempt), zap.Duration("backoff", pause), zap.Error(err))
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
+	return nil
 }

@@ -360,9 +360,9 @@ func TestMixedTrafficEqualsRawTable(t *testing.T) {
 	e.waitRaw(uint64(len(msgs) - countDuplicates(msgs)))
 	r.shutdown(t)
 	e.assertTablesMatchRaw()
-	lateMsgs := readAll(t, e.broker, e.cfg.LateTopic, late)
+	lateMsgs := testenv.ReadN(t, e.broker, e.cfg.LateTopic, late)
 	for _, m := range lateMsgs {
-		if h := headers(m); h["usage.error"] != "late" || !strings.HasPrefix(string(m.Value), `{"id":"late-`) {
+		if h := testenv.Headers(m); h["usage.error"] != "late" || !strings.HasPrefix(string(m.Value), `{"id":"late-`) {
 			t.Fatalf("late topic holds %s %v", m.Value, h)
 		}
 	}
@@ -418,32 +418,6 @@ func countDuplicates(msgs []kafka.Message) int {
 		seen[k] = true
 	}
 	return n
-}
-
-func headers(m kafka.Message) map[string]string {
-	h := map[string]string{}
-	for _, x := range m.Headers {
-		h[x.Key] = string(x.Value)
-	}
-	return h
-}
-
-func readAll(t *testing.T, broker, topic string, want int) []kafka.Message {
-	t.Helper()
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, GroupID: testenv.Name("r"),
-		StartOffset: kafka.FirstOffset, MaxWait: 100 * time.Millisecond})
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var out []kafka.Message
-	for len(out) < want {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			t.Fatalf("read %s: %d of %d: %v", topic, len(out), want, err)
-		}
-		out = append(out, m)
-	}
-	return out
 }
 
 // latestStates reads the quota topic from the start, as a new cache does,
@@ -665,8 +639,8 @@ func TestUnknownMeterRejectedToDLQ(t *testing.T) {
 	})
 	e.waitCaughtUp(2)
 	r.shutdown(t)
-	dlq := readAll(t, e.broker, e.cfg.DLQTopic, 1)
-	if h := headers(dlq[0]); h["usage.error"] != "unknown_meter" || !strings.Contains(string(dlq[0].Value), `"n1"`) {
+	dlq := testenv.ReadN(t, e.broker, e.cfg.DLQTopic, 1)
+	if h := testenv.Headers(dlq[0]); h["usage.error"] != "unknown_meter" || !strings.Contains(string(dlq[0].Value), `"n1"`) {
 		t.Fatalf("DLQ holds %s %v", dlq[0].Value, h)
 	}
 	var n uint64

@@ -16,7 +16,6 @@ type QuotaKey struct {
 // Quota is a tenant's usage of one meter in one period, over all subjects.
 type Quota struct {
 	QuotaKey
-	Plan        string
 	PeriodStart time.Time
 	PeriodEnd   time.Time
 	Aggregation plans.Aggregation
@@ -37,7 +36,7 @@ func (s *State) fold(r *Row, oldValue decimal.Decimal, oldEvents uint64) {
 	k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
 	q, ok := s.quotas[k]
 	if !ok {
-		q = &Quota{QuotaKey: k, Plan: r.Plan, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
+		q = &Quota{QuotaKey: k, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
 			Aggregation: r.Aggregation, Offset: -1}
 		s.quotas[k] = q
 	}

@@ -26,7 +26,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -34,6 +33,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
+	"github.com/usagemeter/usagemeter/consumer/backoff"
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/schemas"
 )
@@ -344,30 +344,21 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	return nil
 }
 
-// retry runs fn until it succeeds or ctx ends, backing off exponentially
-// with jitter between RetryMin and RetryMax.
+// retry runs fn until it succeeds or ctx ends, backing off between
+// RetryMin and RetryMax, and logs and counts each failure.
 func (c *Consumer) retry(ctx context.Context, what string, failures prometheus.Counter, fn func(context.Context) error) error {
-	delay := c.cfg.RetryMin
-	for attempt := 1; ; attempt++ {
-		err := fn(ctx)
-		if err == nil {
-			if attempt > 1 {
-				c.log.Info(what+" succeeded again", zap.Int("attempts", attempt))
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		}
+	failed := false
+	err := backoff.Retry(ctx, backoff.Policy{Min: c.cfg.RetryMin, Max: c.cfg.RetryMax}, fn, func(attempt int, pause time.Duration, err error) {
+		failed = true
 		failures.Inc()
 		c.log.Warn(what+" failed; retrying, offsets stay uncommitted",
-			zap.Int("attempt", attempt), zap.Duration("backoff", delay), zap.Error(err))
-		jittered := delay/2 + time.Duration(rand.Int64N(int64(delay)/2+1))
-		select {
-		case <-time.After(jittered):
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		}
-		delay = min(delay*2, c.cfg.RetryMax)
+			zap.Int("attempt", attempt), zap.Duration("backoff", pause), zap.Error(err))
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
+	if failed {
+		c.log.Info(what + " succeeded again")
+	}
+	return nil
 }

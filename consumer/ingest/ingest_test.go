@@ -229,23 +229,13 @@ func TestHundredThousandEventsExactlyOnce(t *testing.T) {
 func assertCommittedToEnd(t *testing.T, e *env) {
 	t.Helper()
 	client := &kafka.Client{Addr: kafka.TCP(e.broker)}
-	ctx := context.Background()
-	parts := []int{0, 1, 2, 3}
-	off, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: e.cfg.GroupID, Topics: map[string][]int{e.cfg.Topic: parts}})
+	off, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: e.cfg.GroupID, Topics: map[string][]int{e.cfg.Topic: {0, 1, 2, 3}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var reqs []kafka.OffsetRequest
-	for _, p := range parts {
-		reqs = append(reqs, kafka.LastOffsetOf(p))
-	}
-	ends, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{e.cfg.Topic: reqs}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	end := map[int]int64{}
-	for _, po := range ends.Topics[e.cfg.Topic] {
-		end[po.Partition] = po.LastOffset
+	end := testenv.EndOffsets(t, e.broker, e.cfg.Topic, 4)
+	if len(off.Topics[e.cfg.Topic]) != 4 {
+		t.Fatalf("committed offsets for %d partitions, want 4", len(off.Topics[e.cfg.Topic]))
 	}
 	for _, po := range off.Topics[e.cfg.Topic] {
 		if po.CommittedOffset != end[po.Partition] {
@@ -304,14 +294,14 @@ func TestVectorsPublishedTwiceCountedOnceAndInvalidToDLQ(t *testing.T) {
 
 	// Every invalid vector, both copies, is in the DLQ with its code, its
 	// original bytes and where it came from.
-	dlq := readAll(t, e.broker, e.cfg.DLQTopic, 2*invalid)
+	dlq := testenv.ReadN(t, e.broker, e.cfg.DLQTopic, 2*invalid)
 	byName := map[string]schemas.Vector{}
 	for _, v := range vectors {
 		byName[v.Name] = v
 	}
 	seen := map[string]int{}
 	for _, m := range dlq {
-		h := headers(m)
+		h := testenv.Headers(m)
 		v, ok := byName[h["vector"]]
 		if !ok {
 			t.Fatalf("DLQ message without its original headers: %v", h)
@@ -337,33 +327,6 @@ func TestVectorsPublishedTwiceCountedOnceAndInvalidToDLQ(t *testing.T) {
 	}
 }
 
-func headers(m kafka.Message) map[string]string {
-	h := map[string]string{}
-	for _, x := range m.Headers {
-		h[x.Key] = string(x.Value)
-	}
-	return h
-}
-
-// readAll reads want messages from every partition of topic.
-func readAll(t *testing.T, broker, topic string, want int) []kafka.Message {
-	t.Helper()
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, GroupID: testenv.Name("reader"), Topic: topic,
-		StartOffset: kafka.FirstOffset, MaxWait: 100 * time.Millisecond})
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var out []kafka.Message
-	for len(out) < want {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			t.Fatalf("read %s: got %d of %d messages: %v", topic, len(out), want, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
 func TestInvalidEventsDoNotHoldUpTheirPartition(t *testing.T) {
 	e := newEnv(t, "")
 	e.start()
@@ -386,10 +349,10 @@ func TestInvalidEventsDoNotHoldUpTheirPartition(t *testing.T) {
 	if n := e.count("FROM usage_events FINAL WHERE tenant_id = ? AND quantity = 1", "acme"); n != valid {
 		t.Fatalf("got %d rows for acme, want %d", n, valid)
 	}
-	dlq := readAll(t, e.broker, e.cfg.DLQTopic, valid/50)
+	dlq := testenv.ReadN(t, e.broker, e.cfg.DLQTopic, valid/50)
 	for _, m := range dlq {
-		if headers(m)[HeaderError] != "malformed_json" {
-			t.Fatalf("unexpected DLQ code %v", headers(m))
+		if testenv.Headers(m)[HeaderError] != "malformed_json" {
+			t.Fatalf("unexpected DLQ code %v", testenv.Headers(m))
 		}
 	}
 }
