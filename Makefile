@@ -1,7 +1,8 @@
 # The two commands a newcomer needs: `make run` and `make test`.
 # Everything they need is installed by scripts/deps.sh when missing.
 SHELL := /bin/bash
-PKGS  := ./schemas/... ./producer/... ./consumer/... ./aggregator/... ./testenv/...
+# Every module that go.work uses (see workspace_pkgs in scripts/common.sh).
+PKGS  := $(shell source scripts/common.sh && workspace_pkgs)
 BIN   := .cache/bin
 
 .PHONY: run test bench lint build deps engines-start engines-stop clean
@@ -20,7 +21,7 @@ bench:
 
 ## lint: gofmt, go vet, shellcheck
 lint:
-	@out=$$(gofmt -l schemas producer consumer aggregator testenv); if [[ -n $$out ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $(patsubst ./%/...,%,$(PKGS))); if [[ -n $$out ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet $(PKGS)
 	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh .ci/run; else echo "shellcheck not installed: skipped"; fi
 

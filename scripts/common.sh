@@ -96,3 +96,9 @@ engine_main() {
     *) die "usage: $0 start|stop [--purge]|reset|status|wait" ;;
   esac
 }
+
+# workspace_pkgs: one ./module/... pattern per module that go.work uses, so a
+# new module is vetted, tested and linted as soon as it joins the workspace.
+workspace_pkgs() {
+  awk '/^use *\(/ {inside = 1; next} inside && /\)/ {inside = 0} inside && NF {sub(/^\.\//, "", $1); print "./" $1 "/..."}' "$REPO_ROOT/go.work"
+}

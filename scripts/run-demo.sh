@@ -26,9 +26,9 @@ echo "== starting usage-consumer (log: $run_dir/consumer.log)"
 USAGE_KAFKA_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=$http_addr \
   "$bin/usage-consumer" >"$run_dir/consumer.log" 2>&1 &
 consumer=$!
-echo "== starting usage-aggregator (log: $run_dir/aggregator.log, plans: aggregator/plans.example.yaml)"
+echo "== starting usage-aggregator (log: $run_dir/aggregator.log, plans: schemas/plans/plans.example.yaml)"
 USAGE_AGGREGATOR_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=${AGGREGATOR_ADDR:-127.0.0.1:9465} \
-  "$bin/usage-aggregator" --plans aggregator/plans.example.yaml >"$run_dir/aggregator.log" 2>&1 &
+  "$bin/usage-aggregator" --plans schemas/plans/plans.example.yaml >"$run_dir/aggregator.log" 2>&1 &
 aggregator=$!
 stop_consumer() {
   local pid name

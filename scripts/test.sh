@@ -27,8 +27,9 @@ if [[ $already_running == 0 && ${USAGE_KEEP_ENGINES:-} != 1 ]]; then
   trap '"$SCRIPTS_DIR/engines.sh" stop >"$CACHE_DIR/engines-stop.log" 2>&1 || true' EXIT
 fi
 
+mapfile -t pkgs < <(workspace_pkgs)
 echo "== go vet"
-go vet ./schemas/... ./producer/... ./consumer/... ./aggregator/... ./testenv/...
+go vet "${pkgs[@]}"
 
 echo "== go test (real Kafka at $USAGE_TEST_KAFKA, ClickHouse at $USAGE_TEST_CLICKHOUSE)"
-go test -count=1 -timeout 20m ./schemas/... ./producer/... ./consumer/... ./aggregator/... ./testenv/... "$@"
+go test -count=1 -timeout 25m "${pkgs[@]}" "$@"

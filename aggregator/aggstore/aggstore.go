@@ -13,8 +13,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/state"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // Store wraps a connection to the database holding the aggregate tables

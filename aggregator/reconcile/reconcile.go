@@ -24,9 +24,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/state"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // Report says what a pass found.

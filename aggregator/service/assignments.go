@@ -1,45 +1,29 @@
 package service
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
-	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
-// assignment is one record of the compacted topic usage.plan-assignments:
-// key = tenant_id, value = {"plan": "PRO", "anchor_day": 15}; an empty value
-// (a tombstone) reverts the tenant to the config file or the default plan.
+// assignment is one record of the compacted topic usage.plan-assignments
+// (format: plans.ParseAssignmentRecord).
 type assignment struct {
 	tenant string
 	a      *plans.Assignment
 }
 
 func parseAssignment(m kafka.Message) (assignment, error) {
-	out := assignment{tenant: string(m.Key)}
-	if out.tenant == "" {
-		return out, fmt.Errorf("plan assignment at offset %d has no key (tenant_id)", m.Offset)
+	tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value)
+	if err != nil {
+		return assignment{}, fmt.Errorf("offset %d: %w", m.Offset, err)
 	}
-	if len(m.Value) == 0 {
-		return out, nil
-	}
-	var v struct {
-		Plan      string `json:"plan"`
-		AnchorDay int    `json:"anchor_day"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(m.Value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&v); err != nil {
-		return out, fmt.Errorf("plan assignment for %s: %w", out.tenant, err)
-	}
-	out.a = &plans.Assignment{Plan: v.Plan, AnchorDay: v.AnchorDay}
-	return out, nil
+	return assignment{tenant: tenant, a: a}, nil
 }
 
 // followAssignments reads the assignment topic from its start: everything

@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
@@ -19,11 +18,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/state"
-	"github.com/usagemeter/usagemeter/consumer/backoff"
-	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/backoff"
 )
 
 // Service is one aggregator.
@@ -325,14 +324,8 @@ func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 }
 
 func (s *Service) sideMessage(topic string, m message, code, reason string) *kafka.Message {
-	headers := append(append([]kafka.Header(nil), m.Headers...),
-		kafka.Header{Key: ingest.HeaderError, Value: []byte(code)},
-		kafka.Header{Key: ingest.HeaderReason, Value: []byte(reason)},
-		kafka.Header{Key: ingest.HeaderSourceTopic, Value: []byte(m.Topic)},
-		kafka.Header{Key: ingest.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: ingest.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
-		kafka.Header{Key: ingest.HeaderFailedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))})
-	return &kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: headers}
+	dl := svckit.DeadLetter(m.Message, topic, code, reason)
+	return &dl
 }
 
 // flush makes everything applied so far durable: side messages, then the

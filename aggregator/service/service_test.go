@@ -17,12 +17,13 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/reconcile"
 	"github.com/usagemeter/usagemeter/aggregator/state"
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -93,7 +94,7 @@ func setupEnv(t testing.TB, fast bool) *env {
 	testenv.CreateTopic(t, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, cfg.DLQTopic, 1)
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-	chCfg := chstore.DefaultConfig()
+	chCfg := chconn.DefaultConfig()
 	chCfg.Addr = []string{testenv.ClickHouseAddr(t)}
 	chCfg.Database = testenv.Name("t")
 	store, err := chstore.Open(context.Background(), chCfg, log)

@@ -7,8 +7,8 @@ import (
 
 	"github.com/shopspring/decimal"
 
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // Config tunes the state.

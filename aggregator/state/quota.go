@@ -5,7 +5,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
-	"github.com/usagemeter/usagemeter/aggregator/plans"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // QuotaKey identifies a quota total.

@@ -7,13 +7,13 @@ import (
 
 	"github.com/shopspring/decimal"
 
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 func seedPlans(t *testing.T) *plans.Config {
 	t.Helper()
-	c, err := plans.Load("../plans.example.yaml")
+	c, err := plans.Load("../../schemas/plans/plans.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,40 +5,16 @@ package chstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/schemas"
-	"github.com/usagemeter/usagemeter/schemas/migrations"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
-
-// Config locates the ClickHouse server. Only the native protocol is used:
-// ClickHouse 18.16 rejects clickhouse-go's HTTP protocol.
-type Config struct {
-	Addr        []string      `mapstructure:"addr"`
-	Database    string        `mapstructure:"database"`
-	Username    string        `mapstructure:"username"`
-	Password    string        `mapstructure:"password"`
-	DialTimeout time.Duration `mapstructure:"dial_timeout"`
-	ReadTimeout time.Duration `mapstructure:"read_timeout"`
-}
-
-// DefaultConfig points at the server scripts/clickhouse.sh starts.
-func DefaultConfig() Config {
-	return Config{
-		Addr:        []string{"127.0.0.1:19000"},
-		Database:    "usage",
-		Username:    "default",
-		DialTimeout: 5 * time.Second,
-		ReadTimeout: 60 * time.Second,
-	}
-}
 
 // Store inserts raw events. It is safe for concurrent use.
 type Store struct {
@@ -46,61 +22,18 @@ type Store struct {
 	log  *zap.Logger
 }
 
-// Open connects, creates the database when missing and returns the Store.
+// Open connects (creating the database when missing) and returns the Store.
 // It does not apply migrations; call Migrate.
-func Open(ctx context.Context, cfg Config, log *zap.Logger) (*Store, error) {
-	if len(cfg.Addr) == 0 {
-		return nil, errors.New("clickhouse.addr: at least one address is required")
-	}
-	createDB, err := migrations.CreateDatabaseSQL(cfg.Database)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse.database: %w", err)
-	}
-	// The database must exist before a connection can select it.
-	admin, err := open(ctx, cfg, "default")
-	if err != nil {
-		return nil, err
-	}
-	err = admin.Exec(ctx, createDB)
-	_ = admin.Close()
-	if err != nil {
-		return nil, fmt.Errorf("create database %s: %w", cfg.Database, err)
-	}
-	conn, err := open(ctx, cfg, cfg.Database)
+func Open(ctx context.Context, cfg chconn.Config, log *zap.Logger) (*Store, error) {
+	conn, err := chconn.Open(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &Store{conn: conn, log: log}, nil
 }
 
-func open(ctx context.Context, cfg Config, db string) (driver.Conn, error) {
-	conn, err := clickhouse.Open(&clickhouse.Options{
-		Addr:        cfg.Addr,
-		Auth:        clickhouse.Auth{Database: db, Username: cfg.Username, Password: cfg.Password},
-		DialTimeout: cfg.DialTimeout,
-		ReadTimeout: cfg.ReadTimeout,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open clickhouse %v: %w", cfg.Addr, err)
-	}
-	if err := conn.Ping(ctx); err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("connect to clickhouse %v: %w", cfg.Addr, err)
-	}
-	return conn, nil
-}
-
 // Migrate applies the embedded migrations that are not applied yet.
-func (s *Store) Migrate(ctx context.Context) error {
-	ran, err := migrations.Apply(ctx, s.conn)
-	if err != nil {
-		return err
-	}
-	for _, v := range ran {
-		s.log.Info("applied migration", zap.Uint32("version", v))
-	}
-	return nil
-}
+func (s *Store) Migrate(ctx context.Context) error { return chconn.Migrate(ctx, s.conn, s.log) }
 
 // Conn exposes the connection, for queries in tests and tools.
 func (s *Store) Conn() driver.Conn { return s.conn }

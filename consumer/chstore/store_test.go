@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -17,7 +18,7 @@ import (
 // one tenant's id never hides another tenant's event.
 func TestStoreAgainstClickHouse(t *testing.T) {
 	addr := testenv.ClickHouseAddr(t)
-	cfg := DefaultConfig()
+	cfg := chconn.DefaultConfig()
 	cfg.Addr = []string{addr}
 	cfg.Database = testenv.Name("t")
 	ctx := context.Background()

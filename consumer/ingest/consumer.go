@@ -33,9 +33,10 @@ import (
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 
-	"github.com/usagemeter/usagemeter/consumer/backoff"
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/backoff"
 )
 
 // Store writes a batch of valid events. Writing the same batch again must
@@ -43,16 +44,6 @@ import (
 type Store interface {
 	Insert(ctx context.Context, b *chstore.EventBatch) error
 }
-
-// DLQ header names. Values are strings.
-const (
-	HeaderError           = "usage.error"            // stable tag, e.g. missing_field:tenant_id
-	HeaderReason          = "usage.error.reason"     // human-readable detail
-	HeaderSourceTopic     = "usage.source.topic"     // where the message was read
-	HeaderSourcePartition = "usage.source.partition" //
-	HeaderSourceOffset    = "usage.source.offset"    //
-	HeaderFailedAt        = "usage.failed_at"        // RFC 3339, when the consumer refused it
-)
 
 // Consumer is one member of the raw-sink consumer group.
 type Consumer struct {
@@ -167,16 +158,10 @@ func (c *Consumer) dlqMessage(m kafka.Message, err error) kafka.Message {
 		tag, reason = ve.Tag(), ve.Reason
 	}
 	c.m.invalid.WithLabelValues(tag).Inc()
-	headers := append(append([]kafka.Header(nil), m.Headers...),
-		kafka.Header{Key: HeaderError, Value: []byte(tag)},
-		kafka.Header{Key: HeaderReason, Value: []byte(reason)},
-		kafka.Header{Key: HeaderSourceTopic, Value: []byte(m.Topic)},
-		kafka.Header{Key: HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
-		kafka.Header{Key: HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
-		kafka.Header{Key: HeaderFailedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))},
-	)
 	c.log.Debug("invalid event to DLQ", zap.String("code", tag), zap.Int("partition", m.Partition), zap.Int64("offset", m.Offset))
-	return kafka.Message{Key: m.Key, Value: m.Value, Headers: headers}
+	// The writer has the DLQ topic; the message must not name one.
+	dl := svckit.DeadLetter(m, "", tag, reason)
+	return dl
 }
 
 // Run consumes until ctx is cancelled, then flushes and commits what it has

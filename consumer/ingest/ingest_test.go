@@ -21,6 +21,7 @@ import (
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -50,7 +51,7 @@ func newEnv(t testing.TB, chAddr string) *env {
 	testenv.CreateTopic(t, broker, cfg.DLQTopic, 1)
 
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	chCfg := chstore.DefaultConfig()
+	chCfg := chconn.DefaultConfig()
 	chCfg.Addr = []string{chAddr}
 	chCfg.Database = testenv.Name("t")
 	ctx := context.Background()
@@ -309,13 +310,13 @@ func TestVectorsPublishedTwiceCountedOnceAndInvalidToDLQ(t *testing.T) {
 		if v.Valid() {
 			t.Errorf("valid vector %s in DLQ", v.Name)
 		}
-		if h[HeaderError] != v.Expect {
-			t.Errorf("%s: DLQ code %q, want %q", v.Name, h[HeaderError], v.Expect)
+		if h[schemas.HeaderError] != v.Expect {
+			t.Errorf("%s: DLQ code %q, want %q", v.Name, h[schemas.HeaderError], v.Expect)
 		}
 		if string(m.Value) != string(v.Bytes()) {
 			t.Errorf("%s: DLQ value differs from the original", v.Name)
 		}
-		if h[HeaderSourceTopic] != e.cfg.Topic || h[HeaderSourceOffset] == "" || h[HeaderSourcePartition] == "" || h[HeaderReason] == "" {
+		if h[schemas.HeaderSourceTopic] != e.cfg.Topic || h[schemas.HeaderSourceOffset] == "" || h[schemas.HeaderSourcePartition] == "" || h[schemas.HeaderReason] == "" {
 			t.Errorf("%s: incomplete DLQ headers %v", v.Name, h)
 		}
 		seen[v.Name]++
@@ -351,7 +352,7 @@ func TestInvalidEventsDoNotHoldUpTheirPartition(t *testing.T) {
 	}
 	dlq := testenv.ReadN(t, e.broker, e.cfg.DLQTopic, valid/50)
 	for _, m := range dlq {
-		if testenv.Headers(m)[HeaderError] != "malformed_json" {
+		if testenv.Headers(m)[schemas.HeaderError] != "malformed_json" {
 			t.Fatalf("unexpected DLQ code %v", testenv.Headers(m))
 		}
 	}

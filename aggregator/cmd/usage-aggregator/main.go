@@ -25,10 +25,10 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/service"
-	"github.com/usagemeter/usagemeter/consumer/chstore"
-	"github.com/usagemeter/usagemeter/consumer/svckit"
+	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
 
 // Config is the service configuration: defaults, then the YAML file
@@ -36,7 +36,7 @@ import (
 // USAGE_CLICKHOUSE_ADDR, USAGE_PLANS_FILE ...), then flags.
 type Config struct {
 	Aggregator service.Config `mapstructure:"aggregator"`
-	ClickHouse chstore.Config `mapstructure:"clickhouse"`
+	ClickHouse chconn.Config  `mapstructure:"clickhouse"`
 	PlansFile  string         `mapstructure:"plans_file"`
 	HTTP       struct {
 		Addr string `mapstructure:"addr"`
@@ -111,12 +111,12 @@ func run(args []string) int {
 }
 
 func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) error {
-	store, err := chstore.Open(ctx, cfg.ClickHouse, log)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	if err := store.Migrate(ctx); err != nil {
+	defer conn.Close()
+	if err := chconn.Migrate(ctx, conn, log); err != nil {
 		return err
 	}
 	if cfg.CreateTopics {
@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 		}
 	}
 	reg := svckit.Registry()
-	svc, err := service.New(cfg.Aggregator, p, aggstore.New(store.Conn()), log, service.WithRegisterer(reg))
+	svc, err := service.New(cfg.Aggregator, p, aggstore.New(conn), log, service.WithRegisterer(reg))
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
-	def := Config{Aggregator: service.DefaultConfig(), ClickHouse: chstore.DefaultConfig(), PlansFile: "aggregator/plans.example.yaml",
+	def := Config{Aggregator: service.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
 		CreateTopics: true, TopicPartitions: 4}
 	def.HTTP.Addr = "127.0.0.1:9465"
 	def.Log.Level = "info"

@@ -15,11 +15,11 @@ func TestBadConfigFailsAtStart(t *testing.T) {
 		t.Fatalf("invalid plans file: exit %d, want 2", code)
 	}
 	t.Setenv("USAGE_AGGREGATOR_DEDUP_HORIZON", "0")
-	if code := run([]string{"--plans", "../../plans.example.yaml", "config"}); code != 2 {
+	if code := run([]string{"--plans", "../../../schemas/plans/plans.example.yaml", "config"}); code != 2 {
 		t.Fatalf("dedup_horizon 0: exit %d, want 2", code)
 	}
 	t.Setenv("USAGE_AGGREGATOR_DEDUP_HORIZON", "10")
-	if code := run([]string{"--plans", "../../plans.example.yaml", "frobnicate"}); code != 2 {
+	if code := run([]string{"--plans", "../../../schemas/plans/plans.example.yaml", "frobnicate"}); code != 2 {
 		t.Fatalf("unknown command: exit %d, want 2", code)
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
-	"github.com/usagemeter/usagemeter/aggregator/plans"
 	"github.com/usagemeter/usagemeter/aggregator/reconcile"
-	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
 
 func reconcileCmd(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger, fromS, toS, rawGroup string, force bool) error {
@@ -27,17 +27,17 @@ func reconcileCmd(ctx context.Context, cfg Config, p *plans.Config, log *zap.Log
 	if to.Before(from) {
 		return errors.New("--to is before --from")
 	}
-	store, err := chstore.Open(ctx, cfg.ClickHouse, log)
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer conn.Close()
 	if !force {
-		if err := safeToReconcile(ctx, cfg, aggstore.New(store.Conn()), rawGroup); err != nil {
+		if err := safeToReconcile(ctx, cfg, aggstore.New(conn), rawGroup); err != nil {
 			return fmt.Errorf("%w (use --force to run anyway)", err)
 		}
 	}
-	rep, err := reconcile.Run(ctx, store.Conn(), p, from, to.AddDate(0, 0, 1), log)
+	rep, err := reconcile.Run(ctx, conn, p, from, to.AddDate(0, 0, 1), log)
 	if err != nil {
 		return err
 	}

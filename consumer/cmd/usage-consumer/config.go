@@ -9,9 +9,9 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
-	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
-	"github.com/usagemeter/usagemeter/consumer/svckit"
+	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
 
 // Config is the whole service configuration. Sources, lowest to highest
@@ -19,8 +19,8 @@ import (
 // variables (USAGE_KAFKA_BROKERS=a:9092,b:9092, USAGE_CLICKHOUSE_DATABASE=...),
 // flags.
 type Config struct {
-	Kafka      ingest.Config  `mapstructure:"kafka"`
-	ClickHouse chstore.Config `mapstructure:"clickhouse"`
+	Kafka      ingest.Config `mapstructure:"kafka"`
+	ClickHouse chconn.Config `mapstructure:"clickhouse"`
 	HTTP       struct {
 		// Addr serves /metrics, /healthz and the dashboard. Empty disables it.
 		Addr string `mapstructure:"addr"`
@@ -37,7 +37,7 @@ type Config struct {
 }
 
 func defaultConfig() Config {
-	c := Config{Kafka: ingest.DefaultConfig(), ClickHouse: chstore.DefaultConfig(), MigrateOnStart: true, CreateTopics: true, TopicPartitions: 4}
+	c := Config{Kafka: ingest.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), MigrateOnStart: true, CreateTopics: true, TopicPartitions: 4}
 	c.HTTP.Addr = "127.0.0.1:9464"
 	c.Log.Level = "info"
 	c.Log.Format = "json"

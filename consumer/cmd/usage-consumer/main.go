@@ -23,7 +23,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/consumer/chstore"
 	"github.com/usagemeter/usagemeter/consumer/ingest"
-	"github.com/usagemeter/usagemeter/consumer/svckit"
+	"github.com/usagemeter/usagemeter/svckit"
 )
 
 func main() {

@@ -70,6 +70,11 @@ type Assignment struct {
 	// AnchorDay (1-31) starts the tenant's anchored periods; days past the
 	// end of a short month clamp to its last day.
 	AnchorDay int `mapstructure:"anchor_day"`
+	// Version orders run-time assignments of one tenant (for example the
+	// Stripe event's creation time): Assign ignores one older than the
+	// tenant's current assignment, so a replayed or reordered record never
+	// regresses a plan. 0 means unordered (always applies).
+	Version int64 `mapstructure:"version"`
 }
 
 // Config is the meters-and-plans file.
@@ -84,6 +89,9 @@ type Config struct {
 
 	fromFile map[string]Assignment // Tenants as loaded, for Assign(nil)
 }
+
+// ErrStaleAssignment: an assignment older than the tenant's current one.
+var ErrStaleAssignment = errors.New("stale plan assignment ignored")
 
 // DefaultThresholds are the warning percentages when a quota names none.
 var defaultThresholds = []int{50, 75, 90, 100}
@@ -230,6 +238,9 @@ func (c *Config) Assign(tenant string, a *Assignment) error {
 	}
 	if a.AnchorDay < 0 || a.AnchorDay > 31 {
 		return fmt.Errorf("plan assignment for %s: anchor_day %d is not in 1..31", tenant, a.AnchorDay)
+	}
+	if cur, ok := c.Tenants[tenant]; ok && a.Version != 0 && a.Version < cur.Version {
+		return fmt.Errorf("plan assignment for %s: version %d is older than the current %d: %w", tenant, a.Version, cur.Version, ErrStaleAssignment)
 	}
 	c.Tenants[tenant] = *a
 	return nil

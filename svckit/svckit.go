@@ -1,6 +1,8 @@
-// Package svckit holds what every usage-* command shares: viper defaults
-// taken from a config struct, topic creation, and the HTTP server for
-// /metrics and /healthz. Library packages never import it; commands do.
+// Package svckit holds what every usage-* service shares: viper defaults
+// taken from a config struct, topic creation, the HTTP server for /metrics
+// and /healthz, and dead-letter messages. Apps never import it (they use
+// producer and quota); services do. Subpackages: backoff (retries) and
+// chconn (the ClickHouse connection).
 package svckit
 
 import (
@@ -10,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +21,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/schemas"
 )
 
 // SetDefaults registers every mapstructure key of cfg (a struct, nested
@@ -99,4 +104,18 @@ func ServeHTTP(addr string, reg *prometheus.Registry, log *zap.Logger, extra fun
 	}()
 	log.Info("serving HTTP", zap.String("addr", "http://"+ln.Addr().String()))
 	return srv, nil
+}
+
+// DeadLetter returns m addressed to topic (the DLQ or the late topic) with
+// its original key, bytes and headers, plus the schemas.Header* headers
+// saying why and where it was read.
+func DeadLetter(m kafka.Message, topic, code, reason string) kafka.Message {
+	headers := append(append([]kafka.Header(nil), m.Headers...),
+		kafka.Header{Key: schemas.HeaderError, Value: []byte(code)},
+		kafka.Header{Key: schemas.HeaderReason, Value: []byte(reason)},
+		kafka.Header{Key: schemas.HeaderSourceTopic, Value: []byte(m.Topic)},
+		kafka.Header{Key: schemas.HeaderSourcePartition, Value: []byte(strconv.Itoa(m.Partition))},
+		kafka.Header{Key: schemas.HeaderSourceOffset, Value: []byte(strconv.FormatInt(m.Offset, 10))},
+		kafka.Header{Key: schemas.HeaderFailedAt, Value: []byte(time.Now().UTC().Format(time.RFC3339Nano))})
+	return kafka.Message{Topic: topic, Key: m.Key, Value: m.Value, Headers: headers}
 }

@@ -13,7 +13,7 @@ import (
 func d(s string) decimal.Decimal { return decimal.RequireFromString(s) }
 
 func TestExampleFileLoadsWithSeedPlans(t *testing.T) {
-	c, err := Load("../plans.example.yaml")
+	c, err := Load("plans.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestEvaluateSeedAndEdges(t *testing.T) {
 }
 
 func TestAssignOverridesAndReverts(t *testing.T) {
-	c, err := Load("../plans.example.yaml")
+	c, err := Load("plans.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
