@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"math"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -9,24 +10,29 @@ import (
 
 // Decode runs once per consumed message, so it does not use encoding/json:
 // reflection cost ~3.5 µs and 32 allocations per event. The scanner below
-// reads the event in one pass and must accept and refuse exactly what
+// reads the event in one pass. It started as an exact copy of what
 // encoding/json did (a json.Decoder with DisallowUnknownFields, decoding
-// into a struct); FuzzDecodeMatchesReference checks it against that
-// implementation, kept in reference_test.go. The encoding/json rules it
-// reproduces:
+// into a struct), kept in reference_test.go and compared by
+// FuzzDecodeMatchesReference. The encoding/json rules it keeps:
 //   - a syntax error anywhere in the object wins over every other error,
 //     because encoding/json checks the whole value before decoding it;
-//   - otherwise the first unknown field or type error in document order wins;
-//   - null leaves a string field as it was; it resets quantity, metadata and
-//     schema_version; a repeated key otherwise overwrites (last wins), but a
-//     repeated metadata object adds its entries to the earlier one;
-//   - invalid UTF-8 and unpaired surrogates in strings become U+FFFD;
+//   - otherwise the first unknown field, duplicate or type error in
+//     document order wins;
+//   - null in an optional field (user_id, metadata, billing_period,
+//     schema_version) means absent; in a required field, missing;
 //   - objects and arrays nest at most 10000 deep.
 //
-// Two deliberate differences: any byte other than white space after the
-// object is refused (Decoder.More let a trailing ']' or '}' through), and
-// keys must match exactly: encoding/json also took "Tenant_ID" for
-// tenant_id, which the JSON Schema (and so every other language) refuses.
+// Where the contract is stricter than encoding/json, so that the JSON
+// Schema (and every other language) reads the bytes the same way:
+//   - a member name twice in one object is duplicate_field:<name> (inside
+//     metadata: duplicate_field:metadata), not "last wins": parsers
+//     disagree on which value counts;
+//   - invalid UTF-8 and unpaired surrogate escapes are malformed_json, not
+//     silently replaced by U+FFFD (RFC 8259 requires UTF-8);
+//   - a null metadata value is invalid_type:metadata, not "";
+//   - any byte other than white space after the object is refused
+//     (Decoder.More let a trailing ']' or '}' through), and keys must match
+//     exactly: encoding/json also took "Tenant_ID" for tenant_id.
 
 // maxNestingDepth is encoding/json's limit; deeper input is a syntax error.
 const maxNestingDepth = 10000
@@ -36,6 +42,9 @@ type wireEvent struct {
 	UsageEvent // strings, metadata and schema version
 	quantity   wireQuantity
 	timestamp  string
+	// userIDSet and periodSet report a string value, even "", which the
+	// contract refuses: "" is neither absent nor a valid value.
+	userIDSet, periodSet bool
 }
 
 // wireQuantity is the quantity value as found in the JSON.
@@ -59,9 +68,12 @@ const (
 type decoder struct {
 	s      string
 	i      int              // read position
-	first  *ValidationError // first unknown field or type error
+	first  *ValidationError // first unknown field, duplicate or type error
 	syntax bool             // a syntax error was found at offset bad
 	bad    int
+	// encoding tells why the syntax error is one: invalid UTF-8 or an
+	// unpaired surrogate, "" for the JSON grammar.
+	encoding string
 }
 
 // scanEvent parses data into a wireEvent. Its errors are malformed_json,
@@ -92,10 +104,54 @@ func scanEvent(data []byte) (wireEvent, error) {
 	return w, nil
 }
 
-// event reads the top-level object.
+// event reads the top-level object. seen has one bit per known field, so
+// that a repeated member is found without allocating.
 func (d *decoder) event(w *wireEvent) {
+	var seen uint16
 	for more := d.open('}'); more; more = d.next('}') {
-		d.field(w, d.key())
+		key := d.key()
+		if bit := fieldBit(key); bit != 0 {
+			if seen&bit != 0 {
+				d.duplicate(key, key)
+				d.skipValue(2)
+				continue
+			}
+			seen |= bit
+		}
+		d.field(w, key)
+	}
+}
+
+// fieldBit returns the bit of a known top-level field, 0 for other keys.
+func fieldBit(key string) uint16 {
+	switch key {
+	case "id":
+		return 1 << 0
+	case "tenant_id":
+		return 1 << 1
+	case "user_id":
+		return 1 << 2
+	case "feature_type":
+		return 1 << 3
+	case "quantity":
+		return 1 << 4
+	case "timestamp":
+		return 1 << 5
+	case "metadata":
+		return 1 << 6
+	case "billing_period":
+		return 1 << 7
+	case "schema_version":
+		return 1 << 8
+	}
+	return 0
+}
+
+// duplicate records duplicate_field:<field> for a repeated member name.
+func (d *decoder) duplicate(field, name string) {
+	if d.first == nil {
+		d.first = invalid(CodeDuplicateField, field, "member %q appears more than once (ambiguous: parsers disagree on which value counts)",
+			strings.Trim(strconv.Quote(name), `"`))
 	}
 }
 
@@ -107,7 +163,7 @@ func (d *decoder) field(w *wireEvent, key string) {
 	case "tenant_id":
 		d.stringField(&w.TenantID, key)
 	case "user_id":
-		d.stringField(&w.UserID, key)
+		w.userIDSet = d.stringField(&w.UserID, key)
 	case "feature_type":
 		d.stringField(&w.FeatureType, key)
 	case "quantity":
@@ -117,7 +173,7 @@ func (d *decoder) field(w *wireEvent, key string) {
 	case "metadata":
 		d.metadata(&w.Metadata)
 	case "billing_period":
-		d.stringField(&w.BillingPeriod, key)
+		w.periodSet = d.stringField(&w.BillingPeriod, key)
 	case "schema_version":
 		d.schemaVersion(&w.SchemaVersion)
 	default:
@@ -135,15 +191,19 @@ func unknownField(key string) *ValidationError {
 	return invalid(CodeUnknownField, name, "field %q is not part of schema version %d", name, CurrentSchemaVersion)
 }
 
-func (d *decoder) stringField(dst *string, field string) {
+// stringField reads a string or null (absent) and reports whether it was a
+// string.
+func (d *decoder) stringField(dst *string, field string) bool {
 	switch d.peek() {
 	case '"':
 		*dst = d.str()
+		return true
 	case 'n':
-		d.literal("null") // leaves *dst unchanged, like encoding/json
+		d.literal("null") // absent; a duplicate cannot have set *dst before
 	default:
 		d.wrongType(field, 2)
 	}
+	return false
 }
 
 // quantity keeps the value's text; parseQuantity reports its errors later,
@@ -163,8 +223,10 @@ func (d *decoder) quantity(q *wireQuantity) {
 	}
 }
 
-// schemaVersion accepts what encoding/json put in an *int: an integer
-// without fraction or exponent that fits, or null (the default version).
+// schemaVersion accepts an integer as JSON Schema defines one: a number
+// with no fractional value, however written (1, 1.0, 10e-1), or null (the
+// default version). An integer beyond int64 is kept as math.MaxInt, so
+// that it is refused as unsupported like any other too-high version.
 func (d *decoder) schemaVersion(dst *int) {
 	switch c := d.peek(); {
 	case c == 'n':
@@ -172,37 +234,45 @@ func (d *decoder) schemaVersion(dst *int) {
 		*dst = CurrentSchemaVersion
 	case c == '-' || isDigit(c):
 		text := d.number()
-		n, err := strconv.ParseInt(text, 10, 64)
-		if err != nil || int64(int(n)) != n {
-			d.typeError("schema_version", "number "+text)
-			return
+		if text == "" {
+			return // syntax error, already recorded
 		}
-		*dst = int(n)
+		n, isInt, inRange := jsonInt64(text)
+		switch {
+		case !isInt:
+			d.typeError("schema_version", "number "+text+" (not an integer)")
+		case !inRange && text[0] == '-':
+			*dst = math.MinInt
+		case !inRange:
+			*dst = math.MaxInt
+		default:
+			*dst = int(n)
+		}
 	default:
 		d.wrongType("schema_version", 2)
 	}
 }
 
-// metadata reads an object of strings. null values become "", as
-// encoding/json stores the zero value.
+// metadata reads an object of strings (null: absent). A null value is a
+// type error: it is not "" and not absent, and the JSON Schema refuses it.
 func (d *decoder) metadata(dst *map[string]string) {
 	switch d.peek() {
 	case 'n':
 		d.literal("null")
 		*dst = nil
 	case '{':
-		if *dst == nil {
-			*dst = make(map[string]string)
-		}
-		m := *dst
+		m := make(map[string]string)
+		*dst = m
 		for more := d.open('}'); more; more = d.next('}') {
 			key := d.key()
+			if _, dup := m[key]; dup {
+				d.duplicate("metadata", "metadata."+key)
+				d.skipValue(3)
+				continue
+			}
 			switch d.peek() {
 			case '"':
 				m[key] = d.str()
-			case 'n':
-				d.literal("null")
-				m[key] = ""
 			default:
 				d.wrongType("metadata", 3)
 			}
@@ -285,7 +355,19 @@ func (d *decoder) fail() {
 	d.i = len(d.s)
 }
 
+// failEncoding records a syntax error for text that is not valid UTF-8 or
+// an unpaired surrogate escape, at offset i.
+func (d *decoder) failEncoding(i int, why string) {
+	if !d.syntax {
+		d.syntax, d.bad, d.encoding = true, i, why
+	}
+	d.i = len(d.s)
+}
+
 func (d *decoder) syntaxError() *ValidationError {
+	if d.encoding != "" {
+		return invalid(CodeMalformedJSON, "", "%s at offset %d", d.encoding, d.bad)
+	}
 	if d.bad >= len(d.s) {
 		return invalid(CodeMalformedJSON, "", "unexpected end of JSON input")
 	}
@@ -441,7 +523,8 @@ var plainASCII = func() (t [256]bool) {
 }()
 
 // strSlow continues str from s[i]: the value is still a substring if it
-// only adds valid UTF-8, else it is rebuilt by unescape.
+// only adds valid UTF-8, else it is rebuilt by unescape. Invalid UTF-8 is
+// a syntax error.
 func (d *decoder) strSlow(start, i int) string {
 	for i < len(d.s) {
 		switch c := d.s[i]; {
@@ -459,7 +542,8 @@ func (d *decoder) strSlow(start, i int) string {
 		default:
 			r, size := utf8.DecodeRuneInString(d.s[i:])
 			if r == utf8.RuneError && size == 1 {
-				return d.unescape(start, i)
+				d.failEncoding(i, "invalid UTF-8")
+				return ""
 			}
 			i += size
 		}
@@ -470,7 +554,7 @@ func (d *decoder) strSlow(start, i int) string {
 }
 
 // unescape builds the value of the string that starts at s[start], from
-// s[i] on: escapes are decoded and invalid UTF-8 becomes U+FFFD.
+// s[i] on: escapes are decoded; invalid UTF-8 is a syntax error.
 func (d *decoder) unescape(start, i int) string {
 	b := make([]byte, 0, i-start+16)
 	b = append(b, d.s[start:i]...)
@@ -482,8 +566,10 @@ func (d *decoder) unescape(start, i int) string {
 		case c == '\\':
 			var ok bool
 			if b, i, ok = d.escape(b, i); !ok {
-				d.i = i
-				d.fail()
+				if !d.syntax { // escape reports unpaired surrogates itself
+					d.i = i
+					d.fail()
+				}
 				return ""
 			}
 		case c < ' ':
@@ -495,7 +581,11 @@ func (d *decoder) unescape(start, i int) string {
 			i++
 		default:
 			r, size := utf8.DecodeRuneInString(d.s[i:])
-			b = utf8.AppendRune(b, r) // RuneError for an invalid byte
+			if r == utf8.RuneError && size == 1 {
+				d.failEncoding(i, "invalid UTF-8")
+				return ""
+			}
+			b = append(b, d.s[i:i+size]...)
 			i += size
 		}
 	}
@@ -530,12 +620,13 @@ func (d *decoder) escape(b []byte, i int) ([]byte, int, bool) {
 		}
 		i += 6
 		if utf16.IsSurrogate(r) {
-			// Like encoding/json: a valid pair is one rune; otherwise the
-			// first half becomes U+FFFD and the next escape stands alone.
+			// A valid pair is one rune. An unpaired half has no UTF-8 form:
+			// encoding/json turned it into U+FFFD, which changed the value.
 			if pair := utf16.DecodeRune(r, d.hex4(i)); pair != utf8.RuneError {
 				return utf8.AppendRune(b, pair), i + 6, true
 			}
-			r = utf8.RuneError
+			d.failEncoding(i-6, "unpaired UTF-16 surrogate escape")
+			return b, i, false
 		}
 		return utf8.AppendRune(b, r), i, true
 	}

@@ -8,12 +8,15 @@ import "fmt"
 type Code string
 
 const (
-	CodeMalformedJSON            Code = "malformed_json"
-	CodePayloadTooLarge          Code = "payload_too_large"
-	CodeMissingField             Code = "missing_field"
-	CodeInvalidType              Code = "invalid_type"
-	CodeInvalidField             Code = "invalid_field"
-	CodeUnknownField             Code = "unknown_field"
+	CodeMalformedJSON   Code = "malformed_json"
+	CodePayloadTooLarge Code = "payload_too_large"
+	CodeMissingField    Code = "missing_field"
+	CodeInvalidType     Code = "invalid_type"
+	CodeInvalidField    Code = "invalid_field"
+	CodeUnknownField    Code = "unknown_field"
+	// CodeDuplicateField: a member name appears twice in one object, so
+	// the event is ambiguous (parsers disagree on which value wins).
+	CodeDuplicateField           Code = "duplicate_field"
 	CodeInvalidQuantity          Code = "invalid_quantity"
 	CodeInvalidTimestamp         Code = "invalid_timestamp"
 	CodeTimestampTooFarInFuture  Code = "timestamp_too_far_in_future"
@@ -25,7 +28,7 @@ const (
 // these codes the code alone does not say which field is wrong.
 func (c Code) withField() bool {
 	switch c {
-	case CodeMissingField, CodeInvalidType, CodeInvalidField, CodeUnknownField:
+	case CodeMissingField, CodeInvalidType, CodeInvalidField, CodeUnknownField, CodeDuplicateField:
 		return true
 	}
 	return false
@@ -45,6 +48,34 @@ func (e *ValidationError) Tag() string {
 		return string(e.Code) + ":" + e.Field
 	}
 	return string(e.Code)
+}
+
+// MetricTag is Tag with a bounded set of values, for metric labels: the
+// field is kept only when it is a field of a contract (UsageEvent,
+// QuotaState, or "key"); otherwise, as for any unknown_field, the code
+// alone ("unknown_field", "duplicate_field"). Raw input never becomes a
+// label value, so a publisher cannot create unbounded label cardinality.
+// DLQ headers keep the full Tag.
+func (e *ValidationError) MetricTag() string {
+	if e.Code.withField() && e.Field != "" && e.Code != CodeUnknownField && contractField(e.Field) {
+		return string(e.Code) + ":" + e.Field
+	}
+	return string(e.Code)
+}
+
+// contractField reports whether name is a member of a contract's wire form.
+func contractField(name string) bool {
+	switch name {
+	case "id", "tenant_id", "user_id", "feature_type", "quantity", "timestamp", "metadata", "billing_period",
+		"schema_version", "key":
+		return true
+	}
+	for _, f := range quotaStateFields {
+		if f == name {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *ValidationError) Error() string {

@@ -1,13 +1,16 @@
 package schemas
 
 import (
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/shopspring/decimal"
 )
 
-// Limits of the contract. They match usage_event.schema.json.
+// Limits of the contract. They match usage_event.schema.json. Lengths of
+// text count Unicode code points (characters), as JSON Schema's maxLength
+// does; identifiers are ASCII, so for them bytes and characters agree.
 const (
 	DefaultMaxEventBytes = 32 << 10 // one event, as JSON
 	DefaultMaxFutureSkew = 5 * time.Minute
@@ -72,6 +75,10 @@ func (v *Validator) Decode(data []byte) (UsageEvent, error) {
 	if err := checkIdentity(&e); err != nil {
 		return UsageEvent{}, err
 	}
+	if w.userIDSet && e.UserID == "" {
+		// "" would count as a user of its own in unique_count meters.
+		return UsageEvent{}, invalid(CodeInvalidField, "user_id", `user_id "" is not a user: omit it (or send null) when there is none`)
+	}
 	q, err := parseQuantity(w.quantity)
 	if err != nil {
 		return UsageEvent{}, err
@@ -81,18 +88,26 @@ func (v *Validator) Decode(data []byte) (UsageEvent, error) {
 		return UsageEvent{}, invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
 	}
 	ts, perr := time.Parse(time.RFC3339Nano, w.timestamp)
-	if perr != nil {
-		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp", "%q is not an RFC 3339 date-time", w.timestamp)
+	// time.Parse also takes a comma before the fraction, more than 9
+	// fractional digits and offsets up to +24:59; the contract does not.
+	if perr != nil || !isRFC3339Text(w.timestamp) {
+		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp",
+			"%q is not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, at most 9 fractional digits, Z or ±HH:MM)", w.timestamp)
 	}
 	e.Timestamp = ts.UTC()
+	if w.periodSet && e.BillingPeriod == "" {
+		return UsageEvent{}, invalid(CodeInvalidBillingPeriod, "billing_period", `billing_period "" is not YYYY-MM (omit it to derive it from timestamp)`)
+	}
 	if err := v.checkRest(&e); err != nil {
 		return UsageEvent{}, err
 	}
 	return e, nil
 }
 
-// Validate checks an event built in Go (the SDK calls it before publishing)
-// and normalises it like Decode. ID and Timestamp must already be set.
+// Validate checks an event built in Go and normalises it like Decode. ID
+// and Timestamp must already be set. In Go an empty UserID or
+// BillingPeriod means absent (AppendJSON omits it). Validate does not know
+// the encoded size: AppendEvent, which the SDK uses, checks that too.
 func (v *Validator) Validate(e *UsageEvent) error {
 	if err := checkIdentity(e); err != nil {
 		return err
@@ -120,8 +135,8 @@ func checkIdentity(e *UsageEvent) error {
 		return invalid(CodeMissingField, "tenant_id", "tenant_id is required")
 	case len(e.TenantID) > MaxTenantIDLen || !isToken(e.TenantID, true):
 		return invalid(CodeInvalidField, "tenant_id", "tenant_id must be 1-%d characters of A-Z a-z 0-9 . _ : @ -", MaxTenantIDLen)
-	case len(e.UserID) > MaxUserIDLen || !isPrintable(e.UserID):
-		return invalid(CodeInvalidField, "user_id", "user_id must be at most %d printable UTF-8 characters", MaxUserIDLen)
+	case !isPrintable(e.UserID) || utf8.RuneCountInString(e.UserID) > MaxUserIDLen:
+		return invalid(CodeInvalidField, "user_id", "user_id must be at most %d printable UTF-8 characters (code points)", MaxUserIDLen)
 	case e.FeatureType == "":
 		return invalid(CodeMissingField, "feature_type", "feature_type is required (the meter, e.g. api_calls)")
 	case len(e.FeatureType) > MaxFeatureTypeLen || !isMeterName(e.FeatureType):
@@ -138,20 +153,27 @@ func (v *Validator) checkRest(e *UsageEvent) error {
 		// ClickHouse DateTime covers 1970-2105.
 		return invalid(CodeInvalidTimestamp, "timestamp", "year %d is outside 1970-2105", e.Timestamp.Year())
 	}
-	if e.BillingPeriod == "" {
-		e.BillingPeriod = PeriodOf(e.Timestamp)
-	} else if !isPeriod(e.BillingPeriod) {
+	derived := PeriodOf(e.Timestamp)
+	switch {
+	case e.BillingPeriod == "":
+		e.BillingPeriod = derived
+	case !isPeriod(e.BillingPeriod):
 		return invalid(CodeInvalidBillingPeriod, "billing_period", "%q is not YYYY-MM", e.BillingPeriod)
+	case e.BillingPeriod != derived:
+		// The aggregator derives periods from timestamp (and the plan's
+		// anchor); a different client value would make raw rows disagree
+		// with the aggregates.
+		return invalid(CodeInvalidBillingPeriod, "billing_period", "billing_period %s is not the UTC month of timestamp (%s)", e.BillingPeriod, derived)
 	}
 	if len(e.Metadata) > MaxMetadataEntries {
 		return invalid(CodeInvalidField, "metadata", "metadata has %d entries, the limit is %d", len(e.Metadata), MaxMetadataEntries)
 	}
 	for k, val := range e.Metadata {
-		if k == "" || len(k) > MaxMetadataKeyLen || !isPrintable(k) {
-			return invalid(CodeInvalidField, "metadata", "metadata key %q must be 1-%d printable characters", k, MaxMetadataKeyLen)
+		if k == "" || !isPrintable(k) || utf8.RuneCountInString(k) > MaxMetadataKeyLen {
+			return invalid(CodeInvalidField, "metadata", "metadata key %q must be 1-%d printable characters (code points)", k, MaxMetadataKeyLen)
 		}
-		if len(val) > MaxMetadataValueLen || !utf8.ValidString(val) {
-			return invalid(CodeInvalidField, "metadata", "metadata[%q] must be at most %d bytes of UTF-8", k, MaxMetadataValueLen)
+		if !utf8.ValidString(val) || utf8.RuneCountInString(val) > MaxMetadataValueLen {
+			return invalid(CodeInvalidField, "metadata", "metadata[%q] must be at most %d characters (code points) of UTF-8", k, MaxMetadataValueLen)
 		}
 	}
 	if e.SchemaVersion < 1 || e.SchemaVersion > CurrentSchemaVersion {
@@ -166,29 +188,89 @@ func parseQuantity(q wireQuantity) (decimal.Decimal, error) {
 	case quantityAbsent:
 		return decimal.Decimal{}, invalid(CodeMissingField, "quantity", "quantity is required")
 	case quantityString:
-		// Strings use plain notation only: "12.5", never "1.25e1".
-		if !isDecimalText(text, false) {
-			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a plain decimal string such as \"12.5\"", text)
+		// Strings are read as written, as the JSON Schema's pattern reads
+		// them: no sign, no exponent, at most 29 integer and 9 fractional
+		// digits even when they are zeros ("-0" and "0.1234567890" too).
+		if !isPlainDecimal(text, QuantityIntDigits, QuantityScale) {
+			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity",
+				"%q is not a plain decimal string of at most %d integer and %d fractional digits, such as \"12.5\"", text, QuantityIntDigits, QuantityScale)
 		}
+		if d, ok := smallDecimal(text); ok {
+			return d, nil
+		}
+		return decimal.RequireFromString(text), nil // at most 38 plain digits: cannot fail
 	case quantityNumber:
-	default:
-		return decimal.Decimal{}, invalid(CodeInvalidType, "quantity", "quantity must be a decimal number or a string holding one")
+		return parseQuantityNumber(text)
 	}
-	if !isDecimalText(text, true) {
-		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
+	return decimal.Decimal{}, invalid(CodeInvalidType, "quantity", "quantity must be a decimal number or a string holding one")
+}
+
+// parseQuantityNumber reads a JSON number (valid JSON grammar) by its
+// value, as JSON Schema does: -0, 2500.0 and 25e2 are fine, whatever the
+// exponent's size; 1e-10 (10 fractional digits) is refused by value.
+func parseQuantityNumber(text string) (decimal.Decimal, error) {
+	neg, zero, frac, intDigits := numberShape(text)
+	switch {
+	case zero:
+		return decimal.Zero, nil
+	case neg:
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "quantity %s is negative", text)
+	case frac > QuantityScale:
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d decimal places", text, QuantityScale)
+	case intDigits > QuantityIntDigits:
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d integer digits", text, QuantityIntDigits)
 	}
 	if d, ok := smallDecimal(text); ok {
 		return d, nil
 	}
-	d, err := decimal.NewFromString(text)
+	d, err := decimal.NewFromString(text) // the exponent is bounded by the checks above
 	if err != nil {
-		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number", text)
+		return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity", "%q is not a decimal number: %v", text, err)
 	}
-	return d, checkQuantity(d)
+	return d, nil
 }
 
-// smallDecimal is a fast path for the usual quantity: text (which passed
-// isDecimalText) without exponent, of at most 18 digits, non-negative and
+// numberShape describes the value of a JSON number text without building
+// it: its sign, whether it is zero, and how many fractional and integer
+// digits its shortest plain form has. Exponents beyond ±10^9 are clamped,
+// which cannot change whether a value fits 29+9 digits.
+func numberShape(text string) (neg, zero bool, frac, intDigits int) {
+	mant, exp := text, 0
+	if i := strings.IndexAny(text, "eE"); i >= 0 {
+		mant = text[:i]
+		es := text[i+1:]
+		sign := 1
+		if es != "" && (es[0] == '+' || es[0] == '-') {
+			if es[0] == '-' {
+				sign = -1
+			}
+			es = es[1:]
+		}
+		for j := 0; j < len(es) && exp < 1e9; j++ {
+			exp = exp*10 + int(es[j]-'0')
+		}
+		exp *= sign
+	}
+	if strings.HasPrefix(mant, "-") {
+		neg, mant = true, mant[1:]
+	}
+	if ip, fp, ok := strings.Cut(mant, "."); ok {
+		mant = ip + fp
+		exp -= len(fp)
+	}
+	mant = strings.TrimLeft(mant, "0")
+	for len(mant) > 0 && mant[len(mant)-1] == '0' {
+		mant = mant[:len(mant)-1]
+		exp++
+	}
+	if mant == "" {
+		return neg, true, 0, 0
+	}
+	return neg, false, max(0, -exp), max(0, len(mant)+exp)
+}
+
+// smallDecimal is a fast path for the usual quantity: text (a valid JSON
+// number or plain decimal string) without exponent, of at most 18 digits, non-negative and
 // with at most QuantityScale decimals, so valid for checkQuantity. It
 // returns what decimal.NewFromString would, without parsing a string twice
 // or comparing big integers.
@@ -227,46 +309,6 @@ func checkQuantity(d decimal.Decimal) error {
 		return invalid(CodeInvalidQuantity, "quantity", "quantity %s has more than %d integer digits", d, QuantityIntDigits)
 	}
 	return nil
-}
-
-// isDecimalText accepts -?digits(.digits)? and, with exp, an exponent of at
-// most 3 digits: the JSON number grammar minus its leading-zero rule.
-func isDecimalText(s string, exp bool) bool {
-	i := 0
-	if i < len(s) && s[i] == '-' {
-		i++
-	}
-	start := i
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	if i == start {
-		return false
-	}
-	if i < len(s) && s[i] == '.' {
-		i++
-		fs := i
-		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-			i++
-		}
-		if i == fs {
-			return false
-		}
-	}
-	if exp && i < len(s) && (s[i] == 'e' || s[i] == 'E') {
-		i++
-		if i < len(s) && (s[i] == '+' || s[i] == '-') {
-			i++
-		}
-		es := i
-		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-			i++
-		}
-		if i == es || i-es > 3 {
-			return false
-		}
-	}
-	return i == len(s)
 }
 
 // isToken reports whether s uses only the identifier alphabet. "/" is

@@ -156,6 +156,9 @@ func FuzzDecode(f *testing.F) {
 		f.Add(vec.Bytes())
 	}
 	v := NewValidator()
+	// The re-encoding adds billing_period and schema_version: near the size
+	// limit it may be larger than the input, which is not what this tests.
+	roomy := NewValidator(WithMaxEventBytes(1 << 20))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := v.Decode(data)
 		if err != nil {
@@ -166,7 +169,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		// Anything accepted must survive a re-encode unchanged.
-		again, err := v.Decode(e.AppendJSON(nil))
+		again, err := roomy.Decode(e.AppendJSON(nil))
 		if err != nil || !again.Quantity.Equal(e.Quantity) || again.ID != e.ID || !again.Timestamp.Equal(e.Timestamp) {
 			t.Fatalf("re-encode of accepted event failed: %v", err)
 		}

@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 )
@@ -14,6 +15,7 @@ type Vector struct {
 	Name       string            `json:"name"`
 	Event      json.RawMessage   `json:"event"`
 	Raw        *string           `json:"raw"`
+	RawBase64  string            `json:"raw_base64"` // message bytes that are not UTF-8
 	Expect     string            `json:"expect"` // "ok" or an error tag
 	Normalized map[string]string `json:"normalized"`
 	JSONSchema string            `json:"json_schema"` // "cannot_express" or empty
@@ -21,6 +23,14 @@ type Vector struct {
 
 // Bytes is the Kafka message value of the vector.
 func (v Vector) Bytes() []byte {
+	if v.RawBase64 != "" {
+		b, err := base64.StdEncoding.DecodeString(v.RawBase64)
+		if err != nil {
+			// TestVectors refuses such a file, so this is never reached.
+			panic(fmt.Sprintf("vector %s: raw_base64: %v", v.Name, err))
+		}
+		return b
+	}
 	if v.Raw != nil {
 		return []byte(*v.Raw)
 	}
@@ -42,6 +52,11 @@ func TestVectors() ([]Vector, error) {
 	}
 	if err := json.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("parse test vectors: %w", err)
+	}
+	for _, v := range doc.Vectors {
+		if _, err := base64.StdEncoding.DecodeString(v.RawBase64); err != nil {
+			return nil, fmt.Errorf("test vector %s: raw_base64: %w", v.Name, err)
+		}
 	}
 	return doc.Vectors, nil
 }
