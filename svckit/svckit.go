@@ -61,7 +61,17 @@ func Printable(m map[string]any) map[string]any {
 	return m
 }
 
-// CreateTopics creates the topics that do not exist yet.
+// EventTopicConfig is the topic configuration of usage.events when a
+// service creates it: the broker stamps each record's time, so the rule
+// "at most 5 minutes in the future" is judged against the broker's clock,
+// identically by every reader (see Intake).
+func EventTopicConfig() []kafka.ConfigEntry {
+	return []kafka.ConfigEntry{{ConfigName: "message.timestamp.type", ConfigValue: "LogAppendTime"}}
+}
+
+// CreateTopics creates the topics that do not exist yet, and logs nothing:
+// the caller says which it asked for. ReplicationFactor -1 takes the
+// cluster's default.replication.factor.
 func CreateTopics(ctx context.Context, brokers []string, topics ...kafka.TopicConfig) error {
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second}
 	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
@@ -74,6 +84,25 @@ func CreateTopics(ctx context.Context, brokers []string, topics ...kafka.TopicCo
 		}
 	}
 	return nil
+}
+
+// Partitions returns how many partitions topic has.
+func Partitions(ctx context.Context, brokers []string, topic string) (int, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics) != 1 {
+		return 0, fmt.Errorf("metadata of %s: no such topic", topic)
+	}
+	if err := md.Topics[0].Error; err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics[0].Partitions) == 0 {
+		return 0, fmt.Errorf("metadata of %s: no partitions", topic)
+	}
+	return len(md.Topics[0].Partitions), nil
 }
 
 // Registry returns a registry with the Go and process collectors.

@@ -22,9 +22,10 @@ type Config struct {
 	RetryMax time.Duration `mapstructure:"retry_max"`
 	// ShutdownTimeout bounds the final flush on SIGTERM.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
-	// MaxEventBytes and MaxFutureSkew are the validation limits.
-	MaxEventBytes int           `mapstructure:"max_event_bytes"`
-	MaxFutureSkew time.Duration `mapstructure:"max_future_skew"`
+	// SessionTimeout: a member that stops heartbeating (a crash, SIGKILL)
+	// holds its partitions this long before the group moves them; kafka-go
+	// heartbeats every SessionTimeout/10.
+	SessionTimeout time.Duration `mapstructure:"session_timeout"`
 	// FetchMaxBytes caps one fetch response; FetchMaxWait is how long the
 	// broker may hold a fetch waiting for data.
 	FetchMaxBytes int           `mapstructure:"fetch_max_bytes"`
@@ -43,8 +44,7 @@ func DefaultConfig() Config {
 		RetryMin:        100 * time.Millisecond,
 		RetryMax:        10 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
-		MaxEventBytes:   32 << 10,
-		MaxFutureSkew:   5 * time.Minute,
+		SessionTimeout:  10 * time.Second,
 		FetchMaxBytes:   16 << 20,
 		FetchMaxWait:    250 * time.Millisecond,
 	}
@@ -77,8 +77,10 @@ func (c Config) Validate() error {
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		bad("retry_min", "need 0 < retry_min <= retry_max, got %s and %s", c.RetryMin, c.RetryMax)
 	}
-	if c.MaxEventBytes < 1024 {
-		bad("max_event_bytes", "must be >= 1024, got %d", c.MaxEventBytes)
+	// Brokers refuse sessions outside group.min/max.session.timeout.ms
+	// (6 s and 30 min by default).
+	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 30*time.Minute {
+		bad("session_timeout", "must be between 6s and 30m (the broker's defaults), got %s", c.SessionTimeout)
 	}
 	return errors.Join(errs...)
 }

@@ -27,8 +27,10 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
@@ -37,6 +39,7 @@ import (
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/svckit/backoff"
+	"github.com/usagemeter/usagemeter/svckit/deadletter"
 )
 
 // Store writes a batch of valid events. Writing the same batch again must
@@ -47,14 +50,20 @@ type Store interface {
 
 // Consumer is one member of the raw-sink consumer group.
 type Consumer struct {
-	cfg       Config
-	log       *zap.Logger
-	store     Store
-	validator *schemas.Validator
-	reader    *kafka.Reader
-	dlq       *kafka.Writer
-	m         *metrics
-	reg       prometheus.Registerer
+	cfg      Config
+	log      *zap.Logger
+	store    Store
+	intake   *svckit.Intake
+	reader   *kafka.Reader
+	dlq      *deadletter.Writer
+	dlqW     *kafka.Writer
+	fallback driver.Conn // dead_letters, when Kafka refuses a DLQ write for good
+	m        *metrics
+	reg      prometheus.Registerer
+
+	// partitions of Topic, for the routing rule; refreshed while running
+	// so that a topic that grows is judged by its new count.
+	partitions atomic.Int64
 
 	// afterWrite runs after a batch is written and before its commit; an
 	// error aborts Run without committing. Tests use it to crash there.
@@ -67,18 +76,21 @@ type Option func(*Consumer)
 // WithRegisterer registers the consumer's Prometheus metrics on reg.
 func WithRegisterer(reg prometheus.Registerer) Option { return func(c *Consumer) { c.reg = reg } }
 
+// WithDeadLetterFallback writes DLQ records that Kafka refuses for good
+// (too large for the DLQ topic, topic missing) to the ClickHouse table
+// dead_letters on conn, instead of retrying them for ever.
+func WithDeadLetterFallback(conn driver.Conn) Option { return func(c *Consumer) { c.fallback = conn } }
+
 // New returns a Consumer; Run starts it.
 func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid consumer config: %w", err)
 	}
 	c := &Consumer{
-		cfg:   cfg,
-		log:   log,
-		store: store,
-		validator: schemas.NewValidator(
-			schemas.WithMaxEventBytes(cfg.MaxEventBytes),
-			schemas.WithMaxFutureSkew(cfg.MaxFutureSkew)),
+		cfg:    cfg,
+		log:    log,
+		store:  store,
+		intake: svckit.NewIntake(),
 	}
 	for _, o := range opts {
 		o(c)
@@ -94,9 +106,14 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		QueueCapacity:  4096,
 		CommitInterval: 0, // synchronous commits: we commit exactly what was written
 		StartOffset:    kafka.FirstOffset,
-		ErrorLogger:    kafka.LoggerFunc(func(msg string, args ...any) { log.Warn("kafka reader: " + fmt.Sprintf(msg, args...)) }),
+		SessionTimeout: cfg.SessionTimeout,
+		// Heartbeats well inside the session, so only a dead member times out.
+		HeartbeatInterval:     cfg.SessionTimeout / 10,
+		RebalanceTimeout:      cfg.SessionTimeout,
+		WatchPartitionChanges: true,
+		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { log.Warn("kafka reader: " + fmt.Sprintf(msg, args...)) }),
 	})
-	c.dlq = &kafka.Writer{
+	c.dlqW = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Brokers...),
 		Topic:        cfg.DLQTopic,
 		Balancer:     kafka.Murmur2Balancer{},
@@ -104,6 +121,11 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		BatchSize:    10000,
 		BatchTimeout: 2 * time.Millisecond,
 		MaxAttempts:  3,
+	}
+	c.dlq = deadletter.New(c.dlqW, c.fallback)
+	c.dlq.Fallback = func(n int, err error) {
+		c.m.deadLetterFallback.Add(float64(n))
+		c.log.Error("Kafka refused DLQ records for good; written to ClickHouse dead_letters", zap.Int("records", n), zap.Error(err))
 	}
 	if c.reg != nil {
 		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -143,7 +165,7 @@ func (c *Consumer) add(b *batch, m kafka.Message) {
 	}
 	b.msgs++
 	b.last[m.Partition] = m
-	e, err := c.validator.Decode(m.Value)
+	e, err := c.intake.Decode(m, int(c.partitions.Load()))
 	if err != nil {
 		b.invalid = append(b.invalid, c.dlqMessage(m, err))
 		return
@@ -157,7 +179,7 @@ func (c *Consumer) dlqMessage(m kafka.Message, err error) kafka.Message {
 	if errors.As(err, &ve) {
 		tag, reason = ve.Tag(), ve.Reason
 	}
-	c.m.invalid.WithLabelValues(tag).Inc()
+	c.m.invalid.WithLabelValues(metricLabel(err)).Inc()
 	c.log.Debug("invalid event to DLQ", zap.String("code", tag), zap.Int("partition", m.Partition), zap.Int64("offset", m.Offset))
 	// The writer has the DLQ topic; the message must not name one.
 	dl := svckit.DeadLetter(m, "", tag, reason)
@@ -175,10 +197,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if err := c.reader.Close(); err != nil {
 			c.log.Warn("close reader", zap.Error(err))
 		}
-		if err := c.dlq.Close(); err != nil {
+		if err := c.dlqW.Close(); err != nil {
 			c.log.Warn("close DLQ writer", zap.Error(err))
 		}
 	}()
+
+	// The routing rule needs the partition count before the first message.
+	if err := c.retry(ctx, "read the partition count of "+c.cfg.Topic, c.m.fetchErrors, c.refreshPartitions); err != nil {
+		return err
+	}
+	go c.watchPartitions(ctx)
 
 	// The fetcher feeds messages through a channel so that the loop below
 	// can also react to the flush timer and to shutdown.
@@ -267,13 +295,19 @@ loop:
 	}
 
 	// Shutdown: stop reading, write what was read, commit, leave the group.
+	// The timer starts first: while ClickHouse is down the writer holds one
+	// batch and the channel another, and handing over the last one must
+	// not wait for ever.
 	stopFetch()
-	if cur.msgs > 0 {
-		batches <- cur // the writer is busy with at most one batch
-	}
-	close(batches)
 	timer := time.AfterFunc(c.cfg.ShutdownTimeout, stopWrite)
 	defer timer.Stop()
+	if cur.msgs > 0 {
+		select {
+		case batches <- cur:
+		case <-writeCtx.Done():
+		}
+	}
+	close(batches)
 	if err := <-writeErr; err != nil {
 		return errors.Join(runErr, fmt.Errorf("final flush: %w (uncommitted messages will be re-read)", err))
 	}
@@ -296,7 +330,7 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	c.m.inserted.Add(float64(b.rows.Len()))
 	if len(b.invalid) > 0 {
 		if err := c.retry(ctx, "write to DLQ", c.m.dlqErrors, func(ctx context.Context) error {
-			return c.dlq.WriteMessages(ctx, b.invalid...)
+			return c.dlq.Write(ctx, b.invalid...)
 		}); err != nil {
 			return err
 		}
@@ -327,6 +361,48 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	c.log.Debug("batch committed", zap.Int("rows", b.rows.Len()), zap.Int("invalid", len(b.invalid)),
 		zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+func (c *Consumer) refreshPartitions(ctx context.Context) error {
+	n, err := svckit.Partitions(ctx, c.cfg.Brokers, c.cfg.Topic)
+	if err != nil {
+		return err
+	}
+	if old := c.partitions.Swap(int64(n)); old != 0 && old != int64(n) {
+		c.log.Warn("the topic's partition count changed: tenants now map to other partitions (see README, growing usage.events)",
+			zap.String("topic", c.cfg.Topic), zap.Int64("was", old), zap.Int("now", n))
+	}
+	return nil
+}
+
+// watchPartitions keeps the partition count current until ctx ends.
+func (c *Consumer) watchPartitions(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := c.refreshPartitions(ctx); err != nil && ctx.Err() == nil {
+				c.log.Debug("refresh partition count", zap.Error(err))
+			}
+		}
+	}
+}
+
+// metricLabel is the invalid-event metric's label: the tag, except that a
+// field name taken from the input (unknown_field:<any key>) is dropped, so
+// hostile input cannot grow the label set without bound.
+func metricLabel(err error) string {
+	var ve *schemas.ValidationError
+	if !errors.As(err, &ve) {
+		return string(schemas.CodeMalformedJSON)
+	}
+	if ve.Code == schemas.CodeUnknownField {
+		return string(ve.Code)
+	}
+	return ve.Tag()
 }
 
 // retry runs fn until it succeeds or ctx ends, backing off between

@@ -15,6 +15,10 @@ type metrics struct {
 	insertSeconds prometheus.Histogram
 	batchRows     prometheus.Histogram
 	committed     *prometheus.GaugeVec
+	fetchErrors   prometheus.Counter
+	// deadLetterFallback counts DLQ records Kafka refused for good, written
+	// to the ClickHouse table dead_letters instead.
+	deadLetterFallback prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,10 +45,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
 		committed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "usage_consumer_committed_offset", Help: "Last committed offset per partition."}, []string{"partition"}),
+		fetchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_metadata_errors_total", Help: "Failed reads of the events topic's metadata (each is retried)."}),
+		deadLetterFallback: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_dead_letter_fallback_total", Help: "DLQ records Kafka refused for good, written to the ClickHouse table dead_letters."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.inserted, m.invalid, m.batches, m.insertErrors, m.dlqErrors,
-			m.commitErrors, m.insertSeconds, m.batchRows, m.committed)
+			m.commitErrors, m.insertSeconds, m.batchRows, m.committed, m.fetchErrors, m.deadLetterFallback)
 	}
 	return m
 }

@@ -34,10 +34,14 @@ type Config struct {
 	// CreateTopics creates the events and DLQ topics when they are missing.
 	CreateTopics    bool `mapstructure:"create_topics"`
 	TopicPartitions int  `mapstructure:"topic_partitions"`
+	// TopicReplicationFactor for created topics; -1 takes the cluster's
+	// default.replication.factor (use 3 on a real cluster).
+	TopicReplicationFactor int `mapstructure:"topic_replication_factor"`
 }
 
 func defaultConfig() Config {
-	c := Config{Kafka: ingest.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), MigrateOnStart: true, CreateTopics: true, TopicPartitions: 4}
+	c := Config{Kafka: ingest.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), MigrateOnStart: true, CreateTopics: true, TopicPartitions: 4,
+		TopicReplicationFactor: -1}
 	c.HTTP.Addr = "127.0.0.1:9464"
 	c.Log.Level = "info"
 	c.Log.Format = "json"

@@ -119,15 +119,15 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 	if cfg.CreateTopics {
-		k := cfg.Kafka
+		k, n, rf := cfg.Kafka, cfg.TopicPartitions, cfg.TopicReplicationFactor
 		if err := svckit.CreateTopics(ctx, k.Brokers,
-			kafka.TopicConfig{Topic: k.Topic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1},
-			kafka.TopicConfig{Topic: k.DLQTopic, NumPartitions: cfg.TopicPartitions, ReplicationFactor: 1}); err != nil {
+			kafka.TopicConfig{Topic: k.Topic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: svckit.EventTopicConfig()},
+			kafka.TopicConfig{Topic: k.DLQTopic, NumPartitions: n, ReplicationFactor: rf}); err != nil {
 			return err
 		}
 	}
 	reg := svckit.Registry()
-	c, err := ingest.New(cfg.Kafka, store, log, ingest.WithRegisterer(reg))
+	c, err := ingest.New(cfg.Kafka, store, log, ingest.WithRegisterer(reg), ingest.WithDeadLetterFallback(store.Conn()))
 	if err != nil {
 		return err
 	}
