@@ -1,0 +1,115 @@
+package quota
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// Mode is what Check does when its state is stale (see Config.MaxStaleness).
+type Mode string
+
+const (
+	// Open allows the request whatever the held state says; what it allows
+	// still counts as pending, so the level climbs and the next level's
+	// mode takes over.
+	Open Mode = "open"
+	// Closed refuses the request with ReasonStale.
+	Closed Mode = "closed"
+	// LastKnown decides from the last known state plus pending, as when fresh.
+	LastKnown Mode = "last_known"
+)
+
+// FailModes picks a Mode by the level the held state and pending give
+// before the request.
+type FailModes struct {
+	OK      Mode `mapstructure:"ok"`
+	Warning Mode `mapstructure:"warning"` // any warning_<N>
+	AtLimit Mode `mapstructure:"at_limit"`
+	Overage Mode `mapstructure:"overage"`
+	Blocked Mode `mapstructure:"blocked"`
+}
+
+// DefaultFailModes: open while ok, last known state at warning and overage,
+// closed at at_limit and blocked.
+func DefaultFailModes() FailModes {
+	return FailModes{OK: Open, Warning: LastKnown, AtLimit: Closed, Overage: LastKnown, Blocked: Closed}
+}
+
+// RateLimit is a token bucket for fair use: PerSecond units per second,
+// bursts of Burst units. A zero PerSecond means no rate limit.
+type RateLimit struct {
+	PerSecond float64 `mapstructure:"per_second"`
+	Burst     int     `mapstructure:"burst"`
+}
+
+// Config configures a Cache.
+type Config struct {
+	Brokers         []string `mapstructure:"brokers"`
+	StateTopic      string   `mapstructure:"state_topic"`      // usage.quota-state
+	AssignmentTopic string   `mapstructure:"assignment_topic"` // usage.plan-assignments
+	// MaxStaleness: a decision is stale when the cache last knew it was
+	// caught up with both topics longer ago than this (or never did).
+	MaxStaleness time.Duration `mapstructure:"max_staleness"`
+	// PollInterval is how often the high-water marks are read: it bounds
+	// how fast staleness is noticed and how old Age can be when fresh.
+	PollInterval time.Duration `mapstructure:"poll_interval"`
+	// FailModes apply to every meter without an entry in MeterFailModes.
+	FailModes      FailModes            `mapstructure:"fail_modes"`
+	MeterFailModes map[string]FailModes `mapstructure:"meter_fail_modes"`
+	// RateLimits by meter; PlanRateLimits[plan][meter] overrides them.
+	RateLimits     map[string]RateLimit            `mapstructure:"rate_limits"`
+	PlanRateLimits map[string]map[string]RateLimit `mapstructure:"plan_rate_limits"`
+}
+
+// DefaultConfig is the configuration for the local engines.
+func DefaultConfig() Config {
+	return Config{
+		Brokers:         []string{"127.0.0.1:19092"},
+		StateTopic:      schemas.QuotaStateTopic,
+		AssignmentTopic: "usage.plan-assignments",
+		MaxStaleness:    5 * time.Second,
+		PollInterval:    200 * time.Millisecond,
+		FailModes:       DefaultFailModes(),
+	}
+}
+
+// Validate names the first key at fault.
+func (c *Config) Validate() error {
+	var errs []error
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("brokers: at least one broker is required"))
+	}
+	if c.StateTopic == "" || c.AssignmentTopic == "" {
+		errs = append(errs, errors.New("state_topic and assignment_topic are required"))
+	}
+	if c.MaxStaleness <= 0 || c.PollInterval <= 0 {
+		errs = append(errs, errors.New("max_staleness and poll_interval must be positive"))
+	}
+	check := func(key string, f FailModes) {
+		for level, m := range map[string]Mode{"ok": f.OK, "warning": f.Warning, "at_limit": f.AtLimit, "overage": f.Overage, "blocked": f.Blocked} {
+			if m != Open && m != Closed && m != LastKnown {
+				errs = append(errs, fmt.Errorf("%s.%s: %q is not open, closed or last_known", key, level, m))
+			}
+		}
+	}
+	check("fail_modes", c.FailModes)
+	for meter, f := range c.MeterFailModes {
+		check("meter_fail_modes."+meter, f)
+	}
+	for meter, r := range c.RateLimits {
+		if r.PerSecond < 0 || (r.PerSecond > 0 && r.Burst < 1) {
+			errs = append(errs, fmt.Errorf("rate_limits.%s: per_second must be >= 0 and burst >= 1", meter))
+		}
+	}
+	for plan, m := range c.PlanRateLimits {
+		for meter, r := range m {
+			if r.PerSecond < 0 || (r.PerSecond > 0 && r.Burst < 1) {
+				errs = append(errs, fmt.Errorf("plan_rate_limits.%s.%s: per_second must be >= 0 and burst >= 1", plan, meter))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

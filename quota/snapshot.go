@@ -1,0 +1,215 @@
+package quota
+
+import (
+	"maps"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"golang.org/x/time/rate"
+
+	"github.com/usagemeter/usagemeter/schemas/plans"
+)
+
+// plansSnapshot is an immutable copy of the plans with the assignments read
+// so far. plans.Config.Assign is not safe next to lookups, so the reader
+// assigns on a private copy and publishes a fresh snapshot behind an
+// atomic.Pointer: Check reads without a lock.
+type plansSnapshot struct {
+	cfg    *plans.Config
+	quotas map[planMeter]*quotaInfo // shared by every snapshot: plans never change at run time
+}
+
+type planMeter struct{ plan, meter string }
+
+func (s *plansSnapshot) assignment(tenant string) plans.Assignment {
+	if a, ok := s.cfg.Tenants[tenant]; ok {
+		return a
+	}
+	return plans.Assignment{Plan: s.cfg.DefaultPlan}
+}
+
+// quotaInfo is one plan's quota for one meter, with the amounts Check
+// compares precomputed so that it needs no decimal arithmetic.
+type quotaInfo struct {
+	plan, meter string
+	q           plans.Quota
+	unlimited   bool
+	limit       Amount
+	hardCap     Amount // the most usage a request may reach: limit, or limit + overage_limit
+	hardNone    bool   // no hard cap (unlimited, or unbounded overage)
+	overage     bool
+	thresholds  []threshold // below 100 %, ascending
+	rate        RateLimit
+}
+
+type threshold struct {
+	at    Amount // usage >= at reaches the level
+	level string
+	pct   int
+}
+
+func newQuotaInfo(plan, meter string, q plans.Quota, rl RateLimit) *quotaInfo {
+	qi := &quotaInfo{plan: plan, meter: meter, q: q, rate: rl}
+	if q.Limit.Equal(plans.Unlimited) {
+		qi.unlimited, qi.hardNone = true, true
+		return qi
+	}
+	qi.limit, _ = AmountOf(q.Limit) // plans.Load checked it
+	qi.overage = q.OverageAllowed
+	switch {
+	case !q.OverageAllowed:
+		qi.hardCap = qi.limit
+	case q.OverageLimit.Equal(plans.Unlimited):
+		qi.hardNone = true
+	default:
+		ol, _ := AmountOf(q.OverageLimit)
+		qi.hardCap = qi.limit.Add(ol)
+	}
+	for _, t := range q.WarningThresholds {
+		if t >= 100 {
+			continue
+		}
+		// usage*100 >= limit*t  <=>  usage >= ceil(limit*t/100) in nano-units.
+		n := qi.limit.Decimal().Shift(9).BigInt()
+		n.Mul(n, big.NewInt(int64(t)))
+		n.Add(n, big.NewInt(99))
+		n.Quo(n, big.NewInt(100))
+		at, _ := AmountOf(decimal.NewFromBigInt(n, -9))
+		qi.thresholds = append(qi.thresholds, threshold{at: at, level: plans.WarningLevel(t), pct: t})
+	}
+	return qi
+}
+
+// level grades usage as plans.Evaluate does.
+func (q *quotaInfo) level(usage Amount) string {
+	if q.unlimited {
+		return plans.LevelOK
+	}
+	switch c := usage.Cmp(q.limit); {
+	case c > 0:
+		if q.overage && (q.hardNone || usage.Cmp(q.hardCap) <= 0) {
+			return plans.LevelOverage
+		}
+		return plans.LevelBlocked
+	case c == 0 || q.limit.IsZero():
+		return plans.LevelAtLimit
+	}
+	lvl := plans.LevelOK
+	for i := range q.thresholds {
+		if usage.Cmp(q.thresholds[i].at) >= 0 {
+			lvl = q.thresholds[i].level
+		}
+	}
+	return lvl
+}
+
+// table maps tenant+meter to its entry. Lookups of existing entries read an
+// immutable map behind an atomic pointer (no lock); new entries go to a
+// locked overflow map that is folded into a new read map once it has been
+// missed as often as the read map is large (amortised O(1), like sync.Map,
+// but with a typed key that does not allocate).
+type table struct {
+	read   atomic.Pointer[map[key]*entry]
+	mu     sync.Mutex
+	dirty  map[key]*entry
+	misses int
+}
+
+type key struct{ tenant, meter string }
+
+func newTable() *table {
+	t := &table{dirty: map[key]*entry{}}
+	m := map[key]*entry{}
+	t.read.Store(&m)
+	return t
+}
+
+func (t *table) get(tenant, meter string) *entry {
+	if e, ok := (*t.read.Load())[key{tenant, meter}]; ok {
+		return e
+	}
+	return t.slowGet(tenant, meter)
+}
+
+func (t *table) slowGet(tenant, meter string) *entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	read := *t.read.Load()
+	k := key{tenant, meter}
+	if e, ok := read[k]; ok {
+		return e
+	}
+	e, ok := t.dirty[k]
+	if !ok {
+		e = &entry{key: k}
+		t.dirty[k] = e
+	}
+	t.misses++
+	if t.misses > len(read)/4 {
+		m := make(map[key]*entry, len(read)+len(t.dirty))
+		maps.Copy(m, read)
+		maps.Copy(m, t.dirty)
+		t.read.Store(&m)
+		t.dirty, t.misses = map[key]*entry{}, 0
+	}
+	return e
+}
+
+// all calls f for every entry (for GET /v1/quotas and tests).
+func (t *table) all(f func(*entry)) {
+	t.mu.Lock()
+	read := *t.read.Load()
+	list := make([]*entry, 0, len(read)+len(t.dirty))
+	for _, e := range read {
+		list = append(list, e)
+	}
+	for _, e := range t.dirty {
+		list = append(list, e)
+	}
+	t.mu.Unlock()
+	for _, e := range list {
+		f(e)
+	}
+}
+
+// entry is one tenant and meter.
+type entry struct {
+	key  key
+	view atomic.Pointer[view] // what Check reads
+	mu   sync.Mutex           // serialises view rebuilds (state arrivals, plan changes, new periods)
+	held *heldState           // newest state read, guarded by mu
+}
+
+// heldState is one QuotaState record with where it was read.
+type heldState struct {
+	period     string
+	start, end time.Time
+	usage      Amount
+	partition  int32
+	offset     int64
+	source     map[int32]int64
+	updatedAt  time.Time
+}
+
+// bucket holds what this instance allowed for one tenant, meter and period
+// that the held state does not reflect yet. It lives as long as the period:
+// views of the same period share it.
+type bucket struct {
+	pending atomic.Uint64 // nano-units
+}
+
+// view is what one Check needs, immutable but for bucket and limiter.
+type view struct {
+	assign     plans.Assignment
+	q          *quotaInfo
+	period     string
+	start, end int64 // unix nanoseconds, [start, end)
+	resetAt    time.Time
+	usage      Amount     // from held, when held is for this period; else 0
+	held       *heldState // nil when there is no state for this period yet
+	b          *bucket
+	lim        *rate.Limiter // nil without a rate limit
+}
