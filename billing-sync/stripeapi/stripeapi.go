@@ -1,0 +1,345 @@
+// Package stripeapi is billing-sync's Stripe client: the few calls it makes
+// (meter events, cancel adjustments, usage records and their summaries,
+// customer and subscription look-ups), each within a shared rate limit,
+// retried with backoff and jitter on 429, 5xx and timeouts under the same
+// idempotency key, with at most one call in flight per customer and meter.
+// It holds no globals: stripe-go's client.API gets its own backend.
+package stripeapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/usagemeter/usagemeter/svckit/backoff"
+)
+
+// Config for the Stripe API.
+type Config struct {
+	APIKey string `mapstructure:"api_key"`
+	// URL overrides https://api.stripe.com (stripe-mock, the fake in demo mode).
+	URL string `mapstructure:"url"`
+	// Rate and Burst bound all calls together (requests per second). Stripe
+	// live mode allows 100/s per account (usage records share it); stay below.
+	Rate  float64 `mapstructure:"rate"`
+	Burst int     `mapstructure:"burst"`
+	// Timeout bounds one attempt.
+	Timeout     time.Duration `mapstructure:"timeout"`
+	RetryMin    time.Duration `mapstructure:"retry_min"`
+	RetryMax    time.Duration `mapstructure:"retry_max"`
+	MaxAttempts int           `mapstructure:"max_attempts"`
+}
+
+// DefaultConfig is safe for live mode.
+func DefaultConfig() Config {
+	return Config{Rate: 50, Burst: 10, Timeout: 20 * time.Second, RetryMin: 200 * time.Millisecond, RetryMax: 10 * time.Second, MaxAttempts: 6}
+}
+
+// Validate names the first bad key.
+func (c Config) Validate() error {
+	switch {
+	case c.Rate <= 0:
+		return errors.New("stripe.rate: must be > 0")
+	case c.Burst < 1:
+		return errors.New("stripe.burst: must be >= 1")
+	case c.Timeout <= 0:
+		return errors.New("stripe.timeout: must be > 0")
+	case c.MaxAttempts < 1:
+		return errors.New("stripe.max_attempts: must be >= 1")
+	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
+		return errors.New("stripe.retry_min/retry_max: need 0 < retry_min <= retry_max")
+	}
+	return nil
+}
+
+// Client makes billing-sync's Stripe calls. Safe for concurrent use.
+type Client struct {
+	api   *client.API
+	cfg   Config
+	lim   *rate.Limiter
+	log   *zap.Logger
+	locks sync.Map // serial key -> *sync.Mutex
+
+	calls   *prometheus.CounterVec
+	retries *prometheus.CounterVec
+}
+
+// New returns a client. reg may be nil.
+func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Client {
+	bc := &stripe.BackendConfig{
+		// Our own retries keep the idempotency key and respect the limiter.
+		MaxNetworkRetries: stripe.Int64(0),
+		HTTPClient:        &http.Client{Timeout: cfg.Timeout},
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+	}
+	if cfg.URL != "" {
+		bc.URL = stripe.String(cfg.URL)
+	}
+	backends := &stripe.Backends{
+		API:     stripe.GetBackendWithConfig(stripe.APIBackend, bc),
+		Connect: stripe.GetBackendWithConfig(stripe.ConnectBackend, bc),
+		Uploads: stripe.GetBackendWithConfig(stripe.UploadsBackend, bc),
+	}
+	c := &Client{
+		api: client.New(cfg.APIKey, backends),
+		cfg: cfg,
+		lim: rate.NewLimiter(rate.Limit(cfg.Rate), cfg.Burst),
+		log: log,
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_stripe_calls_total",
+			Help: "Stripe API calls by operation and outcome (ok, retry, error)."}, []string{"op", "outcome"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_stripe_retries_total",
+			Help: "Stripe attempts retried, by operation."}, []string{"op"}),
+	}
+	if reg != nil {
+		reg.MustRegister(c.calls, c.retries)
+	}
+	return c
+}
+
+// Retryable reports whether err is worth another attempt with the same
+// idempotency key: 429, 5xx, 409 (a concurrent request with the key) and
+// network errors or timeouts.
+func Retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var se *stripe.Error
+	if errors.As(err, &se) {
+		return se.HTTPStatusCode == http.StatusTooManyRequests || se.HTTPStatusCode == http.StatusConflict || se.HTTPStatusCode >= 500
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errAttemptTimeout)
+}
+
+// DuplicateIdentifier reports whether Stripe refused a meter event because
+// an event with its identifier exists: ours are unique per intent, so the
+// intent was already recorded.
+func DuplicateIdentifier(err error) bool {
+	var se *stripe.Error
+	return errors.As(err, &se) && se.Code == "resource_already_exists"
+}
+
+var errAttemptTimeout = errors.New("stripe attempt timed out")
+
+// do runs one operation: serialised on serial (customer/meter) when not
+// empty, each attempt waiting for the rate limiter, retried on transient
+// errors up to MaxAttempts. Permanent errors return at once.
+func (c *Client) do(ctx context.Context, op, serial string, fn func(ctx context.Context) error) error {
+	if serial != "" {
+		m, _ := c.locks.LoadOrStore(serial, &sync.Mutex{})
+		mu := m.(*sync.Mutex)
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	var last error
+	attempts := 0
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	err := backoff.Retry(rctx, backoff.Policy{Min: c.cfg.RetryMin, Max: c.cfg.RetryMax}, func(ctx context.Context) error {
+		attempts++
+		if err := c.lim.Wait(ctx); err != nil {
+			return err
+		}
+		actx, acancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		defer acancel()
+		last = fn(actx)
+		if last != nil && actx.Err() != nil && ctx.Err() == nil {
+			last = fmt.Errorf("%w: %w", errAttemptTimeout, last)
+		}
+		if last == nil || !Retryable(last) || attempts >= c.cfg.MaxAttempts {
+			cancel() // stop retrying; last says how it ended
+			return nil
+		}
+		c.calls.WithLabelValues(op, "retry").Inc()
+		c.retries.WithLabelValues(op).Inc()
+		return last
+	}, func(attempt int, pause time.Duration, err error) {
+		c.log.Debug("stripe call failed, retrying", zap.String("op", op), zap.Int("attempt", attempt), zap.Duration("pause", pause), zap.Error(err))
+	})
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case last != nil:
+		c.calls.WithLabelValues(op, "error").Inc()
+		return fmt.Errorf("stripe %s (%d attempts): %w", op, attempts, last)
+	case err != nil && !errors.Is(err, context.Canceled):
+		return err
+	}
+	c.calls.WithLabelValues(op, "ok").Inc()
+	return nil
+}
+
+// MeterEvent is one meter event to record.
+type MeterEvent struct {
+	EventName      string
+	Customer       string
+	Identifier     string
+	Value          int64
+	Timestamp      time.Time
+	IdempotencyKey string
+}
+
+// SendMeterEvent records e once: a retry, or a later pass re-sending the
+// same intent, is deduplicated by its idempotency key and its identifier.
+func (c *Client) SendMeterEvent(ctx context.Context, e MeterEvent) error {
+	return c.do(ctx, "meter_event", e.Customer+"/"+e.EventName, func(ctx context.Context) error {
+		p := &stripe.BillingMeterEventParams{
+			EventName:  stripe.String(e.EventName),
+			Identifier: stripe.String(e.Identifier),
+			Payload:    map[string]string{"stripe_customer_id": e.Customer, "value": strconv.FormatInt(e.Value, 10)},
+			Timestamp:  stripe.Int64(e.Timestamp.Unix()),
+		}
+		p.Context = ctx
+		p.SetIdempotencyKey(e.IdempotencyKey)
+		_, err := c.api.BillingMeterEvents.New(p)
+		if DuplicateIdentifier(err) {
+			return nil
+		}
+		return err
+	})
+}
+
+// CancelMeterEvent cancels the event with identifier (Stripe allows it
+// within 24 h of receiving the event).
+func (c *Client) CancelMeterEvent(ctx context.Context, customer, eventName, identifier, key string) error {
+	return c.do(ctx, "meter_event_cancel", customer+"/"+eventName, func(ctx context.Context) error {
+		p := &stripe.BillingMeterEventAdjustmentParams{
+			EventName: stripe.String(eventName),
+			Type:      stripe.String("cancel"),
+			Cancel:    &stripe.BillingMeterEventAdjustmentCancelParams{Identifier: stripe.String(identifier)},
+		}
+		p.Context = ctx
+		p.SetIdempotencyKey(key)
+		_, err := c.api.BillingMeterEventAdjustments.New(p)
+		return err
+	})
+}
+
+// SetUsage writes a legacy usage record with action=set: the quantity at
+// ts is replaced, so re-sending it never adds.
+func (c *Client) SetUsage(ctx context.Context, item string, quantity int64, ts time.Time, key string) error {
+	return c.do(ctx, "usage_record", item, func(ctx context.Context) error {
+		p := &stripe.UsageRecordParams{
+			SubscriptionItem: stripe.String(item),
+			Action:           stripe.String(string(stripe.UsageRecordActionSet)),
+			Quantity:         stripe.Int64(quantity),
+			Timestamp:        stripe.Int64(ts.Unix()),
+		}
+		p.Context = ctx
+		p.SetIdempotencyKey(key)
+		_, err := c.api.UsageRecords.New(p)
+		return err
+	})
+}
+
+// MeterSummaries returns Stripe's hourly totals for customer on meterID in
+// [from, to) (hour aligned), keyed by hour start (unix seconds).
+func (c *Client) MeterSummaries(ctx context.Context, meterID, customer, eventName string, from, to time.Time) (map[int64]int64, error) {
+	out := map[int64]int64{}
+	err := c.do(ctx, "meter_event_summaries", customer+"/"+eventName, func(ctx context.Context) error {
+		clear(out)
+		p := &stripe.BillingMeterEventSummaryListParams{
+			ID:                  stripe.String(meterID),
+			Customer:            stripe.String(customer),
+			StartTime:           stripe.Int64(from.Unix()),
+			EndTime:             stripe.Int64(to.Unix()),
+			ValueGroupingWindow: stripe.String("hour"),
+		}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.BillingMeterEventSummaries.List(p)
+		for it.Next() {
+			s := it.BillingMeterEventSummary()
+			out[s.StartTime] += int64(math.Round(s.AggregatedValue))
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
+// UsageSummary is one period of a subscription item.
+type UsageSummary struct {
+	Start, End time.Time
+	Total      int64
+}
+
+// UsageSummaries lists the usage record summaries of a subscription item.
+func (c *Client) UsageSummaries(ctx context.Context, item string) ([]UsageSummary, error) {
+	var out []UsageSummary
+	err := c.do(ctx, "usage_record_summaries", item, func(ctx context.Context) error {
+		out = out[:0]
+		p := &stripe.UsageRecordSummaryListParams{SubscriptionItem: stripe.String(item)}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.UsageRecordSummaries.List(p)
+		for it.Next() {
+			s := it.UsageRecordSummary()
+			us := UsageSummary{Total: s.TotalUsage}
+			if s.Period != nil {
+				us.Start, us.End = time.Unix(s.Period.Start, 0).UTC(), time.Unix(s.Period.End, 0).UTC()
+			}
+			out = append(out, us)
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
+// CustomersByTenant lists every customer once and maps metadata tenant_id
+// to the customer id (one page per 100 customers, not one search per
+// tenant).
+func (c *Client) CustomersByTenant(ctx context.Context) (map[string]string, error) {
+	out := map[string]string{}
+	err := c.do(ctx, "customers", "", func(ctx context.Context) error {
+		clear(out)
+		p := &stripe.CustomerListParams{}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.Customers.List(p)
+		for it.Next() {
+			cu := it.Customer()
+			if t := cu.Metadata["tenant_id"]; t != "" {
+				out[t] = cu.ID
+			}
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
+// SubscriptionItemFor finds the customer's active subscription item whose
+// price is priceID (usage records need the item).
+func (c *Client) SubscriptionItemFor(ctx context.Context, customer, priceID string) (string, error) {
+	var found string
+	err := c.do(ctx, "subscriptions", "", func(ctx context.Context) error {
+		found = ""
+		p := &stripe.SubscriptionListParams{Customer: stripe.String(customer)}
+		p.Context = ctx
+		it := c.api.Subscriptions.List(p)
+		for it.Next() {
+			s := it.Subscription()
+			if s.Items == nil {
+				continue
+			}
+			for _, item := range s.Items.Data {
+				if item.Price != nil && item.Price.ID == priceID && found == "" {
+					found = item.ID
+				}
+			}
+		}
+		return it.Err()
+	})
+	return found, err
+}

@@ -1,0 +1,635 @@
+// Package stripefake is a stateful fake of the Stripe endpoints
+// billing-sync uses, for tests and the demo: meter events (identifier
+// dedup for 24 h, timestamps within 35 days back and 5 minutes ahead),
+// cancel adjustments (within 24 h), hourly meter event summaries that lag
+// by a configured delay, legacy usage records (set/increment, current
+// period only) and their summaries, customers and subscriptions, and
+// idempotency keys (the stored response replayed for 24 h; the same key
+// with other parameters is an error). Faults (429, 500, timeouts, before
+// or after the write) are injected per request.
+//
+// It is kept honest by stripe-mock: with Upstream set, every request it
+// accepts is sent to stripe-mock as well, and one that stripe-mock refuses
+// is reported in Violations (the request would not pass Stripe's spec).
+package stripefake
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Fault is injected into the next Count requests whose path has Prefix.
+type Fault struct {
+	Prefix string
+	Count  int
+	Status int // 429 or 5xx; 0 with Delay set = a timeout
+	// Delay holds the response (longer than the client's timeout: a timeout).
+	Delay time.Duration
+	// AfterWrite applies the request before failing: Stripe did it but the
+	// client does not know.
+	AfterWrite bool
+}
+
+type stored struct {
+	fingerprint string
+	status      int
+	body        []byte
+	at          time.Time
+}
+
+type event struct {
+	identifier, customer, eventName string
+	value                           int64
+	ts                              int64
+	received                        time.Time
+	cancelled                       bool
+}
+
+type usageRecord struct {
+	quantity int64
+	received time.Time
+}
+
+// Fake is the fake Stripe. Create with New; it is an http.Handler.
+type Fake struct {
+	// Now is the fake's clock (default time.Now).
+	Now func() time.Time
+	// Lag delays what summaries show after a write (eventual consistency).
+	Lag time.Duration
+	// Upstream is stripe-mock's base URL; empty disables the check.
+	Upstream string
+	// Meters maps meter ids to event names (for summaries).
+	Meters map[string]string
+
+	mu          sync.Mutex
+	idem        map[string]stored
+	events      map[string]*event // by identifier
+	eventOrder  []*event
+	records     map[string]map[int64]*usageRecord // item -> timestamp -> record
+	customers   []customer
+	items       map[string]subItem
+	faults      []*Fault
+	inflight    map[string]bool
+	requests    []time.Time
+	writes      map[string]int // accepted (not replayed) writes per identifier or usage key
+	violations  []string
+	concurrency int
+	calls       map[string]int
+	client      *http.Client
+}
+
+type customer struct{ id, tenant string }
+
+type subItem struct{ customer, price, lookupKey, sub string }
+
+// New returns an empty fake.
+func New() *Fake {
+	return &Fake{
+		Now: time.Now, Meters: map[string]string{}, idem: map[string]stored{}, events: map[string]*event{},
+		records: map[string]map[int64]*usageRecord{}, items: map[string]subItem{}, inflight: map[string]bool{},
+		writes: map[string]int{}, calls: map[string]int{}, client: &http.Client{Timeout: 10 * time.Second},
+	}
+}
+
+// AddMeter registers a meter id and its event name.
+func (f *Fake) AddMeter(id, eventName string) { f.mu.Lock(); f.Meters[id] = eventName; f.mu.Unlock() }
+
+// AddCustomer adds a customer whose metadata tenant_id is tenant.
+func (f *Fake) AddCustomer(id, tenant string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.customers = append(f.customers, customer{id, tenant})
+}
+
+// AddSubscriptionItem adds an active subscription item of customer on price.
+func (f *Fake) AddSubscriptionItem(customer, item, price string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.items[item] = subItem{customer: customer, price: price, sub: "sub_" + item}
+}
+
+// Inject queues a fault.
+func (f *Fake) Inject(ft Fault) { f.mu.Lock(); f.faults = append(f.faults, &ft); f.mu.Unlock() }
+
+// Writes returns the accepted (not replayed, not deduplicated) writes per
+// meter event identifier or usage record idempotency key.
+func (f *Fake) Writes() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.writes))
+	for k, v := range f.writes {
+		out[k] = v
+	}
+	return out
+}
+
+// Calls returns the requests served per operation.
+func (f *Fake) Calls() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range f.calls {
+		out[k] = v
+	}
+	return out
+}
+
+// Violations lists requests stripe-mock refused and concurrent calls on
+// one customer and meter.
+func (f *Fake) Violations() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.violations...)
+}
+
+// MaxRate returns the most requests seen within any window of length d.
+func (f *Fake) MaxRate(d time.Duration) int {
+	f.mu.Lock()
+	ts := append([]time.Time(nil), f.requests...)
+	f.mu.Unlock()
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
+	best, j := 0, 0
+	for i := range ts {
+		for ts[i].Sub(ts[j]) >= d {
+			j++
+		}
+		best = max(best, i-j+1)
+	}
+	return best
+}
+
+// Total returns Stripe's total of live (not cancelled) events for a
+// customer and event name, ignoring the summary lag.
+func (f *Fake) Total(customerID, eventName string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, e := range f.eventOrder {
+		if !e.cancelled && e.customer == customerID && e.eventName == eventName {
+			n += e.value
+		}
+	}
+	return n
+}
+
+// UsageTotal returns the usage of item over records at any timestamp.
+func (f *Fake) UsageTotal(item string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, r := range f.records[item] {
+		n += r.quantity
+	}
+	return n
+}
+
+type apiError struct {
+	status         int
+	typ, code, msg string
+}
+
+func (e apiError) body() []byte {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"type": e.typ, "code": e.code, "message": e.msg}})
+	return b
+}
+
+func invalid(code, msg string) *apiError {
+	return &apiError{status: 400, typ: "invalid_request_error", code: code, msg: msg}
+}
+
+// ServeHTTP routes one request.
+func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	form, _ := url.ParseQuery(string(body))
+	if r.Method == http.MethodGet {
+		form = r.URL.Query()
+	}
+	op := operation(r.Method, r.URL.Path)
+	f.mu.Lock()
+	f.requests = append(f.requests, time.Now())
+	f.calls[op]++
+	fault := f.takeFault(r.URL.Path)
+	f.mu.Unlock()
+	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer sk_") {
+		writeJSON(w, 401, (&apiError{status: 401, typ: "invalid_request_error", msg: "no API key"}).body())
+		return
+	}
+	if fault != nil && !fault.AfterWrite {
+		f.fail(w, fault)
+		return
+	}
+	serial := ""
+	if r.Method == http.MethodPost {
+		serial = form.Get("payload[stripe_customer_id]") + "/" + form.Get("event_name")
+		if strings.Contains(r.URL.Path, "usage_records") {
+			serial = r.URL.Path
+		}
+		f.mu.Lock()
+		if f.inflight[serial] {
+			f.violations = append(f.violations, "two calls in flight for "+serial)
+			f.mu.Unlock()
+			writeJSON(w, 429, (&apiError{status: 429, typ: "invalid_request_error", code: "lock_timeout", msg: "concurrent call"}).body())
+			return
+		}
+		f.inflight[serial] = true
+		f.mu.Unlock()
+	}
+	status, resp := f.handle(r, op, form)
+	if serial != "" {
+		// Done processing; a delayed answer below is the network's.
+		f.mu.Lock()
+		delete(f.inflight, serial)
+		f.mu.Unlock()
+	}
+	if fault != nil {
+		f.fail(w, fault) // applied, but the client sees a failure
+		return
+	}
+	if status < 300 && r.Method == http.MethodPost && f.Upstream != "" {
+		if err := f.upstream(r, body); err != nil {
+			f.mu.Lock()
+			f.violations = append(f.violations, fmt.Sprintf("%s %s: %v", r.Method, r.URL.Path, err))
+			f.mu.Unlock()
+		}
+	}
+	writeJSON(w, status, resp)
+}
+
+func (f *Fake) fail(w http.ResponseWriter, ft *Fault) {
+	if ft.Delay > 0 {
+		time.Sleep(ft.Delay)
+	}
+	st := ft.Status
+	if st == 0 {
+		st = http.StatusGatewayTimeout
+	}
+	writeJSON(w, st, (&apiError{status: st, typ: "api_error", msg: "injected fault"}).body())
+}
+
+func (f *Fake) takeFault(path string) *Fault {
+	for i, ft := range f.faults {
+		if strings.HasPrefix(path, ft.Prefix) && ft.Count > 0 {
+			ft.Count--
+			if ft.Count == 0 {
+				f.faults = append(f.faults[:i], f.faults[i+1:]...)
+			}
+			return ft
+		}
+	}
+	return nil
+}
+
+// upstream sends an accepted request to stripe-mock, which must accept it.
+func (f *Fake) upstream(r *http.Request, body []byte) error {
+	req, err := http.NewRequest(r.Method, strings.TrimSuffix(f.Upstream, "/")+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer sk_test_123")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("stripe-mock: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("stripe-mock refused it (%d): %s", resp.StatusCode, b)
+	}
+	return nil
+}
+
+func operation(method, path string) string {
+	switch {
+	case path == "/v1/billing/meter_events":
+		return "meter_event"
+	case path == "/v1/billing/meter_event_adjustments":
+		return "meter_event_adjustment"
+	case strings.HasSuffix(path, "/event_summaries"):
+		return "meter_event_summaries"
+	case strings.HasSuffix(path, "/usage_records"):
+		return "usage_record"
+	case strings.HasSuffix(path, "/usage_record_summaries"):
+		return "usage_record_summaries"
+	case path == "/v1/customers":
+		return "customers"
+	case path == "/v1/subscriptions":
+		return "subscriptions"
+	}
+	return method + " " + path
+}
+
+// handle applies one request under the idempotency rules.
+func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.Now()
+	key := r.Header.Get("Idempotency-Key")
+	fp := r.Method + " " + r.URL.Path + "?" + form.Encode()
+	if r.Method == http.MethodPost && key != "" {
+		if len(key) > 255 {
+			e := invalid("idempotency_key_too_long", "Idempotency-Key longer than 255 characters")
+			return e.status, e.body()
+		}
+		if s, ok := f.idem[key]; ok && now.Sub(s.at) < 24*time.Hour {
+			if s.fingerprint != fp {
+				e := &apiError{status: 400, typ: "idempotency_error", msg: "Keys for idempotent requests can only be used with the same parameters they were first used with."}
+				return e.status, e.body()
+			}
+			return s.status, s.body // replayed
+		}
+	}
+	status, body := f.apply(r, op, form, key, now)
+	// Stripe stores the result of a request that began executing, even an
+	// error; a refused-by-validation request is stored too here (it would
+	// be refused again anyway).
+	if r.Method == http.MethodPost && key != "" {
+		f.idem[key] = stored{fingerprint: fp, status: status, body: body, at: now}
+	}
+	return status, body
+}
+
+func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, now time.Time) (int, []byte) {
+	var (
+		obj any
+		err *apiError
+	)
+	switch op {
+	case "meter_event":
+		obj, err = f.meterEvent(form, now)
+	case "meter_event_adjustment":
+		obj, err = f.adjustment(form, now)
+	case "meter_event_summaries":
+		obj, err = f.summaries(r.URL.Path, form, now)
+	case "usage_record":
+		obj, err = f.usageRecord(r.URL.Path, form, key, now)
+	case "usage_record_summaries":
+		obj, err = f.usageSummaries(r.URL.Path, now)
+	case "customers":
+		obj = f.listCustomers(form, now)
+	case "subscriptions":
+		obj = f.listSubscriptions(form, now)
+	default:
+		err = &apiError{status: 404, typ: "invalid_request_error", msg: "unrecognized request URL " + r.URL.Path}
+	}
+	if err != nil {
+		return err.status, err.body()
+	}
+	b, _ := json.Marshal(obj)
+	return 200, b
+}
+
+func (f *Fake) meterEvent(form url.Values, now time.Time) (any, *apiError) {
+	name := form.Get("event_name")
+	cus := form.Get("payload[stripe_customer_id]")
+	ident := form.Get("identifier")
+	if name == "" || cus == "" || form.Get("payload[value]") == "" {
+		return nil, invalid("parameter_missing", "event_name, payload[stripe_customer_id] and payload[value] are required")
+	}
+	v, perr := strconv.ParseInt(form.Get("payload[value]"), 10, 64)
+	if perr != nil || v < 0 {
+		return nil, invalid("parameter_invalid_integer", "payload[value] must be a non-negative integer")
+	}
+	ts := now.Unix()
+	if s := form.Get("timestamp"); s != "" {
+		ts, _ = strconv.ParseInt(s, 10, 64)
+	}
+	if ts < now.Add(-35*24*time.Hour).Unix() || ts > now.Add(5*time.Minute).Unix() {
+		return nil, invalid("timestamp_out_of_range", "timestamp must be within the past 35 calendar days or up to 5 minutes in the future")
+	}
+	if ident == "" {
+		ident = fmt.Sprintf("gen_%d", len(f.eventOrder))
+	}
+	if e, ok := f.events[ident]; ok && now.Sub(e.received) < 24*time.Hour {
+		return nil, &apiError{status: 400, typ: "invalid_request_error", code: "resource_already_exists",
+			msg: "An event with identifier " + ident + " already exists"}
+	}
+	e := &event{identifier: ident, customer: cus, eventName: name, value: v, ts: ts, received: now}
+	f.events[ident] = e
+	f.eventOrder = append(f.eventOrder, e)
+	f.writes[ident]++
+	return map[string]any{"object": "billing.meter_event", "created": now.Unix(), "event_name": name, "identifier": ident,
+		"livemode": false, "payload": map[string]string{"stripe_customer_id": cus, "value": form.Get("payload[value]")}, "timestamp": ts}, nil
+}
+
+func (f *Fake) adjustment(form url.Values, now time.Time) (any, *apiError) {
+	ident := form.Get("cancel[identifier]")
+	if form.Get("event_name") == "" || form.Get("type") != "cancel" || ident == "" {
+		return nil, invalid("parameter_missing", "event_name, type=cancel and cancel[identifier] are required")
+	}
+	e, ok := f.events[ident]
+	if !ok || e.eventName != form.Get("event_name") {
+		return nil, invalid("resource_missing", "no meter event with identifier "+ident)
+	}
+	if e.cancelled {
+		return nil, invalid("meter_event_already_cancelled", "already cancelled")
+	}
+	if now.Sub(e.received) >= 24*time.Hour {
+		return nil, invalid("meter_event_adjustment_window_passed", "events can only be cancelled within 24 hours of receipt")
+	}
+	e.cancelled = true
+	f.writes["cancel:"+ident]++
+	return map[string]any{"object": "billing.meter_event_adjustment", "event_name": e.eventName, "livemode": false, "status": "complete",
+		"type": "cancel", "cancel": map[string]string{"identifier": ident}}, nil
+}
+
+func (f *Fake) summaries(path string, form url.Values, now time.Time) (any, *apiError) {
+	id := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/billing/meters/"), "/event_summaries")
+	name, ok := f.Meters[id]
+	if !ok {
+		return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "no such meter " + id}
+	}
+	cus := form.Get("customer")
+	start, e1 := strconv.ParseInt(form.Get("start_time"), 10, 64)
+	end, e2 := strconv.ParseInt(form.Get("end_time"), 10, 64)
+	if cus == "" || e1 != nil || e2 != nil {
+		return nil, invalid("parameter_missing", "customer, start_time and end_time are required")
+	}
+	grouping := form.Get("value_grouping_window")
+	if start%60 != 0 || end%60 != 0 || grouping == "hour" && (start%3600 != 0 || end%3600 != 0) {
+		return nil, invalid("parameter_invalid", "start_time and end_time must be aligned to the grouping window")
+	}
+	buckets := map[int64]int64{}
+	for _, e := range f.eventOrder {
+		if e.cancelled || e.customer != cus || e.eventName != name || e.ts < start || e.ts >= end || now.Sub(e.received) < f.Lag {
+			continue
+		}
+		b := start
+		if grouping == "hour" {
+			b = e.ts - e.ts%3600
+		}
+		buckets[b] += e.value
+	}
+	var starts []int64
+	for b := range buckets {
+		starts = append(starts, b)
+	}
+	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
+	var data []any
+	for _, b := range starts {
+		bEnd := end
+		if grouping == "hour" {
+			bEnd = b + 3600
+		}
+		data = append(data, map[string]any{"object": "billing.meter_event_summary", "id": fmt.Sprintf("mtrusg_%d", b), "livemode": false,
+			"meter": id, "aggregated_value": float64(buckets[b]), "start_time": b, "end_time": bEnd})
+	}
+	return page(data, form, path), nil
+}
+
+// page applies limit and starting_after (ids) to a list.
+func page(data []any, form url.Values, path string) map[string]any {
+	limit := 10
+	if l, err := strconv.Atoi(form.Get("limit")); err == nil && l > 0 {
+		limit = min(l, 100)
+	}
+	if after := form.Get("starting_after"); after != "" {
+		for i, d := range data {
+			if d.(map[string]any)["id"] == after {
+				data = data[i+1:]
+				break
+			}
+		}
+	}
+	more := len(data) > limit
+	if more {
+		data = data[:limit]
+	}
+	if data == nil {
+		data = []any{}
+	}
+	return map[string]any{"object": "list", "data": data, "has_more": more, "url": path}
+}
+
+// currentPeriod is a subscription item's period in the fake: the calendar
+// month of now; the previous one still takes usage for an hour after its
+// end (its invoice is a draft).
+func currentPeriod(now time.Time) (time.Time, time.Time) {
+	now = now.UTC()
+	s := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	return s, s.AddDate(0, 1, 0)
+}
+
+func (f *Fake) usageRecord(path string, form url.Values, key string, now time.Time) (any, *apiError) {
+	item := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/subscription_items/"), "/usage_records")
+	if _, ok := f.items[item]; !ok {
+		return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "no such subscription item " + item}
+	}
+	q, err := strconv.ParseInt(form.Get("quantity"), 10, 64)
+	if err != nil || q < 0 {
+		return nil, invalid("parameter_invalid_integer", "quantity must be a non-negative integer")
+	}
+	action := form.Get("action")
+	if action == "" {
+		action = "increment"
+	}
+	if action != "set" && action != "increment" {
+		return nil, invalid("parameter_invalid", "action must be set or increment")
+	}
+	ts := now.Unix()
+	if s := form.Get("timestamp"); s != "" {
+		ts, _ = strconv.ParseInt(s, 10, 64)
+	}
+	start, end := currentPeriod(now)
+	prevStart := start.AddDate(0, -1, 0)
+	inCurrent := ts >= start.Unix() && ts < end.Unix()
+	inDraft := ts >= prevStart.Unix() && ts < start.Unix() && now.Before(start.Add(time.Hour))
+	if !inCurrent && !inDraft || ts > now.Unix() {
+		return nil, invalid("timestamp_outside_period", "the timestamp must be within the current billing period and not in the future")
+	}
+	if f.records[item] == nil {
+		f.records[item] = map[int64]*usageRecord{}
+	}
+	rec := f.records[item][ts]
+	if rec == nil {
+		rec = &usageRecord{}
+		f.records[item][ts] = rec
+	}
+	if action == "set" {
+		rec.quantity = q
+	} else {
+		rec.quantity += q
+	}
+	rec.received = now
+	f.writes[key]++
+	return map[string]any{"object": "usage_record", "id": fmt.Sprintf("mbur_%d", len(f.writes)), "livemode": false,
+		"quantity": q, "subscription_item": item, "timestamp": ts}, nil
+}
+
+func (f *Fake) usageSummaries(path string, now time.Time) (any, *apiError) {
+	item := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/subscription_items/"), "/usage_record_summaries")
+	if _, ok := f.items[item]; !ok {
+		return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "no such subscription item " + item}
+	}
+	totals := map[int64]int64{}
+	for ts, r := range f.records[item] {
+		if now.Sub(r.received) < f.Lag {
+			continue
+		}
+		s, _ := currentPeriod(time.Unix(ts, 0))
+		totals[s.Unix()] += r.quantity
+	}
+	var starts []int64
+	for s := range totals {
+		starts = append(starts, s)
+	}
+	sort.Slice(starts, func(i, j int) bool { return starts[i] > starts[j] }) // newest first, as Stripe
+	var data []any
+	for _, s := range starts {
+		st := time.Unix(s, 0).UTC()
+		data = append(data, map[string]any{"object": "usage_record_summary", "id": fmt.Sprintf("sis_%s_%d", item, s), "livemode": false,
+			"invoice": nil, "period": map[string]any{"start": s, "end": st.AddDate(0, 1, 0).Unix()}, "subscription_item": item, "total_usage": totals[s]})
+	}
+	return page(data, url.Values{"limit": {"100"}}, path), nil
+}
+
+func (f *Fake) listCustomers(form url.Values, now time.Time) any {
+	var data []any
+	for _, c := range f.customers {
+		data = append(data, map[string]any{"object": "customer", "id": c.id, "created": now.Unix(), "livemode": false,
+			"metadata": map[string]string{"tenant_id": c.tenant}})
+	}
+	return page(data, form, "/v1/customers")
+}
+
+func (f *Fake) listSubscriptions(form url.Values, now time.Time) any {
+	cus := form.Get("customer")
+	var ids []string
+	for id, it := range f.items {
+		if it.customer == cus {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	var data []any
+	for _, id := range ids {
+		it := f.items[id]
+		price := map[string]any{"object": "price", "id": it.price, "active": true, "billing_scheme": "per_unit", "created": now.Unix(),
+			"currency": "usd", "livemode": false, "metadata": map[string]string{}, "product": "prod_usage", "type": "recurring"}
+		start, end := currentPeriod(now)
+		data = append(data, map[string]any{"object": "subscription", "id": it.sub, "customer": cus, "status": "active",
+			"automatic_tax": map[string]any{"enabled": false}, "billing_cycle_anchor": start.Unix(), "cancel_at_period_end": false,
+			"collection_method": "charge_automatically", "created": start.Unix(), "currency": "usd", "current_period_start": start.Unix(),
+			"current_period_end": end.Unix(), "discounts": []string{}, "invoice_settings": map[string]any{"issuer": map[string]any{"type": "self"}},
+			"livemode": false, "metadata": map[string]string{}, "start_date": start.Unix(),
+			"items": map[string]any{"object": "list", "has_more": false, "url": "/v1/subscription_items", "data": []any{map[string]any{
+				"object": "subscription_item", "id": id, "created": start.Unix(), "discounts": []string{}, "metadata": map[string]string{},
+				"price": price, "subscription": it.sub}}}})
+	}
+	return page(data, form, "/v1/subscriptions")
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
