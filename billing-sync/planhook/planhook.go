@@ -1,0 +1,245 @@
+// Package planhook turns Stripe subscription webhooks into plan
+// assignments on the compacted topic usage.plan-assignments, so a plan
+// bought or changed in Stripe reaches every quota cache within seconds.
+// Signatures are verified with stripe-go's webhook package. Records carry
+// the Stripe event's creation time as their version; the handler learns the
+// newest version per tenant from the topic at start and never writes an
+// older one, so a replayed or reordered webhook cannot regress a plan, not
+// even after compaction.
+package planhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/segmentio/kafka-go"
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/webhook"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/schemas/plans"
+)
+
+// Price maps a Stripe price lookup_key to a plan. A list, not a map:
+// viper lower-cases map keys and lookup keys are case sensitive.
+type Price struct {
+	LookupKey string `mapstructure:"lookup_key"`
+	Plan      string `mapstructure:"plan"`
+}
+
+// Config of the webhook endpoint.
+type Config struct {
+	// Secret is the endpoint's signing secret (whsec_...); empty disables
+	// the endpoint.
+	Secret string  `mapstructure:"secret"`
+	Path   string  `mapstructure:"path"`
+	Prices []Price `mapstructure:"prices"`
+	// CanceledPlan is assigned when a subscription ends (default: the
+	// plans file's default_plan). A versioned record, not a tombstone, so
+	// that ordering survives.
+	CanceledPlan    string        `mapstructure:"canceled_plan"`
+	Brokers         []string      `mapstructure:"brokers"`
+	AssignmentTopic string        `mapstructure:"assignment_topic"`
+	Tolerance       time.Duration `mapstructure:"tolerance"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Path: "/stripe/webhook", Brokers: []string{"127.0.0.1:19092"}, AssignmentTopic: "usage.plan-assignments",
+		Tolerance: webhook.DefaultTolerance}
+}
+
+// TenantOf finds the tenant of a Stripe customer.
+type TenantOf func(ctx context.Context, customerID string) (string, bool)
+
+// Handler is the webhook endpoint.
+type Handler struct {
+	cfg      Config
+	plans    map[string]string
+	tenantOf TenantOf
+	w        *kafka.Writer
+	log      *zap.Logger
+
+	mu       sync.Mutex
+	versions map[string]int64 // newest version per tenant on the topic
+
+	events *prometheus.CounterVec
+}
+
+// New reads the assignment topic to its end (the newest version per
+// tenant) and returns the handler. Close it to flush the writer.
+func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, log *zap.Logger, reg prometheus.Registerer) (*Handler, error) {
+	h := &Handler{cfg: cfg, plans: map[string]string{}, tenantOf: tenantOf, log: log, versions: map[string]int64{},
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhooks_total",
+			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, error)."}, []string{"outcome"})}
+	for _, pr := range cfg.Prices {
+		if _, ok := p.Plans[pr.Plan]; !ok {
+			return nil, fmt.Errorf("webhook.prices: lookup_key %q: plan %q is not defined in the plans file", pr.LookupKey, pr.Plan)
+		}
+		h.plans[pr.LookupKey] = pr.Plan
+	}
+	if h.cfg.CanceledPlan == "" {
+		h.cfg.CanceledPlan = p.DefaultPlan
+	}
+	if reg != nil {
+		reg.MustRegister(h.events)
+	}
+	if err := h.load(ctx); err != nil {
+		return nil, err
+	}
+	h.w = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.AssignmentTopic, Balancer: &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond}
+	return h, nil
+}
+
+// Close flushes and closes the writer.
+func (h *Handler) Close() error { return h.w.Close() }
+
+// load reads every partition of the topic up to its end offset.
+func (h *Handler) load(ctx context.Context) error {
+	client := &kafka.Client{Addr: kafka.TCP(h.cfg.Brokers...), Timeout: 10 * time.Second}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{h.cfg.AssignmentTopic}})
+	if err != nil {
+		return fmt.Errorf("read %s metadata: %w", h.cfg.AssignmentTopic, err)
+	}
+	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
+		return fmt.Errorf("topic %s: %v", h.cfg.AssignmentTopic, md.Topics)
+	}
+	for _, p := range md.Topics[0].Partitions {
+		res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+			h.cfg.AssignmentTopic: {kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID)}}})
+		if err != nil {
+			return fmt.Errorf("offsets of %s/%d: %w", h.cfg.AssignmentTopic, p.ID, err)
+		}
+		po := res.Topics[h.cfg.AssignmentTopic]
+		if len(po) == 0 || po[0].Error != nil {
+			return fmt.Errorf("offsets of %s/%d: %v", h.cfg.AssignmentTopic, p.ID, po)
+		}
+		first, end := po[0].FirstOffset, po[0].LastOffset
+		if end <= first {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: h.cfg.Brokers, Topic: h.cfg.AssignmentTopic, Partition: p.ID, MaxWait: 200 * time.Millisecond})
+		if err := r.SetOffset(first); err != nil {
+			_ = r.Close()
+			return err
+		}
+		for {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				_ = r.Close()
+				return fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, p.ID, err)
+			}
+			if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version > h.versions[tenant] {
+				h.versions[tenant] = a.Version
+			}
+			if m.Offset+1 >= end {
+				break
+			}
+		}
+		_ = r.Close()
+	}
+	return nil
+}
+
+// ServeHTTP verifies and applies one webhook. 400 for a bad signature or
+// body (Stripe retries nothing it should not); 500 when the record could
+// not be written (Stripe retries later).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		http.Error(w, "read body", http.StatusBadRequest)
+		return
+	}
+	ev, err := webhook.ConstructEventWithOptions(body, r.Header.Get("Stripe-Signature"), h.cfg.Secret,
+		webhook.ConstructEventOptions{Tolerance: h.cfg.Tolerance, IgnoreAPIVersionMismatch: true})
+	if err != nil {
+		h.events.WithLabelValues("refused").Inc()
+		h.log.Warn("webhook refused", zap.Error(err))
+		http.Error(w, "invalid signature", http.StatusBadRequest)
+		return
+	}
+	outcome, err := h.apply(r.Context(), ev)
+	if err != nil {
+		h.events.WithLabelValues("error").Inc()
+		h.log.Error("webhook not applied", zap.String("event", ev.ID), zap.Error(err))
+		http.Error(w, "not applied", http.StatusInternalServerError)
+		return
+	}
+	h.events.WithLabelValues(outcome).Inc()
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = fmt.Fprintf(w, "{\"outcome\":%q}\n", outcome)
+}
+
+func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
+	if !strings.HasPrefix(string(ev.Type), "customer.subscription.") || ev.Data == nil {
+		return "ignored", nil
+	}
+	var sub stripe.Subscription
+	if err := json.Unmarshal(ev.Data.Raw, &sub); err != nil {
+		return "", fmt.Errorf("decode subscription: %w", err)
+	}
+	tenant := sub.Metadata["tenant_id"]
+	if tenant == "" && sub.Customer != nil {
+		if sub.Customer.Metadata["tenant_id"] != "" {
+			tenant = sub.Customer.Metadata["tenant_id"]
+		} else if t, ok := h.tenantOf(ctx, sub.Customer.ID); ok {
+			tenant = t
+		}
+	}
+	if tenant == "" {
+		h.log.Warn("subscription webhook for an unknown tenant", zap.String("event", ev.ID))
+		return "ignored", nil
+	}
+	plan, anchor := h.planOf(ev, &sub)
+	if plan == "" {
+		return "ignored", nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock() // one write at a time: versions stay ordered
+	if ev.Created <= h.versions[tenant] {
+		return "stale", nil
+	}
+	key, value := plans.AssignmentRecord(tenant, &plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created})
+	if err := h.w.WriteMessages(ctx, kafka.Message{Key: key, Value: value}); err != nil {
+		return "", fmt.Errorf("write plan assignment: %w", err)
+	}
+	h.versions[tenant] = ev.Created
+	h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", ev.Created), zap.String("event", ev.ID))
+	return "assigned", nil
+}
+
+// planOf maps the subscription to a plan: the canceled plan when it ended,
+// else the first item whose price lookup_key is configured.
+func (h *Handler) planOf(ev stripe.Event, sub *stripe.Subscription) (string, int) {
+	anchor := 0
+	if sub.BillingCycleAnchor > 0 {
+		anchor = time.Unix(sub.BillingCycleAnchor, 0).UTC().Day()
+	}
+	if ev.Type == "customer.subscription.deleted" || sub.Status == stripe.SubscriptionStatusCanceled ||
+		sub.Status == stripe.SubscriptionStatusIncompleteExpired || sub.Status == stripe.SubscriptionStatusUnpaid {
+		return h.cfg.CanceledPlan, 0
+	}
+	if sub.Items == nil {
+		return "", 0
+	}
+	for _, it := range sub.Items.Data {
+		if it.Price != nil {
+			if p, ok := h.plans[it.Price.LookupKey]; ok {
+				return p, anchor
+			}
+		}
+	}
+	return "", 0
+}
+
+// ErrDisabled: no signing secret configured.
+var ErrDisabled = errors.New("webhook.secret is empty: the Stripe webhook endpoint is disabled")
