@@ -654,3 +654,83 @@ func (d *decoder) hex4(i int) rune {
 	}
 	return r
 }
+
+// firstDuplicate reports the first object member name, in document order,
+// that repeats an earlier name of the same object anywhere in data, a
+// syntactically valid JSON value. It returns the top-level member under
+// which the repetition is (the name itself at the top level). Decoders
+// built on encoding/json (DecodeQuotaState) use it, since encoding/json
+// silently keeps the last value.
+func firstDuplicate(data []byte) (string, bool) {
+	d := decoder{s: string(data)}
+	d.skipSpace()
+	if d.peek() != '{' {
+		return "", false
+	}
+	return d.dupObject(1, "")
+}
+
+// dupObject walks the object at the read position; top names the
+// top-level member it belongs to ("" for the top-level object itself).
+func (d *decoder) dupObject(depth int, top string) (string, bool) {
+	var names []string
+	var set map[string]bool // once names grows, to keep big objects linear
+	for more := d.open('}'); more && !d.syntax; more = d.next('}') {
+		k := d.key()
+		owner := top
+		if owner == "" {
+			owner = k
+		}
+		switch {
+		case set != nil && set[k], set == nil && slicesContains(names, k):
+			return owner, true
+		case set != nil:
+			set[k] = true
+		case len(names) == 16:
+			set = make(map[string]bool, 32)
+			for _, n := range names {
+				set[n] = true
+			}
+			set[k] = true
+		default:
+			names = append(names, k)
+		}
+		if name, ok := d.dupValue(depth+1, owner); ok {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+func (d *decoder) dupValue(depth int, top string) (string, bool) {
+	switch d.peek() {
+	case '{':
+		if depth > maxNestingDepth {
+			d.fail()
+			return "", false
+		}
+		return d.dupObject(depth, top)
+	case '[':
+		if depth > maxNestingDepth {
+			d.fail()
+			return "", false
+		}
+		for more := d.open(']'); more && !d.syntax; more = d.next(']') {
+			if name, ok := d.dupValue(depth+1, top); ok {
+				return name, true
+			}
+		}
+		return "", false
+	}
+	d.skipValue(depth)
+	return "", false
+}
+
+func slicesContains(names []string, k string) bool {
+	for _, n := range names {
+		if n == k {
+			return true
+		}
+	}
+	return false
+}

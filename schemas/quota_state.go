@@ -270,7 +270,10 @@ func (s *QuotaState) Validate() error {
 // DecodeQuotaState parses and validates one message value of
 // QuotaStateTopic. Times are returned in UTC. Any failure is a
 // *ValidationError, reported in this order:
-//   - malformed_json: not a single JSON object;
+//   - malformed_json: not a single JSON object, or not UTF-8 (invalid bytes
+//     or an unpaired surrogate escape);
+//   - duplicate_field:<f>: a member name repeated in an object, anywhere
+//     (<f> is the top-level member it is in): the state would be ambiguous;
 //   - unsupported_schema_version: schema_version is an integer other than 1
 //     (checked first, since a newer version may have other fields);
 //   - unknown_field:<f>: the first unknown member in byte order of the name;
@@ -293,6 +296,9 @@ func DecodeQuotaState(data []byte) (QuotaState, error) {
 	}
 	if m == nil { // the literal null
 		return QuotaState{}, invalid(CodeMalformedJSON, "", "a quota state must be a JSON object, not null")
+	}
+	if err := checkStrictJSON(data); err != nil {
+		return QuotaState{}, err
 	}
 	if raw, ok := m["schema_version"]; ok && jsonKind(raw) == 'n' {
 		if n, isInt, inRange := jsonInt64(string(raw)); isInt && (!inRange || n != QuotaStateSchemaVersion) {
@@ -337,6 +343,26 @@ func DecodeQuotaState(data []byte) (QuotaState, error) {
 		return QuotaState{}, r.err
 	}
 	return s, nil
+}
+
+// checkStrictJSON refuses what encoding/json reads leniently: invalid UTF-8
+// and unpaired surrogates (it substitutes U+FFFD) and repeated member
+// names (it keeps the last). data is a valid JSON object.
+func checkStrictJSON(data []byte) error {
+	if !utf8.Valid(data) {
+		return invalid(CodeMalformedJSON, "", "the message is not valid UTF-8")
+	}
+	d := decoder{s: string(data)}
+	d.skipSpace()
+	d.skipValue(1) // reads every string: finds unpaired surrogate escapes
+	if d.syntax {
+		return d.syntaxError()
+	}
+	if name, dup := firstDuplicate(data); dup {
+		name = strings.Trim(strconv.Quote(name), `"`)
+		return invalid(CodeDuplicateField, name, "a member name appears more than once in %q (ambiguous: parsers disagree on which value counts)", name)
+	}
+	return nil
 }
 
 // quotaStateFields are the members of the wire form, in its order.
@@ -754,7 +780,7 @@ func isPlainDecimal(s string, intDigits, frac int) bool {
 // isRFC3339Text reports whether s matches the date-time pattern of the JSON
 // Schema: YYYY-MM-DDTHH:MM:SS, up to 9 fractional digits, then Z or ±HH:MM.
 // time.Parse checks the other ranges; it is more lenient about the shape.
-// Unlike the schema's date-time format, time.Parse refuses leap seconds.
+// Seconds stop at 59 in both the schema and time.Parse (no leap second).
 func isRFC3339Text(s string) bool {
 	const layout = "dddd-dd-ddTdd:dd:dd"
 	if len(s) < len(layout)+1 {

@@ -5,6 +5,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/uuid"
 	"github.com/shopspring/decimal"
 )
 
@@ -374,4 +375,34 @@ func isPeriod(s string) bool {
 	}
 	m := (s[5]-'0')*10 + s[6] - '0'
 	return m >= 1 && m <= 12
+}
+
+// AppendEvent validates e (normalising it like Validate), appends its wire
+// form to dst and checks the encoded size with the limit Decode applies, so
+// that what it returns, Decode accepts, and what it refuses, Decode refuses
+// with the same tag (payload_too_large first, as Decode checks size first).
+// On error dst is returned unchanged. The Go SDK publishes with it. One
+// difference is deliberate: a Go string that is not UTF-8 has no JSON
+// form (AppendJSON would write U+FFFD), so it is refused here, while the
+// consumer never sees such text.
+func (v *Validator) AppendEvent(dst []byte, e *UsageEvent) ([]byte, error) {
+	start := len(dst)
+	verr := v.Validate(e)
+	dst = e.AppendJSON(dst)
+	if n := len(dst) - start; n > v.maxBytes {
+		return dst[:start], invalid(CodePayloadTooLarge, "", "event is %d bytes encoded, the limit is %d", n, v.maxBytes)
+	}
+	if verr != nil {
+		return dst[:start], verr
+	}
+	return dst, nil
+}
+
+// NewID returns a new event id: a UUIDv7, time-ordered, so that ids of one
+// tenant stay close together in ClickHouse's (tenant_id, id) order. Set it
+// on an event before the first publish attempt and keep it for retries.
+func NewID() string {
+	// NewV7 only fails when crypto/rand does, which since Go 1.24 never
+	// returns an error.
+	return uuid.Must(uuid.NewV7()).String()
 }

@@ -16,7 +16,7 @@ type Vector struct {
 	Event      json.RawMessage   `json:"event"`
 	Raw        *string           `json:"raw"`
 	RawBase64  string            `json:"raw_base64"` // message bytes that are not UTF-8
-	Expect     string            `json:"expect"` // "ok" or an error tag
+	Expect     string            `json:"expect"`     // "ok" or an error tag
 	Normalized map[string]string `json:"normalized"`
 	JSONSchema string            `json:"json_schema"` // "cannot_express" or empty
 }
