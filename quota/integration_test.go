@@ -400,3 +400,52 @@ func TestMiddlewareWithRealAggregator(t *testing.T) {
 			r, ok.Load(), ok.Load()-r, (n-1)*r, want)
 	})
 }
+
+// TestBrokerStoppedFailModes stops a private broker under a running cache:
+// once the state is older than MaxStaleness each level gets its mode.
+func TestBrokerStoppedFailModes(t *testing.T) {
+	k := testenv.StartKafka(t)
+	tp := newTopics(t, k.Addr)
+	now := time.Now()
+	publishState(t, k.Addr, tp.state, "s-ok", "ai_generation", 10, 50, now)    // ok: open
+	publishState(t, k.Addr, tp.state, "s-warn", "ai_generation", 40, 50, now)  // warning_75: last known
+	publishState(t, k.Addr, tp.state, "s-limit", "ai_generation", 50, 50, now) // at_limit: closed
+	publishState(t, k.Addr, tp.state, "s-closed", "api_calls", 10, 10000, now) // api_calls: closed at every level
+	c := startCache(t, tp, zaptest.NewLogger(t), func(cfg *quota.Config) {
+		cfg.MaxStaleness = time.Second
+		cfg.MeterFailModes = map[string]quota.FailModes{"api_calls": {OK: quota.Closed, Warning: quota.Closed,
+			AtLimit: quota.Closed, Overage: quota.Closed, Blocked: quota.Closed}}
+	})
+	ctx := context.Background()
+	if d := c.Check(ctx, "s-ok", "ai_generation", quota.Units(45)); d.Allowed || d.Staleness.Stale {
+		t.Fatalf("fresh: 10 + 45 > 50 must be refused: %+v", d)
+	}
+	k.Stop()
+	testenv.Eventually(t, 20*time.Second, "stale and unreachable", func() (bool, error) {
+		s := c.Peek(ctx, "s-ok", "ai_generation").Staleness
+		return s.Stale && !s.Reachable && s.Age > time.Second, fmt.Errorf("%+v", s)
+	})
+	if d := c.Check(ctx, "s-ok", "ai_generation", quota.Units(45)); !d.Allowed || d.Staleness.Mode != quota.Open {
+		t.Fatalf("ok level, open: %+v", d)
+	}
+	if d := c.Check(ctx, "s-warn", "ai_generation", quota.Units(10)); !d.Allowed || d.Staleness.Mode != quota.LastKnown {
+		t.Fatalf("warning level, last known: 40 + 10 <= 50: %+v", d)
+	}
+	if d := c.Check(ctx, "s-warn", "ai_generation", quota.Units(1)); d.Allowed || d.Reason != quota.ReasonStale {
+		t.Fatalf("now at_limit, closed: %+v", d)
+	}
+	if d := c.Check(ctx, "s-limit", "ai_generation", quota.Units(1)); d.Allowed || d.Reason != quota.ReasonStale || d.RetryAfter <= 0 {
+		t.Fatalf("at_limit, closed: %+v", d)
+	}
+	if d := c.Check(ctx, "s-closed", "api_calls", quota.Units(1)); d.Allowed || d.Reason != quota.ReasonStale {
+		t.Fatalf("api_calls closed at ok: %+v", d)
+	}
+	k.Start()
+	testenv.Eventually(t, 30*time.Second, "fresh again", func() (bool, error) {
+		s := c.Peek(ctx, "s-closed", "api_calls").Staleness
+		return !s.Stale && s.Reachable, fmt.Errorf("%+v", s)
+	})
+	if d := c.Check(ctx, "s-closed", "api_calls", quota.Units(1)); !d.Allowed {
+		t.Fatalf("after the broker is back: %+v", d)
+	}
+}
