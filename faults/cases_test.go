@@ -1,0 +1,171 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/testenv"
+)
+
+// midStream is how long traffic flows before a fault: random, so that
+// the kill lands anywhere in a batch, a flush or a checkpoint.
+func midStream() time.Duration {
+	return 1500*time.Millisecond + rand.N(1500*time.Millisecond)
+}
+
+// killConsumer SIGKILLs usage-consumer n times, each time starting a new
+// one at once, as a supervisor would.
+func killConsumer(n int) func(*testing.T, *run) error {
+	return func(_ *testing.T, c *run) error {
+		for i := range n {
+			time.Sleep(midStream())
+			from := time.Now()
+			c.p.consumer.kill()
+			c.p.startConsumer()
+			if err := c.recovered(from, consumerRecovery, fmt.Sprintf("consumer SIGKILL %d of %d", i+1, n)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// killAggregator SIGKILLs usage-aggregator n times and starts a
+// replacement at once; the replacement waits out the dead member's
+// session and must then catch up.
+func killAggregator(n int) func(*testing.T, *run) error {
+	return func(_ *testing.T, c *run) error {
+		for i := range n {
+			time.Sleep(midStream())
+			from := time.Now()
+			c.p.aggregators[len(c.p.aggregators)-1].kill()
+			c.p.startAggregator()
+			if err := c.recovered(from, aggSessionTimeout+aggCatchUp, fmt.Sprintf("aggregator SIGKILL %d of %d", i+1, n)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// killOneOfTwo SIGKILLs the first of two aggregator members, without a
+// replacement: the survivor must take over its partitions.
+func killOneOfTwo(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	from := time.Now()
+	c.p.aggregators[0].kill()
+	return c.recovered(from, aggSessionTimeout+aggCatchUp, "one of two aggregators SIGKILLed")
+}
+
+func ownKafka(t *testing.T, shared engines) (engines, restarter) {
+	k := testenv.StartKafka(t)
+	return engines{broker: k.Addr, clickhouse: shared.clickhouse}, k
+}
+
+func ownClickHouse(t *testing.T, shared engines) (engines, restarter) {
+	ch := testenv.StartClickHouse(t)
+	return engines{broker: shared.broker, clickhouse: ch.Addr}, ch
+}
+
+// restartEngine stops the case's own engine (SIGTERM, data kept) for a few
+// seconds while both services and the traffic keep going, then starts it
+// again; recovery counts from the moment it answers again.
+func restartEngine(what string) func(*testing.T, *run) error {
+	return func(_ *testing.T, c *run) error {
+		time.Sleep(midStream())
+		c.engine.Stop()
+		time.Sleep(3 * time.Second)
+		c.engine.Start()
+		return c.recovered(time.Now(), 60*time.Second, what+" restart")
+	}
+}
+
+// misroutedPublishers publishes, next to the SDK traffic, events from a
+// keyless publisher (round robin), a publisher keying by another tenant,
+// and kcat with librdkafka's default partitioner (CRC32), which puts half
+// of the tenants on another partition than murmur2.
+func misroutedPublishers(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tenantSet := allTenants()
+	var keyless, wrongKey []kafka.Message
+	for i := range 300 {
+		ev := c.load.event(tenantSet[i%len(tenantSet)])
+		keyless = append(keyless, kafka.Message{Value: ev.AppendJSON(nil)})
+		ev = c.load.event(tenantSet[i%len(tenantSet)])
+		other := tenantSet[(i+1)%len(tenantSet)]
+		wrongKey = append(wrongKey, kafka.Message{Key: []byte(other), Value: ev.AppendJSON(nil)})
+	}
+	var kcatEvents []schemas.UsageEvent
+	for _, tenant := range tenantSet {
+		for range 50 {
+			kcatEvents = append(kcatEvents, c.load.event(tenant))
+		}
+	}
+	from := time.Now()
+	if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, &kafka.RoundRobin{}, keyless); err != nil {
+		return err
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, kafka.Murmur2Balancer{}, wrongKey); err != nil {
+		return err
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := publishKcat(ctx, c.p.eng.broker, c.p.topic, kcatEvents); err != nil {
+		return err
+	}
+	return c.recovered(from, 30*time.Second, "misrouted publishers")
+}
+
+// republish is a caller retrying: every fifth SDK batch goes out twice
+// (dupEvery), and around a consumer SIGKILL the last 2000 acknowledged
+// events and the first 2000 are published again with their ids.
+func republish(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	n := c.load.ackedCount()
+	from := time.Now()
+	c.p.consumer.kill()
+	if err := c.load.publish(c.load.ackedSlice(n-2000, n)); err != nil {
+		return err
+	}
+	c.p.startConsumer()
+	if err := c.load.publish(c.load.ackedSlice(0, 2000)); err != nil {
+		return err
+	}
+	return c.recovered(from, consumerRecovery, "consumer SIGKILL with republished events")
+}
+
+// overflow publishes, keyed and partitioned correctly but bypassing the
+// SDK's validation, six events of 29 nines for tenant whale, in two
+// bursts so that several fall in one aggregate row: two of them overflow
+// Decimal(38, 9). The design refuses them (invalid_quantity, a cap of 18
+// integer digits); whale's other events and every other tenant count on.
+func overflow(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	huge := decimal.RequireFromString("99999999999999999999999999999")
+	var msgs []kafka.Message
+	for range 6 {
+		ev := c.load.event("whale")
+		ev.Quantity = huge
+		msgs = append(msgs, kafka.Message{Key: []byte(ev.TenantID), Value: ev.AppendJSON(nil)})
+	}
+	from := time.Now()
+	if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, kafka.Murmur2Balancer{}, msgs[:3]); err != nil {
+		return err
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, kafka.Murmur2Balancer{}, msgs[3:]); err != nil {
+		return err
+	}
+	return c.recovered(from, 30*time.Second, "overflow attempt")
+}
