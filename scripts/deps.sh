@@ -105,11 +105,19 @@ dep_chdb() {
     || { tail -n 30 "$piplog" >&2; die "pip install chdb==$CHDB_VERSION failed"; }
 }
 
+# stripe-mock v0.190.0: the last release serving both meters and legacy usage records.
+dep_stripe_mock() {
+  [[ -x $CACHE_DIR/bin/stripe-mock ]] && return 0
+  echo "deps: go install github.com/stripe/stripe-mock@v0.190.0"
+  GOBIN="$CACHE_DIR/bin" go install github.com/stripe/stripe-mock@v0.190.0
+}
+
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock)
 for part in "${parts[@]}"; do
   case $part in
     kafka | clickhouse | chdb | kcat) "dep_$part" ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat)" ;;
+    stripe-mock) dep_stripe_mock ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock)" ;;
   esac
 done

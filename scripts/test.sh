@@ -27,6 +27,10 @@ if [[ $already_running == 0 && ${USAGE_KEEP_ENGINES:-} != 1 ]]; then
   trap '"$SCRIPTS_DIR/engines.sh" stop >"$CACHE_DIR/engines-stop.log" 2>&1 || true' EXIT
 fi
 
+# stripe-mock for billing-sync's tests (left running, like a developer's engines).
+eval "$("$SCRIPTS_DIR/stripe-mock.sh" start)"
+export USAGE_TEST_STRIPE_MOCK
+
 mapfile -t pkgs < <(workspace_pkgs)
 echo "== go vet"
 go vet "${pkgs[@]}"

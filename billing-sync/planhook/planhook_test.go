@@ -78,7 +78,9 @@ func TestSignedWebhookAssignsPlanForgedRefusedStaleIgnored(t *testing.T) {
 	cfg := planhook.DefaultConfig()
 	cfg.Secret, cfg.Brokers, cfg.AssignmentTopic = secret, []string{broker}, topic
 	cfg.Prices = []planhook.Price{{LookupKey: "pro_monthly", Plan: "PRO"}, {LookupKey: "enterprise", Plan: "ENTERPRISE"}}
-	tenantOf := func(_ context.Context, cus string) (string, bool) { return map[string]string{"cus_acme": "acme"}[cus], cus == "cus_acme" }
+	tenantOf := func(_ context.Context, cus string) (string, bool) {
+		return map[string]string{"cus_acme": "acme"}[cus], cus == "cus_acme"
+	}
 	start := func() (*planhook.Handler, string) {
 		h, err := planhook.New(context.Background(), cfg, p, tenantOf, zap.NewNop(), nil)
 		if err != nil {

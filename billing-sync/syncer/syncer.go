@@ -475,3 +475,26 @@ func (s *Syncer) plan(j *job, name string, m Meter, now time.Time, rep *Report) 
 func (s *Syncer) drift(j *job, status string) Drift {
 	return Drift{Tenant: j.w.key.Tenant, Meter: j.w.key.Meter, Start: j.w.start, End: j.w.end, Ours: j.w.units, Stripe: j.ledger.Stripe, Status: status}
 }
+
+// TenantOf maps a Stripe customer back to its tenant (webhooks), from the
+// configured and looked-up customers.
+func (s *Syncer) TenantOf(ctx context.Context, customerID string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.looked && s.cfg.LookupCustomers {
+		if found, err := s.stripe.CustomersByTenant(ctx); err == nil {
+			s.looked = true
+			for t, c := range found {
+				if _, ok := s.customers[t]; !ok {
+					s.customers[t] = c
+				}
+			}
+		}
+	}
+	for t, c := range s.customers {
+		if c == customerID {
+			return t, true
+		}
+	}
+	return "", false
+}

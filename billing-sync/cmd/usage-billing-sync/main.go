@@ -1,0 +1,340 @@
+// Command usage-billing-sync bills closed usage windows from ClickHouse to
+// Stripe exactly once, reconciles them with what Stripe holds, reports
+// drift, and turns Stripe subscription webhooks into plan assignments.
+//
+//	usage-billing-sync [run]      a pass every billing.interval, webhooks, /metrics, /healthz
+//	usage-billing-sync reconcile  read Stripe back and correct what it still accepts
+//	usage-billing-sync drift      print the windows where ours and Stripe's differ
+//	usage-billing-sync config     print the effective configuration
+//
+// --dry-run (billing.dry_run) plans and prints but writes nothing, to Stripe
+// or to the audit table. --demo serves a fake Stripe in-process (no account).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/segmentio/kafka-go"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/usagemeter/usagemeter/billing-sync/audit"
+	"github.com/usagemeter/usagemeter/billing-sync/planhook"
+	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
+	"github.com/usagemeter/usagemeter/billing-sync/stripefake"
+	"github.com/usagemeter/usagemeter/billing-sync/syncer"
+	"github.com/usagemeter/usagemeter/billing-sync/usage"
+	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
+)
+
+// Config is the service configuration: defaults, then the YAML file
+// (--config), then USAGE_* environment variables (USAGE_STRIPE_API_KEY,
+// USAGE_CLICKHOUSE_ADDR, USAGE_BILLING_DRY_RUN ...), then flags.
+type Config struct {
+	Billing    syncer.Config    `mapstructure:"billing"`
+	Stripe     stripeapi.Config `mapstructure:"stripe"`
+	Webhook    planhook.Config  `mapstructure:"webhook"`
+	ClickHouse chconn.Config    `mapstructure:"clickhouse"`
+	PlansFile  string           `mapstructure:"plans_file"`
+	HTTP       struct {
+		Addr string `mapstructure:"addr"`
+	} `mapstructure:"http"`
+	Log struct {
+		Level string `mapstructure:"level"`
+	} `mapstructure:"log"`
+	MigrateOnStart bool `mapstructure:"migrate_on_start"`
+	CreateTopics   bool `mapstructure:"create_topics"`
+}
+
+func defaultConfig() Config {
+	c := Config{Billing: syncer.DefaultConfig(), Stripe: stripeapi.DefaultConfig(), Webhook: planhook.DefaultConfig(),
+		ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml", MigrateOnStart: true, CreateTopics: true}
+	c.HTTP.Addr = "127.0.0.1:9466"
+	c.Log.Level = "info"
+	return c
+}
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	flags := pflag.NewFlagSet("usage-billing-sync", pflag.ContinueOnError)
+	flags.String("config", "", "YAML config file")
+	flags.String("plans", "", "meters and plans YAML (plans_file)")
+	flags.String("http", "", "metrics, health and webhook address (http.addr)")
+	flags.Bool("dry-run", false, "plan and print, write nothing (billing.dry_run)")
+	flags.String("stripe-url", "", "Stripe API base URL (stripe.url), e.g. stripe-mock")
+	demo := flags.Bool("demo", false, "serve a fake Stripe in-process with a customer per tenant seen (no Stripe account)")
+	once := flags.Bool("once", false, "run: one pass, then exit")
+	from := flags.String("from", "", "reconcile/drift: first window, YYYY-MM-DD or RFC 3339 (default: now - grace; drift: now - 35 days)")
+	to := flags.String("to", "", "reconcile/drift: end, exclusive (default: now)")
+	if err := flags.Parse(args); err != nil {
+		return 2
+	}
+	cmd := "run"
+	if flags.NArg() > 0 {
+		cmd = flags.Arg(0)
+	}
+	if cmd != "run" && cmd != "reconcile" && cmd != "drift" && cmd != "config" {
+		fmt.Fprintf(os.Stderr, "usage-billing-sync: unknown command %q (want run, reconcile, drift or config)\n", cmd)
+		return 2
+	}
+	cfg, settings, err := load(flags)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
+	if cmd == "config" {
+		out, _ := yaml.Marshal(settings)
+		fmt.Print(string(out))
+		return 0
+	}
+	p, err := plans.Load(cfg.PlansFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
+	if err := cfg.Billing.Normalize(p); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
+	fromT, toT, err := parseRange(*from, *to)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
+	zc := zap.NewProductionConfig()
+	zc.DisableStacktrace = true
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	if err := zc.Level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync: log.level:", err)
+		return 2
+	}
+	log, err := zc.Build()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cmd, cfg, p, log, *demo, *once, fromT, toT); err != nil {
+		log.Error("usage-billing-sync failed", zap.String("command", cmd), zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func parseRange(from, to string) (time.Time, time.Time, error) {
+	parse := func(s, name string) (time.Time, error) {
+		if s == "" {
+			return time.Time{}, nil
+		}
+		for _, layout := range []string{time.RFC3339, "2006-01-02"} {
+			if t, err := time.Parse(layout, s); err == nil {
+				return t.UTC(), nil
+			}
+		}
+		return time.Time{}, fmt.Errorf("--%s %q: want YYYY-MM-DD or RFC 3339", name, s)
+	}
+	f, err := parse(from, "from")
+	if err != nil {
+		return f, f, err
+	}
+	t, err := parse(to, "to")
+	return f, t, err
+}
+
+func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *zap.Logger, demo, once bool, from, to time.Time) error {
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if cfg.MigrateOnStart {
+		if err := chconn.Migrate(ctx, conn, log); err != nil {
+			return err
+		}
+	}
+	src := usage.New(conn)
+	if demo {
+		url, stopFake, err := demoStripe(ctx, cfg, src, p)
+		if err != nil {
+			return err
+		}
+		defer stopFake()
+		cfg.Stripe.URL = url
+		if cfg.Stripe.APIKey == "" {
+			cfg.Stripe.APIKey = "sk_test_demo"
+		}
+		log.Info("demo mode: a fake Stripe serves this process", zap.String("url", url))
+	}
+	if cfg.Stripe.APIKey == "" {
+		return errors.New("stripe.api_key is empty (USAGE_STRIPE_API_KEY); use --demo to try it without a Stripe account")
+	}
+	reg := svckit.Registry()
+	api := stripeapi.New(cfg.Stripe, log, reg)
+	s := syncer.New(cfg.Billing, p, src, audit.New(conn, nil), api, log, syncer.WithRegisterer(reg))
+	switch cmd {
+	case "reconcile":
+		rep, err := s.Reconcile(ctx, from, to)
+		if err != nil {
+			return err
+		}
+		printReport(rep)
+		return nil
+	case "drift":
+		if from.IsZero() {
+			from = time.Now().Add(-35 * 24 * time.Hour).Truncate(time.Hour)
+		}
+		if to.IsZero() {
+			to = time.Now()
+		}
+		ds, err := s.Drift(ctx, from, to)
+		if err != nil {
+			return err
+		}
+		syncer.PrintDrift(os.Stdout, ds)
+		return nil
+	}
+	if cfg.HTTP.Addr != "" {
+		var hook http.Handler
+		if cfg.Webhook.Secret != "" {
+			if cfg.CreateTopics {
+				if err := svckit.CreateTopics(ctx, cfg.Webhook.Brokers, kafka.TopicConfig{Topic: cfg.Webhook.AssignmentTopic, NumPartitions: 1,
+					ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}}); err != nil {
+					return err
+				}
+			}
+			h, err := planhook.New(ctx, cfg.Webhook, p, s.TenantOf, log, reg)
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			hook = h
+		} else {
+			log.Info("webhook.secret is empty: the Stripe webhook endpoint is disabled")
+		}
+		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, func(mux *http.ServeMux) {
+			if hook != nil {
+				mux.Handle("POST "+cfg.Webhook.Path, hook)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	for {
+		rep, err := s.Sync(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			log.Error("billing pass failed; retried next interval", zap.Error(err))
+		} else if cfg.Billing.DryRun {
+			printReport(rep)
+		}
+		if once {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.Billing.Interval):
+		}
+	}
+}
+
+func printReport(rep *syncer.Report) {
+	fmt.Printf("pass %s: %d windows, %d writes, %d failed, %d re-sent, %d observed on Stripe, %d unsettled, %d unmapped, %d unfixable\n",
+		rep.PassID, rep.Windows, rep.Writes, rep.Failed, rep.Resent, rep.Observed, rep.Unsettled, len(rep.Unmapped), len(rep.Unfixable))
+	for _, r := range rep.Planned {
+		fmt.Printf("  would %s %s/%s %s seq %d: delta %d -> Stripe %d (%s)\n", r.Action, r.Tenant, r.Meter, r.WindowStart.Format(time.RFC3339),
+			r.Seq, r.Delta, r.Stripe, r.Result)
+	}
+	for _, u := range rep.Unmapped {
+		fmt.Printf("  unmapped: %s\n", u)
+	}
+	syncer.PrintDrift(os.Stdout, rep.Unfixable)
+}
+
+// demoStripe serves the fake Stripe with a customer (and subscription
+// items) for every tenant with usage, so the demo needs no account.
+func demoStripe(ctx context.Context, cfg Config, src *usage.Store, p *plans.Config) (string, func(), error) {
+	fake := stripefake.New()
+	for name, m := range cfg.Billing.Meters {
+		fake.AddMeter(m.MeterID, m.EventName)
+		if m.MeterID == "" {
+			m.MeterID = "mtr_" + name
+			fake.AddMeter(m.MeterID, m.EventName)
+			cfg.Billing.Meters[name] = m
+		}
+		hours, err := src.Hours(ctx, name, plans.Meter{Aggregation: plans.Sum}, time.Now().Add(-40*24*time.Hour), time.Now())
+		if err != nil {
+			return "", nil, err
+		}
+		seen := map[string]bool{}
+		for _, h := range hours {
+			if !seen[h.Tenant] {
+				seen[h.Tenant] = true
+				fake.AddCustomer("cus_"+h.Tenant, h.Tenant)
+				if m.Mode == syncer.UsageRecords {
+					fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, m.Price)
+				}
+			}
+		}
+	}
+	srv := httptest.NewServer(fake)
+	return srv.URL, srv.Close, nil
+}
+
+func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
+	v := viper.New()
+	svckit.SetDefaults(v, "", defaultConfig())
+	v.SetEnvPrefix("USAGE")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if f := flags.Lookup("config").Value.String(); f != "" {
+		v.SetConfigFile(f)
+		if err := v.ReadInConfig(); err != nil {
+			return Config{}, nil, fmt.Errorf("read config file %s: %w", f, err)
+		}
+	}
+	for flag, key := range map[string]string{"plans": "plans_file", "http": "http.addr", "dry-run": "billing.dry_run", "stripe-url": "stripe.url"} {
+		if f := flags.Lookup(flag); f.Changed {
+			if err := v.BindPFlag(key, f); err != nil {
+				return Config{}, nil, err
+			}
+		}
+	}
+	var c Config
+	if err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
+		return Config{}, nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.Stripe.Validate(); err != nil {
+		return Config{}, nil, err
+	}
+	settings := svckit.Printable(v.AllSettings())
+	if st, ok := settings["stripe"].(map[string]any); ok && st["api_key"] != "" {
+		st["api_key"] = "<redacted>"
+	}
+	if wh, ok := settings["webhook"].(map[string]any); ok && wh["secret"] != "" {
+		wh["secret"] = "<redacted>"
+	}
+	return c, settings, nil
+}
