@@ -10,6 +10,12 @@
 //
 // Delivery is at-least-once (kafka-go has no idempotent producer): a retried
 // batch may be written twice. That is safe because the consumer and the
-// aggregator count each (tenant_id, id) once, and the id is fixed before the
-// first attempt.
+// aggregator count each (tenant_id, id) once, as long as the id is fixed
+// before the first attempt: build events with NewEvent (or set ID with
+// schemas.NewID), or retry with the Events of the *PublishError, never by
+// publishing a fresh value without an id again.
+//
+// Publish checks events with the consumer's own rules (schemas.Validator,
+// AppendEvent), encoded size included, so an event it accepts never lands
+// in the DLQ, and one it refuses carries the tag the DLQ would have shown.
 package producer

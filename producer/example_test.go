@@ -30,29 +30,26 @@ func ExamplePublisher_Publish() {
 	}
 	defer p.Close()
 
-	events := []schemas.UsageEvent{{
-		TenantID:    "acme",
-		UserID:      "user-42",
-		FeatureType: schemas.MeterAIGeneration,
-		Quantity:    decimal.NewFromInt(1),
-		Metadata:    map[string]string{"model": "gpt-4o-mini", "tokens": "1532"},
-	}, {
-		TenantID:    "acme",
-		FeatureType: schemas.MeterStorage,
-		Quantity:    decimal.RequireFromString("2.125"), // GB, exact
-		Metadata:    map[string]string{"bucket": "exports"},
-	}}
-	// Sync mode: Publish returns once the broker acknowledged every event.
-	err = p.Publish(context.Background(), events...)
-	var invalid *schemas.ValidationError
-	switch {
-	case errors.As(err, &invalid):
-		log.Printf("refused, nothing published: %s", invalid.Tag()) // e.g. invalid_quantity
-	case err != nil:
-		// Publishing the same events again is safe: they keep their ids.
-		log.Printf("not acknowledged: %v", err)
-	default:
-		log.Printf("published %s (%s)", events[0].ID, events[0].Timestamp) // filled by Publish
+	// NewEvent fixes the id (UUIDv7) and timestamp now, so every attempt
+	// below sends the same event and it is counted once.
+	ev := producer.NewEvent("acme", schemas.MeterAIGeneration, decimal.NewFromInt(1))
+	ev.UserID = "user-42"
+	ev.Metadata = map[string]string{"model": "gpt-4o-mini", "tokens": "1532"}
+	for attempt := 1; attempt <= 3; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = p.Publish(ctx, ev) // sync mode: returns once the broker acknowledged
+		cancel()
+		var invalid *schemas.ValidationError
+		switch {
+		case errors.As(err, &invalid):
+			log.Printf("refused, nothing published: %s", invalid.Tag()) // e.g. invalid_quantity
+			return
+		case err != nil:
+			log.Printf("attempt %d not acknowledged, retrying with the same id: %v", attempt, err)
+			continue
+		}
+		log.Printf("published %s", ev.ID)
+		return
 	}
 }
 

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	"github.com/shopspring/decimal"
 
 	"github.com/usagemeter/usagemeter/schemas"
 )
@@ -107,22 +108,53 @@ func compressionCodec(name string) (kafka.Compression, error) {
 	return 0, fmt.Errorf("producer: compression %q: want lz4, zstd, snappy, gzip or none", name)
 }
 
+// NewEvent returns an event with its idempotency key (a UUIDv7) and its
+// timestamp (now, UTC) already set. Build events with it, or set ID with
+// schemas.NewID, before the first Publish: a retry of the same value then
+// carries the same id and is counted once.
+func NewEvent(tenantID, featureType string, quantity decimal.Decimal) schemas.UsageEvent {
+	return schemas.UsageEvent{ID: schemas.NewID(), TenantID: tenantID, FeatureType: featureType,
+		Quantity: quantity, Timestamp: time.Now().UTC()}
+}
+
+// PublishError is returned when events were valid but not acknowledged
+// (sync mode) or not queued (async mode). Events holds them as sent, with
+// the ids and timestamps Publish filled: republish exactly these to retry
+// without double counting. It wraps the cause (context.DeadlineExceeded,
+// kafka.WriteErrors, ...).
+type PublishError struct {
+	Events []schemas.UsageEvent
+	Err    error
+}
+
+func (e *PublishError) Error() string {
+	return fmt.Sprintf("producer: publish %d events: %v", len(e.Events), e.Err)
+}
+
+func (e *PublishError) Unwrap() error { return e.Err }
+
 // Publish validates the events and publishes them. Each event missing an ID
-// gets a UUIDv7 and each missing Timestamp gets the current time; the
-// slice's elements are updated in place, so the caller sees what was sent.
+// gets a UUIDv7 and each missing Timestamp gets the current time. The
+// elements of the slice given with events... are updated in place; a
+// single value (Publish(ctx, ev)) is a copy, so to retry one use NewEvent
+// or schemas.NewID first, or the Events of the *PublishError.
 //
 // If any event is invalid, Publish returns its *schemas.ValidationError
-// (wrapped, naming the index) and publishes none of them. If ctx is already
-// done, Publish returns its error and publishes nothing.
+// (wrapped, naming the index) and publishes none of them. The checks are
+// the consumer's, encoded size included: what Publish accepts, the
+// consumer accepts, and what it refuses the consumer would send to the DLQ
+// with the same tag. If ctx is already done, Publish returns its error and
+// publishes nothing.
 //
 // In sync mode (the default) Publish returns once the broker acknowledged
-// every event (acks=all) or returns the error. In async mode it returns as
-// soon as the events are queued; delivery failures go to the callback given
-// to WithAsync, and Close waits for everything queued. Failures known before
-// queueing are returned in both modes: an error from Publish in async mode
-// means the events were not queued (for instance the topic does not exist:
-// kafka-go looks the topic up in its metadata cache before queueing, without
-// retries); they count as Failed but are not passed to the callback.
+// every event (acks=all) or returns a *PublishError. In async mode it
+// returns as soon as the events are queued; delivery failures go to the
+// callback given to WithAsync, and Close waits for everything queued.
+// Failures known before queueing are returned in both modes: an error from
+// Publish in async mode means the events were not queued (for instance the
+// topic does not exist: kafka-go looks the topic up in its metadata cache
+// before queueing, without retries); they count as Failed but are not
+// passed to the callback.
 func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) error {
 	if p.closed.Load() {
 		return ErrClosed
@@ -134,23 +166,6 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
 	now := p.now()
-	for i := range events {
-		e := &events[i]
-		if e.ID == "" {
-			id, err := uuid.NewV7()
-			if err != nil {
-				return fmt.Errorf("producer: generate event id: %w", err)
-			}
-			e.ID = id.String()
-		}
-		if e.Timestamp.IsZero() {
-			e.Timestamp = now
-		}
-		if err := p.validator.Validate(e); err != nil {
-			p.stats.refused.Add(int64(len(events)))
-			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
-		}
-	}
 	// One slab holds every encoded event of the call: one allocation instead
 	// of one per event. The writer may keep the bytes after Publish returns
 	// (async mode, or a cancelled context), so a slab is never reused.
@@ -158,12 +173,24 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 	slab := make([]byte, 0, 256*len(events))
 	for i := range events {
 		e := &events[i]
+		if e.ID == "" {
+			e.ID = schemas.NewID()
+		}
+		if e.Timestamp.IsZero() {
+			e.Timestamp = now
+		}
 		start := len(slab)
-		slab = e.AppendJSON(slab)
+		var err error
+		if slab, err = p.validator.AppendEvent(slab, e); err != nil {
+			p.stats.refused.Add(int64(len(events)))
+			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
+		}
 		msgs[i].Key = []byte(e.TenantID)
 		msgs[i].Value = slab[start:len(slab):len(slab)]
-		if p.async && p.onError != nil {
-			msgs[i].WriterData = *e
+	}
+	if p.async && p.onError != nil {
+		for i := range events {
+			msgs[i].WriterData = events[i]
 		}
 	}
 	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
@@ -175,7 +202,7 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		}
 		// A cancelled publish may still be delivered; publishing the same
 		// events again is safe (same ids).
-		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
+		return &PublishError{Events: slices.Clone(events), Err: err}
 	}
 	return nil
 }

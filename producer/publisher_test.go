@@ -247,6 +247,11 @@ func TestPublishRefusesInvalidCall(t *testing.T) {
 		{"future timestamp", func(e *schemas.UsageEvent) { e.Timestamp = time.Now().Add(time.Hour) }, "timestamp_too_far_in_future"},
 		{"bad billing period", func(e *schemas.UsageEvent) { e.BillingPeriod = "2025-13" }, "invalid_billing_period"},
 		{"bad schema version", func(e *schemas.UsageEvent) { e.SchemaVersion = 99 }, "unsupported_schema_version"},
+		{"billing period of another month", func(e *schemas.UsageEvent) { e.BillingPeriod = "2025-04" }, "invalid_billing_period"},
+		{"user_id of 257 two-byte characters", func(e *schemas.UsageEvent) { e.UserID = strings.Repeat("é", 257) }, "invalid_field:user_id"},
+		// Every field valid, but over 32 KiB once encoded: the consumer
+		// would send it to the DLQ, so the SDK refuses it with that tag.
+		{"over 32 KiB encoded", func(e *schemas.UsageEvent) { e.Metadata = bigMetadata(40, 1000) }, "payload_too_large"},
 	}
 	for _, mode := range []string{"sync", "async"} {
 		t.Run(mode, func(t *testing.T) {
@@ -581,5 +586,123 @@ func TestPublishClosedAndEmpty(t *testing.T) {
 	}
 	if err := p.Publish(context.Background(), ev("acme", schemas.MeterAPICalls, "1", nil)); !errors.Is(err, ErrClosed) {
 		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+}
+
+// bigMetadata returns n entries with values of size bytes.
+func bigMetadata(n, size int) map[string]string {
+	m := make(map[string]string, n)
+	for i := range n {
+		m[fmt.Sprintf("k%02d", i)] = strings.Repeat("v", size)
+	}
+	return m
+}
+
+// The SDK refuses exactly what the consumer's Decode refuses, with the same
+// tag, around the size limit (no broker needed: refusal happens first).
+func TestPublishSizeLimitMatchesConsumer(t *testing.T) {
+	t.Parallel()
+	p, err := New([]string{"127.0.0.1:1"}, WithClock(fixedClock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	consumer := schemas.NewValidator()
+	build := func(pad int) schemas.UsageEvent {
+		e := ev("acme", schemas.MeterAPICalls, "1", bigMetadata(32, 1000))
+		e.ID, e.Timestamp = "size-test", fixedNow
+		e.Metadata["pad"] = strings.Repeat("p", pad)
+		return e
+	}
+	encode := func(e schemas.UsageEvent) []byte {
+		e.Metadata = maps.Clone(e.Metadata)
+		if err := consumer.Validate(&e); err != nil {
+			t.Fatal(err)
+		}
+		return e.AppendJSON(nil)
+	}
+	base := len(encode(build(0))) // each pad byte adds one encoded byte
+	checked := 0
+	for target := schemas.DefaultMaxEventBytes - 3; target <= schemas.DefaultMaxEventBytes+3; target++ {
+		e := build(target - base)
+		encoded := encode(e)
+		if len(encoded) != target {
+			t.Fatalf("built %d bytes, want %d", len(encoded), target)
+		}
+		_, decErr := consumer.Decode(encoded)
+		pubErr := p.Publish(context.Background(), e)
+		var ve *schemas.ValidationError
+		switch {
+		case decErr == nil && errors.As(pubErr, &ve):
+			t.Fatalf("%d bytes: consumer accepts, SDK refuses: %v", len(encoded), pubErr)
+		case decErr != nil && (!errors.As(pubErr, &ve) || ve.Tag() != "payload_too_large"):
+			t.Fatalf("%d bytes: consumer refuses (%v), SDK says %v", len(encoded), decErr, pubErr)
+		}
+		if (decErr == nil) == (target <= schemas.DefaultMaxEventBytes) {
+			checked++
+		}
+	}
+	if checked != 7 {
+		t.Fatalf("the consumer's verdicts around %d bytes are not the limit's", schemas.DefaultMaxEventBytes)
+	}
+}
+
+// A caller that retries after a timeout must send the same id: with
+// NewEvent (the README's way) and with the events of the PublishError.
+func TestPublishRetryAfterTimeoutKeepsID(t *testing.T) {
+	t.Parallel()
+	broker, topic := newTopic(t)
+	// A partial batch waits 1.5 s, so a 100 ms deadline expires while the
+	// first attempt is queued: it may still be delivered later.
+	p := newPublisher(t, broker, topic, WithBatching(1000, 1<<20, 1500*time.Millisecond))
+	publishWithTimeout := func(e schemas.UsageEvent) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		return p.Publish(ctx, e)
+	}
+
+	built := NewEvent("retry-a", schemas.MeterAPICalls, decimal.NewFromInt(1))
+	err := publishWithTimeout(built)
+	var perr *PublishError
+	if !errors.As(err, &perr) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("first attempt: %v, want a *PublishError wrapping the deadline", err)
+	}
+	if err := p.Publish(context.Background(), built); err != nil { // the retry
+		t.Fatalf("retry: %v", err)
+	}
+
+	bare := ev("retry-b", schemas.MeterAPICalls, "1", nil) // no id: Publish fills one on its copy
+	err = publishWithTimeout(bare)
+	if !errors.As(err, &perr) || len(perr.Events) != 1 || perr.Events[0].ID == "" {
+		t.Fatalf("first attempt: %v, want a *PublishError with the event as sent", err)
+	}
+	if err := p.Publish(context.Background(), perr.Events...); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if err := p.Close(); err != nil { // delivers whatever the first attempts left queued
+		t.Fatal(err)
+	}
+
+	ids := map[string]map[string]int{} // tenant -> id -> messages
+	for _, m := range readTopic(t, broker, topic) {
+		e, err := schemas.NewValidator().Decode(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids[e.TenantID] == nil {
+			ids[e.TenantID] = map[string]int{}
+		}
+		ids[e.TenantID][e.ID]++
+	}
+	for _, tenant := range []string{"retry-a", "retry-b"} {
+		if len(ids[tenant]) != 1 {
+			t.Errorf("tenant %s: ids on the topic %v, want one id however many attempts arrived", tenant, ids[tenant])
+		}
+	}
+	if _, ok := ids["retry-a"][built.ID]; !ok {
+		t.Errorf("NewEvent's id %s is not what was sent: %v", built.ID, ids["retry-a"])
+	}
+	if _, ok := ids["retry-b"][perr.Events[0].ID]; !ok {
+		t.Errorf("PublishError's id %s is not what was sent: %v", perr.Events[0].ID, ids["retry-b"])
 	}
 }

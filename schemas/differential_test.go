@@ -163,7 +163,7 @@ func eventCorpus() [][]byte {
 				add(b.with(f, v))
 			}
 			if i := slices.IndexFunc(b, func(m member) bool { return m.name == f }); i >= 0 {
-				add(append(slices.Clone(b), b[i]))                           // the same value twice
+				add(append(slices.Clone(b), b[i]))                               // the same value twice
 				add(append(slices.Clone(b), member{f, values[f][len(types())]})) // another value
 				add(append(object{{f, "null"}}, b...))
 			}
@@ -198,7 +198,9 @@ func eventCorpus() [][]byte {
 	return out
 }
 
-func types() []string { return []string{"null", "true", "false", "0", "1", "1.5", "-1", `{}`, `[]`, `[1]`, `{"a":"b"}`, `""`, `"a"`} }
+func types() []string {
+	return []string{"null", "true", "false", "0", "1", "1.5", "-1", `{}`, `[]`, `[1]`, `{"a":"b"}`, `""`, `"a"`}
+}
 
 // inexpressible names the rule of the UsageEvent contract, outside what
 // usage_event.schema.json can express, that data breaks, or "". It reads
@@ -387,11 +389,11 @@ func quotaCorpus(t testing.TB) [][]byte {
 		"period":       {jstr("2026-12"), jstr("2026-13"), jstr("2026-11-15"), jstr("2026-02-30"), jstr("2026-11\n"), jstr("2026-11-15\n")},
 		"plan":         {jstr("FREE\n"), jstr(strings.Repeat("é", 128)), jstr(strings.Repeat("é", 129)), jstr("a\x7f"), jstr("PRO")},
 		"usage":        amounts, "limit": amounts, "remaining": amounts, "overage_used": amounts,
-		"percentage":    {jstr("0"), jstr("0.00"), jstr("1.005"), jstr("100"), jstr("-1"), jstr("1\n"), jstr(strings.Repeat("9", 41))},
-		"level":         {jstr("ok"), jstr("warning_1"), jstr("warning_99"), jstr("warning_100"), jstr("warning_0"), jstr("blocked\n"), jstr("BLOCKED")},
-		"period_start":  times,
-		"period_end":    times,
-		"final":         {"true", "false", `"true"`, "1"},
+		"percentage":   {jstr("0"), jstr("0.00"), jstr("1.005"), jstr("100"), jstr("-1"), jstr("1\n"), jstr(strings.Repeat("9", 41))},
+		"level":        {jstr("ok"), jstr("warning_1"), jstr("warning_99"), jstr("warning_100"), jstr("warning_0"), jstr("blocked\n"), jstr("BLOCKED")},
+		"period_start": times,
+		"period_end":   times,
+		"final":        {"true", "false", `"true"`, "1"},
 		"source_offsets": {`{}`, `{"0":0}`, `{"01":1}`, `{"1":-1}`, `{"1":1.0}`, `{"1":1.5}`, `{"1":9223372036854775807}`,
 			`{"1":9223372036854775808}`, `{"1\n":1}`, `{"1000000000":1}`, `{"1":1,"1":2}`, `{"1":"1"}`},
 		"updated_at":     times,
