@@ -33,9 +33,39 @@ const windowColumns = `tenant_id, feature_type, subject, window_start, aggregati
 const periodColumns = `tenant_id, feature_type, subject, period_id, period_start, period_end, plan, aggregation, value,
  events, latest_ns, source_partition, source_offset, updated_at, version`
 
-// WriteRows writes rows of one grain as a single insert. The version is
-// the write time, so the newest write of a row wins in FINAL.
+// WriteRows writes rows of one grain as a single insert, each with the
+// version RowVersion gives it, and records that version in the row.
 func (s *Store) WriteRows(ctx context.Context, g state.Grain, rows []*state.Row) error {
+	return s.writeRows(ctx, g, rows, RowVersion)
+}
+
+// RowVersion is the version the aggregator writes a row with. It follows
+// the data: twice (the source offset + 1), so that after a rebalance a late
+// flush by the partition's previous owner, which reflects fewer events,
+// loses in FINAL to the new owner's row, whatever the clocks say. It is
+// also above the version the row has in storage, so a row keeps moving
+// forward if its tenant ever moves to another partition (lower offsets).
+// Even versions are the aggregator's, odd ones reconcile's (RepairVersion).
+func RowVersion(r *state.Row) uint64 {
+	return max(2*uint64(r.Offset+1), r.Version+2)
+}
+
+// RepairVersion is the version reconcile writes a repaired row with: just
+// above the stored row it replaces, and below any later aggregator write.
+func RepairVersion(r *state.Row) uint64 {
+	if r.Version == 0 {
+		return 2*uint64(r.Offset+1) + 1
+	}
+	return r.Version + 1
+}
+
+// WriteRepairs writes rows computed by reconcile; Version must be the
+// stored row's (0 when there is none).
+func (s *Store) WriteRepairs(ctx context.Context, g state.Grain, rows []*state.Row) error {
+	return s.writeRows(ctx, g, rows, RepairVersion)
+}
+
+func (s *Store) writeRows(ctx context.Context, g state.Grain, rows []*state.Row, versionOf func(*state.Row) uint64) error {
 	if len(rows) == 0 {
 		return nil
 	}
@@ -48,10 +78,11 @@ func (s *Store) WriteRows(ctx context.Context, g state.Grain, rows []*state.Row)
 		return fmt.Errorf("prepare insert into %s: %w", g.Table(), err)
 	}
 	defer func() { _ = batch.Abort() }()
-	now := s.now()
-	version := uint64(now.UnixNano())
-	updated := now.UTC().Truncate(time.Second)
-	for _, r := range rows {
+	updated := s.now().UTC().Truncate(time.Second)
+	versions := make([]uint64, len(rows))
+	for i, r := range rows {
+		version := versionOf(r)
+		versions[i] = version
 		start := time.Unix(r.Start, 0).UTC()
 		if g == state.Period {
 			err = batch.Append(r.Tenant, r.Meter, r.Subject, r.PeriodID, start, time.Unix(r.PeriodEnd, 0).UTC(), r.Plan,
@@ -66,6 +97,9 @@ func (s *Store) WriteRows(ctx context.Context, g state.Grain, rows []*state.Row)
 	}
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("insert %d rows into %s: %w", len(rows), g.Table(), err)
+	}
+	for i, r := range rows {
+		r.Version = versions[i]
 	}
 	return nil
 }
@@ -83,10 +117,10 @@ func (q rowsQuery) toSQL() (string, []any) {
 	var sql string
 	if q.Grain == state.Period {
 		sql = `SELECT tenant_id, feature_type, subject, period_start, aggregation, toString(value), events, latest_ns,
- source_partition, source_offset, period_id, period_end, plan FROM ` + table + ` FINAL`
+ source_partition, source_offset, period_id, period_end, plan, version FROM ` + table + ` FINAL`
 	} else {
 		sql = `SELECT tenant_id, feature_type, subject, window_start, aggregation, toString(value), events, latest_ns,
- source_partition, source_offset, '', toDateTime(0), '' FROM ` + table + ` FINAL`
+ source_partition, source_offset, '', toDateTime(0), '', version FROM ` + table + ` FINAL`
 	}
 	startCol := "window_start"
 	if q.Grain == state.Period {
@@ -146,7 +180,7 @@ func (s *Store) scan(ctx context.Context, g state.Grain, sql string, args []any)
 			agg, value string
 		)
 		if err := rs.Scan(&r.Tenant, &r.Meter, &r.Subject, &start, &agg, &value, &r.Events, &r.LatestNs,
-			&r.Partition, &r.Offset, &r.PeriodID, &end, &r.Plan); err != nil {
+			&r.Partition, &r.Offset, &r.PeriodID, &end, &r.Plan, &r.Version); err != nil {
 			return nil, fmt.Errorf("scan %s: %w", q.Grain.Table(), err)
 		}
 		r.Grain, r.Start, r.Aggregation = q.Grain, start.Unix(), plans.Aggregation(agg)
@@ -173,11 +207,14 @@ func (s *Store) WriteCheckpoints(ctx context.Context, group, topic string, cps [
 	defer func() { _ = batch.Abort() }()
 	now := s.now()
 	for _, c := range cps {
+		// Like rows, a checkpoint's version follows its offset: a late write
+		// by a partition's previous owner never moves it back.
+		version := uint64(c.Offset + 2)
 		wm := c.Watermark.UTC()
 		if wm.IsZero() {
 			wm = time.Unix(0, 0).UTC()
 		}
-		if err := batch.Append(group, topic, c.Partition, c.Offset, wm, now.UTC().Truncate(time.Second), uint64(now.UnixNano())); err != nil {
+		if err := batch.Append(group, topic, c.Partition, c.Offset, wm, now.UTC().Truncate(time.Second), version); err != nil {
 			return fmt.Errorf("append checkpoint: %w", err)
 		}
 	}

@@ -38,3 +38,28 @@ func TestQueriesAreParameterised(t *testing.T) {
 		}
 	}
 }
+
+// A late flush by a partition's previous owner must lose to the new
+// owner's row in FINAL, whatever the clocks; reconcile's repair must win
+// over the row it replaces and lose to the aggregator's next write.
+func TestVersionsFollowTheData(t *testing.T) {
+	stored := &state.Row{Offset: 100, Version: RowVersion(&state.Row{Offset: 100})}
+	oldOwnerLate := RowVersion(&state.Row{Offset: 120, Version: stored.Version})
+	newOwner := RowVersion(&state.Row{Offset: 150, Version: stored.Version})
+	if oldOwnerLate >= newOwner {
+		t.Fatalf("old owner's late write (offset 120) version %d >= new owner's (offset 150) %d", oldOwnerLate, newOwner)
+	}
+	repair := RepairVersion(&state.Row{Offset: 150, Version: newOwner})
+	if repair <= newOwner {
+		t.Fatalf("repair version %d <= the row it replaces %d", repair, newOwner)
+	}
+	next := RowVersion(&state.Row{Offset: 151, Version: repair})
+	if next <= repair {
+		t.Fatalf("aggregator write after a repair: version %d <= repair %d", next, repair)
+	}
+	// A tenant moved to another partition (lower offsets) still moves forward.
+	moved := RowVersion(&state.Row{Offset: 3, Version: next})
+	if moved <= next {
+		t.Fatalf("row fed from a new partition: version %d <= %d", moved, next)
+	}
+}

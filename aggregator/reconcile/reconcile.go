@@ -128,6 +128,9 @@ func Run(ctx context.Context, conn driver.Conn, p *plans.Config, from, to time.T
 			if ok && h.Value.Equal(r.Value) && h.Events == r.Events {
 				continue
 			}
+			if ok {
+				r.Version = h.Version // the repair must win over it
+			}
 			repair = append(repair, r)
 		}
 		// Rows with no raw event behind them: zero them, keeping their
@@ -140,7 +143,7 @@ func Run(ctx context.Context, conn driver.Conn, p *plans.Config, from, to time.T
 			h.Value, h.Events = decimal.Zero, 0
 			repair = append(repair, h)
 		}
-		if err := store.WriteRows(ctx, g, repair); err != nil {
+		if err := store.WriteRepairs(ctx, g, repair); err != nil {
 			return rep, err
 		}
 		rep.Repaired[g] = len(repair)

@@ -26,6 +26,16 @@ type Config struct {
 	RetryMax        time.Duration `mapstructure:"retry_max"`
 	// ShutdownTimeout bounds the final flush after SIGTERM.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// SessionTimeout: a member that stops heartbeating (a crash, SIGKILL)
+	// holds its partitions this long; then the group gives them to the
+	// others, which resume from the checkpoint.
+	SessionTimeout time.Duration `mapstructure:"session_timeout"`
+	// OnRetentionGap says what to do when a partition's checkpoint is older
+	// than the topic's first offset (retention deleted events the
+	// aggregator never read): "fail" stops the service (run reconcile over
+	// the range from the raw table, then set "continue"); "continue" skips
+	// them. Both log the gap and count it in a metric.
+	OnRetentionGap string `mapstructure:"on_retention_gap"`
 }
 
 // DefaultConfig returns the defaults.
@@ -45,6 +55,8 @@ func DefaultConfig() Config {
 		RetryMin:        100 * time.Millisecond,
 		RetryMax:        10 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
+		SessionTimeout:  10 * time.Second,
+		OnRetentionGap:  "fail",
 	}
 }
 
@@ -77,6 +89,14 @@ func (c Config) Validate() error {
 	}
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		bad("retry_min", "need 0 < retry_min <= retry_max")
+	}
+	// Brokers refuse sessions outside group.min/max.session.timeout.ms
+	// (6 s and 30 min by default).
+	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 30*time.Minute {
+		bad("session_timeout", "must be between 6s and 30m (the broker's defaults), got %s", c.SessionTimeout)
+	}
+	if c.OnRetentionGap != "fail" && c.OnRetentionGap != "continue" {
+		bad("on_retention_gap", "must be fail or continue, got %q", c.OnRetentionGap)
 	}
 	return errors.Join(errs...)
 }

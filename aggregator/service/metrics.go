@@ -4,21 +4,34 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	outcomes       *prometheus.CounterVec
-	unknownMeters  *prometheus.CounterVec
+	unknownMeters  prometheus.Counter
 	rowsWritten    prometheus.Counter
 	writeErrors    prometheus.Counter
 	flushSeconds   prometheus.Histogram
 	quotaPublished prometheus.Counter
 	quotaErrors    prometheus.Counter
 	assignErrors   prometheus.Counter
+	retentionGap   prometheus.Counter
+	// deadLetterFallback: side records written to dead_letters.
+	deadLetterFallback prometheus.Counter
+	groupErrors        prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "usage_aggregator_events_total",
-			Help: "Events read, by outcome: applied, replayed, duplicate, late, unknown_meter, invalid."}, []string{"outcome"}),
-		unknownMeters: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "usage_aggregator_unknown_meter_events_total",
-			Help: "Events of meters missing from the config, aggregated as sum."}, []string{"feature_type"}),
+			Help: "Events read, by outcome: applied, replayed, duplicate, late, unknown_meter, aggregate_overflow, no_subject, invalid."}, []string{"outcome"}),
+		// No feature_type label: names come from publishers, and a label
+		// per name would let input grow the series without bound (the log
+		// names them).
+		unknownMeters: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_unknown_meter_events_total",
+			Help: "Events of meters missing from the config, aggregated as sum."}),
+		retentionGap: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_retention_gap_events_total",
+			Help: "Events deleted by retention before the aggregator read them (checkpoint older than the topic's first offset)."}),
+		deadLetterFallback: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_dead_letter_fallback_total",
+			Help: "Late or DLQ records Kafka refused for good, written to the ClickHouse table dead_letters."}),
+		groupErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_group_errors_total",
+			Help: "Consumer-group and generation errors the aggregator recovered from by rejoining."}),
 		rowsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_rows_written_total",
 			Help: "Aggregate rows written to ClickHouse."}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_write_errors_total",
@@ -33,7 +46,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Plan assignment records ignored (bad JSON, unknown plan)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors, m.assignErrors)
+		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors, m.assignErrors,
+			m.retentionGap, m.deadLetterFallback, m.groupErrors)
 	}
 	return m
 }

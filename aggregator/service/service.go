@@ -8,11 +8,13 @@ package service
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
@@ -23,18 +25,23 @@ import (
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/svckit/backoff"
+	"github.com/usagemeter/usagemeter/svckit/deadletter"
 )
 
 // Service is one aggregator.
 type Service struct {
-	cfg       Config
-	plans     *plans.Config
-	store     *aggstore.Store
-	log       *zap.Logger
-	validator *schemas.Validator
-	m         *metrics
-	quotaW    *kafka.Writer
-	sideW     *kafka.Writer // late events and rejected ones
+	cfg      Config
+	plans    *plans.Config
+	store    *aggstore.Store
+	log      *zap.Logger
+	intake   *svckit.Intake
+	m        *metrics
+	quotaW   *kafka.Writer
+	sideW    *kafka.Writer      // late events and rejected ones
+	side     *deadletter.Writer // sideW, falling back to ClickHouse dead_letters
+	fallback driver.Conn
+
+	partitions int // of Topic in the current generation, for the routing rule
 
 	written []state.Checkpoint // the last checkpoint written
 
@@ -54,12 +61,19 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(s *Service) { s.m = newMetrics(reg) }
 }
 
+// WithDeadLetterFallback writes late and DLQ records that Kafka refuses for
+// good (too large for the topic, topic missing) to the ClickHouse table
+// dead_letters on conn, instead of retrying them for ever.
+func WithDeadLetterFallback(conn driver.Conn) Option {
+	return func(s *Service) { s.fallback = conn }
+}
+
 // New returns a Service; Run starts it.
 func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, opts ...Option) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid aggregator config: %w", err)
 	}
-	s := &Service{cfg: cfg, plans: p, store: store, log: log, validator: schemas.NewValidator(),
+	s := &Service{cfg: cfg, plans: p, store: store, log: log, intake: svckit.NewIntake(),
 		latest: make(map[string]schemas.QuotaState)}
 	for _, o := range opts {
 		o(s)
@@ -70,7 +84,12 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 	s.quotaW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.QuotaTopic, Balancer: kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000}
 	s.sideW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Balancer: kafka.Murmur2Balancer{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000}
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000, MaxAttempts: 3}
+	s.side = deadletter.New(s.sideW, s.fallback)
+	s.side.Fallback = func(n int, err error) {
+		s.m.deadLetterFallback.Add(float64(n))
+		s.log.Error("Kafka refused late/DLQ records for good; written to ClickHouse dead_letters", zap.Int("records", n), zap.Error(err))
+	}
 	return s, nil
 }
 
@@ -82,9 +101,43 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.followAssignments(ctx, assignments); err != nil {
 		return err
 	}
+	// Group and generation errors (a rebalance in progress, a coordinator
+	// that moved, the broker restarting, ClickHouse unreachable while
+	// loading state) mean "try again", never "exit": leave the group,
+	// back off and join again. Leaving matters: a member that stopped
+	// processing but kept heartbeating would hold its partitions for ever.
+	pause := s.cfg.RetryMin
+	for ctx.Err() == nil {
+		err := s.runGroup(ctx, assignments)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, errFatal) {
+			return err
+		}
+		s.m.groupErrors.Inc()
+		s.log.Warn("consumer group error; rejoining", zap.Duration("backoff", pause), zap.Error(err))
+		sleep(ctx, pause)
+		pause = min(pause*2, s.cfg.RetryMax)
+	}
+	s.log.Info("stopped cleanly: every event read is aggregated and checkpointed")
+	return nil
+}
+
+// errFatal marks errors that rejoining cannot fix (on_retention_gap: fail).
+var errFatal = errors.New("fatal")
+
+// runGroup joins the group and runs its generations until ctx ends (nil)
+// or one fails (the error).
+func (s *Service) runGroup(ctx context.Context, assignments <-chan assignment) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID: s.cfg.GroupID, Brokers: s.cfg.Brokers, Topics: []string{s.cfg.Topic},
 		StartOffset: kafka.FirstOffset, JoinGroupBackoff: 500 * time.Millisecond,
+		SessionTimeout: s.cfg.SessionTimeout, RebalanceTimeout: s.cfg.SessionTimeout,
+		HeartbeatInterval:     s.cfg.SessionTimeout / 10,
+		WatchPartitionChanges: true,
+		Logger:                kafka.LoggerFunc(func(string, ...any) {}),
+		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { s.log.Debug("kafka group: " + fmt.Sprintf(msg, args...)) }),
 	})
 	if err != nil {
 		return fmt.Errorf("join group %s: %w", s.cfg.GroupID, err)
@@ -99,10 +152,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("next generation of %s: %w", s.cfg.GroupID, err)
 		}
 		if err := s.runGeneration(ctx, gen, assignments); err != nil {
-			return err
+			return fmt.Errorf("generation %d: %w", gen.ID, err)
 		}
 		if ctx.Err() != nil {
-			s.log.Info("stopped cleanly: every event read is aggregated and checkpointed")
 			return nil
 		}
 	}
@@ -120,6 +172,15 @@ type message struct {
 func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assignments <-chan assignment) error {
 	assigned := gen.Assignments[s.cfg.Topic]
 	s.written = nil
+	n, err := svckit.Partitions(ctx, s.cfg.Brokers, s.cfg.Topic)
+	if err != nil {
+		return err
+	}
+	if s.partitions != 0 && s.partitions != n {
+		s.log.Warn("the topic's partition count changed: tenants now map to other partitions (see README, growing usage.events)",
+			zap.String("topic", s.cfg.Topic), zap.Int("was", s.partitions), zap.Int("now", n))
+	}
+	s.partitions = n
 	st, starts, err := s.restore(ctx, assigned)
 	if err != nil {
 		return err
@@ -135,9 +196,14 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	})
 	readCtx, stopReading := context.WithCancel(context.Background())
 	defer stopReading()
+	fatal := make(chan error, len(assigned))
 	for _, a := range assigned {
 		ckpt := starts[a.ID]
-		gen.Start(func(context.Context) { s.read(readCtx, a.ID, ckpt, msgs) })
+		gen.Start(func(context.Context) {
+			if err := s.read(readCtx, a.ID, ckpt, msgs); err != nil {
+				fatal <- err
+			}
+		})
 	}
 
 	// Writes outlive ctx: a flush under way when SIGTERM arrives finishes,
@@ -183,6 +249,9 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 		case <-genDone:
 			stopReading()
 			return s.flush(wctx, gen, st, &side)
+		case err := <-fatal:
+			stopReading()
+			return errors.Join(err, s.flush(wctx, gen, st, &side))
 		case <-ctx.Done():
 			stopReading()
 			if err := s.flush(wctx, gen, st, &side); err != nil {
@@ -212,6 +281,11 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 		starts[a.ID] = -1
 		if c, ok := byPart[a.ID]; ok {
 			starts[a.ID] = c.Offset
+			// A partition that only ever saw invalid input has no
+			// watermark (stored as 1970): it needs no old rows.
+			if c.Watermark.Unix() <= 0 {
+				continue
+			}
 			if wm := c.Watermark.Add(-s.cfg.AllowedLateness - time.Minute); wm.Before(since) {
 				since = wm
 			}
@@ -228,7 +302,11 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 	}
 	for p, off := range starts {
 		if off >= 0 {
-			st.Restore(int32(p), off, byPart[p].Watermark)
+			wm := byPart[p].Watermark
+			if wm.Unix() <= 0 {
+				wm = time.Time{}
+			}
+			st.Restore(int32(p), off, wm)
 		}
 	}
 	return st, starts, nil
@@ -237,8 +315,9 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 // read feeds one partition into msgs, starting DedupHorizon messages
 // before the checkpoint so that duplicates of recent events are still
 // recognised after a restart. A failing reader is re-created at the next
-// offset after a pause, so a broker hiccup never stalls a partition.
-func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan<- message) {
+// offset after a pause, so a broker hiccup never stalls a partition. It
+// returns an error only for a retention gap with on_retention_gap: fail.
+func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan<- message) error {
 	next := int64(-1)
 	for pause := s.cfg.RetryMin; ctx.Err() == nil; pause = min(pause*2, s.cfg.RetryMax) {
 		if next < 0 {
@@ -248,17 +327,29 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 				sleep(ctx, pause)
 				continue
 			}
+			if ckpt >= 0 && first > ckpt+1 {
+				missed := first - (ckpt + 1)
+				s.m.retentionGap.Add(float64(missed))
+				s.log.Error("retention deleted events the aggregator never read: run reconcile over their time range",
+					zap.Int("partition", partition), zap.Int64("checkpoint", ckpt), zap.Int64("first_offset", first),
+					zap.Int64("events", missed), zap.String("on_retention_gap", s.cfg.OnRetentionGap))
+				if s.cfg.OnRetentionGap == "fail" {
+					return fmt.Errorf("%w: partition %d: checkpoint %d is older than the first offset %d (on_retention_gap: fail)",
+						errFatal, partition, ckpt, first)
+				}
+			}
 			next = max(first, ckpt+1-int64(s.cfg.DedupHorizon))
 		}
 		var err error
 		next, err = s.readFrom(ctx, partition, next, ckpt, msgs)
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		s.m.writeErrors.Inc()
 		s.log.Warn("read partition; re-creating the reader", zap.Int("partition", partition), zap.Int64("offset", next), zap.Error(err))
 		sleep(ctx, pause)
 	}
+	return nil
 }
 
 // readFrom reads from offset until an error, and returns the next offset.
@@ -294,9 +385,11 @@ func sleep(ctx context.Context, d time.Duration) {
 // the late topic or the DLQ, if any.
 func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 	p, o := int32(m.Partition), m.Offset
-	e, err := s.validator.Decode(m.Value)
+	// The consumer's rule, so every event is in the raw table and the
+	// aggregates, or in neither (the consumer puts it in the DLQ).
+	e, err := s.intake.Decode(m.Message, s.partitions)
 	if err != nil {
-		st.Skip(p, o) // the raw consumer puts it in the DLQ
+		st.Skip(p, o)
 		s.m.outcomes.WithLabelValues("invalid").Inc()
 		return nil, nil
 	}
@@ -315,9 +408,15 @@ func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 			e.Timestamp.Format(time.RFC3339Nano), s.cfg.AllowedLateness, st.Watermark(p).Format(time.RFC3339Nano))), nil
 	case state.UnknownMeter:
 		return s.sideMessage(s.cfg.DLQTopic, m, "unknown_meter", fmt.Sprintf("feature_type %q is not configured and unknown_meters is reject", e.FeatureType)), nil
+	case state.Overflow:
+		s.log.Error("event would overflow its aggregate: not counted, sent to the DLQ", zap.String("tenant", e.TenantID),
+			zap.String("meter", e.FeatureType), zap.String("id", e.ID), zap.Int32("partition", p), zap.Int64("offset", o))
+		return s.sideMessage(s.cfg.DLQTopic, m, state.Overflow.String(), fmt.Sprintf(
+			"quantity %s would take the %s total of %s past %s, the most an aggregate holds", e.Quantity, e.FeatureType, e.TenantID, state.MaxValue)), nil
 	case state.Applied:
 		if _, known := s.plans.MeterFor(e.FeatureType); !known {
-			s.m.unknownMeters.WithLabelValues(e.FeatureType).Inc()
+			s.m.unknownMeters.Inc()
+			s.log.Debug("event of an unconfigured meter aggregated as sum", zap.String("feature_type", e.FeatureType))
 		}
 	}
 	return nil, nil
@@ -347,7 +446,7 @@ func (s *Service) flush(ctx context.Context, gen *kafka.Generation, st *state.St
 		return err
 	}
 	if len(*side) > 0 {
-		if err := s.retry(ctx, "write late/DLQ events", func(ctx context.Context) error { return s.sideW.WriteMessages(ctx, *side...) }); err != nil {
+		if err := s.retry(ctx, "write late/DLQ events", func(ctx context.Context) error { return s.side.Write(ctx, *side...) }); err != nil {
 			return err
 		}
 		*side = (*side)[:0]
@@ -473,7 +572,10 @@ func (s *Service) at(point string) error {
 	if s.hook == nil {
 		return nil
 	}
-	return s.hook(point)
+	if err := s.hook(point); err != nil {
+		return fmt.Errorf("%w: %w", errFatal, err) // a simulated crash ends Run
+	}
+	return nil
 }
 
 // retry runs fn until it succeeds or ctx ends, backing off between

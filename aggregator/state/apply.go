@@ -31,11 +31,20 @@ const (
 	Duplicate                   // same tenant and id seen within the horizon
 	Late                        // older than the watermark minus the allowed lateness
 	UnknownMeter                // feature_type not configured and unknown_meters: reject
+	Overflow                    // a sum would pass what its ClickHouse column holds
+	NoSubject                   // a unique_count meter's event without the subject it counts
 )
 
 func (o Outcome) String() string {
-	return [...]string{"applied", "replayed", "duplicate", "late", "unknown_meter"}[o]
+	return [...]string{"applied", "replayed", "duplicate", "late", "unknown_meter", "aggregate_overflow", "no_subject"}[o]
 }
+
+// MaxValue is the largest value an aggregate row or a quota total may hold:
+// the largest Decimal(38, 9), the widest decimal ClickHouse 18.16 stores
+// (and a sum() over more would wrap silently). An event that would take a
+// sum past it is not applied anywhere (Overflow): the service diverts it,
+// so one tenant can never make a write fail, for itself or for others.
+const MaxValue = "99999999999999999999999999999.999999999"
 
 // Fetcher reads one row from storage, for keys older than what was loaded
 // at start-up; nil when the row does not exist.
@@ -52,6 +61,7 @@ type State struct {
 	processed  map[int32]int64
 	loadedFrom time.Time // every row of a window starting at or after this is in rows
 	fetch      Fetcher
+	max        decimal.Decimal // MaxValue
 }
 
 // New returns an empty State. Rows of windows that start before loadedFrom
@@ -66,6 +76,7 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 		processed:  make(map[int32]int64),
 		loadedFrom: loadedFrom,
 		fetch:      fetch,
+		max:        decimal.RequireFromString(MaxValue),
 	}
 }
 
@@ -90,8 +101,12 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
 	period := plans.PeriodOf(quota, assignment.AnchorDay, e.Timestamp)
 	subject := subjectOf(meter, e)
+	if meter.Aggregation == plans.UniqueCount && subject == "" {
+		// Nothing to count: an event without a user is not one more user.
+		return NoSubject, nil
+	}
 	tsNs := e.Timestamp.UnixNano()
-	outcome := Replayed
+	var rows [len(Grains)]*Row
 	for _, g := range Grains {
 		k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g}
 		if g == Period {
@@ -103,6 +118,14 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		if err != nil {
 			return 0, err
 		}
+		rows[g] = r
+	}
+	if meter.Aggregation == plans.Sum && s.overflows(rows[Period], e.Quantity, partition, offset) {
+		return Overflow, nil
+	}
+	outcome := Replayed
+	for _, g := range Grains {
+		r := rows[g]
 		if r.Offset >= offset && r.Partition == partition {
 			continue // the row already reflects this event
 		}
@@ -114,6 +137,21 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		outcome = Applied
 	}
 	return outcome, nil
+}
+
+// overflows reports whether adding q to the period row (the largest of an
+// event's rows) or to its quota total would pass MaxValue. A replayed event
+// that the row already reflects never overflows: it was checked the first
+// time, in the same order.
+func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offset int64) bool {
+	if period.Offset >= offset && period.Partition == partition {
+		return false
+	}
+	if period.Value.Add(q).GreaterThan(s.max) {
+		return true
+	}
+	total, ok := s.quotas[QuotaKey{period.Tenant, period.Meter, period.PeriodID}]
+	return ok && total.Usage.Add(q).GreaterThan(s.max)
 }
 
 // Remember records an event that is already reflected in storage (read

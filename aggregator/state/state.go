@@ -58,6 +58,10 @@ type Row struct {
 	LatestNs    int64 // event time of the newest event folded in
 	Partition   int32
 	Offset      int64 // highest source offset folded in; -1 for none
+	// Version is the ReplacingMergeTree version the row has in ClickHouse
+	// (0: never written). Versions follow the data, not clocks: see
+	// aggstore.WriteRows.
+	Version uint64
 	// Period rows only.
 	PeriodID  string
 	PeriodEnd int64

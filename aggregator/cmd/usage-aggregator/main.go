@@ -46,6 +46,9 @@ type Config struct {
 	} `mapstructure:"log"`
 	CreateTopics    bool `mapstructure:"create_topics"`
 	TopicPartitions int  `mapstructure:"topic_partitions"`
+	// TopicReplicationFactor for created topics; -1 takes the cluster's
+	// default.replication.factor (use 3 on a real cluster).
+	TopicReplicationFactor int `mapstructure:"topic_replication_factor"`
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -120,19 +123,19 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 		return err
 	}
 	if cfg.CreateTopics {
-		a, n := cfg.Aggregator, cfg.TopicPartitions
+		a, n, rf := cfg.Aggregator, cfg.TopicPartitions, cfg.TopicReplicationFactor
 		compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
 		if err := svckit.CreateTopics(ctx, a.Brokers,
-			kafka.TopicConfig{Topic: a.Topic, NumPartitions: n, ReplicationFactor: 1},
-			kafka.TopicConfig{Topic: a.DLQTopic, NumPartitions: n, ReplicationFactor: 1},
-			kafka.TopicConfig{Topic: a.LateTopic, NumPartitions: n, ReplicationFactor: 1},
-			kafka.TopicConfig{Topic: a.QuotaTopic, NumPartitions: n, ReplicationFactor: 1, ConfigEntries: compact},
-			kafka.TopicConfig{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact}); err != nil {
+			kafka.TopicConfig{Topic: a.Topic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: svckit.EventTopicConfig()},
+			kafka.TopicConfig{Topic: a.DLQTopic, NumPartitions: n, ReplicationFactor: rf},
+			kafka.TopicConfig{Topic: a.LateTopic, NumPartitions: n, ReplicationFactor: rf},
+			kafka.TopicConfig{Topic: a.QuotaTopic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: compact},
+			kafka.TopicConfig{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: rf, ConfigEntries: compact}); err != nil {
 			return err
 		}
 	}
 	reg := svckit.Registry()
-	svc, err := service.New(cfg.Aggregator, p, aggstore.New(conn), log, service.WithRegisterer(reg))
+	svc, err := service.New(cfg.Aggregator, p, aggstore.New(conn), log, service.WithRegisterer(reg), service.WithDeadLetterFallback(conn))
 	if err != nil {
 		return err
 	}
@@ -148,7 +151,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	def := Config{Aggregator: service.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
-		CreateTopics: true, TopicPartitions: 4}
+		CreateTopics: true, TopicPartitions: 4, TopicReplicationFactor: -1}
 	def.HTTP.Addr = "127.0.0.1:9465"
 	def.Log.Level = "info"
 	v := viper.New()
