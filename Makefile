@@ -27,7 +27,7 @@ lint:
 
 ## build: the service binaries into .cache/bin
 build:
-	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen
+	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./billing-sync/cmd/usage-billing-sync
 
 deps:
 	scripts/deps.sh

@@ -30,11 +30,16 @@ echo "== starting usage-aggregator (log: $run_dir/aggregator.log, plans: schemas
 USAGE_AGGREGATOR_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=${AGGREGATOR_ADDR:-127.0.0.1:9465} \
   "$bin/usage-aggregator" --plans schemas/plans/plans.example.yaml >"$run_dir/aggregator.log" 2>&1 &
 aggregator=$!
+echo "== starting usage-billing-sync against a fake Stripe (log: $run_dir/billing-sync.log; drift: $bin/usage-billing-sync --config billing-sync/config.demo.yaml --demo drift)"
+go build -o "$bin/" ./billing-sync/cmd/usage-billing-sync
+USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE "$bin/usage-billing-sync" --config billing-sync/config.demo.yaml --demo >"$run_dir/billing-sync.log" 2>&1 &
+billing=$!
 stop_consumer() {
   local pid name
-  for pid in "$aggregator" "$consumer"; do
+  for pid in "$billing" "$aggregator" "$consumer"; do
     name=usage-consumer
     [[ $pid == "$aggregator" ]] && name=usage-aggregator
+    [[ $pid == "$billing" ]] && name=usage-billing-sync
     if kill -0 "$pid" 2>/dev/null; then
       kill -TERM "$pid"
       if wait "$pid"; then echo "$name stopped cleanly (exit 0)"; else echo "$name exited with $?"; fi
