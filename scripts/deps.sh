@@ -86,9 +86,13 @@ dep_kafka() {
   printf '%s\n' "$want" >"$KAFKA_LIBS_MARKER"
 }
 
+# Python jsonschema (+ rfc3339-validator, without which it skips format
+# date-time) checks the published JSON Schemas in schemas/differential_test.go.
+JSONSCHEMA_PINS=(jsonschema==4.26.0 rfc3339-validator==0.1.4)
+
 dep_chdb() {
   local py="$VENV_DIR/bin/python"
-  if [[ -x $py ]] && [[ $("$py" -c 'import importlib.metadata as m; print(m.version("chdb"))' 2>/dev/null || true) == "$CHDB_VERSION" ]]; then
+  if [[ -x $py ]] && [[ $("$py" -c 'import importlib.metadata as m; print(m.version("chdb"), m.version("jsonschema"), m.version("rfc3339-validator"))' 2>/dev/null || true) == "$CHDB_VERSION 4.26.0 0.1.4" ]]; then
     return 0
   fi
   if [[ ! -x $py ]]; then
@@ -99,10 +103,10 @@ dep_chdb() {
       /usr/bin/python3 -m venv "$VENV_DIR"
     }
   fi
-  echo "deps: pip install chdb==$CHDB_VERSION"
+  echo "deps: pip install chdb==$CHDB_VERSION ${JSONSCHEMA_PINS[*]}"
   local piplog="$CACHE_DIR/pip-chdb.log"
-  "$py" -m pip install -q --disable-pip-version-check "chdb==$CHDB_VERSION" >"$piplog" 2>&1 \
-    || { tail -n 30 "$piplog" >&2; die "pip install chdb==$CHDB_VERSION failed"; }
+  "$py" -m pip install -q --disable-pip-version-check "chdb==$CHDB_VERSION" "${JSONSCHEMA_PINS[@]}" >"$piplog" 2>&1 \
+    || { tail -n 30 "$piplog" >&2; die "pip install chdb==$CHDB_VERSION ${JSONSCHEMA_PINS[*]} failed"; }
 }
 
 # stripe-mock v0.190.0: the last release serving both meters and legacy usage records.

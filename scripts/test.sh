@@ -35,5 +35,7 @@ mapfile -t pkgs < <(workspace_pkgs)
 echo "== go vet"
 go vet "${pkgs[@]}"
 
+# The schemas' differential test must not skip its Python jsonschema check here.
+export USAGE_REQUIRE_PYTHON_SCHEMA_CHECK=1
 echo "== go test (real Kafka at $USAGE_TEST_KAFKA, ClickHouse at $USAGE_TEST_CLICKHOUSE)"
 go test -count=1 -timeout 25m "${pkgs[@]}" "$@"
