@@ -35,6 +35,10 @@ type Report struct {
 	Events   int                    // raw events read
 	Compared [len(state.Grains)]int // rows compared per grain
 	Repaired [len(state.Grains)]int // rows rewritten per grain
+	// Quotas are the exact totals of every period a repair changed: the
+	// caller publishes them to usage.quota-state, so caches and billing
+	// see the repair (Final when the period and its grace are over).
+	Quotas []state.Quota
 }
 
 // Total is the number of rows rewritten.
@@ -146,12 +150,36 @@ func Run(ctx context.Context, conn driver.Conn, p *plans.Config, from, to time.T
 		if err := store.WriteRepairs(ctx, g, repair); err != nil {
 			return rep, err
 		}
+		if g == state.Period {
+			rep.Quotas = repairedQuotas(st, p, repair, time.Now())
+		}
 		rep.Repaired[g] = len(repair)
 		if len(repair) > 0 {
 			log.Info("repaired rows", zap.String("table", g.Table()), zap.Int("rows", len(repair)))
 		}
 	}
 	return rep, nil
+}
+
+func repairedQuotas(st *state.State, p *plans.Config, repaired []*state.Row, now time.Time) []state.Quota {
+	seen := map[state.QuotaKey]bool{}
+	var out []state.Quota
+	for _, r := range repaired {
+		k := state.QuotaKey{Tenant: r.Tenant, Meter: r.Meter, PeriodID: r.PeriodID}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		q, ok := st.QuotaOf(k)
+		if !ok { // every event of the period is gone: the total is zero
+			q = state.Quota{QuotaKey: k, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
+				Aggregation: r.Aggregation, Partition: r.Partition, Offset: r.Offset}
+		}
+		_, quota, _ := p.QuotaFor(k.Tenant, k.Meter)
+		q.Final = now.After(q.PeriodEnd.Add(quota.GracePeriod))
+		out = append(out, q)
+	}
+	return out
 }
 
 func inRange(r *state.Row, from, to time.Time) bool {

@@ -96,6 +96,57 @@ func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) e
 	return nil
 }
 
+// LoadAssignments applies every record of the plan assignment topic, up to
+// its current end, to p: what a running aggregator knows, for a tool that
+// must compute as it does (reconcile). It returns how many it applied.
+func LoadAssignments(ctx context.Context, brokers []string, topic string, p *plans.Config, log *zap.Logger) (int, error) {
+	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	if len(md.Topics) == 0 || md.Topics[0].Error != nil {
+		log.Warn("plan assignment topic unavailable: plans come from the config file only", zap.String("topic", topic))
+		return 0, nil
+	}
+	n := 0
+	for _, part := range md.Topics[0].Partitions {
+		first, end, err := offsetsOf(ctx, client, topic, part.ID)
+		if err != nil {
+			return n, err
+		}
+		if end <= first {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: part.ID, MaxWait: 250 * time.Millisecond})
+		if err := r.SetOffset(first); err != nil {
+			r.Close()
+			return n, err
+		}
+		for {
+			m, err := r.FetchMessage(ctx)
+			if err != nil {
+				r.Close()
+				return n, fmt.Errorf("read %s: %w", topic, err)
+			}
+			a, err := parseAssignment(m)
+			if err == nil {
+				err = p.Assign(a.tenant, a.a)
+			}
+			if err != nil {
+				log.Warn("ignored plan assignment", zap.Error(err))
+			} else {
+				n++
+			}
+			if m.Offset+1 >= end {
+				break
+			}
+		}
+		r.Close()
+	}
+	return n, nil
+}
+
 // assign applies one record directly (during the initial catch-up).
 func (s *Service) assign(m kafka.Message) {
 	a, err := parseAssignment(m)

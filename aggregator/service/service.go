@@ -541,7 +541,13 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
 }
 
 func (s *Service) quotaState(q state.Quota, now time.Time) schemas.QuotaState {
-	plan, quota, _ := s.plans.QuotaFor(q.Tenant, q.Meter)
+	return QuotaState(s.plans, q, now)
+}
+
+// QuotaState is the QuotaState message of a quota total under p's plans
+// (also what reconcile publishes for the totals it repairs).
+func QuotaState(p *plans.Config, q state.Quota, now time.Time) schemas.QuotaState {
+	plan, quota, _ := p.QuotaFor(q.Tenant, q.Meter)
 	ev := plans.Evaluate(quota, q.Usage)
 	qs := schemas.QuotaState{
 		TenantID: q.Tenant, FeatureType: q.Meter, Period: q.PeriodID, Plan: plan,

@@ -201,6 +201,12 @@ func mixed(n int, seed uint64) (msgs []kafka.Message, late int) {
 			Timestamp: now.Add(-4*time.Minute + time.Duration(r.Int64N(int64(4*time.Minute)))).Truncate(time.Microsecond).Add(time.Duration(i)),
 			Metadata:  map[string]string{"project_id": fmt.Sprintf("p%d", r.IntN(4))},
 		}
+		if r.IntN(20) == 0 { // no user: not one more active user
+			ev.UserID = ""
+		}
+		if r.IntN(20) == 0 { // no project: not one more project
+			delete(ev.Metadata, "project_id")
+		}
 		events = append(events, ev)
 		msgs = append(msgs, eventMsg(ev))
 		if r.IntN(10) == 0 { // a producer retry: the same event again, later in the stream
@@ -257,8 +263,12 @@ func (e *env) expected(grainExpr string) map[string]string {
 			plans.Latest:      "argMax(quantity, toUInt64(event_time) * 1000000000 + event_time_ns)",
 			plans.UniqueCount: "toDecimal128(1, 9)",
 		}[m.Aggregation]
+		where := "feature_type = ? AND (? OR id NOT LIKE 'late-%')"
+		if m.Aggregation == plans.UniqueCount {
+			where += " AND " + subject + " != ''" // an event without its subject counts no one
+		}
 		e.collect(out, `SELECT tenant_id, feature_type, `+subject+` AS s, toString(`+grainExpr+`), toString(`+value+`)
-FROM usage_events_dedup WHERE feature_type = ? AND (? OR id NOT LIKE 'late-%') GROUP BY tenant_id, feature_type, s, `+grainExpr, name, e.includeLate)
+FROM usage_events_dedup WHERE `+where+` GROUP BY tenant_id, feature_type, s, `+grainExpr, name, e.includeLate)
 	}
 	// custom_meter is not configured: aggregated as a sum.
 	e.collect(out, `SELECT tenant_id, feature_type, user_id, toString(`+grainExpr+`), toString(sum(quantity))
@@ -615,6 +625,27 @@ func TestReconcileRepairsToTheRawTable(t *testing.T) {
 	}
 	e.includeLate = true
 	e.assertTablesMatchRaw()
+	// Every repaired period's exact total comes back for usage.quota-state,
+	// equal to the repaired period rows summed over subjects.
+	if rep.Repaired[state.Period] == 0 || len(rep.Quotas) == 0 {
+		t.Fatalf("period rows repaired %d, quota totals to publish %d", rep.Repaired[state.Period], len(rep.Quotas))
+	}
+	for _, q := range rep.Quotas {
+		if q.Aggregation != plans.Sum {
+			continue
+		}
+		var total string
+		if err := e.store.Conn().QueryRow(ctx, `SELECT toString(sum(value)) FROM usage_period FINAL
+ WHERE tenant_id = ? AND feature_type = ? AND period_id = ?`, q.Tenant, q.Meter, q.PeriodID).Scan(&total); err != nil {
+			t.Fatal(err)
+		}
+		if want := decimal.RequireFromString(total); !q.Usage.Equal(want) {
+			t.Fatalf("quota %v: reconcile publishes %s, period rows hold %s", q.QuotaKey, q.Usage, want)
+		}
+		if qs := QuotaState(e.plans, q, time.Now()); qs.Validate() != nil || qs.Final {
+			t.Fatalf("quota state %+v: %v (an open period is not final)", qs, qs.Validate())
+		}
+	}
 	rep, err = reconcile.Run(ctx, e.store.Conn(), e.plans, now.Add(-24*time.Hour), now.Add(time.Hour), e.log)
 	if err != nil || rep.Total() != 0 {
 		t.Fatalf("second pass: %+v %v", rep, err)

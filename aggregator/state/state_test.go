@@ -199,3 +199,63 @@ func TestUnknownMeters(t *testing.T) {
 		t.Fatalf("rejected event counted: %+v", q)
 	}
 }
+
+// One tenant's huge quantities must not make a write fail: the event that
+// would pass MaxValue is refused (Overflow) before it touches any row, the
+// same on a replay, and other tenants are untouched.
+func TestOverflowIsRefusedBeforeAnyRow(t *testing.T) {
+	s := newState(t)
+	big := "60000000000000000000000000000" // 6 x 10^28: two of them pass MaxValue
+	if out, _ := s.Apply(ev("whale", "api_calls", "u1", big, t0, "w1"), 0, 1); out != Applied {
+		t.Fatalf("first: %s", out)
+	}
+	if out, _ := s.Apply(ev("whale", "api_calls", "u2", big, t0.Add(time.Second), "w2"), 0, 2); out != Overflow {
+		t.Fatalf("second (another subject, same quota total): %s, want %s", out, Overflow)
+	}
+	if out, _ := s.Apply(ev("whale", "api_calls", "u1", big, t0.Add(2*time.Second), "w3"), 0, 3); out != Overflow {
+		t.Fatalf("third (same row): %s, want %s", out, Overflow)
+	}
+	if out, _ := s.Apply(ev("minnow", "api_calls", "u1", "5", t0, "m1"), 1, 1); out != Applied {
+		t.Fatalf("other tenant: %s", out)
+	}
+	for _, r := range s.Dirty() {
+		for _, row := range r {
+			if row.Value.GreaterThan(decimal.RequireFromString(MaxValue)) {
+				t.Fatalf("row %+v holds %s", row.Key, row.Value)
+			}
+			if row.Tenant == "whale" && !row.Value.Equal(decimal.RequireFromString(big)) {
+				t.Fatalf("whale row %s/%s = %s, want only the first event", row.Grain, row.Subject, row.Value)
+			}
+		}
+	}
+	// A replay of the first event is recognised, not refused.
+	s2 := newState(t)
+	_, _ = s2.Apply(ev("whale", "api_calls", "u1", big, t0, "w1"), 0, 1)
+	if out, _ := s2.Apply(ev("whale", "api_calls", "u1", big, t0, "w1b"), 0, 1); out != Replayed {
+		t.Fatalf("replay at the same offset: %s, want %s", out, Replayed)
+	}
+}
+
+// A unique_count meter counts subjects: an event without one adds nobody.
+func TestUniqueCountIgnoresEventsWithoutSubject(t *testing.T) {
+	s := newState(t)
+	cfg := seedPlans(t)
+	var meter string
+	for name, m := range cfg.Meters {
+		if m.Aggregation == plans.UniqueCount && (m.UniqueBy == "" || m.UniqueBy == "user_id") {
+			meter = name
+		}
+	}
+	if meter == "" {
+		t.Skip("the example plans have no unique_count meter by user_id")
+	}
+	if out, _ := s.Apply(ev("acme", meter, "", "1", t0, "a1"), 0, 1); out != NoSubject {
+		t.Fatalf("no user_id: %s, want %s", out, NoSubject)
+	}
+	_, _ = s.Apply(ev("acme", meter, "u1", "1", t0, "a2"), 0, 2)
+	_, _ = s.Apply(ev("acme", meter, "", "1", t0, "a3"), 0, 3)
+	q, ok := s.QuotaOf(QuotaKey{"acme", meter, "2026-11"})
+	if !ok || !q.Usage.Equal(decimal.NewFromInt(1)) {
+		t.Fatalf("active users = %v (%v), want 1", q.Usage, ok)
+	}
+}

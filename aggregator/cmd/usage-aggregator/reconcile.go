@@ -11,6 +11,8 @@ import (
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
 	"github.com/usagemeter/usagemeter/aggregator/reconcile"
+	"github.com/usagemeter/usagemeter/aggregator/service"
+	"github.com/usagemeter/usagemeter/aggregator/state"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
@@ -37,14 +39,43 @@ func reconcileCmd(ctx context.Context, cfg Config, p *plans.Config, log *zap.Log
 			return fmt.Errorf("%w (use --force to run anyway)", err)
 		}
 	}
+	// Compute with the plans the running aggregator had: the file plus
+	// the run-time assignments.
+	a := cfg.Aggregator
+	n, err := service.LoadAssignments(ctx, a.Brokers, a.AssignmentTopic, p, log)
+	if err != nil {
+		return err
+	}
+	log.Info("plan assignments applied", zap.Int("records", n))
 	rep, err := reconcile.Run(ctx, conn, p, from, to.AddDate(0, 0, 1), log)
 	if err != nil {
 		return err
+	}
+	if err := publishQuotas(ctx, a, p, rep.Quotas); err != nil {
+		return fmt.Errorf("repaired rows are written, but publishing their quota states failed (run reconcile again): %w", err)
 	}
 	fmt.Printf("reconciled %s..%s: %d raw events; rows compared 1m=%d 1h=%d 1d=%d period=%d; repaired %d\n",
 		rep.From.Format(time.DateOnly), rep.To.Format(time.DateOnly), rep.Events,
 		rep.Compared[0], rep.Compared[1], rep.Compared[2], rep.Compared[3], rep.Total())
 	return nil
+}
+
+// publishQuotas puts the repaired totals on the quota-state topic, so that
+// quota caches and billing see the repair.
+func publishQuotas(ctx context.Context, a service.Config, p *plans.Config, qs []state.Quota) error {
+	if len(qs) == 0 {
+		return nil
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(a.Brokers...), Topic: a.QuotaTopic, Balancer: kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	now := time.Now().UTC()
+	msgs := make([]kafka.Message, len(qs))
+	for i, q := range qs {
+		st := service.QuotaState(p, q, now)
+		msgs[i] = kafka.Message{Key: []byte(st.Key()), Value: st.AppendJSON(nil)}
+	}
+	return w.WriteMessages(ctx, msgs...)
 }
 
 // safeToReconcile refuses while the aggregator runs (it would overwrite
