@@ -391,18 +391,14 @@ func (c *Consumer) watchPartitions(ctx context.Context) {
 	}
 }
 
-// metricLabel is the invalid-event metric's label: the tag, except that a
-// field name taken from the input (unknown_field:<any key>) is dropped, so
-// hostile input cannot grow the label set without bound.
+// metricLabel is the invalid-event metric's label: the tag, bounded
+// (ValidationError.MetricTag drops field names taken from the input).
 func metricLabel(err error) string {
 	var ve *schemas.ValidationError
 	if !errors.As(err, &ve) {
 		return string(schemas.CodeMalformedJSON)
 	}
-	if ve.Code == schemas.CodeUnknownField {
-		return string(ve.Code)
-	}
-	return ve.Tag()
+	return ve.MetricTag()
 }
 
 // retry runs fn until it succeeds or ctx ends, backing off between
