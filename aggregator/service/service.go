@@ -327,8 +327,7 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 				sleep(ctx, pause)
 				continue
 			}
-			if ckpt >= 0 && first > ckpt+1 {
-				missed := first - (ckpt + 1)
+			if missed := retentionGap(ckpt, first); missed > 0 {
 				s.m.retentionGap.Add(float64(missed))
 				s.log.Error("retention deleted events the aggregator never read: run reconcile over their time range",
 					zap.Int("partition", partition), zap.Int64("checkpoint", ckpt), zap.Int64("first_offset", first),
@@ -350,6 +349,15 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 		sleep(ctx, pause)
 	}
 	return nil
+}
+
+// retentionGap is how many events after the checkpoint retention deleted
+// before they were read: the partition's first offset is past ckpt+1.
+func retentionGap(ckpt, first int64) int64 {
+	if ckpt < 0 {
+		return 0 // a new group starts at the first offset by design
+	}
+	return max(0, first-(ckpt+1))
 }
 
 // readFrom reads from offset until an error, and returns the next offset.
