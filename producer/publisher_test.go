@@ -138,7 +138,7 @@ func TestPublishSync(t *testing.T) {
 			e = ev(tenant, schemas.MeterStorage, "0.000000001", nil)
 			e.ID = fmt.Sprintf("caller-id.%d", i) // kept as given
 		case 3:
-			e = ev(tenant, schemas.MeterAIGeneration, "99999999999999999999999999999.999999999", nil)
+			e = ev(tenant, schemas.MeterAIGeneration, "999999999999999999.999999999", nil)
 			e.Timestamp = explicitTS // kept, normalised to UTC
 		}
 		events = append(events, e)
@@ -239,6 +239,7 @@ func TestPublishRefusesInvalidCall(t *testing.T) {
 	}{
 		{"negative quantity", func(e *schemas.UsageEvent) { e.Quantity = decimal.RequireFromString("-1") }, "invalid_quantity"},
 		{"too many decimals", func(e *schemas.UsageEvent) { e.Quantity = decimal.RequireFromString("0.0000000001") }, "invalid_quantity"},
+		{"19 integer digits", func(e *schemas.UsageEvent) { e.Quantity = decimal.New(1, 18) }, "invalid_quantity"},
 		{"missing tenant_id", func(e *schemas.UsageEvent) { e.TenantID = "" }, "missing_field:tenant_id"},
 		{"bad tenant_id", func(e *schemas.UsageEvent) { e.TenantID = "acme corp" }, "invalid_field:tenant_id"},
 		{"missing feature_type", func(e *schemas.UsageEvent) { e.FeatureType = "" }, "missing_field:feature_type"},

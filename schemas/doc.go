@@ -9,9 +9,13 @@
 // testdata/vectors.json pin both down, so that SDKs in other languages can
 // run the same cases.
 //
-// Quantities are exact decimals (at most 29 integer and 9 fractional digits,
-// the range of ClickHouse's Decimal(38, 9)); float64 never appears in the
-// contract. On the wire a quantity may be a JSON string ("1.25", preferred,
+// Quantities are exact decimals of at most 18 integer and 9 fractional
+// digits (QuantityIntDigits, QuantityScale); float64 never appears in the
+// contract. Totals (aggregates, QuotaState usage and limits) are ClickHouse
+// Decimal(38, 9), 29 integer digits, where a sum() past 10^29 wraps
+// silently: capping one event at 10^18 means a total can only overflow
+// after 10^11 maximal events of one tenant, meter and period (and the
+// aggregator refuses, as aggregate_overflow, an event that would). On the wire a quantity may be a JSON string ("1.25", preferred,
 // because JSON parsers in other languages turn numbers into floats) or a
 // JSON number (1.25), which is read from its text, not through a float.
 package schemas

@@ -88,7 +88,8 @@ type QuotaState struct {
 	Plan   string `json:"plan"`
 	// Decimals are exact and written as JSON strings. Usage and OverageUsed
 	// are >= 0; Limit and Remaining are -1 when the meter is unlimited.
-	// All have at most 29 integer and 9 fractional digits.
+	// All have at most 29 integer and 9 fractional digits (AmountIntDigits:
+	// totals, unlike one event's quantity, use all of Decimal(38, 9)).
 	Usage       decimal.Decimal `json:"usage"`
 	Limit       decimal.Decimal `json:"limit"`
 	Remaining   decimal.Decimal `json:"remaining"`
@@ -435,13 +436,13 @@ func (r *stateReader) amount(field string, unlimited bool) decimal.Decimal {
 	if !ok {
 		return decimal.Decimal{}
 	}
-	if !(unlimited && s == "-1") && !isPlainDecimal(s, QuantityIntDigits, QuantityScale) {
+	if !(unlimited && s == "-1") && !isPlainDecimal(s, AmountIntDigits, QuantityScale) {
 		or := ""
 		if unlimited {
 			or = `, or "-1" (unlimited)`
 		}
 		r.fail(invalid(CodeInvalidField, field, "%s %q is not a decimal string of at most %d integer and %d fractional digits%s",
-			field, s, QuantityIntDigits, QuantityScale, or))
+			field, s, AmountIntDigits, QuantityScale, or))
 		return decimal.Decimal{}
 	}
 	return decimal.RequireFromString(s)
@@ -697,8 +698,8 @@ func checkAmount(field string, d decimal.Decimal, unlimited bool) error {
 		return invalid(CodeInvalidField, field, "%s %s is negative", field, d)
 	case !d.Equal(d.Truncate(QuantityScale)):
 		return invalid(CodeInvalidField, field, "%s %s has more than %d decimal places", field, d, QuantityScale)
-	case d.GreaterThanOrEqual(maxQuantity):
-		return invalid(CodeInvalidField, field, "%s %s has more than %d integer digits", field, d, QuantityIntDigits)
+	case d.GreaterThanOrEqual(maxAmount):
+		return invalid(CodeInvalidField, field, "%s %s has more than %d integer digits", field, d, AmountIntDigits)
 	}
 	return nil
 }

@@ -61,7 +61,8 @@ func TestAppendEventAgreesWithDecode(t *testing.T) {
 	texts := []string{"", "a", "é", "bob\n", "\x7f", "\xff", "a/b", "API", "api_calls", "org:acme@eu", "2026-11", "2026-12", "2026-13",
 		strings.Repeat("é", 256), strings.Repeat("é", 257), strings.Repeat("😀", 1024), strings.Repeat("é", 1025), strings.Repeat("x", 30000)}
 	quantities := []decimal.Decimal{decimal.Zero, decimal.NewFromInt(-1), decimal.New(1, -9), decimal.New(1, -10), decimal.New(15, -10),
-		decimal.New(1, 29), decimal.RequireFromString("99999999999999999999999999999.999999999"), decimal.New(15000000000, -10)}
+		decimal.New(1, 18), decimal.RequireFromString("999999999999999999.999999999"), decimal.New(1, 17),
+		decimal.RequireFromString("9999999999999999999"), decimal.New(1, 29), decimal.New(15000000000, -10)}
 	times := []time.Time{now, now.Add(6 * time.Minute), time.Date(1969, 12, 31, 23, 0, 0, 0, time.UTC), {},
 		time.Date(2026, 11, 1, 0, 30, 0, 0, time.FixedZone("x", 3600))}
 	pick := func(xs []string) string { return xs[r.IntN(len(xs))] }

@@ -22,12 +22,28 @@ const (
 	MaxMetadataEntries   = 64
 	MaxMetadataKeyLen    = 128
 	MaxMetadataValueLen  = 1024
-	QuantityScale        = 9  // fractional digits, as in Decimal(38, 9)
-	QuantityIntDigits    = 29 // 38 - 9
+	QuantityScale        = 9 // fractional digits, as in Decimal(38, 9)
+	// QuantityIntDigits bounds the quantity of one event: < 10^18, an
+	// exabyte of storage per event, far beyond any real meter. Aggregates
+	// and quota totals are ClickHouse Decimal(38, 9), 29 integer digits
+	// (ClickHouse 18.16 has no wider decimal, and a sum() past 10^29 wraps
+	// silently): with 29-digit events two events of one tenant could
+	// overflow a row. With 18, a row or a sum() over the raw table can only
+	// overflow after 10^11 maximal events of one tenant, meter and period,
+	// and the aggregator also refuses (aggregate_overflow) any event that
+	// would take a total past the maximum.
+	QuantityIntDigits = 18
+	// AmountIntDigits bounds totals: QuotaState usage, limit, remaining
+	// and overage_used are sums, so they keep the full 38 - 9 digits.
+	AmountIntDigits = 29
 )
 
-// maxQuantity is the first value that no longer fits in Decimal(38, 9).
-var maxQuantity = decimal.New(1, QuantityIntDigits)
+var (
+	// maxQuantity is the first quantity one event may not have (10^18).
+	maxQuantity = decimal.New(1, QuantityIntDigits)
+	// maxAmount is the first total that no longer fits in Decimal(38, 9).
+	maxAmount = decimal.New(1, AmountIntDigits)
+)
 
 // Validator checks events against the contract. The zero value is not
 // usable; build one with NewValidator. A Validator is safe for concurrent use.
@@ -190,7 +206,7 @@ func parseQuantity(q wireQuantity) (decimal.Decimal, error) {
 		return decimal.Decimal{}, invalid(CodeMissingField, "quantity", "quantity is required")
 	case quantityString:
 		// Strings are read as written, as the JSON Schema's pattern reads
-		// them: no sign, no exponent, at most 29 integer and 9 fractional
+		// them: no sign, no exponent, at most 18 integer and 9 fractional
 		// digits even when they are zeros ("-0" and "0.1234567890" too).
 		if !isPlainDecimal(text, QuantityIntDigits, QuantityScale) {
 			return decimal.Decimal{}, invalid(CodeInvalidQuantity, "quantity",
@@ -199,7 +215,7 @@ func parseQuantity(q wireQuantity) (decimal.Decimal, error) {
 		if d, ok := smallDecimal(text); ok {
 			return d, nil
 		}
-		return decimal.RequireFromString(text), nil // at most 38 plain digits: cannot fail
+		return decimal.RequireFromString(text), nil // at most 27 plain digits: cannot fail
 	case quantityNumber:
 		return parseQuantityNumber(text)
 	}
@@ -234,7 +250,7 @@ func parseQuantityNumber(text string) (decimal.Decimal, error) {
 // numberShape describes the value of a JSON number text without building
 // it: its sign, whether it is zero, and how many fractional and integer
 // digits its shortest plain form has. Exponents beyond ±10^9 are clamped,
-// which cannot change whether a value fits 29+9 digits.
+// which cannot change whether a value fits 18+9 (or 29+9) digits.
 func numberShape(text string) (neg, zero bool, frac, intDigits int) {
 	mant, exp := text, 0
 	if i := strings.IndexAny(text, "eE"); i >= 0 {
