@@ -29,7 +29,7 @@ func killConsumer(n int) func(*testing.T, *run) error {
 			from := time.Now()
 			c.p.consumer.kill()
 			c.p.startConsumer()
-			if err := c.recovered(from, consumerRecovery, fmt.Sprintf("consumer SIGKILL %d of %d", i+1, n)); err != nil {
+			if err := c.recovered(from, sessionTimeout+catchUp, fmt.Sprintf("consumer SIGKILL %d of %d", i+1, n)); err != nil {
 				return err
 			}
 		}
@@ -47,7 +47,7 @@ func killAggregator(n int) func(*testing.T, *run) error {
 			from := time.Now()
 			c.p.aggregators[len(c.p.aggregators)-1].kill()
 			c.p.startAggregator()
-			if err := c.recovered(from, aggSessionTimeout+aggCatchUp, fmt.Sprintf("aggregator SIGKILL %d of %d", i+1, n)); err != nil {
+			if err := c.recovered(from, sessionTimeout+catchUp, fmt.Sprintf("aggregator SIGKILL %d of %d", i+1, n)); err != nil {
 				return err
 			}
 		}
@@ -61,7 +61,7 @@ func killOneOfTwo(_ *testing.T, c *run) error {
 	time.Sleep(midStream())
 	from := time.Now()
 	c.p.aggregators[0].kill()
-	return c.recovered(from, aggSessionTimeout+aggCatchUp, "one of two aggregators SIGKILLed")
+	return c.recovered(from, sessionTimeout+catchUp, "one of two aggregators SIGKILLed")
 }
 
 func ownKafka(t *testing.T, shared engines) (engines, restarter) {
@@ -78,11 +78,14 @@ func ownClickHouse(t *testing.T, shared engines) (engines, restarter) {
 // seconds while both services and the traffic keep going, then starts it
 // again; recovery counts from the moment it answers again.
 func restartEngine(what string) func(*testing.T, *run) error {
-	return func(_ *testing.T, c *run) error {
+	return func(t *testing.T, c *run) error {
 		time.Sleep(midStream())
+		stop := time.Now()
 		c.engine.Stop()
+		stopped := time.Now()
 		time.Sleep(3 * time.Second)
 		c.engine.Start()
+		t.Logf("%s: stopping took %s s, down for %s s", what, seconds(stopped.Sub(stop)), seconds(time.Since(stopped)))
 		return c.recovered(time.Now(), 60*time.Second, what+" restart")
 	}
 }
@@ -140,7 +143,7 @@ func republish(_ *testing.T, c *run) error {
 	if err := c.load.publish(c.load.ackedSlice(0, 2000)); err != nil {
 		return err
 	}
-	return c.recovered(from, consumerRecovery, "consumer SIGKILL with republished events")
+	return c.recovered(from, sessionTimeout+catchUp, "consumer SIGKILL with republished events")
 }
 
 // overflow publishes, keyed and partitioned correctly but bypassing the

@@ -273,7 +273,8 @@ func describe(gaps map[string]gap) string {
 
 // converge waits, up to limit, until every sink equals e exactly and the
 // DLQ holds at least the refused messages. It returns how long that took
-// and the last gaps seen.
+// and the last gaps seen. It stops early when a service has exited by
+// itself, after one more look at the sinks.
 func (p *pipeline) converge(e *expectation, q *quotaFollower, limit time.Duration) (time.Duration, map[string]gap, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -281,12 +282,13 @@ func (p *pipeline) converge(e *expectation, q *quotaFollower, limit time.Duratio
 	var last error
 	var gaps map[string]gap
 	for ctx.Err() == nil {
-		if err := p.alive(); err != nil {
-			last = err
-			break
-		}
+		dead := p.alive()
 		obs, err := p.observe(ctx, q)
-		if err == nil {
+		switch {
+		case ctx.Err() != nil: // cut short by the deadline: keep the last answer
+		case err != nil:
+			last = err
+		default:
 			gaps = e.gaps(obs)
 			dlq, derr := p.dlqCount(ctx)
 			switch {
@@ -299,8 +301,13 @@ func (p *pipeline) converge(e *expectation, q *quotaFollower, limit time.Duratio
 			default:
 				last = fmt.Errorf("DLQ holds %d messages, want %d", dlq, len(e.refused))
 			}
-		} else {
-			last = err
+		}
+		if dead != nil {
+			if last != nil {
+				dead = fmt.Errorf("%w; %w", dead, last)
+			}
+			last = dead
+			break
 		}
 		sleep(ctx, 250*time.Millisecond)
 	}

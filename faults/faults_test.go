@@ -45,17 +45,19 @@ type run struct {
 	p          *pipeline
 	load       *load
 	engine     restarter // the engine the case owns, if any
-	recoveries []time.Duration
+	faults     int
+	recoveries []time.Duration // of the faults recovered from
 }
 
 // recovered waits until both services have caught up after a fault at
 // from, records the time and fails when it is over limit.
 func (c *run) recovered(from time.Time, limit time.Duration, what string) error {
 	d, err := c.p.waitCaughtUp(from, limit)
-	c.recoveries = append(c.recoveries, d)
+	c.faults++
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	c.recoveries = append(c.recoveries, d)
 	c.p.t.Logf("%s: caught up in %s", what, seconds(d))
 	return nil
 }
@@ -99,7 +101,7 @@ func table(results []result) string {
 			ex = "**not exact**"
 		}
 		if !r.pass {
-			verdict = "**fail**: " + strings.ReplaceAll(r.failedBecause, "|", "/")
+			verdict = "**fail**: " + strings.ReplaceAll(clip(r.failedBecause, 200), "|", "/")
 		}
 		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d | %d | %s | %s | %s | %s |\n", r.name, r.faults, r.messages,
 			r.counted, r.refused, r.rawRows, r.lost, r.double, ex, seconds(r.recover), seconds(r.converge), verdict)
@@ -146,6 +148,11 @@ func runCase(t *testing.T, fc faultCase, bins binaries, shared engines, r *resul
 		eng, own = fc.engines(t, shared)
 	}
 	p := newPipeline(t, bins, eng)
+	defer func() {
+		if t.Failed() {
+			p.logProblems()
+		}
+	}()
 	p.startConsumer()
 	for range max(1, fc.aggregators) {
 		p.startAggregator()
@@ -179,7 +186,7 @@ func runCase(t *testing.T, fc faultCase, bins binaries, shared engines, r *resul
 	}
 	c := &run{p: p, load: l, engine: own}
 	injectErr := fc.inject(t, c)
-	r.faults = len(c.recoveries)
+	r.faults = c.faults
 	for _, d := range c.recoveries {
 		r.recover = max(r.recover, d)
 	}
@@ -249,6 +256,13 @@ func finish(t *testing.T, p *pipeline, q *quotaFollower, l *load, r *result, fai
 	if n := q.invalid(); n > 0 {
 		t.Errorf("%d quota-state messages are not valid QuotaStates", n)
 	}
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 func firstLine(s string) string {
