@@ -1,0 +1,107 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Keys are the API keys, stored as SHA-256 hashes ("sha256:<hex>"): a
+// leaked keys file gives nobody a key. The file:
+//
+//	admin: ["sha256:..."]          # operators: any tenant
+//	tenants:
+//	  acme: ["sha256:...", ...]    # acts only for tenant acme
+type Keys struct {
+	byHash map[[32]byte]principal
+}
+
+type principal struct {
+	tenant string // "" for an admin
+	hash   [32]byte
+}
+
+type keysFile struct {
+	Admin   []string            `yaml:"admin"`
+	Tenants map[string][]string `yaml:"tenants"`
+}
+
+// HashKey returns the stored form of a key.
+func HashKey(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+// LoadKeys reads a keys file. It is read with yaml, not viper, because
+// tenant ids are case sensitive.
+func LoadKeys(path string) (*Keys, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read keys file: %w", err)
+	}
+	var f keysFile
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("keys file %s: %w", path, err)
+	}
+	return NewKeys(f.Admin, f.Tenants)
+}
+
+// NewKeys builds Keys from hashes.
+func NewKeys(admin []string, tenants map[string][]string) (*Keys, error) {
+	k := &Keys{byHash: map[[32]byte]principal{}}
+	add := func(where, tenant, s string) error {
+		hexs, ok := strings.CutPrefix(s, "sha256:")
+		b, err := hex.DecodeString(hexs)
+		if !ok || err != nil || len(b) != 32 {
+			return fmt.Errorf("%s: %q is not sha256:<64 hex digits> (see usage-api hash-key)", where, s)
+		}
+		var h [32]byte
+		copy(h[:], b)
+		if _, dup := k.byHash[h]; dup {
+			return fmt.Errorf("%s: the same key is listed twice", where)
+		}
+		k.byHash[h] = principal{tenant: tenant, hash: h}
+		return nil
+	}
+	var errs []error
+	for i, s := range admin {
+		errs = append(errs, add(fmt.Sprintf("admin[%d]", i), "", s))
+	}
+	for t, list := range tenants {
+		if t == "" {
+			errs = append(errs, errors.New("tenants: empty tenant id"))
+		}
+		for i, s := range list {
+			errs = append(errs, add(fmt.Sprintf("tenants.%s[%d]", t, i), t, s))
+		}
+	}
+	return k, errors.Join(errs...)
+}
+
+// authenticate returns who the request's bearer key belongs to. The map is
+// indexed by the key's SHA-256, which tells an attacker nothing about other
+// keys; the final comparison is constant time anyway.
+func (k *Keys) authenticate(r *http.Request) (principal, bool) {
+	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || key == "" {
+		return principal{}, false
+	}
+	h := sha256.Sum256([]byte(key))
+	p, found := k.byHash[h]
+	if !found || subtle.ConstantTimeCompare(p.hash[:], h[:]) != 1 {
+		return principal{}, false
+	}
+	return p, true
+}
+
+// actsFor reports whether p may act for tenant.
+func (p principal) actsFor(tenant string) bool { return p.tenant == "" || p.tenant == tenant }
