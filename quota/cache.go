@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -457,4 +458,23 @@ type Stats struct {
 func (c *Cache) Stats() Stats {
 	return Stats{States: c.stats.states.Load(), Assignments: c.stats.assignments.Load(), Invalid: c.stats.invalid.Load(),
 		Lag: c.lag.Load(), Reachable: c.reachable.Load()}
+}
+
+// Meters returns the tenant's plan and every meter it has a quota or a
+// definition for, sorted (for listings such as GET /v1/quotas/{tenant}).
+func (c *Cache) Meters(tenant string) (plan string, meters []string) {
+	snap := c.snap.Load()
+	a := snap.assignment(tenant)
+	seen := map[string]bool{}
+	for m := range snap.cfg.Meters {
+		seen[m] = true
+	}
+	for m := range snap.cfg.Plans[a.Plan].Meters {
+		seen[m] = true
+	}
+	for m := range seen {
+		meters = append(meters, m)
+	}
+	slices.Sort(meters)
+	return a.Plan, meters
 }

@@ -93,10 +93,15 @@ func (c *Cache) Check(_ context.Context, tenant, meter string, quantity Amount) 
 	return c.check(tenant, meter, quantity, true)
 }
 
-// Peek is Check for quantity 0 that counts nothing and takes no rate token:
-// the current standing.
-func (c *Cache) Peek(_ context.Context, tenant, meter string) Decision {
-	return c.check(tenant, meter, Amount{}, false)
+// Peek is the current standing: Preview of quantity 0.
+func (c *Cache) Peek(ctx context.Context, tenant, meter string) Decision {
+	return c.Preview(ctx, tenant, meter, Amount{})
+}
+
+// Preview answers whether quantity would be allowed now, without counting
+// it or taking a rate token; Usage is the standing before it.
+func (c *Cache) Preview(_ context.Context, tenant, meter string, quantity Amount) Decision {
+	return c.check(tenant, meter, quantity, false)
 }
 
 // CheckAfter is Check once the cache has read the record at min (for
@@ -104,7 +109,7 @@ func (c *Cache) Peek(_ context.Context, tenant, meter string) Decision {
 // refuses with ReasonNotCaughtUp and counts nothing. WaitFor waits instead.
 func (c *Cache) CheckAfter(ctx context.Context, tenant, meter string, quantity Amount, min Position) Decision {
 	if !c.Reached(min) {
-		d := c.check(tenant, meter, Amount{}, false)
+		d := c.check(tenant, meter, quantity, false)
 		d.Allowed, d.Reason, d.RetryAfter = false, ReasonNotCaughtUp, c.cfg.PollInterval
 		return d
 	}
@@ -210,7 +215,7 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		}
 		if !consume || v.b.pending.CompareAndSwap(p, np) {
 			d.Allowed = true
-			if !consume {
+			if !consume { // a preview reports the standing before the request
 				after, np = base, p
 			}
 			c.fill(&d, v, after)
