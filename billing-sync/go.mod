@@ -3,6 +3,7 @@ module github.com/usagemeter/usagemeter/billing-sync
 go 1.26.8
 
 replace (
+	github.com/usagemeter/usagemeter/producer => ../producer
 	github.com/usagemeter/usagemeter/schemas => ../schemas
 	github.com/usagemeter/usagemeter/svckit => ../svckit
 	github.com/usagemeter/usagemeter/testenv => ../testenv
@@ -12,11 +13,14 @@ require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/go-viper/mapstructure/v2 v2.5.0
 	github.com/prometheus/client_golang v1.25.0
+	github.com/santhosh-tekuri/jsonschema/v6 v6.0.2
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
 	github.com/spf13/pflag v1.0.10
 	github.com/spf13/viper v1.21.0
 	github.com/stripe/stripe-go/v76 v76.25.0
+	github.com/stripe/stripe-mock v0.190.0
+	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000

@@ -20,12 +20,16 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
+
+// searchQuery is the customer search the fake serves (see searchCustomers).
+var searchQuery = regexp.MustCompile(`^metadata\[['"]tenant_id['"]\]:['"]([^'"]*)['"]$`)
 
 // Fault is injected into the next Count requests whose path has Prefix.
 type Fault struct {
@@ -69,6 +73,11 @@ type Fake struct {
 	Upstream string
 	// Meters maps meter ids to event names (for summaries).
 	Meters map[string]string
+	// CheckResponse, when set, sees every response the fake sends (status
+	// and body, errors and injected faults included); an error is recorded
+	// in Violations. Tests set it to stripespec's check, so the fake never
+	// answers with a shape Stripe's spec does not allow.
+	CheckResponse func(method, path string, status int, body []byte) error
 
 	mu          sync.Mutex
 	idem        map[string]stored
@@ -84,6 +93,9 @@ type Fake struct {
 	violations  []string
 	concurrency int
 	calls       map[string]int
+	replays     map[string]int // idempotency key -> stored responses replayed
+	dupIdents   map[string]int // meter event identifier -> refused as already existing
+	delay       time.Duration  // before each POST is processed (a slow Stripe)
 	client      *http.Client
 }
 
@@ -96,7 +108,7 @@ func New() *Fake {
 	return &Fake{
 		Now: time.Now, Meters: map[string]string{}, idem: map[string]stored{}, events: map[string]*event{},
 		records: map[string]map[int64]*usageRecord{}, items: map[string]subItem{}, inflight: map[string]bool{},
-		writes: map[string]int{}, calls: map[string]int{}, client: &http.Client{Timeout: 10 * time.Second},
+		writes: map[string]int{}, calls: map[string]int{}, replays: map[string]int{}, dupIdents: map[string]int{}, client: &http.Client{Timeout: 10 * time.Second},
 	}
 }
 
@@ -115,6 +127,44 @@ func (f *Fake) AddSubscriptionItem(customer, item, price string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.items[item] = subItem{customer: customer, price: price, sub: "sub_" + item}
+}
+
+// SetDelay makes every POST wait d before it is processed, while it
+// counts as in flight: a slow Stripe, so that a test can kill a client
+// mid-pass. The wait does not watch the client: a request whose client
+// died is still applied, as Stripe would.
+func (f *Fake) SetDelay(d time.Duration) { f.mu.Lock(); f.delay = d; f.mu.Unlock() }
+
+// InFlight returns the POSTs being processed now.
+func (f *Fake) InFlight() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.inflight)
+}
+
+// Replays returns, per idempotency key, how often a stored response was
+// replayed (a retry or a re-sent intent under the same key).
+func (f *Fake) Replays() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.replays))
+	for k, v := range f.replays {
+		out[k] = v
+	}
+	return out
+}
+
+// DuplicateIdentifiers returns, per meter event identifier, how often an
+// event was refused because one with its identifier exists (a re-send
+// under another key, or after the key expired).
+func (f *Fake) DuplicateIdentifiers() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.dupIdents))
+	for k, v := range f.dupIdents {
+		out[k] = v
+	}
+	return out
 }
 
 // Inject queues a fault.
@@ -220,11 +270,11 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fault := f.takeFault(r.URL.Path)
 	f.mu.Unlock()
 	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer sk_") {
-		writeJSON(w, 401, (&apiError{status: 401, typ: "invalid_request_error", msg: "no API key"}).body())
+		f.respond(w, r, 401, (&apiError{status: 401, typ: "invalid_request_error", msg: "no API key"}).body())
 		return
 	}
 	if fault != nil && !fault.AfterWrite {
-		f.fail(w, fault)
+		f.fail(w, r, fault)
 		return
 	}
 	serial := ""
@@ -237,11 +287,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if f.inflight[serial] {
 			f.violations = append(f.violations, "two calls in flight for "+serial)
 			f.mu.Unlock()
-			writeJSON(w, 429, (&apiError{status: 429, typ: "invalid_request_error", code: "lock_timeout", msg: "concurrent call"}).body())
+			f.respond(w, r, 429, (&apiError{status: 429, typ: "invalid_request_error", code: "lock_timeout", msg: "concurrent call"}).body())
 			return
 		}
 		f.inflight[serial] = true
+		delay := f.delay
 		f.mu.Unlock()
+		time.Sleep(delay)
 	}
 	status, resp := f.handle(r, op, form)
 	if serial != "" {
@@ -251,7 +303,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 	}
 	if fault != nil {
-		f.fail(w, fault) // applied, but the client sees a failure
+		f.fail(w, r, fault) // applied, but the client sees a failure
 		return
 	}
 	if status < 300 && r.Method == http.MethodPost && f.Upstream != "" {
@@ -261,10 +313,22 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.mu.Unlock()
 		}
 	}
-	writeJSON(w, status, resp)
+	f.respond(w, r, status, resp)
 }
 
-func (f *Fake) fail(w http.ResponseWriter, ft *Fault) {
+// respond writes a response after CheckResponse saw it.
+func (f *Fake) respond(w http.ResponseWriter, r *http.Request, status int, body []byte) {
+	if f.CheckResponse != nil {
+		if err := f.CheckResponse(r.Method, r.URL.Path, status, body); err != nil {
+			f.mu.Lock()
+			f.violations = append(f.violations, err.Error())
+			f.mu.Unlock()
+		}
+	}
+	writeJSON(w, status, body)
+}
+
+func (f *Fake) fail(w http.ResponseWriter, r *http.Request, ft *Fault) {
 	if ft.Delay > 0 {
 		time.Sleep(ft.Delay)
 	}
@@ -272,7 +336,7 @@ func (f *Fake) fail(w http.ResponseWriter, ft *Fault) {
 	if st == 0 {
 		st = http.StatusGatewayTimeout
 	}
-	writeJSON(w, st, (&apiError{status: st, typ: "api_error", msg: "injected fault"}).body())
+	f.respond(w, r, st, (&apiError{status: st, typ: "api_error", msg: "injected fault"}).body())
 }
 
 func (f *Fake) takeFault(path string) *Fault {
@@ -322,6 +386,8 @@ func operation(method, path string) string {
 		return "usage_record_summaries"
 	case path == "/v1/customers":
 		return "customers"
+	case path == "/v1/customers/search":
+		return "customers_search"
 	case path == "/v1/subscriptions":
 		return "subscriptions"
 	}
@@ -345,6 +411,7 @@ func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte)
 				e := &apiError{status: 400, typ: "idempotency_error", msg: "Keys for idempotent requests can only be used with the same parameters they were first used with."}
 				return e.status, e.body()
 			}
+			f.replays[key]++
 			return s.status, s.body // replayed
 		}
 	}
@@ -376,6 +443,8 @@ func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, no
 		obj, err = f.usageSummaries(r.URL.Path, now)
 	case "customers":
 		obj = f.listCustomers(form, now)
+	case "customers_search":
+		obj, err = f.searchCustomers(form, now)
 	case "subscriptions":
 		obj = f.listSubscriptions(form, now)
 	default:
@@ -410,6 +479,7 @@ func (f *Fake) meterEvent(form url.Values, now time.Time) (any, *apiError) {
 		ident = fmt.Sprintf("gen_%d", len(f.eventOrder))
 	}
 	if e, ok := f.events[ident]; ok && now.Sub(e.received) < 24*time.Hour {
+		f.dupIdents[ident]++
 		return nil, &apiError{status: 400, typ: "invalid_request_error", code: "resource_already_exists",
 			msg: "An event with identifier " + ident + " already exists"}
 	}
@@ -599,6 +669,40 @@ func (f *Fake) listCustomers(form url.Values, now time.Time) any {
 			"metadata": map[string]string{"tenant_id": c.tenant}})
 	}
 	return page(data, form, "/v1/customers")
+}
+
+// searchCustomers serves the one query form a tenant lookup needs,
+// metadata['tenant_id']:'X' (Stripe's search language has many more;
+// anything else is refused rather than answered wrongly). Search results
+// page with an opaque next_page token, here the offset.
+func (f *Fake) searchCustomers(form url.Values, now time.Time) (any, *apiError) {
+	m := searchQuery.FindStringSubmatch(strings.TrimSpace(form.Get("query")))
+	if m == nil {
+		return nil, invalid("parameter_invalid", "the fake understands only query=metadata['tenant_id']:'<tenant>'")
+	}
+	var data []any
+	for _, c := range f.customers {
+		if c.tenant == m[1] {
+			data = append(data, map[string]any{"object": "customer", "id": c.id, "created": now.Unix(), "livemode": false,
+				"metadata": map[string]string{"tenant_id": c.tenant}})
+		}
+	}
+	limit := 10
+	if l, err := strconv.Atoi(form.Get("limit")); err == nil && l > 0 {
+		limit = min(l, 100)
+	}
+	offset, _ := strconv.Atoi(form.Get("page"))
+	offset = min(max(offset, 0), len(data))
+	data = data[offset:]
+	var next any // null on the last page
+	if len(data) > limit {
+		data, next = data[:limit], strconv.Itoa(offset+limit)
+	}
+	if data == nil {
+		data = []any{}
+	}
+	return map[string]any{"object": "search_result", "data": data, "has_more": next != nil, "next_page": next,
+		"url": "/v1/customers/search"}, nil
 }
 
 func (f *Fake) listSubscriptions(form url.Values, now time.Time) any {

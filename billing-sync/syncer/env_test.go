@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/usagemeter/usagemeter/billing-sync/audit"
 	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
 	"github.com/usagemeter/usagemeter/billing-sync/stripefake"
+	"github.com/usagemeter/usagemeter/billing-sync/stripespec"
 	"github.com/usagemeter/usagemeter/billing-sync/syncer"
 	"github.com/usagemeter/usagemeter/billing-sync/usage"
 	"github.com/usagemeter/usagemeter/schemas/plans"
@@ -36,6 +38,11 @@ func stripeMock(t testing.TB) string {
 	}
 	return v
 }
+
+// stripeSpec is Stripe's OpenAPI spec, loaded and compiled once per test
+// binary: compiling the customer schema's closure takes seconds on two
+// cores, and the spec never changes while the tests run.
+var stripeSpec = sync.OnceValues(stripespec.Load)
 
 type env struct {
 	t     testing.TB
@@ -70,8 +77,15 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	spec, err := stripeSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
 	fake := stripefake.New()
 	fake.Upstream = upstream
+	// Every answer of the fake is held to Stripe's spec too (see
+	// noDoubleWrites, which fails on any violation).
+	fake.CheckResponse = spec.CheckResponse
 	fake.AddMeter("mtr_api", "api_calls")
 	fake.AddMeter("mtr_tokens", "tokens")
 	srv := httptest.NewServer(fake)
