@@ -9,7 +9,6 @@ require (
 	github.com/shopspring/decimal v1.6.0
 	github.com/spf13/pflag v1.1.0
 	github.com/spf13/viper v1.21.0
-	github.com/usagemeter/usagemeter/consumer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
@@ -53,8 +52,6 @@ require (
 replace github.com/usagemeter/usagemeter/schemas => ../schemas
 
 replace github.com/usagemeter/usagemeter/producer => ../producer
-
-replace github.com/usagemeter/usagemeter/consumer => ../consumer
 
 replace github.com/usagemeter/usagemeter/testenv => ../testenv
 

@@ -177,20 +177,11 @@ func Open(t testing.TB, addr, db string) driver.Conn {
 // RepoRoot is the directory holding go.work.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	dir, err := repoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.work not found above the test's directory")
-		}
-		dir = parent
-	}
+	return dir
 }
 
 // ClickHouseServer is a private ClickHouse server a test can stop and start,

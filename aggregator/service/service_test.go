@@ -1,15 +1,21 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
@@ -19,13 +25,36 @@ import (
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
 	"github.com/usagemeter/usagemeter/aggregator/reconcile"
 	"github.com/usagemeter/usagemeter/aggregator/state"
-	"github.com/usagemeter/usagemeter/consumer/chstore"
-	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/svckit/chconn"
 	"github.com/usagemeter/usagemeter/testenv"
 )
+
+// consumerBin is the usage-consumer binary TestMain builds for the tests
+// that need the raw table written.
+var consumerBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if !testing.Short() {
+		dir, err := os.MkdirTemp("", "aggregator-test-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		bins, err := testenv.BuildCommands(dir, "./consumer/cmd/usage-consumer")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		consumerBin = bins[0]
+		code := m.Run()
+		_ = os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
 
 const testPlans = `
 meters:
@@ -50,7 +79,7 @@ type env struct {
 	includeLate bool // compare with every raw event, late ones too (after reconcile)
 	broker      string
 	cfg         Config
-	store       *chstore.Store
+	store       store
 	plans       *plans.Config
 	log         *zap.Logger
 }
@@ -97,34 +126,56 @@ func setupEnv(t testing.TB, fast bool) *env {
 	chCfg := chconn.DefaultConfig()
 	chCfg.Addr = []string{testenv.ClickHouseAddr(t)}
 	chCfg.Database = testenv.Name("t")
-	store, err := chstore.Open(context.Background(), chCfg, log)
+	conn, err := chconn.Open(context.Background(), chCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = store.Conn().Exec(context.Background(), "DROP DATABASE IF EXISTS "+chCfg.Database)
-		_ = store.Close()
+		_ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+chCfg.Database)
+		_ = conn.Close()
 	})
-	if err := store.Migrate(context.Background()); err != nil {
+	if err := chconn.Migrate(context.Background(), conn, log); err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, broker: broker, cfg: cfg, store: store, plans: p, log: log}
+	return &env{t: t, broker: broker, cfg: cfg, store: store{conn, chCfg}, plans: p, log: log}
 }
 
-// startRawConsumer runs the raw sink on the same topic: the deduplicated
-// raw table is the truth the aggregates are compared with.
+// store is the test's ClickHouse database.
+type store struct {
+	conn driver.Conn
+	cfg  chconn.Config
+}
+
+func (s store) Conn() driver.Conn { return s.conn }
+
+// startRawConsumer runs the real usage-consumer binary on the same topic
+// and database: the deduplicated raw table it writes is the truth the
+// aggregates are compared with. (A binary, not the consumer's packages: a
+// component never imports another's.)
 func (e *env) startRawConsumer() {
-	cfg := ingest.DefaultConfig()
-	cfg.Brokers, cfg.Topic, cfg.DLQTopic, cfg.GroupID = e.cfg.Brokers, e.cfg.Topic, e.cfg.DLQTopic, testenv.Name("raw")
-	cfg.FlushInterval = 100 * time.Millisecond
-	c, err := ingest.New(cfg, e.store, e.log)
-	if err != nil {
+	e.t.Helper()
+	cmd := exec.Command(consumerBin, "--log-level", "warn")
+	cmd.Env = append(os.Environ(),
+		"USAGE_KAFKA_BROKERS="+strings.Join(e.cfg.Brokers, ","),
+		"USAGE_KAFKA_TOPIC="+e.cfg.Topic,
+		"USAGE_KAFKA_DLQ_TOPIC="+e.cfg.DLQTopic,
+		"USAGE_KAFKA_GROUP_ID="+testenv.Name("raw"),
+		"USAGE_KAFKA_FLUSH_INTERVAL=100ms",
+		"USAGE_CLICKHOUSE_ADDR="+strings.Join(e.store.cfg.Addr, ","),
+		"USAGE_CLICKHOUSE_DATABASE="+e.store.cfg.Database,
+		"USAGE_HTTP_ADDR=127.0.0.1:0",
+		"USAGE_CREATE_TOPICS=false")
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = c.Run(ctx); close(done) }()
-	e.t.Cleanup(func() { cancel(); <-done })
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			e.t.Logf("usage-consumer: %v\n%s", err, stderr.String())
+		}
+	})
 }
 
 type running struct {
