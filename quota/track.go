@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/schemas"
@@ -21,15 +22,18 @@ type ProducerTracker struct {
 // NewProducerTracker wraps p.
 func NewProducerTracker(p *producer.Publisher) *ProducerTracker { return &ProducerTracker{P: p} }
 
-// Track publishes e. Publish fills e.ID (a UUIDv7, the idempotency key)
-// and e.Timestamp when empty; e is updated so the caller can retry with the
-// same id.
+// Track publishes e. It fills e.ID (schemas.NewID, a UUIDv7: the
+// idempotency key) and e.Timestamp first when they are empty, so the
+// caller knows the id to retry with even when publishing fails.
 func (t *ProducerTracker) Track(ctx context.Context, e *schemas.UsageEvent) error {
-	evs := [1]schemas.UsageEvent{*e}
-	err := t.P.Publish(ctx, evs[:]...)
-	*e = evs[0]
-	if err != nil {
-		return fmt.Errorf("track %s/%s: %w", e.TenantID, e.FeatureType, err)
+	if e.ID == "" {
+		e.ID = schemas.NewID()
+	}
+	if e.Timestamp.IsZero() {
+		e.Timestamp = time.Now().UTC()
+	}
+	if err := t.P.Publish(ctx, *e); err != nil {
+		return fmt.Errorf("track %s/%s (id %s): %w", e.TenantID, e.FeatureType, e.ID, err)
 	}
 	return nil
 }

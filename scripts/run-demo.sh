@@ -20,7 +20,8 @@ mkdir -p "$bin" "$run_dir"
 env_lines=$("$SCRIPTS_DIR/engines.sh" start)
 eval "$env_lines"
 echo "== building"
-go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./aggregator/cmd/usage-aggregator
+go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./aggregator/cmd/usage-aggregator \
+  ./api/cmd/usage-api ./api/cmd/usage-demo-app
 
 echo "== starting usage-consumer (log: $run_dir/consumer.log)"
 USAGE_KAFKA_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=$http_addr \
@@ -36,8 +37,11 @@ USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE "$bin/usage-billing-sync" --config 
 billing=$!
 stop_consumer() {
   local pid name
-  for pid in "$billing" "$aggregator" "$consumer"; do
+  for pid in "${demo_app:-}" "${usage_api:-}" "$billing" "$aggregator" "$consumer"; do
+    [[ -n $pid ]] || continue
     name=usage-consumer
+    [[ $pid == "${demo_app:-}" ]] && name=usage-demo-app
+    [[ $pid == "${usage_api:-}" ]] && name=usage-api
     [[ $pid == "$aggregator" ]] && name=usage-aggregator
     [[ $pid == "$billing" ]] && name=usage-billing-sync
     if kill -0 "$pid" 2>/dev/null; then
@@ -65,12 +69,29 @@ for _ in $(seq 100); do
   kill -0 "$aggregator" 2>/dev/null || { tail -n 20 "$run_dir/aggregator.log"; die "usage-aggregator exited"; }
   sleep 0.2
 done
+# Enforcement: ai_generation demo traffic goes through usage-demo-app, whose
+# quota.Middleware answers 402 from a FREE tenant's 51st; usage-api serves
+# the same decisions over HTTP (demo keys in api/keys.example.yaml).
+app_addr=${DEMO_APP_ADDR:-127.0.0.1:9471}
+api_addr=${USAGE_API_ADDR:-127.0.0.1:9470}
+echo "== starting usage-api on $api_addr and usage-demo-app on $app_addr (logs: $run_dir/usage-api.log, $run_dir/demo-app.log)"
+USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr "$bin/usage-api" >"$run_dir/usage-api.log" 2>&1 &
+usage_api=$!
+"$bin/usage-demo-app" -addr "$app_addr" -brokers "$USAGE_TEST_KAFKA" >"$run_dir/demo-app.log" 2>&1 &
+demo_app=$!
+for _ in $(seq 100); do
+  curl -fs "http://$app_addr/healthz" >/dev/null 2>&1 && break
+  kill -0 "$demo_app" 2>/dev/null || { tail -n 20 "$run_dir/demo-app.log"; die "usage-demo-app exited"; }
+  sleep 0.2
+done
 # Demo plan changes, live: two tenants move off the default FREE plan.
 printf 'tenant-01|{"plan":"PRO"}\ntenant-02|{"plan":"ENTERPRISE","anchor_day":1}\n' |
   kcat -P -b "$USAGE_TEST_KAFKA" -t usage.plan-assignments -K '|'
 echo
 echo "   Usage dashboard: http://$http_addr/     Quota state: http://${AGGREGATOR_ADDR:-127.0.0.1:9465}/"
 echo "   Metrics: http://$http_addr/metrics and http://${AGGREGATOR_ADDR:-127.0.0.1:9465}/metrics"
+echo "   Enforcement (served and refused per tenant): http://$app_addr/"
+echo "   usage-api: curl -s -H 'Authorization: Bearer demo-key-tenant-05' http://$api_addr/v1/quotas/tenant-05"
 echo
 echo "== publishing demo traffic at $rate events/s (Ctrl-C to stop)"
-"$bin/usage-loadgen" -brokers "$USAGE_TEST_KAFKA" -rate "$rate" -duration "$duration" || true
+"$bin/usage-loadgen" -brokers "$USAGE_TEST_KAFKA" -rate "$rate" -duration "$duration" -app-url "http://$app_addr/v1/generate" || true
