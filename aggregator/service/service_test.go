@@ -731,3 +731,33 @@ func TestUnknownMeterRejectedToDLQ(t *testing.T) {
 		t.Fatalf("rejected meter aggregated: %d rows (%v)", n, err)
 	}
 }
+
+// A partition that only ever saw invalid input has no watermark (stored as
+// 1970). Restoring it must not load every aggregate row ever written.
+func TestRestoreIgnoresAnEmptyWatermark(t *testing.T) {
+	e := setupEnv(t, true)
+	ctx := context.Background()
+	st := aggstore.New(e.store.Conn())
+	old := &state.Row{Key: state.Key{Tenant: "acme", Meter: "api_calls", Grain: state.Minute,
+		Start: time.Now().AddDate(-1, 0, 0).Truncate(time.Minute).Unix()}, Aggregation: plans.Sum, Value: decimal.NewFromInt(1), Events: 1, Offset: 5}
+	if err := st.WriteRows(ctx, state.Minute, []*state.Row{old}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WriteCheckpoints(ctx, e.cfg.GroupID, e.cfg.Topic, []state.Checkpoint{{Partition: 0, Offset: 9}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := New(e.cfg, e.plans, st, e.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, starts, err := svc.restore(ctx, []kafka.PartitionAssignment{{ID: 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if starts[0] != 9 {
+		t.Fatalf("resumes at %d, want the checkpoint 9", starts[0])
+	}
+	if n := s.Rows(); n != 0 {
+		t.Fatalf("restore loaded %d rows, including a year-old one: the 1970 watermark widened the load", n)
+	}
+}
