@@ -33,7 +33,7 @@ type topics struct {
 	broker, events, state, assign string
 }
 
-func newTopics(t *testing.T, broker string) topics {
+func newTopics(t testing.TB, broker string) topics {
 	t.Helper()
 	tp := topics{broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
 	testenv.CreateTopic(t, broker, tp.events, 4)
@@ -42,7 +42,7 @@ func newTopics(t *testing.T, broker string) topics {
 	return tp
 }
 
-func plansFile(t *testing.T) (*plans.Config, string) {
+func plansFile(t testing.TB) (*plans.Config, string) {
 	t.Helper()
 	path := filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml")
 	p, err := plans.Load(path)
@@ -52,7 +52,7 @@ func plansFile(t *testing.T) (*plans.Config, string) {
 	return p, path
 }
 
-func startCache(t *testing.T, tp topics, log *zap.Logger, mut func(*quota.Config), opts ...quota.Option) *quota.Cache {
+func startCache(t testing.TB, tp topics, log *zap.Logger, mut func(*quota.Config), opts ...quota.Option) *quota.Cache {
 	t.Helper()
 	p, _ := plansFile(t)
 	cfg := quota.DefaultConfig()
@@ -78,7 +78,7 @@ func startCache(t *testing.T, tp topics, log *zap.Logger, mut func(*quota.Config
 }
 
 // produce writes one record and returns its position.
-func produce(t *testing.T, broker, topic string, partition int, key, value []byte) quota.Position {
+func produce(t testing.TB, broker, topic string, partition int, key, value []byte) quota.Position {
 	t.Helper()
 	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 10 * time.Second}
 	res, err := client.Produce(context.Background(), &kafka.ProduceRequest{Topic: topic, Partition: partition,
@@ -169,7 +169,7 @@ var repoRoot string
 
 // startAggregator runs the real usage-aggregator on the test's topics and
 // a private database.
-func startAggregator(t *testing.T, tp topics) {
+func startAggregator(t testing.TB, tp topics, extraEnv ...string) {
 	t.Helper()
 	repoRoot = testenv.RepoRoot(t)
 	bin, err := aggregatorBin()
@@ -183,10 +183,13 @@ func startAggregator(t *testing.T, tp topics) {
 		"USAGE_AGGREGATOR_BROKERS="+tp.broker, "USAGE_AGGREGATOR_TOPIC="+tp.events,
 		"USAGE_AGGREGATOR_GROUP_ID="+testenv.Name("agg"), "USAGE_AGGREGATOR_QUOTA_TOPIC="+tp.state,
 		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+tp.assign, "USAGE_AGGREGATOR_LATE_TOPIC="+tp.events+".late",
-		"USAGE_AGGREGATOR_DLQ_TOPIC="+tp.events+".dlq", "USAGE_AGGREGATOR_FLUSH_INTERVAL=200ms",
-		"USAGE_AGGREGATOR_QUOTA_COALESCE=50ms", "USAGE_CREATE_TOPICS=true", "USAGE_TOPIC_PARTITIONS=4",
+		"USAGE_AGGREGATOR_DLQ_TOPIC="+tp.events+".dlq", "USAGE_CREATE_TOPICS=true", "USAGE_TOPIC_PARTITIONS=4",
 		"USAGE_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t), "USAGE_CLICKHOUSE_DATABASE="+db,
 		"USAGE_HTTP_ADDR=127.0.0.1:0", "USAGE_PLANS_FILE="+plansPath, "USAGE_LOG_LEVEL=warn")
+	if len(extraEnv) == 0 { // the tests want states quickly
+		extraEnv = []string{"USAGE_AGGREGATOR_FLUSH_INTERVAL=200ms", "USAGE_AGGREGATOR_QUOTA_COALESCE=50ms"}
+	}
+	cmd.Env = append(cmd.Env, extraEnv...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "aggregator.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ import (
 // env is a usage-api server on a real HTTP listener, private topics on the
 // real broker, and the OpenAPI validator every response goes through.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	srv    *httptest.Server
 	broker string
 	events string
@@ -48,7 +48,7 @@ const (
 	keyAdmin = "key-of-the-operator"
 )
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	broker := testenv.Kafka(t)
 	e := &env{t: t, broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
