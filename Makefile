@@ -27,7 +27,8 @@ lint:
 
 ## build: the service binaries into .cache/bin
 build:
-	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./billing-sync/cmd/usage-billing-sync
+	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./billing-sync/cmd/usage-billing-sync \
+		./api/cmd/usage-api ./api/cmd/usage-demo-app
 
 deps:
 	scripts/deps.sh

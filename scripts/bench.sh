@@ -23,3 +23,7 @@ echo "== the whole pipeline at once: SDK -> Kafka -> consumer + aggregator -> Cl
 go test -run '^$' -bench 'Pipeline' -benchtime "${n}x" ./aggregator/service/
 echo "== codec (per event)"
 go test -run '^$' -bench . -benchmem ./schemas/
+echo "== quota: Check on a warm cache (p50/p99 per call, allocs), usage-api /v1/check under vegeta at 10k req/s, publish -> cache decision freshness at 10k events/s"
+go test -run '^$' -bench 'BenchmarkCheck$' -benchmem -benchtime 2000000x ./quota/
+go test -run '^$' -bench 'CheckHTTP' -benchtime 1x ./api/server/
+go test -run '^$' -bench 'Freshness' -benchtime 1x ./quota/
