@@ -64,6 +64,28 @@ func killOneOfTwo(_ *testing.T, c *run) error {
 	return c.recovered(from, sessionTimeout+catchUp, "one of two aggregators SIGKILLed")
 }
 
+// pauseOneOfTwo freezes one of two aggregator members past its session:
+// the survivor takes over its partitions and moves on; then the frozen
+// member resumes, still holding the rows it had applied and not written,
+// and a group generation it no longer belongs to. Whatever it writes or
+// publishes late must not undo the survivor's work.
+func pauseOneOfTwo(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	from := time.Now()
+	zombie := c.p.aggregators[0]
+	zombie.pause()
+	err := c.recovered(from, sessionTimeout+catchUp, "one of two aggregators frozen")
+	if wait := sessionTimeout + 5*time.Second - time.Since(from); wait > 0 {
+		time.Sleep(wait) // surely expired, even if the survivor was quick
+	}
+	resumed := time.Now()
+	zombie.resume()
+	if err != nil {
+		return err
+	}
+	return c.recovered(resumed, sessionTimeout+catchUp, "frozen aggregator resumed")
+}
+
 func ownKafka(t *testing.T, shared engines) (engines, restarter) {
 	k := testenv.StartKafka(t)
 	return engines{broker: k.Addr, clickhouse: shared.clickhouse}, k

@@ -270,7 +270,7 @@ func firstLine(s string) string {
 	return line
 }
 
-// cases are the fault cases of issue 6, in order.
+// cases are the fault cases of issue 6, in order, and one more.
 func cases() []faultCase {
 	return []faultCase{
 		{name: "1 consumer SIGKILL x3", inject: killConsumer(3)},
@@ -281,5 +281,8 @@ func cases() []faultCase {
 		{name: "6 keyless, wrong key, kcat CRC32", inject: misroutedPublishers},
 		{name: "7 producer retries + consumer SIGKILL", dupEvery: 5, inject: republish},
 		{name: "8 quantity overflow attempt", tenants: append(allTenants(), "whale"), inject: overflow},
+		// Beyond the issue's list: a member that is not dead but frozen
+		// (issue 6 item 7, versions from the writer's clock).
+		{name: "9 aggregator frozen past its session, then resumed", aggregators: 2, inject: pauseOneOfTwo},
 	}
 }

@@ -214,9 +214,17 @@ func (pr *proc) kill() {
 	<-pr.done
 }
 
+// pause freezes the process (SIGSTOP), as a long GC pause, a frozen VM or
+// a stalled disk does: it keeps its sockets and its memory, and resumes
+// where it was.
+func (pr *proc) pause() { _ = pr.cmd.Process.Signal(syscall.SIGSTOP) }
+
+func (pr *proc) resume() { _ = pr.cmd.Process.Signal(syscall.SIGCONT) }
+
 // stop sends SIGTERM and gives the process grace to flush, then kills it.
 func (pr *proc) stop(grace time.Duration) {
 	pr.signalled.Store(true)
+	pr.resume() // a paused process would hold SIGTERM pending
 	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-pr.done:
