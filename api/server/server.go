@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,9 +39,11 @@ type Server struct {
 	tracker quota.Tracker
 	log     *zap.Logger
 
-	answers      *prometheus.CounterVec
-	trackFailed  prometheus.Counter
-	checkLatency prometheus.Histogram
+	answers          *prometheus.CounterVec
+	checkOK, trackOK prometheus.Counter // answers{route, "200"}, resolved once: the hot paths
+	bufs             sync.Pool          // *[]byte response buffers
+	trackFailed      prometheus.Counter
+	checkLatency     prometheus.Histogram
 }
 
 // New returns a server; tracker publishes /v1/track's events.
@@ -53,6 +56,8 @@ func New(cfg Config, c *quota.Cache, keys *Keys, tracker quota.Tracker, log *zap
 		checkLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "usage_api_decision_seconds",
 			Help: "Time to answer /v1/check and /v1/track, from body read to response written.", Buckets: prometheus.ExponentialBuckets(5e-6, 4, 8)}),
 	}
+	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
+	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
 			func() float64 { return float64(c.Stats().Lag) }),
@@ -136,8 +141,11 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 	}
 	d := s.cache.Preview(r.Context(), req.TenantID, req.FeatureType, qty)
 	quota.SetHeaders(w.Header(), &d)
-	writeJSON(w, http.StatusOK, decisionOf(&d))
-	s.answers.WithLabelValues(route, "200").Inc()
+	buf := s.bufs.Get().(*[]byte)
+	*buf = append(appendDecision((*buf)[:0], &d), '\n')
+	writeRaw(w, http.StatusOK, *buf)
+	s.bufs.Put(buf)
+	s.checkOK.Inc()
 	s.checkLatency.Observe(time.Since(start).Seconds())
 }
 
@@ -193,11 +201,15 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 			"code": codeTrackFailed, "event_id": ev.ID})
 		return
 	}
-	writeJSON(w, http.StatusOK, struct {
-		EventID  string       `json:"event_id"`
-		Decision decisionJSON `json:"decision"`
-	}{ev.ID, decisionOf(&d)})
-	s.answers.WithLabelValues(route, "200").Inc()
+	buf := s.bufs.Get().(*[]byte)
+	b := append((*buf)[:0], `{"event_id":`...)
+	b = appendString(b, ev.ID)
+	b = append(b, `,"decision":`...)
+	b = append(appendDecision(b, &d), "}\n"...)
+	writeRaw(w, http.StatusOK, b)
+	*buf = b
+	s.bufs.Put(buf)
+	s.trackOK.Inc()
 	s.checkLatency.Observe(time.Since(start).Seconds())
 }
 
@@ -224,78 +236,32 @@ func (s *Server) quotas(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	plan, meters := s.cache.Meters(tenant)
-	out := struct {
-		TenantID string         `json:"tenant_id"`
-		Plan     string         `json:"plan"`
-		Quotas   []decisionJSON `json:"quotas"`
-	}{TenantID: tenant, Plan: plan, Quotas: make([]decisionJSON, 0, len(meters))}
-	for _, m := range meters {
+	b := append([]byte(`{"tenant_id":`), nil...)
+	b = appendString(b, tenant)
+	b = append(b, `,"plan":`...)
+	b = appendString(b, plan)
+	b = append(b, `,"quotas":[`...)
+	for i, m := range meters {
+		if i > 0 {
+			b = append(b, ',')
+		}
 		d := s.cache.Peek(r.Context(), tenant, m)
-		out.Quotas = append(out.Quotas, decisionOf(&d))
+		b = appendDecision(b, &d)
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeRaw(w, http.StatusOK, append(b, "]}\n"...))
 	s.answers.WithLabelValues(route, "200").Inc()
-}
-
-// decisionJSON is a Decision on the wire (openapi.yaml: Decision).
-type decisionJSON struct {
-	Allowed      bool          `json:"allowed"`
-	Reason       string        `json:"reason,omitempty"`
-	TenantID     string        `json:"tenant_id"`
-	FeatureType  string        `json:"feature_type"`
-	Plan         string        `json:"plan"`
-	Period       string        `json:"period"`
-	Level        string        `json:"level"`
-	Usage        string        `json:"usage"`
-	Pending      string        `json:"pending"`
-	Limit        string        `json:"limit"`
-	Remaining    string        `json:"remaining"`
-	Percentage   string        `json:"percentage"`
-	Warning      int           `json:"warning"`
-	ResetAt      time.Time     `json:"reset_at"`
-	RetryAfterMS int64         `json:"retry_after_ms"`
-	Staleness    stalenessJSON `json:"staleness"`
-	Offsets      offsetsJSON   `json:"offsets"`
-}
-
-type stalenessJSON struct {
-	Stale     bool   `json:"stale"`
-	OffsetLag int64  `json:"offset_lag"`
-	AgeMS     int64  `json:"age_ms"`
-	Reachable bool   `json:"reachable"`
-	Mode      string `json:"mode,omitempty"`
-}
-
-type offsetsJSON struct {
-	StatePartition int32            `json:"state_partition"`
-	StateOffset    int64            `json:"state_offset"`
-	Source         map[string]int64 `json:"source"`
-	StateUpdatedAt *time.Time       `json:"state_updated_at,omitempty"`
-}
-
-func decisionOf(d *quota.Decision) decisionJSON {
-	q := quota.QuotaOf(d)
-	out := decisionJSON{Allowed: d.Allowed, Reason: d.Reason, TenantID: d.Tenant, FeatureType: d.Meter, Plan: d.Plan,
-		Period: d.Period, Level: d.Level, Usage: q.Usage, Pending: d.Pending.String(), Limit: q.Limit, Remaining: q.Remaining,
-		Percentage: q.Percentage, Warning: d.Warning, ResetAt: q.ResetAt,
-		Staleness: stalenessJSON{Stale: d.Staleness.Stale, OffsetLag: d.Staleness.OffsetLag, AgeMS: d.Staleness.Age.Milliseconds(),
-			Reachable: d.Staleness.Reachable, Mode: string(d.Staleness.Mode)},
-		Offsets: offsetsJSON{StatePartition: d.Offsets.StatePartition, StateOffset: d.Offsets.StateOffset, Source: map[string]int64{}}}
-	if !d.Allowed {
-		out.RetryAfterMS = d.RetryAfter.Milliseconds()
-	}
-	for p, o := range d.Offsets.Source {
-		out.Offsets.Source[strconv.Itoa(int(p))] = o
-	}
-	if !d.Offsets.StateUpdatedAt.IsZero() {
-		t := d.Offsets.StateUpdatedAt
-		out.Offsets.StateUpdatedAt = &t
-	}
-	return out
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeRaw(w http.ResponseWriter, status int, body []byte) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
 }
