@@ -66,6 +66,10 @@ dep_kcat() {
   apt_install kcat
 }
 
+dep_wrk() { # HTTP load generator for usage-api in make bench
+  apt_install wrk
+}
+
 dep_kafka() {
   local want="kafka_2.13-$KAFKA_VERSION"
   if [[ -f $KAFKA_LIBS_MARKER && $(<"$KAFKA_LIBS_MARKER") == "$want" ]] \
@@ -117,11 +121,11 @@ dep_stripe_mock() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk)
 for part in "${parts[@]}"; do
   case $part in
-    kafka | clickhouse | chdb | kcat) "dep_$part" ;;
+    kafka | clickhouse | chdb | kcat | wrk) "dep_$part" ;;
     stripe-mock) dep_stripe_mock ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock)" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk)" ;;
   esac
 done
