@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -322,6 +323,25 @@ func TestAmount(t *testing.T) {
 // overhead is included) besides ns/op and allocs/op.
 func BenchmarkCheck(b *testing.B) {
 	b.Run("warm", func(b *testing.B) { benchCheck(b, nil) })
+	b.Run("warm_untimed", func(b *testing.B) { // ns/op of Check alone, no clock reads around it
+		clk := &clock{}
+		c := offline(b, clk, nil)
+		c.now = time.Now
+		c.markSynced()
+		ctx := context.Background()
+		tenants := make([]string, 1000)
+		for i := range tenants {
+			tenants[i] = "tenant-" + strconv.Itoa(i)
+			feed(b, c, tenants[i], "api_calls", 10, time.Now())
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if !c.Check(ctx, tenants[i%len(tenants)], "api_calls", Nanos(1)).Allowed {
+				b.Fatal("refused")
+			}
+		}
+	})
 	b.Run("warm_rate_limited", func(b *testing.B) {
 		benchCheck(b, map[string]RateLimit{"api_calls": {PerSecond: 1e12, Burst: 1 << 40}})
 	})
