@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,7 +46,7 @@ func SetDefaults(v *viper.Viper, prefix string, cfg any) {
 }
 
 // Printable prepares viper settings for a `config` command: durations as
-// text, passwords redacted.
+// text, secrets (password, secret, *_key, *_secret) redacted.
 func Printable(m map[string]any) map[string]any {
 	for k, val := range m {
 		switch x := val.(type) {
@@ -54,11 +55,16 @@ func Printable(m map[string]any) map[string]any {
 		case time.Duration:
 			m[k] = x.String()
 		}
-		if k == "password" && m[k] != "" {
+		if secretKey(k) && m[k] != "" {
 			m[k] = "<redacted>"
 		}
 	}
 	return m
+}
+
+func secretKey(k string) bool {
+	return k == "password" || k == "secret" || strings.HasSuffix(k, "_key") || strings.HasSuffix(k, "_secret") ||
+		strings.HasSuffix(k, "_password")
 }
 
 // EventTopicConfig is the topic configuration of usage.events when a

@@ -14,14 +14,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/aggregator/aggstore"
@@ -80,14 +77,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage-aggregator:", err)
 		return 2
 	}
-	zc := zap.NewProductionConfig()
-	zc.DisableStacktrace = true
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	if err := zc.Level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
-		fmt.Fprintln(os.Stderr, "usage-aggregator: log.level:", err)
-		return 2
-	}
-	log, err := zc.Build()
+	log, err := svckit.NewLogger(cfg.Log.Level, "json")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-aggregator:", err)
 		return 2
@@ -150,32 +140,16 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
-	def := Config{Aggregator: service.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
+	c := Config{Aggregator: service.DefaultConfig(), ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
 		CreateTopics: true, TopicPartitions: 4, TopicReplicationFactor: -1}
-	def.HTTP.Addr = "127.0.0.1:9465"
-	def.Log.Level = "info"
-	v := viper.New()
-	svckit.SetDefaults(v, "", def)
-	v.SetEnvPrefix("USAGE")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	if f := flags.Lookup("config").Value.String(); f != "" {
-		v.SetConfigFile(f)
-		if err := v.ReadInConfig(); err != nil {
-			return Config{}, nil, fmt.Errorf("read config file %s: %w", f, err)
-		}
-	}
-	for flag, key := range map[string]string{"plans": "plans_file", "http": "http.addr"} {
-		if err := v.BindPFlag(key, flags.Lookup(flag)); err != nil {
-			return Config{}, nil, err
-		}
-	}
-	var c Config
-	if err := v.UnmarshalExact(&c); err != nil {
-		return Config{}, nil, fmt.Errorf("config: %w", err)
+	c.HTTP.Addr = "127.0.0.1:9465"
+	c.Log.Level = "info"
+	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "http": "http.addr"}, &c)
+	if err != nil {
+		return Config{}, nil, err
 	}
 	if err := c.Aggregator.Validate(); err != nil {
 		return Config{}, nil, err
 	}
-	return c, svckit.Printable(v.AllSettings()), nil
+	return c, settings, nil
 }

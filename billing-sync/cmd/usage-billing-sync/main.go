@@ -19,16 +19,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/go-viper/mapstructure/v2"
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/billing-sync/audit"
@@ -117,14 +113,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
 		return 2
 	}
-	zc := zap.NewProductionConfig()
-	zc.DisableStacktrace = true
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	if err := zc.Level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
-		fmt.Fprintln(os.Stderr, "usage-billing-sync: log.level:", err)
-		return 2
-	}
-	log, err := zc.Build()
+	log, err := svckit.NewLogger(cfg.Log.Level, "json")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
 		return 2
@@ -304,37 +293,14 @@ func demoStripe(ctx context.Context, cfg Config, src *usage.Store, p *plans.Conf
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
-	v := viper.New()
-	svckit.SetDefaults(v, "", defaultConfig())
-	v.SetEnvPrefix("USAGE")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	if f := flags.Lookup("config").Value.String(); f != "" {
-		v.SetConfigFile(f)
-		if err := v.ReadInConfig(); err != nil {
-			return Config{}, nil, fmt.Errorf("read config file %s: %w", f, err)
-		}
-	}
-	for flag, key := range map[string]string{"plans": "plans_file", "http": "http.addr", "dry-run": "billing.dry_run", "stripe-url": "stripe.url"} {
-		if f := flags.Lookup(flag); f.Changed {
-			if err := v.BindPFlag(key, f); err != nil {
-				return Config{}, nil, err
-			}
-		}
-	}
-	var c Config
-	if err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
-		return Config{}, nil, fmt.Errorf("config: %w", err)
+	c := defaultConfig()
+	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "http": "http.addr",
+		"dry-run": "billing.dry_run", "stripe-url": "stripe.url"}, &c)
+	if err != nil {
+		return Config{}, nil, err
 	}
 	if err := c.Stripe.Validate(); err != nil {
 		return Config{}, nil, err
-	}
-	settings := svckit.Printable(v.AllSettings())
-	if st, ok := settings["stripe"].(map[string]any); ok && st["api_key"] != "" {
-		st["api_key"] = "<redacted>"
-	}
-	if wh, ok := settings["webhook"].(map[string]any); ok && wh["secret"] != "" {
-		wh["secret"] = "<redacted>"
 	}
 	return c, settings, nil
 }

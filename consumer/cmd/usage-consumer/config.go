@@ -3,11 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 
-	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 
 	"github.com/usagemeter/usagemeter/consumer/ingest"
 	"github.com/usagemeter/usagemeter/svckit"
@@ -48,30 +45,16 @@ func defaultConfig() Config {
 	return c
 }
 
-// loadConfig reads the configuration. Unknown keys in the file are errors,
-// so that a typo does not silently fall back to a default.
+// loadConfig reads the configuration (svckit.LoadConfig: defaults, file,
+// USAGE_* environment, flags; unknown keys are errors).
 func loadConfig(flags *pflag.FlagSet) (Config, map[string]any, error) {
-	v := viper.New()
-	svckit.SetDefaults(v, "", defaultConfig())
-	v.SetEnvPrefix("USAGE")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	if f := flags.Lookup("config"); f != nil && f.Value.String() != "" {
-		v.SetConfigFile(f.Value.String())
-		if err := v.ReadInConfig(); err != nil {
-			return Config{}, nil, fmt.Errorf("read config file %s: %w", f.Value.String(), err)
-		}
+	c := defaultConfig()
+	settings, err := svckit.LoadConfig(flags, map[string]string{"brokers": "kafka.brokers", "clickhouse": "clickhouse.addr",
+		"http": "http.addr", "log-level": "log.level"}, &c)
+	if err != nil {
+		return Config{}, nil, err
 	}
-	for flag, key := range map[string]string{"brokers": "kafka.brokers", "clickhouse": "clickhouse.addr", "http": "http.addr", "log-level": "log.level"} {
-		if err := v.BindPFlag(key, flags.Lookup(flag)); err != nil {
-			return Config{}, nil, fmt.Errorf("bind flag %s: %w", flag, err)
-		}
-	}
-	var c Config
-	if err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
-		return Config{}, nil, fmt.Errorf("config: %w", err)
-	}
-	return c, svckit.Printable(v.AllSettings()), c.validate()
+	return c, settings, c.validate()
 }
 
 func (c Config) validate() error {

@@ -18,7 +18,6 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/consumer/chstore"
@@ -44,7 +43,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage-consumer:", err)
 		return 2
 	}
-	log, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+	log, err := svckit.NewLogger(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-consumer:", err)
 		return 2
@@ -84,19 +83,6 @@ func newFlags() *pflag.FlagSet {
 	return flags
 }
 
-func newLogger(level, format string) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
-	}
-	zc := zap.NewProductionConfig()
-	if format == "console" {
-		zc = zap.NewDevelopmentConfig()
-	}
-	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	return zc.Build()
-}
 
 func migrate(ctx context.Context, cfg Config, log *zap.Logger) error {
 	store, err := chstore.Open(ctx, cfg.ClickHouse, log)
