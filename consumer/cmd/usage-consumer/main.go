@@ -83,7 +83,6 @@ func newFlags() *pflag.FlagSet {
 	return flags
 }
 
-
 func migrate(ctx context.Context, cfg Config, log *zap.Logger) error {
 	store, err := chstore.Open(ctx, cfg.ClickHouse, log)
 	if err != nil {
