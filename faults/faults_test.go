@@ -29,8 +29,9 @@ type faultCase struct {
 	tenants []string
 	// dupEvery republishes every n-th SDK batch at once (0: never).
 	dupEvery int
-	// inject runs the faults while traffic flows and returns the recovery
-	// time of each; an error ends the case's fault sequence.
+	// inject runs the faults while traffic flows, measuring the recovery
+	// from each with run.recovered; an error ends the fault sequence (the
+	// exact-totals check still runs).
 	inject func(t *testing.T, c *run) error
 }
 

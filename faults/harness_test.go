@@ -99,11 +99,13 @@ func newPipeline(t *testing.T, bins binaries, eng engines) *pipeline {
 	if err := os.WriteFile(p.plansFile, []byte(plansYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	testenv.CreateTopic(t, eng.broker, p.topic, partitions)
-	testenv.CreateTopic(t, eng.broker, p.dlq, partitions)
-	testenv.CreateTopic(t, eng.broker, p.late, partitions)
-	testenv.CreateTopic(t, eng.broker, p.quota, partitions, "cleanup.policy", "compact")
-	testenv.CreateTopic(t, eng.broker, p.asg, 1, "cleanup.policy", "compact")
+	compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
+	createTopics(t, eng.broker,
+		kafka.TopicConfig{Topic: p.topic, NumPartitions: partitions, ReplicationFactor: 1},
+		kafka.TopicConfig{Topic: p.dlq, NumPartitions: partitions, ReplicationFactor: 1},
+		kafka.TopicConfig{Topic: p.late, NumPartitions: partitions, ReplicationFactor: 1},
+		kafka.TopicConfig{Topic: p.quota, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: compact},
+		kafka.TopicConfig{Topic: p.asg, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact})
 	// The real migrate command, once, so the two services never race to
 	// create the tables.
 	cmd := exec.Command(bins.consumer, "migrate")
@@ -114,6 +116,38 @@ func newPipeline(t *testing.T, bins binaries, eng engines) *pipeline {
 	p.conn = testenv.Open(t, eng.clickhouse, p.db)
 	t.Cleanup(p.stopAll)
 	return p
+}
+
+// createTopics creates topics and waits until every partition answers.
+// Unlike testenv.CreateTopic it does not delete them at the end: the
+// private broker is purged when the run ends, and deleting topics on a
+// broker a failed case left stopped would only wait out a timeout per
+// topic.
+func createTopics(t *testing.T, broker string, topics ...kafka.TopicConfig) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 30 * time.Second}
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: topics})
+	if err != nil {
+		t.Fatalf("create topics: %v", err)
+	}
+	for _, tc := range topics {
+		if err := res.Errors[tc.Topic]; err != nil {
+			t.Fatalf("create topic %s: %v", tc.Topic, err)
+		}
+		// Right after creation a partition can still answer NOT_LEADER.
+		for {
+			_, err := offsetsOf(ctx, broker, tc.Topic, tc.NumPartitions)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("topic %s not ready: %v", tc.Topic, err)
+			}
+			sleep(ctx, 50*time.Millisecond)
+		}
+	}
 }
 
 // env is the process environment without any USAGE_* variable of the
@@ -335,10 +369,16 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// endOffsets returns the next offset of every partition of topic.
+// endOffsets returns the next offset of every partition of a topic of the
+// case's partition count.
 func endOffsets(ctx context.Context, broker, topic string) ([]int64, error) {
+	return offsetsOf(ctx, broker, topic, partitions)
+}
+
+// offsetsOf returns the next offset of partitions 0..n-1 of topic.
+func offsetsOf(ctx context.Context, broker, topic string, n int) ([]int64, error) {
 	var reqs []kafka.OffsetRequest
-	for p := range partitions {
+	for p := range n {
 		reqs = append(reqs, kafka.LastOffsetOf(p))
 	}
 	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 5 * time.Second}
@@ -346,10 +386,10 @@ func endOffsets(ctx context.Context, broker, topic string) ([]int64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
 	}
-	if got := len(res.Topics[topic]); got != partitions {
-		return nil, fmt.Errorf("end offsets of %s: %d partitions answered, want %d", topic, got, partitions)
+	if got := len(res.Topics[topic]); got != n {
+		return nil, fmt.Errorf("end offsets of %s: %d partitions answered, want %d", topic, got, n)
 	}
-	out := make([]int64, partitions)
+	out := make([]int64, n)
 	for _, po := range res.Topics[topic] {
 		if po.Error != nil {
 			return nil, fmt.Errorf("end offset of %s/%d: %w", topic, po.Partition, po.Error)
