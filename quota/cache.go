@@ -391,6 +391,9 @@ func (c *Cache) applyState(m kafka.Message) {
 	if e.held != nil && h.start.Before(e.held.start) {
 		return // a late state of an older period (e.g. final): the newer period is what Check enforces
 	}
+	if e.held != nil && h.period == e.held.period && h.updatedAt.Before(e.held.updatedAt) {
+		return // an older record of the key read from another partition (after a repartitioning)
+	}
 	e.held = h
 	v := e.view.Load()
 	if v == nil || v.period != h.period {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -101,7 +102,10 @@ func publishState(t *testing.T, broker, topic, tenant, meter string, usage, limi
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return produce(t, broker, topic, int(usage)%4, []byte(s.Key()), s.AppendJSON(nil))
+	// One key, one partition, as the aggregator's keyed writer does.
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(s.Key()))
+	return produce(t, broker, topic, int(h.Sum32()%4), []byte(s.Key()), s.AppendJSON(nil))
 }
 
 func TestCacheReadsTopicsAndFollowsPlanChanges(t *testing.T) {
