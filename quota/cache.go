@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,6 +88,23 @@ func New(cfg Config, p *plans.Config, log *zap.Logger, opts ...Option) (*Cache, 
 	for _, o := range opts {
 		o(c)
 	}
+	// viper lower-cases map keys, and plan names are case sensitive: a
+	// plan_rate_limits key that names no plan matches one case-insensitively.
+	fixed := make(map[string]map[string]RateLimit, len(cfg.PlanRateLimits))
+	for name, m := range cfg.PlanRateLimits {
+		if _, ok := p.Plans[name]; !ok {
+			for plan := range p.Plans {
+				if strings.EqualFold(plan, name) {
+					name = plan
+				}
+			}
+		}
+		if _, ok := p.Plans[name]; !ok {
+			return nil, fmt.Errorf("quota config: plan_rate_limits.%s: no such plan", name)
+		}
+		fixed[name] = m
+	}
+	c.cfg.PlanRateLimits = fixed
 	for name, plan := range p.Plans {
 		for meter, q := range plan.Meters {
 			c.quotas[planMeter{name, meter}] = newQuotaInfo(name, meter, q, c.rateFor(name, meter))

@@ -256,6 +256,7 @@ func TestRateLimit(t *testing.T) {
 	clk.set(nov)
 	c := offline(t, clk, func(cfg *Config) {
 		cfg.RateLimits = map[string]RateLimit{"api_calls": {PerSecond: 10, Burst: 5}}
+		cfg.PlanRateLimits = map[string]map[string]RateLimit{"pro": {"api_calls": {PerSecond: 1, Burst: 1}}} // as viper gives it
 	})
 	ctx := context.Background()
 	for i := range 5 {
@@ -270,6 +271,10 @@ func TestRateLimit(t *testing.T) {
 	clk.advance(100 * time.Millisecond)
 	if d := c.Check(ctx, "t7", "api_calls", Units(1)); !d.Allowed {
 		t.Fatalf("after refill: %+v", d)
+	}
+	c.Check(ctx, "acme", "api_calls", Units(1)) // PRO: 1/s, burst 1
+	if d := c.Check(ctx, "acme", "api_calls", Units(1)); d.Allowed || d.Reason != ReasonRate || d.RetryAfter != time.Second {
+		t.Fatalf("PRO's plan rate limit: %+v", d)
 	}
 }
 
