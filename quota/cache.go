@@ -116,7 +116,7 @@ func New(cfg Config, p *plans.Config, log *zap.Logger, opts ...Option) (*Cache, 
 		priv.Tenants[t] = a
 	}
 	c.private = &priv
-	c.publishPlans()
+	c.publishPlans(nil)
 	c.state.name, c.assign.name = cfg.StateTopic, cfg.AssignmentTopic
 	return c, nil
 }
@@ -142,15 +142,15 @@ func (c *Cache) quotaFor(plan, meter string) *quotaInfo {
 	return q.(*quotaInfo)
 }
 
-// publishPlans copies the private config into a new snapshot; amu held or
-// no reader running.
-func (c *Cache) publishPlans() {
+// publishPlans copies the private config into a new snapshot that reflects
+// the assignment records before next; amu held or no reader running.
+func (c *Cache) publishPlans(next []int64) {
 	cp := *c.private
 	cp.Tenants = make(map[string]plans.Assignment, len(c.private.Tenants))
 	for t, a := range c.private.Tenants {
 		cp.Tenants[t] = a
 	}
-	c.snap.Store(&plansSnapshot{cfg: &cp})
+	c.snap.Store(&plansSnapshot{cfg: &cp, assignNext: next})
 }
 
 // Ready is closed once the cache has read both topics up to the high-water
@@ -378,7 +378,14 @@ func (c *Cache) applyAssignment(m kafka.Message) {
 		c.stats.assignments.Add(1)
 	}
 	if m.HighWaterMark <= m.Offset+1 {
-		c.publishPlans()
+		next := make([]int64, len(c.assign.next))
+		for p := range next {
+			next[p] = c.assign.next[p].Load()
+		}
+		if m.Partition < len(next) {
+			next[m.Partition] = m.Offset + 1
+		}
+		c.publishPlans(next)
 	}
 }
 

@@ -77,6 +77,10 @@ type Offsets struct {
 	// reflects (the state's source_offsets). Shared: do not modify.
 	Source         map[int32]int64
 	StateUpdatedAt time.Time
+	// Assignments is, per partition of usage.plan-assignments, the next
+	// offset after the records the plan lookup reflected (nil when none
+	// was read). Shared: do not modify.
+	Assignments []int64
 }
 
 // Position is a record's place in a topic, for read-your-writes.
@@ -175,6 +179,7 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 	if h := v.held; h != nil {
 		d.Offsets = Offsets{StatePartition: h.partition, StateOffset: h.offset, Source: h.source, StateUpdatedAt: h.updatedAt}
 	}
+	d.Offsets.Assignments = snap.assignNext
 	d.Staleness = c.staleness(now)
 
 	if consume && v.lim != nil && !v.lim.AllowN(now, qty.wholeUnits()) {

@@ -144,7 +144,8 @@ func TestCacheReadsTopicsAndFollowsPlanChanges(t *testing.T) {
 	if err := c.WaitFor(wctx, up); err != nil {
 		t.Fatal(err)
 	}
-	if d := c.CheckAfter(ctx, "c-free", "ai_generation", quota.Units(100), up); !d.Allowed || d.Plan != "PRO" {
+	if d := c.CheckAfter(ctx, "c-free", "ai_generation", quota.Units(100), up); !d.Allowed || d.Plan != "PRO" ||
+		len(d.Offsets.Assignments) != 1 || d.Offsets.Assignments[0] != up.Offset+1 {
 		t.Fatalf("after the upgrade's offset: %+v", d)
 	}
 	// New state for the same key: pending is taken off by the increase.

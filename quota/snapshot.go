@@ -18,8 +18,10 @@ import (
 // assigns on a private copy and publishes a fresh snapshot behind an
 // atomic.Pointer: Check reads without a lock.
 type plansSnapshot struct {
-	cfg    *plans.Config
-	quotas map[planMeter]*quotaInfo // shared by every snapshot: plans never change at run time
+	cfg *plans.Config
+	// assignNext is, per partition of the assignment topic, the next offset
+	// after the records this snapshot reflects (nil before any was read).
+	assignNext []int64
 }
 
 type planMeter struct{ plan, meter string }

@@ -94,7 +94,14 @@ func appendDecision(b []byte, d *quota.Decision) []byte {
 		b = append(b, `":`...)
 		b = strconv.AppendInt(b, o.Source[p], 10)
 	}
-	b = append(b, '}')
+	b = append(b, `},"assignments":[`...)
+	for i, n := range o.Assignments {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, n, 10)
+	}
+	b = append(b, ']')
 	if !o.StateUpdatedAt.IsZero() {
 		b = append(b, `,"state_updated_at":"`...)
 		b = o.StateUpdatedAt.UTC().AppendFormat(b, time.RFC3339Nano)
