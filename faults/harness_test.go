@@ -40,20 +40,11 @@ type binaries struct{ consumer, aggregator string }
 
 func buildBinaries(t *testing.T) binaries {
 	t.Helper()
-	root := testenv.RepoRoot(t)
-	dir := t.TempDir()
-	b := binaries{consumer: filepath.Join(dir, "usage-consumer"), aggregator: filepath.Join(dir, "usage-aggregator")}
-	for _, x := range []struct{ out, pkg string }{
-		{b.consumer, "./consumer/cmd/usage-consumer"},
-		{b.aggregator, "./aggregator/cmd/usage-aggregator"},
-	} {
-		cmd := exec.Command("go", "build", "-o", x.out, x.pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", x.pkg, err, out)
-		}
+	bins, err := testenv.BuildCommands(t.TempDir(), "./consumer/cmd/usage-consumer", "./aggregator/cmd/usage-aggregator")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return b
+	return binaries{consumer: bins[0], aggregator: bins[1]}
 }
 
 // engines are the addresses of the broker and the ClickHouse server a
@@ -273,8 +264,8 @@ func (pr *proc) died() error {
 	select {
 	case <-pr.done:
 		if !pr.signalled.Load() {
-			return fmt.Errorf("%s (pid %d) exited by itself (%v)%s\nlast log lines:\n%s",
-				pr.name, pr.cmd.Process.Pid, pr.err, lastError(pr.log), tail(pr.log, 6))
+			return fmt.Errorf("%s exited by itself (%v)%s\nlast log lines of pid %d:\n%s",
+				pr.name, pr.err, lastError(pr.log), pr.cmd.Process.Pid, tail(pr.log, 6))
 		}
 	default:
 	}
