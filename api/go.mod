@@ -19,7 +19,6 @@ require (
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
 	github.com/spf13/pflag v1.1.0
-	github.com/spf13/viper v1.21.0
 	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/quota v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
@@ -61,6 +60,7 @@ require (
 	github.com/sourcegraph/conc v0.3.1-0.20240121214520-5f936abd7ae8 // indirect
 	github.com/spf13/afero v1.15.0 // indirect
 	github.com/spf13/cast v1.10.0 // indirect
+	github.com/spf13/viper v1.21.0 // indirect
 	github.com/subosito/gotenv v1.6.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect

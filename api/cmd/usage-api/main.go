@@ -13,14 +13,11 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/api/server"
@@ -91,14 +88,7 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage-api: keys_file:", err)
 		return 2
 	}
-	zc := zap.NewProductionConfig()
-	zc.DisableStacktrace = true
-	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	if err := zc.Level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
-		fmt.Fprintln(os.Stderr, "usage-api: log.level:", err)
-		return 2
-	}
-	log, err := zc.Build()
+	log, err := svckit.NewLogger(cfg.Log.Level, "json")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-api:", err)
 		return 2
@@ -155,29 +145,13 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
-	def := Config{Quota: quota.DefaultConfig(), API: server.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
+	c := Config{Quota: quota.DefaultConfig(), API: server.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
 		KeysFile: "api/keys.example.yaml", EventsTopic: producer.DefaultTopic, ShutdownTimeout: 15 * time.Second}
-	def.HTTP.Addr = "127.0.0.1:9470"
-	def.Log.Level = "info"
-	v := viper.New()
-	svckit.SetDefaults(v, "", def)
-	v.SetEnvPrefix("USAGE")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	if f := flags.Lookup("config").Value.String(); f != "" {
-		v.SetConfigFile(f)
-		if err := v.ReadInConfig(); err != nil {
-			return Config{}, nil, fmt.Errorf("read config file %s: %w", f, err)
-		}
-	}
-	for flag, key := range map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"} {
-		if err := v.BindPFlag(key, flags.Lookup(flag)); err != nil {
-			return Config{}, nil, err
-		}
-	}
-	var c Config
-	if err := v.UnmarshalExact(&c); err != nil {
-		return Config{}, nil, fmt.Errorf("config: %w", err)
+	c.HTTP.Addr = "127.0.0.1:9470"
+	c.Log.Level = "info"
+	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"}, &c)
+	if err != nil {
+		return Config{}, nil, err
 	}
 	if err := c.Quota.Validate(); err != nil {
 		return Config{}, nil, fmt.Errorf("quota: %w", err)
@@ -185,5 +159,5 @@ func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	if c.API.MaxBodyBytes <= 0 || c.API.MaxWait < 0 {
 		return Config{}, nil, errors.New("api.max_body_bytes must be > 0 and api.max_wait >= 0")
 	}
-	return c, svckit.Printable(v.AllSettings()), nil
+	return c, settings, nil
 }
