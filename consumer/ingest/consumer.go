@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -216,14 +217,33 @@ func (c *Consumer) Run(ctx context.Context) error {
 	fetchErr := make(chan error, 1)
 	go func() {
 		defer close(msgs)
+		pause := c.cfg.RetryMin
 		for {
 			m, err := c.reader.FetchMessage(fetchCtx)
 			if err != nil {
-				if fetchCtx.Err() == nil {
-					fetchErr <- err
+				if fetchCtx.Err() != nil {
+					return
 				}
-				return
+				if errors.Is(err, io.EOF) { // the reader was closed
+					fetchErr <- err
+					return
+				}
+				// The broker down or restarting, a rebalance, a coordinator
+				// that moved: the group reader recovers on its own, so
+				// this means "wait and fetch again", never "exit".
+				// Nothing read is lost: what is not committed is read
+				// again.
+				c.m.fetchErrors.Inc()
+				c.log.Warn("fetch failed; retrying", zap.Duration("backoff", pause), zap.Error(err))
+				select {
+				case <-time.After(pause):
+				case <-fetchCtx.Done():
+					return
+				}
+				pause = min(pause*2, c.cfg.RetryMax)
+				continue
 			}
+			pause = c.cfg.RetryMin
 			select {
 			case msgs <- m:
 			case <-fetchCtx.Done():

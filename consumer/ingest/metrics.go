@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		committed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "usage_consumer_committed_offset", Help: "Last committed offset per partition."}, []string{"partition"}),
 		fetchErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "usage_consumer_metadata_errors_total", Help: "Failed reads of the events topic's metadata (each is retried)."}),
+			Name: "usage_consumer_fetch_errors_total", Help: "Failed fetches and metadata reads of the events topic (each is retried)."}),
 		deadLetterFallback: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "usage_consumer_dead_letter_fallback_total", Help: "DLQ records Kafka refused for good, written to the ClickHouse table dead_letters."}),
 	}
