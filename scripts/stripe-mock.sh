@@ -25,10 +25,13 @@ case ${1:-} in
       port_in_use "$PORT" && die "port $PORT is in use by something else (set STRIPE_MOCK_PORT)"
       # -http-addr/-https-addr, never -http-port: that one binds all interfaces.
       nohup "$BIN" -http-addr "127.0.0.1:$PORT" -https-addr "127.0.0.1:$HTTPS_PORT" >"$LOGFILE" 2>&1 &
-      echo $! >"$PIDFILE"
+      pid=$!
+      echo "$pid" >"$PIDFILE"
       for _ in $(seq 1 100); do
         port_in_use "$PORT" && break
-        running_pid >/dev/null || { show_log_tail "$LOGFILE"; die "stripe-mock exited"; }
+        # kill -0, not running_pid: until nohup has exec'd, the child's
+        # command line is still the shell's.
+        kill -0 "$pid" 2>/dev/null || { show_log_tail "$LOGFILE"; die "stripe-mock exited"; }
         sleep 0.1
       done
       port_in_use "$PORT" || { show_log_tail "$LOGFILE"; die "stripe-mock did not start"; }

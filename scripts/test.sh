@@ -28,7 +28,9 @@ if [[ $already_running == 0 && ${USAGE_KEEP_ENGINES:-} != 1 ]]; then
 fi
 
 # stripe-mock for billing-sync's tests (left running, like a developer's engines).
-eval "$("$SCRIPTS_DIR/stripe-mock.sh" start)"
+# (A failed start must fail the run: eval "$(...)" would hide its exit code.)
+stripe_env=$("$SCRIPTS_DIR/stripe-mock.sh" start)
+eval "$stripe_env"
 export USAGE_TEST_STRIPE_MOCK
 
 mapfile -t pkgs < <(workspace_pkgs)
