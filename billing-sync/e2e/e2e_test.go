@@ -500,7 +500,8 @@ func (w *world) sigkillMidPass(t *testing.T) {
 	t.Logf("SIGKILL with %d writes accepted and %d in flight (applied after the kill)", atKill, inFlight)
 
 	fake.SetDelay(0)
-	rerun := passDone(t, runCmd(t, w.dir, w.bins.billing, cleanEnv(), "--config", cfg, "run", "--once"))
+	rerunOut := runCmd(t, w.dir, w.bins.billing, cleanEnv(), "--config", cfg, "run", "--once")
+	rerun := passDone(t, rerunOut)
 	replays, dups := 0, 0
 	for _, n := range fake.Replays() {
 		replays += n
@@ -517,7 +518,13 @@ func (w *world) sigkillMidPass(t *testing.T) {
 			rerun["resent"], replays, inFlight)
 	}
 	if rerun["failed"] != 0.0 {
-		t.Errorf("re-run: %v", rerun)
+		var failures []string
+		for _, line := range strings.Split(rerunOut, "\n") {
+			if strings.Contains(line, "stripe write failed") {
+				failures = append(failures, line)
+			}
+		}
+		t.Errorf("re-run: %v\n%s\nkeys reused with other parameters:\n%s", rerun, strings.Join(failures, "\n"), strings.Join(fake.KeyReuse(), "\n"))
 	}
 	// Every window billed by exactly one accepted identifier.
 	windows := 0

@@ -94,6 +94,7 @@ type Fake struct {
 	concurrency int
 	calls       map[string]int
 	replays     map[string]int // idempotency key -> stored responses replayed
+	keyReuse    []string       // "key: first parameters | later parameters", for diagnostics
 	dupIdents   map[string]int // meter event identifier -> refused as already existing
 	delay       time.Duration  // before each POST is processed (a slow Stripe)
 	client      *http.Client
@@ -140,6 +141,14 @@ func (f *Fake) InFlight() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.inflight)
+}
+
+// KeyReuse lists the idempotency keys reused with other parameters (each
+// refused with idempotency_error): the first and the later request.
+func (f *Fake) KeyReuse() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.keyReuse...)
 }
 
 // Replays returns, per idempotency key, how often a stored response was
@@ -258,7 +267,13 @@ func invalid(code, msg string) *apiError {
 
 // ServeHTTP routes one request.
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		// The client went away mid-request (a SIGKILLed process): the
+		// request never fully arrived, so Stripe neither executes it nor
+		// stores anything under its idempotency key.
+		return
+	}
 	form, _ := url.ParseQuery(string(body))
 	if r.Method == http.MethodGet {
 		form = r.URL.Query()
@@ -408,6 +423,7 @@ func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte)
 		}
 		if s, ok := f.idem[key]; ok && now.Sub(s.at) < 24*time.Hour {
 			if s.fingerprint != fp {
+				f.keyReuse = append(f.keyReuse, key+": "+s.fingerprint+" | "+fp)
 				e := &apiError{status: 400, typ: "idempotency_error", msg: "Keys for idempotent requests can only be used with the same parameters they were first used with."}
 				return e.status, e.body()
 			}
