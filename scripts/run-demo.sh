@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # make run: the whole pipeline on this machine. Installs what is missing,
-# starts Kafka and ClickHouse on 127.0.0.1, builds and starts usage-consumer
-# (its dashboard on http://127.0.0.1:9464), then publishes demo traffic with
-# usage-loadgen until Ctrl-C (or DEMO_DURATION, e.g. 60s).
+# starts Kafka and ClickHouse on 127.0.0.1, builds and starts every service
+# (usage-consumer with its dashboard on http://127.0.0.1:9464,
+# usage-aggregator with the quota page on :9465, usage-billing-sync against a
+# fake Stripe, usage-api on :9470 and the demo app behind quota.Middleware on
+# :9471), then publishes demo traffic with usage-loadgen until Ctrl-C (or
+# DEMO_DURATION, e.g. 60s).
 #   DEMO_RATE=2000 DEMO_DURATION=0 DASHBOARD_ADDR=127.0.0.1:9464 make run
 set -euo pipefail
 # shellcheck source=scripts/common.sh
@@ -21,7 +24,7 @@ env_lines=$("$SCRIPTS_DIR/engines.sh" start)
 eval "$env_lines"
 echo "== building"
 go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./aggregator/cmd/usage-aggregator \
-  ./api/cmd/usage-api ./api/cmd/usage-demo-app
+  ./api/cmd/usage-api ./api/cmd/usage-demo-app ./billing-sync/cmd/usage-billing-sync
 
 echo "== starting usage-consumer (log: $run_dir/consumer.log)"
 USAGE_KAFKA_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE USAGE_HTTP_ADDR=$http_addr \
@@ -32,10 +35,9 @@ USAGE_AGGREGATOR_BROKERS=$USAGE_TEST_KAFKA USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLI
   "$bin/usage-aggregator" --plans schemas/plans/plans.example.yaml >"$run_dir/aggregator.log" 2>&1 &
 aggregator=$!
 echo "== starting usage-billing-sync against a fake Stripe (log: $run_dir/billing-sync.log; drift: $bin/usage-billing-sync --config billing-sync/config.demo.yaml --demo drift)"
-go build -o "$bin/" ./billing-sync/cmd/usage-billing-sync
 USAGE_CLICKHOUSE_ADDR=$USAGE_TEST_CLICKHOUSE "$bin/usage-billing-sync" --config billing-sync/config.demo.yaml --demo >"$run_dir/billing-sync.log" 2>&1 &
 billing=$!
-stop_consumer() {
+stop_services() {
   local pid name
   for pid in "${demo_app:-}" "${usage_api:-}" "$billing" "$aggregator" "$consumer"; do
     [[ -n $pid ]] || continue
@@ -56,7 +58,7 @@ stop_consumer() {
   printf '  kcat -C -b %s -t usage.quota-state -e -f "%%k %%s\\n" | tail\n' "$USAGE_TEST_KAFKA"
   echo "Stop them with: make engines-stop"
 }
-trap stop_consumer EXIT
+trap stop_services EXIT
 
 for _ in $(seq 100); do
   curl -fs "http://$http_addr/healthz" >/dev/null 2>&1 && break

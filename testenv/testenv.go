@@ -201,7 +201,7 @@ func StartClickHouse(t testing.TB) *ClickHouseServer {
 	if testing.Short() {
 		t.Skip("integration test skipped in -short mode")
 	}
-	ports := freePorts(t, 3)
+	ports := restartablePorts(t, 3) // the test restarts it: see restartablePorts
 	dir := t.TempDir()
 	s := &ClickHouseServer{t: t, root: RepoRoot(t), Addr: "127.0.0.1:" + strconv.Itoa(ports[0])}
 	s.env = append(os.Environ(),
@@ -229,24 +229,6 @@ func (s *ClickHouseServer) script(args ...string) {
 	if err != nil {
 		s.t.Fatalf("clickhouse.sh %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-}
-
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		_ = l.Close()
-	}
-	return ports
 }
 
 // Eventually polls cond every 50 ms until it returns true or timeout passes.
@@ -378,7 +360,7 @@ func (s *KafkaServer) script(args ...string) {
 }
 
 // restartablePorts returns n free ports below the kernel's ephemeral range.
-// A port from the ephemeral range (what freePorts returns) can be taken, while
+// A port from the ephemeral range (what the kernel gives port 0) can be taken, while
 // its server is stopped, by the local end of an outgoing connection (the
 // clients reconnecting to that very server), and the restart then fails with
 // "Address already in use".
