@@ -64,7 +64,11 @@ type Staleness struct {
 	// the start when it never did).
 	Age       time.Duration
 	Reachable bool // the last poll reached the broker
-	Mode      Mode // the fail mode applied when Stale
+	// Ready: the cache has read both topics up to their high-water marks
+	// at least once. Before that it knows no usage at all, so the level is
+	// unknown and Config.BeforeReady decides.
+	Ready bool
+	Mode  Mode // the fail mode applied when Stale
 }
 
 // Offsets say which records a decision was computed from.
@@ -195,7 +199,10 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		ok := v.q.hardNone || after.Cmp(v.q.hardCap) <= 0
 		reason := ReasonLimit
 		if d.Staleness.Stale {
-			d.Staleness.Mode = c.mode(meter, v.q.level(base))
+			d.Staleness.Mode = c.cfg.BeforeReady
+			if d.Staleness.Ready {
+				d.Staleness.Mode = c.mode(meter, v.q.level(base))
+			}
 			switch d.Staleness.Mode {
 			case Open:
 				ok = true
@@ -259,6 +266,7 @@ func (c *Cache) staleness(now time.Time) Staleness {
 		s.Stale = true
 		return s
 	}
+	s.Ready = true
 	s.Age = max(0, time.Duration(now.UnixNano()-synced))
 	s.Stale = s.Age > c.cfg.MaxStaleness
 	return s

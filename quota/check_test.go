@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -384,5 +385,41 @@ func benchCheck(b *testing.B, limits map[string]RateLimit) {
 	if len(lat) > 0 {
 		b.ReportMetric(float64(lat[len(lat)/2]), "p50-ns")
 		b.ReportMetric(float64(lat[len(lat)*99/100]), "p99-ns")
+	}
+}
+
+// Before its first catch-up a cache knows no usage at all: "open while ok"
+// would let every restart of an app overshoot every tenant, so it refuses
+// (BeforeReady, closed by default) whatever the level would be.
+func TestBeforeReadyIsClosedByDefault(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		mode    Mode
+		allowed bool
+	}{{Closed, false}, {Open, true}} {
+		clk := &clock{}
+		clk.set(time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC))
+		cfg := DefaultConfig()
+		cfg.BeforeReady = c.mode
+		cache, err := New(cfg, mustPlans(t), nil, WithClock(clk.now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := cache.Check(ctx, "t1", "ai_generation", Units(1))
+		if d.Allowed != c.allowed || d.Staleness.Ready || !d.Staleness.Stale || d.Staleness.Mode != c.mode {
+			t.Fatalf("before_ready %s: %+v", c.mode, d)
+		}
+		if !c.allowed && d.Reason != ReasonStale {
+			t.Fatalf("before_ready closed: reason %q, want %q", d.Reason, ReasonStale)
+		}
+		cache.markSynced()
+		if d := cache.Check(ctx, "t1", "ai_generation", Units(1)); !d.Allowed || !d.Staleness.Ready || d.Staleness.Stale {
+			t.Fatalf("after the first catch-up: %+v", d)
+		}
+	}
+	bad := DefaultConfig()
+	bad.BeforeReady = "maybe"
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "before_ready") {
+		t.Fatalf("Validate: %v", err)
 	}
 }

@@ -57,7 +57,12 @@ type Config struct {
 	// how fast staleness is noticed and how old Age can be when fresh.
 	PollInterval time.Duration `mapstructure:"poll_interval"`
 	// FailModes apply to every meter without an entry in MeterFailModes.
-	FailModes      FailModes            `mapstructure:"fail_modes"`
+	FailModes FailModes `mapstructure:"fail_modes"`
+	// BeforeReady is the mode until the cache has first caught up with both
+	// topics. It then knows no usage at all, so "open while ok" would let
+	// every app restart overshoot every tenant: closed by default (serve
+	// after WaitReady, or accept 503s for the first second).
+	BeforeReady    Mode                 `mapstructure:"before_ready"`
 	MeterFailModes map[string]FailModes `mapstructure:"meter_fail_modes"`
 	// RateLimits by meter; PlanRateLimits[plan][meter] overrides them.
 	RateLimits     map[string]RateLimit            `mapstructure:"rate_limits"`
@@ -73,6 +78,7 @@ func DefaultConfig() Config {
 		MaxStaleness:    5 * time.Second,
 		PollInterval:    200 * time.Millisecond,
 		FailModes:       DefaultFailModes(),
+		BeforeReady:     Closed,
 	}
 }
 
@@ -96,6 +102,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	check("fail_modes", c.FailModes)
+	if c.BeforeReady != Open && c.BeforeReady != Closed && c.BeforeReady != LastKnown {
+		errs = append(errs, fmt.Errorf("before_ready: %q is not open, closed or last_known", c.BeforeReady))
+	}
 	for meter, f := range c.MeterFailModes {
 		check("meter_fail_modes."+meter, f)
 	}

@@ -130,6 +130,10 @@ func run(ctx context.Context, addr string, brokers []string, plansFile, events, 
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { page(w, r, cache, mw, t, lost.Load()) })
+	// Serve once the cache has caught up: before that it knows no usage.
+	if err := cache.WaitReady(ctx); err != nil {
+		return err
+	}
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
