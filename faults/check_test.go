@@ -14,6 +14,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/testenv"
 )
 
 // DLQ tags the design gives refused events (issue 6).
@@ -372,13 +373,7 @@ func (p *pipeline) checkDLQ(ctx context.Context, e *expectation) []error {
 	for _, m := range msgs {
 		var w wireEvent
 		_ = json.Unmarshal(m.Value, &w) // original bytes: the suite only publishes valid JSON
-		tag := ""
-		for _, h := range m.Headers {
-			if h.Key == schemas.HeaderError {
-				tag = string(h.Value)
-			}
-		}
-		tags[w.ID] = append(tags[w.ID], tag)
+		tags[w.ID] = append(tags[w.ID], testenv.Headers(m)[schemas.HeaderError])
 	}
 	var errs []error
 	wrong := map[string]int{}

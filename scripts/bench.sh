@@ -34,11 +34,17 @@ mkdir -p "$CACHE_DIR/run"
 USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr USAGE_LOG_LEVEL=warn \
   "$CACHE_DIR/bin/usage-api" >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
 api_pid=$!
+api_ready=0
 for _ in $(seq 100); do
-  curl -fs -H 'Authorization: Bearer demo-admin-key' -d '{"tenant_id":"tenant-01","feature_type":"api_calls"}' \
-    "http://$api_addr/v1/check" 2>/dev/null | grep -q '"stale":false' && break
+  if curl -fs -H 'Authorization: Bearer demo-admin-key' -d '{"tenant_id":"tenant-01","feature_type":"api_calls"}' \
+    "http://$api_addr/v1/check" 2>/dev/null | grep -q '"stale":false'; then api_ready=1; break; fi
   sleep 0.2
 done
-wrk -t1 -c28 -d10s --latency -s api/bench/check.lua "http://$api_addr" | grep -E 'Latency|50%|90%|99%|Requests/sec'
+if [[ $api_ready != 1 ]]; then
+  kill -TERM "$api_pid"
+  die "usage-api did not answer a fresh /v1/check within 20 s (log: $CACHE_DIR/run/usage-api-bench.log)"
+fi
+# Non-2xx and socket errors are printed too: latencies of refused requests are no figure.
+wrk -t1 -c28 -d10s --latency -s api/bench/check.lua "http://$api_addr" | grep -E 'Latency|50%|90%|99%|Requests/sec|Non-2xx|Socket errors'
 kill -TERM "$api_pid"
 wait "$api_pid" || true

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/pflag"
@@ -24,7 +25,7 @@ func LoadConfig(flags *pflag.FlagSet, flagKeys map[string]string, cfg any) (map[
 	v := viper.New()
 	// Every key gets a default, which is also what makes each one
 	// settable from the environment.
-	SetDefaults(v, "", derefStruct(cfg))
+	setDefaults(v, "", derefStruct(cfg))
 	v.SetEnvPrefix("USAGE")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -49,7 +50,7 @@ func LoadConfig(flags *pflag.FlagSet, flagKeys map[string]string, cfg any) (map[
 	if err := v.UnmarshalExact(cfg, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnset = false }); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Printable(v.AllSettings()), nil
+	return printable(v.AllSettings()), nil
 }
 
 // NewLogger builds a service's logger: level debug, info, warn or error;
@@ -74,11 +75,52 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 	return zc.Build()
 }
 
-// derefStruct returns the struct cfg points to (SetDefaults walks values).
+// derefStruct returns the struct cfg points to (setDefaults walks values).
 func derefStruct(cfg any) any {
 	rv := reflect.ValueOf(cfg)
 	for rv.Kind() == reflect.Pointer {
 		rv = rv.Elem()
 	}
 	return rv.Interface()
+}
+
+// setDefaults registers every mapstructure key of cfg (a struct, nested
+// structs become dotted keys) with its value as the default. Registering
+// every key is also what makes each one settable from the environment.
+func setDefaults(v *viper.Viper, prefix string, cfg any) {
+	rv := reflect.ValueOf(cfg)
+	for i := range rv.NumField() {
+		f := rv.Type().Field(i)
+		name := f.Tag.Get("mapstructure")
+		if name == "" {
+			continue
+		}
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) {
+			setDefaults(v, prefix+name+".", rv.Field(i).Interface())
+			continue
+		}
+		v.SetDefault(prefix+name, rv.Field(i).Interface())
+	}
+}
+
+// printable prepares viper settings for a `config` command: durations as
+// text, secrets (password, secret, *_key, *_secret) redacted.
+func printable(m map[string]any) map[string]any {
+	for k, val := range m {
+		switch x := val.(type) {
+		case map[string]any:
+			m[k] = printable(x)
+		case time.Duration:
+			m[k] = x.String()
+		}
+		if secretKey(k) && m[k] != "" {
+			m[k] = "<redacted>"
+		}
+	}
+	return m
+}
+
+func secretKey(k string) bool {
+	return k == "password" || k == "secret" || strings.HasSuffix(k, "_key") || strings.HasSuffix(k, "_secret") ||
+		strings.HasSuffix(k, "_password")
 }

@@ -1,8 +1,11 @@
-// Package svckit holds what every usage-* service shares: viper defaults
-// taken from a config struct, topic creation, the HTTP server for /metrics
-// and /healthz, and dead-letter messages. Apps never import it (they use
-// producer and quota); services do. Subpackages: backoff (retries) and
-// chconn (the ClickHouse connection).
+// Package svckit holds what every usage-* service's cmd shares: config
+// loading (LoadConfig: defaults, file, USAGE_* environment, flags),
+// logging (NewLogger), topic creation, the HTTP server for /metrics and
+// /healthz, dead-letter messages, and the intake rule (Intake) the
+// consumer and the aggregator both apply to usage.events. Apps never import
+// it (they use producer and quota); services do. Subpackages: backoff
+// (retries), chconn (the ClickHouse connection and migrations) and
+// deadletter (DLQ writes with a ClickHouse fallback).
 package svckit
 
 import (
@@ -11,61 +14,17 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"reflect"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/segmentio/kafka-go"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/schemas"
 )
-
-// SetDefaults registers every mapstructure key of cfg (a struct, nested
-// structs become dotted keys) with its value as the default. Registering
-// every key is also what makes each one settable from the environment.
-func SetDefaults(v *viper.Viper, prefix string, cfg any) {
-	rv := reflect.ValueOf(cfg)
-	for i := range rv.NumField() {
-		f := rv.Type().Field(i)
-		name := f.Tag.Get("mapstructure")
-		if name == "" {
-			continue
-		}
-		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}) {
-			SetDefaults(v, prefix+name+".", rv.Field(i).Interface())
-			continue
-		}
-		v.SetDefault(prefix+name, rv.Field(i).Interface())
-	}
-}
-
-// Printable prepares viper settings for a `config` command: durations as
-// text, secrets (password, secret, *_key, *_secret) redacted.
-func Printable(m map[string]any) map[string]any {
-	for k, val := range m {
-		switch x := val.(type) {
-		case map[string]any:
-			m[k] = Printable(x)
-		case time.Duration:
-			m[k] = x.String()
-		}
-		if secretKey(k) && m[k] != "" {
-			m[k] = "<redacted>"
-		}
-	}
-	return m
-}
-
-func secretKey(k string) bool {
-	return k == "password" || k == "secret" || strings.HasSuffix(k, "_key") || strings.HasSuffix(k, "_secret") ||
-		strings.HasSuffix(k, "_password")
-}
 
 // EventTopicConfig is the topic configuration of usage.events when a
 // service creates it: the broker stamps each record's time, so the rule

@@ -30,47 +30,24 @@ func parseAssignment(m kafka.Message) (assignment, error) {
 // up to the current end is applied to s.plans before it returns, so that
 // aggregation starts with every known plan; later records arrive on ch.
 func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) error {
-	client := &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...), Timeout: 10 * time.Second}
-	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{s.cfg.AssignmentTopic}})
-	if err != nil {
-		return fmt.Errorf("metadata of %s: %w", s.cfg.AssignmentTopic, err)
+	ignored := func(err error) {
+		s.m.assignErrors.Inc()
+		s.log.Warn("ignored plan assignment", zap.Error(err))
 	}
-	if len(md.Topics) == 0 || md.Topics[0].Error != nil {
-		s.log.Warn("plan assignment topic unavailable: plans come from the config file only", zap.String("topic", s.cfg.AssignmentTopic))
-		return nil
-	}
-	type span struct{ first, end int64 }
-	spans := map[int]span{}
+	var next map[int]int64
 	// A topic created a moment ago can answer NOT_LEADER for a while.
-	if err := s.retry(ctx, "read plan assignment offsets", func(ctx context.Context) error {
-		for _, p := range md.Topics[0].Partitions {
-			first, end, err := offsetsOf(ctx, client, s.cfg.AssignmentTopic, p.ID)
-			if err != nil {
-				return err
-			}
-			spans[p.ID] = span{first, end}
-		}
-		return nil
+	if err := s.retry(ctx, "read plan assignments", func(ctx context.Context) error {
+		var err error
+		next, _, err = catchUpAssignments(ctx, s.cfg.Brokers, s.cfg.AssignmentTopic, s.plans, s.log, ignored)
+		return err
 	}); err != nil {
 		return err
 	}
-	for _, p := range md.Topics[0].Partitions {
-		first, end := spans[p.ID].first, spans[p.ID].end
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.AssignmentTopic, Partition: p.ID, MaxWait: 250 * time.Millisecond})
-		if err := r.SetOffset(first); err != nil {
+	for partition, offset := range next {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.AssignmentTopic, Partition: partition, MaxWait: 250 * time.Millisecond})
+		if err := r.SetOffset(offset); err != nil {
 			r.Close()
 			return err
-		}
-		for end > first { // catch up synchronously
-			m, err := r.FetchMessage(ctx)
-			if err != nil {
-				r.Close()
-				return fmt.Errorf("read %s: %w", s.cfg.AssignmentTopic, err)
-			}
-			s.assign(m)
-			if m.Offset+1 >= end {
-				break
-			}
 		}
 		go func() {
 			defer r.Close()
@@ -81,8 +58,7 @@ func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) e
 				}
 				a, err := parseAssignment(m)
 				if err != nil {
-					s.m.assignErrors.Inc()
-					s.log.Warn("ignored plan assignment", zap.Error(err))
+					ignored(err)
 					continue
 				}
 				select {
@@ -100,43 +76,57 @@ func (s *Service) followAssignments(ctx context.Context, ch chan<- assignment) e
 // its current end, to p: what a running aggregator knows, for a tool that
 // must compute as it does (reconcile). It returns how many it applied.
 func LoadAssignments(ctx context.Context, brokers []string, topic string, p *plans.Config, log *zap.Logger) (int, error) {
+	_, n, err := catchUpAssignments(ctx, brokers, topic, p, log, func(err error) {
+		log.Warn("ignored plan assignment", zap.Error(err))
+	})
+	return n, err
+}
+
+// catchUpAssignments applies the assignment topic's records, up to the end
+// offsets it reads first, to p, and returns where each partition ends
+// (where a follower starts) and how many records it applied. A record it
+// cannot apply goes to ignored. A missing topic is no error: plans then
+// come from the file only.
+func catchUpAssignments(ctx context.Context, brokers []string, topic string, p *plans.Config, log *zap.Logger,
+	ignored func(error)) (next map[int]int64, applied int, err error) {
 	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
 	md, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
-		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+		return nil, 0, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
 	if len(md.Topics) == 0 || md.Topics[0].Error != nil {
 		log.Warn("plan assignment topic unavailable: plans come from the config file only", zap.String("topic", topic))
-		return 0, nil
+		return nil, 0, nil
 	}
-	n := 0
+	next = make(map[int]int64, len(md.Topics[0].Partitions))
 	for _, part := range md.Topics[0].Partitions {
 		first, end, err := offsetsOf(ctx, client, topic, part.ID)
 		if err != nil {
-			return n, err
+			return nil, applied, err
 		}
+		next[part.ID] = end
 		if end <= first {
 			continue
 		}
 		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: part.ID, MaxWait: 250 * time.Millisecond})
 		if err := r.SetOffset(first); err != nil {
 			r.Close()
-			return n, err
+			return nil, applied, err
 		}
 		for {
 			m, err := r.FetchMessage(ctx)
 			if err != nil {
 				r.Close()
-				return n, fmt.Errorf("read %s: %w", topic, err)
+				return nil, applied, fmt.Errorf("read %s: %w", topic, err)
 			}
 			a, err := parseAssignment(m)
 			if err == nil {
 				err = p.Assign(a.tenant, a.a)
 			}
 			if err != nil {
-				log.Warn("ignored plan assignment", zap.Error(err))
+				ignored(err)
 			} else {
-				n++
+				applied++
 			}
 			if m.Offset+1 >= end {
 				break
@@ -144,19 +134,7 @@ func LoadAssignments(ctx context.Context, brokers []string, topic string, p *pla
 		}
 		r.Close()
 	}
-	return n, nil
-}
-
-// assign applies one record directly (during the initial catch-up).
-func (s *Service) assign(m kafka.Message) {
-	a, err := parseAssignment(m)
-	if err == nil {
-		err = s.plans.Assign(a.tenant, a.a)
-	}
-	if err != nil {
-		s.m.assignErrors.Inc()
-		s.log.Warn("ignored plan assignment", zap.Error(err))
-	}
+	return next, applied, nil
 }
 
 // offsetsOf returns the first and the end (next) offset of a partition.

@@ -23,17 +23,14 @@ type binaries struct{ consumer, aggregator, billing string }
 // (one invocation shares the work across packages on two cores).
 func build(t *testing.T) binaries {
 	t.Helper()
-	dir := t.TempDir()
 	start := time.Now()
-	cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator),
-		"./consumer/cmd/usage-consumer", "./aggregator/cmd/usage-aggregator", "./billing-sync/cmd/usage-billing-sync")
-	cmd.Dir = testenv.RepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bins, err := testenv.BuildCommands(t.TempDir(), "./consumer/cmd/usage-consumer", "./aggregator/cmd/usage-aggregator",
+		"./billing-sync/cmd/usage-billing-sync")
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("built the three binaries in %v", time.Since(start).Round(time.Millisecond))
-	return binaries{consumer: filepath.Join(dir, "usage-consumer"), aggregator: filepath.Join(dir, "usage-aggregator"),
-		billing: filepath.Join(dir, "usage-billing-sync")}
+	return binaries{consumer: bins[0], aggregator: bins[1], billing: bins[2]}
 }
 
 // cleanEnv is the process environment without the caller's USAGE_*

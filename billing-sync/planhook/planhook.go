@@ -11,7 +11,6 @@ package planhook
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -240,6 +239,3 @@ func (h *Handler) planOf(ev stripe.Event, sub *stripe.Subscription) (string, int
 	}
 	return "", 0
 }
-
-// ErrDisabled: no signing secret configured.
-var ErrDisabled = errors.New("webhook.secret is empty: the Stripe webhook endpoint is disabled")

@@ -146,7 +146,7 @@ func (s *Syncer) call(ctx context.Context, r audit.Row) error {
 	return errors.New("no call for action " + r.Action)
 }
 
-// resultWriter appends result rows in batches (every 2000 rows or 500 ms).
+// resultWriter appends result rows in batches, every 500 ms and at close.
 // Rows not written before a crash leave their intents pending: re-sent
 // with the same keys, harmless.
 type resultWriter struct {
@@ -169,9 +169,9 @@ func newResultWriter(ctx context.Context, l Ledger, log *zap.Logger) *resultWrit
 		for {
 			select {
 			case <-t.C:
-				w.flush(2000)
+				w.flush()
 			case <-w.stop:
-				w.flush(1)
+				w.flush()
 				return
 			}
 		}
@@ -185,7 +185,7 @@ func (w *resultWriter) add(r audit.Row) {
 	w.mu.Unlock()
 }
 
-func (w *resultWriter) flush(_ int) {
+func (w *resultWriter) flush() {
 	w.mu.Lock()
 	rows := w.buf
 	w.buf = nil

@@ -10,6 +10,7 @@ import (
 	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
 	"github.com/usagemeter/usagemeter/billing-sync/stripefake"
 	"github.com/usagemeter/usagemeter/billing-sync/syncer"
+	"github.com/usagemeter/usagemeter/testenv"
 )
 
 func hoursAgo(h int) time.Time {
@@ -167,23 +168,12 @@ func TestLateEventsCorrectedWithinGraceReportedAfter(t *testing.T) {
 	if err := e.conn.Exec(ctx, "ALTER TABLE usage_events DELETE WHERE quantity = 5"); err != nil {
 		t.Fatal(err)
 	}
-	testenvEventually(t, func() bool {
+	testenv.Eventually(t, 10*time.Second, "a pass that writes the decrease", func() (bool, error) {
 		rep, err = s.Sync(ctx)
-		return err == nil && rep.Writes > 0
+		return err == nil && rep.Writes > 0, err
 	})
 	if got := e.fake.Total("cus_acme", "api_calls"); got != 20 {
 		t.Errorf("after the decrease Stripe holds %d, want 20", got)
 	}
 	e.noDoubleWrites()
-}
-
-func testenvEventually(t *testing.T, f func() bool) {
-	t.Helper()
-	for range 100 {
-		if f() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("condition never held")
 }

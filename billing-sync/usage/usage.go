@@ -41,7 +41,6 @@ type hoursQuery struct {
 	Agg      plans.Aggregation
 	UniqueBy string
 	From, To time.Time
-	Tenant   string // optional: one tenant
 }
 
 func (q hoursQuery) toSQL() (string, []any) {
@@ -72,10 +71,6 @@ FROM (SELECT tenant_id, quantity, event_time, event_time_ns, ` + subject + ` AS 
 		args = append(args, strings.TrimPrefix(q.UniqueBy, "metadata."))
 	}
 	args = append(args, q.Meter, q.From.UTC(), q.To.UTC())
-	if q.Tenant != "" {
-		sql += ` AND tenant_id = ?`
-		args = append(args, q.Tenant)
-	}
 	return sql + `)
 GROUP BY tenant_id, hour
 ORDER BY tenant_id, hour`, args
