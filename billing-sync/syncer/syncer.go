@@ -66,9 +66,6 @@ type Syncer struct {
 // Option configures a Syncer.
 type Option func(*Syncer)
 
-// WithClock sets the clock (tests move it).
-func WithClock(now func() time.Time) Option { return func(s *Syncer) { s.now = now } }
-
 // WithRegisterer registers the metrics.
 func WithRegisterer(r prometheus.Registerer) Option {
 	return func(s *Syncer) { s.m.register(r) }
@@ -142,6 +139,12 @@ func (s *Syncer) Reconcile(ctx context.Context, from, to time.Time) (*Report, er
 func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (*Report, error) {
 	start := time.Now()
 	rep := &Report{PassID: newPassID()}
+	// A customer created in Stripe since the last pass (a new sign-up) is
+	// found by this pass: the listing runs at most once per pass, and only
+	// when a tenant is not mapped.
+	s.mu.Lock()
+	s.looked = false
+	s.mu.Unlock()
 	meters := make([]string, 0, len(s.cfg.Meters))
 	for name := range s.cfg.Meters {
 		meters = append(meters, name)
@@ -211,15 +214,8 @@ func (s *Syncer) resolve(ctx context.Context, tenant, meter string, m Meter) (ta
 	defer s.mu.Unlock()
 	cus, ok := s.customers[tenant]
 	if !ok && s.cfg.LookupCustomers && !s.looked {
-		found, err := s.stripe.CustomersByTenant(ctx)
-		if err != nil {
-			return target{}, false, fmt.Errorf("look up customers by metadata tenant_id: %w", err)
-		}
-		s.looked = true
-		for t, c := range found {
-			if _, configured := s.customers[t]; !configured {
-				s.customers[t] = c
-			}
+		if err := s.lookupCustomers(ctx); err != nil {
+			return target{}, false, err
 		}
 		cus, ok = s.customers[tenant]
 	}
@@ -476,20 +472,29 @@ func (s *Syncer) drift(j *job, status string) Drift {
 	return Drift{Tenant: j.w.key.Tenant, Meter: j.w.key.Meter, Start: j.w.start, End: j.w.end, Ours: j.w.units, Stripe: j.ledger.Stripe, Status: status}
 }
 
+// lookupCustomers lists Stripe's customers by metadata tenant_id once (until
+// the next pass) and adds those not configured. The caller holds s.mu.
+func (s *Syncer) lookupCustomers(ctx context.Context) error {
+	found, err := s.stripe.CustomersByTenant(ctx)
+	if err != nil {
+		return fmt.Errorf("look up customers by metadata tenant_id: %w", err)
+	}
+	s.looked = true
+	for t, c := range found {
+		if _, configured := s.customers[t]; !configured {
+			s.customers[t] = c
+		}
+	}
+	return nil
+}
+
 // TenantOf maps a Stripe customer back to its tenant (webhooks), from the
 // configured and looked-up customers.
 func (s *Syncer) TenantOf(ctx context.Context, customerID string) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.looked && s.cfg.LookupCustomers {
-		if found, err := s.stripe.CustomersByTenant(ctx); err == nil {
-			s.looked = true
-			for t, c := range found {
-				if _, ok := s.customers[t]; !ok {
-					s.customers[t] = c
-				}
-			}
-		}
+		_ = s.lookupCustomers(ctx) // a failed look-up only means "unknown customer"
 	}
 	for t, c := range s.customers {
 		if c == customerID {

@@ -161,7 +161,7 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 	}
 	src := usage.New(conn)
 	if demo {
-		url, stopFake, err := demoStripe(ctx, cfg, src, p)
+		url, stopFake, err := demoStripe(ctx, cfg, src, log)
 		if err != nil {
 			return err
 		}
@@ -263,33 +263,60 @@ func printReport(rep *syncer.Report) {
 }
 
 // demoStripe serves the fake Stripe with a customer (and subscription
-// items) for every tenant with usage, so the demo needs no account.
-func demoStripe(ctx context.Context, cfg Config, src *usage.Store, p *plans.Config) (string, func(), error) {
+// items) for every tenant with usage, so the demo needs no account. Tenants
+// that appear later (make run starts billing-sync before the traffic) get
+// theirs within seconds, as a sign-up would create them in Stripe.
+func demoStripe(ctx context.Context, cfg Config, src *usage.Store, log *zap.Logger) (string, func(), error) {
 	fake := stripefake.New()
 	for name, m := range cfg.Billing.Meters {
-		fake.AddMeter(m.MeterID, m.EventName)
 		if m.MeterID == "" {
 			m.MeterID = "mtr_" + name
-			fake.AddMeter(m.MeterID, m.EventName)
 			cfg.Billing.Meters[name] = m
 		}
-		hours, err := src.Hours(ctx, name, plans.Meter{Aggregation: plans.Sum}, time.Now().Add(-40*24*time.Hour), time.Now())
-		if err != nil {
-			return "", nil, err
-		}
-		seen := map[string]bool{}
-		for _, h := range hours {
-			if !seen[h.Tenant] {
-				seen[h.Tenant] = true
-				fake.AddCustomer("cus_"+h.Tenant, h.Tenant)
-				if m.Mode == syncer.UsageRecords {
-					fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, m.Price)
+		fake.AddMeter(m.MeterID, m.EventName)
+	}
+	seen := map[string]bool{}
+	seed := func() error {
+		for name, m := range cfg.Billing.Meters {
+			hours, err := src.Hours(ctx, name, plans.Meter{Aggregation: plans.Sum}, time.Now().Add(-40*24*time.Hour), time.Now())
+			if err != nil {
+				return err
+			}
+			for _, h := range hours {
+				if k := h.Tenant + "/" + name; !seen[k] {
+					seen[k] = true
+					if !seen[h.Tenant] {
+						seen[h.Tenant] = true
+						fake.AddCustomer("cus_"+h.Tenant, h.Tenant)
+					}
+					if m.Mode == syncer.UsageRecords {
+						fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, m.Price)
+					}
 				}
 			}
 		}
+		return nil
 	}
+	if err := seed(); err != nil {
+		return "", nil, err
+	}
+	seedCtx, stopSeeding := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-seedCtx.Done():
+				return
+			case <-t.C:
+				if err := seed(); err != nil && seedCtx.Err() == nil {
+					log.Warn("demo: seeding fake Stripe customers", zap.Error(err))
+				}
+			}
+		}
+	}()
 	srv := httptest.NewServer(fake)
-	return srv.URL, srv.Close, nil
+	return srv.URL, func() { stopSeeding(); srv.Close() }, nil
 }
 
 func load(flags *pflag.FlagSet) (Config, map[string]any, error) {

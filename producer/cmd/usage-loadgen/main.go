@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -59,6 +60,11 @@ var meters = []struct {
 var endpoints = []string{"/v1/items", "/v1/search", "/v1/generate", "/v1/export"}
 
 func run(brokers, topic string, rate int, duration time.Duration, count int64, tenants int, codec, appURL string) error {
+	if appURL != "" {
+		if u, err := url.Parse(appURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-app-url %q: want an http(s) URL such as http://127.0.0.1:9471/v1/generate", appURL)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if duration > 0 {
@@ -152,7 +158,7 @@ func (a *appClient) send() {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			req, _ := http.NewRequest(http.MethodPost, a.url, nil)
+			req, _ := http.NewRequest(http.MethodPost, a.url, nil) // the URL was checked at start
 			req.Header.Set("X-Tenant", tu[0])
 			req.Header.Set("X-User", tu[1])
 			res, err := http.DefaultClient.Do(req)
