@@ -74,7 +74,7 @@ func run(args []string) int {
 	flags.String("http", "", "metrics, health and webhook address (http.addr)")
 	flags.Bool("dry-run", false, "plan and print, write nothing (billing.dry_run)")
 	flags.String("stripe-url", "", "Stripe API base URL (stripe.url), e.g. stripe-mock")
-	demo := flags.Bool("demo", false, "serve a fake Stripe in-process with a customer per tenant seen (no Stripe account)")
+	demo := flags.Bool("demo", false, "no Stripe account: the fake Stripe at --stripe-url (usage-stripe-fake), else one in-process with a customer per tenant seen")
 	once := flags.Bool("once", false, "run: one pass, then exit")
 	from := flags.String("from", "", "reconcile/drift: first window, YYYY-MM-DD or RFC 3339 (default: now - grace; drift: now - 35 days)")
 	to := flags.String("to", "", "reconcile/drift: end, exclusive (default: now)")
@@ -160,7 +160,14 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 		}
 	}
 	src := usage.New(conn)
-	if demo {
+	if demo && cfg.Stripe.URL != "" {
+		// --demo --stripe-url: the demo's own fake Stripe (usage-stripe-fake,
+		// started by make run), which run, drift and reconcile share.
+		if cfg.Stripe.APIKey == "" {
+			cfg.Stripe.APIKey = "sk_test_demo"
+		}
+		log.Info("demo mode: the fake Stripe at stripe.url", zap.String("url", cfg.Stripe.URL))
+	} else if demo {
 		url, stopFake, err := demoStripe(ctx, cfg, src, log)
 		if err != nil {
 			return err
