@@ -32,6 +32,11 @@ const (
 	Retry   = "retry"  // transient failure after all attempts: re-sent next pass
 	Failed  = "failed" // refused by Stripe: not re-sent
 	Expired = "expired"
+	// Unknown: Stripe answered idempotency_error (the key was used with
+	// other parameters, e.g. by another writer): whether anything was
+	// billed is unknown until Stripe is read back (reconcile). Neither
+	// re-sent nor counted as failed.
+	Unknown = "unknown"
 )
 
 // Row is one audit record.
@@ -149,6 +154,18 @@ func (w *Window) Pending() []*Intent {
 	return out
 }
 
+// Unknown returns the intents whose outcome is unknown (idempotency_error):
+// nothing new is planned for the window until reconcile reads Stripe back.
+func (w *Window) Unknown() []*Intent {
+	var out []*Intent
+	for _, in := range w.Intents {
+		if in.Latest.Result == Unknown {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
 // LastUnfixable returns the newest intent if it is an unfixable report.
 func (w *Window) LastUnfixable() *Row {
 	if n := len(w.Intents); n > 0 && w.Intents[n-1].Latest.Action == Unfixable {
@@ -203,7 +220,12 @@ func (s *Store) Load(ctx context.Context, meter string, from, to time.Time) (map
 			in = &Intent{First: r}
 			intents[k][r.Seq] = in
 		}
-		in.Latest = r
+		// An ok row is final: Stripe applied the intent, and a later row
+		// (a re-send by another process refused as a key reuse, a late
+		// failure) cannot undo that; letting it would bill the window again.
+		if in.Latest.Result != OK {
+			in.Latest = r
+		}
 	}
 	if err := rs.Err(); err != nil {
 		return nil, fmt.Errorf("read billing_audit: %w", err)

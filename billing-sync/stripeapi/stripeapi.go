@@ -131,6 +131,14 @@ func DuplicateIdentifier(err error) bool {
 	return errors.As(err, &se) && se.Code == "resource_already_exists"
 }
 
+// KeyReused reports whether Stripe refused a request because its
+// idempotency key was first used with other parameters (idempotency_error):
+// the first request's outcome is unknown to this caller.
+func KeyReused(err error) bool {
+	var se *stripe.Error
+	return errors.As(err, &se) && se.Type == stripe.ErrorTypeIdempotency
+}
+
 var errAttemptTimeout = errors.New("stripe attempt timed out")
 
 // do runs one operation: serialised on serial (customer/meter) when not

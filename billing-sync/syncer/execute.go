@@ -47,6 +47,8 @@ func (s *Syncer) execute(ctx context.Context, groups [][]*job, rep *Report) erro
 		return err
 	}
 	results := newResultWriter(ctx, s.ledger, s.log)
+	fence := s.currentFence()
+	var fenced error
 	work := make(chan []*job)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -68,11 +70,14 @@ func (s *Syncer) execute(ctx context.Context, groups [][]*job, rep *Report) erro
 							calls = append(calls, r)
 						}
 					}
-					writes, failed := s.callAll(ctx, calls, results)
+					writes, failed, ferr := s.callAll(ctx, fence, calls, results)
 					mu.Lock()
 					rep.Writes += writes
 					rep.Failed += failed
 					rep.Resent += resent
+					if ferr != nil && fenced == nil {
+						fenced = ferr
+					}
 					mu.Unlock()
 				}
 			}
@@ -89,6 +94,9 @@ func (s *Syncer) execute(ctx context.Context, groups [][]*job, rep *Report) erro
 	if err := results.close(); err != nil {
 		return err
 	}
+	if fenced != nil {
+		return fenced
+	}
 	return ctx.Err()
 }
 
@@ -96,10 +104,19 @@ func (s *Syncer) execute(ctx context.Context, groups [][]*job, rep *Report) erro
 // are not made: after a transient one they stay pending (re-sent in order
 // next pass); after a refusal they are marked failed, so a send planned
 // after a cancel that Stripe refused never goes out alone.
-func (s *Syncer) callAll(ctx context.Context, calls []audit.Row, results *resultWriter) (writes, failed int) {
+//
+// Before each call the writer's fence is checked: once the lease is lost
+// nothing more is sent, and the intents stay pending for the next writer.
+func (s *Syncer) callAll(ctx context.Context, fence Fence, calls []audit.Row, results *resultWriter) (writes, failed int, fenced error) {
 	for i, r := range calls {
 		if ctx.Err() != nil {
 			return
+		}
+		if fence != nil {
+			if err := fence.Check(ctx); err != nil {
+				s.log.Warn("lease lost: no more Stripe writes in this pass", zap.Error(err))
+				return writes, failed, err
+			}
 		}
 		err := s.call(ctx, r)
 		writes++
@@ -110,6 +127,10 @@ func (s *Syncer) callAll(ctx context.Context, calls []audit.Row, results *result
 			res.Result, res.Error = audit.OK, ""
 		case ctx.Err() != nil:
 			return // killed: the intent stays pending
+		case stripeapi.KeyReused(err):
+			// Another request holds the key (another writer, other
+			// parameters): it may have billed. Read back, never re-plan.
+			res.Result, res.Error = audit.Unknown, err.Error()
 		case stripeapi.Retryable(err):
 			res.Result, res.Error = audit.Retry, err.Error()
 		default:
@@ -121,7 +142,7 @@ func (s *Syncer) callAll(ctx context.Context, calls []audit.Row, results *result
 			failed++
 			s.log.Warn("stripe write failed", zap.String("tenant", r.Tenant), zap.String("meter", r.Meter),
 				zap.Time("window", r.WindowStart), zap.String("action", r.Action), zap.String("result", res.Result), zap.Error(err))
-			if res.Result == audit.Failed {
+			if res.Result == audit.Failed || res.Result == audit.Unknown {
 				for _, rest := range calls[i+1:] {
 					rest.Result, rest.Error, rest.At = audit.Failed, "not sent: an earlier write of the window was refused", time.Time{}
 					results.add(rest)

@@ -46,6 +46,13 @@ type Stripe interface {
 	SubscriptionItemFor(ctx context.Context, customer, priceID string) (string, error)
 }
 
+// Fence is the writer lease's term (lease.Term): Check is asked before
+// every Stripe write and fails once another writer may have begun.
+type Fence interface {
+	Check(ctx context.Context) error
+	Generation() int32
+}
+
 // Syncer runs passes. Passes must not overlap (one billing-sync writer).
 type Syncer struct {
 	cfg    Config
@@ -61,6 +68,21 @@ type Syncer struct {
 	customers map[string]string // tenant -> customer, from config and look-ups
 	looked    bool
 	items     map[string]string // tenant/meter -> subscription item
+	fence     Fence
+}
+
+// SetFence makes the following passes check f before each Stripe write and
+// record its generation in their pass id (audit rows). Nil: no check.
+func (s *Syncer) SetFence(f Fence) {
+	s.mu.Lock()
+	s.fence = f
+	s.mu.Unlock()
+}
+
+func (s *Syncer) currentFence() Fence {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fence
 }
 
 // Option configures a Syncer.
@@ -139,6 +161,11 @@ func (s *Syncer) Reconcile(ctx context.Context, from, to time.Time) (*Report, er
 func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (*Report, error) {
 	start := time.Now()
 	rep := &Report{PassID: newPassID()}
+	if f := s.currentFence(); f != nil {
+		// The lease generation on every audit row of the pass: which
+		// writer's term made a write.
+		rep.PassID = fmt.Sprintf("g%d-%s", f.Generation(), rep.PassID)
+	}
 	// A customer created in Stripe since the last pass (a new sign-up) is
 	// found by this pass: the listing runs at most once per pass, and only
 	// when a tenant is not mapped.
@@ -249,6 +276,9 @@ type job struct {
 	ledger  *audit.Window
 	resend  []*audit.Intent // pending intents to re-send verbatim
 	intents []audit.Row     // new intents (pending rows)
+	// resolved: reconcile resolved the window's unknown outcomes from
+	// Stripe's summary in this pass.
+	resolved bool
 }
 
 func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to time.Time, reconcile bool, rep *Report) error {
@@ -354,6 +384,22 @@ func (s *Syncer) stripeValues(ctx context.Context, m Meter, tgt target, ws []win
 // means leave the window alone this pass.
 func (s *Syncer) observe(j *job, m Meter, stripeVals map[int64]int64, now time.Time, rep *Report) bool {
 	lw := j.ledger
+	if unk := lw.Unknown(); len(unk) > 0 {
+		// Outcome unknown (idempotency_error): resolved by what Stripe
+		// shows once its summaries have settled since the refusal.
+		for _, in := range unk {
+			if now.Sub(in.Latest.At) < s.cfg.Settle {
+				rep.Unsettled++
+				return false
+			}
+		}
+		for _, in := range unk {
+			r := in.First
+			r.Result, r.Error, r.At = audit.Expired, "outcome unknown (idempotency_error); resolved from Stripe's summary", time.Time{}
+			j.intents = append(j.intents, r)
+		}
+		j.resolved = true
+	}
 	if pend := lw.Pending(); len(pend) > 0 {
 		// Fresh pending intents are re-sent by plan; stale ones (past the
 		// idempotency window) are resolved by what Stripe shows.
@@ -399,6 +445,12 @@ func (s *Syncer) row(j *job, m Meter, action string, seq uint32, stripeAfter, de
 // Stripe from the ledger's value to ours within Stripe's rules.
 func (s *Syncer) plan(j *job, name string, m Meter, now time.Time, rep *Report) {
 	lw := j.ledger
+	if len(lw.Unknown()) > 0 && !j.resolved {
+		// Another request used the key: Stripe may hold more than the
+		// ledger says. Nothing new until reconcile reads it back.
+		rep.Unfixable = append(rep.Unfixable, s.drift(j, "outcome_unknown"))
+		return
+	}
 	if pend := lw.Pending(); len(pend) > 0 {
 		if now.Sub(pend[0].First.At) < s.cfg.CancelWindow {
 			j.resend = pend
