@@ -105,11 +105,13 @@ func (s *Store) writeRows(ctx context.Context, g state.Grain, rows []*state.Row,
 }
 
 // rowsQuery selects the current (FINAL) rows of one grain: those whose
-// window or period ends after Since, or the one row matching Key.
+// window or period ends after Since and that were fed by one of
+// Partitions, or the one row matching Key.
 type rowsQuery struct {
-	Grain state.Grain
-	Since time.Time  // when Key is nil
-	Key   *state.Key // a single row
+	Grain      state.Grain
+	Since      time.Time  // when Key is nil
+	Partitions []int32    // when Key is nil; must not be empty
+	Key        *state.Key // a single row
 }
 
 func (q rowsQuery) toSQL() (string, []any) {
@@ -130,19 +132,26 @@ func (q rowsQuery) toSQL() (string, []any) {
 		return sql + ` WHERE tenant_id = ? AND feature_type = ? AND subject = ? AND ` + startCol + ` = ?`,
 			[]any{q.Key.Tenant, q.Key.Meter, q.Key.Subject, time.Unix(q.Key.Start, 0).UTC()}
 	}
+	// A member loads only the rows of the partitions it owns: it must not
+	// hold (and so never republish) another member's tenants.
+	owned := ` AND has(?, source_partition)`
 	if q.Grain == state.Period {
-		return sql + ` WHERE period_end > ?`, []any{q.Since.UTC()}
+		return sql + ` WHERE period_end > ?` + owned, []any{q.Since.UTC(), q.Partitions}
 	}
 	// A window starting before Since - length has ended by Since.
-	return sql + ` WHERE window_start > ?`, []any{q.Since.Add(-state.GrainLength(q.Grain)).UTC()}
+	return sql + ` WHERE window_start > ?` + owned, []any{q.Since.Add(-state.GrainLength(q.Grain)).UTC(), q.Partitions}
 }
 
 // LoadOpen reads every row of every grain whose window or period ends
-// after since: the rows a resumed aggregator may still change.
-func (s *Store) LoadOpen(ctx context.Context, since time.Time) ([]*state.Row, error) {
+// after since and whose source partition is one of partitions: the rows a
+// resumed aggregator that owns those partitions may still change.
+func (s *Store) LoadOpen(ctx context.Context, since time.Time, partitions []int32) ([]*state.Row, error) {
+	if len(partitions) == 0 {
+		return nil, nil
+	}
 	var out []*state.Row
 	for _, g := range state.Grains {
-		rows, err := s.query(ctx, rowsQuery{Grain: g, Since: since})
+		rows, err := s.query(ctx, rowsQuery{Grain: g, Since: since, Partitions: partitions})
 		if err != nil {
 			return nil, err
 		}

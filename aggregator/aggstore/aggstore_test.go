@@ -18,8 +18,8 @@ func TestQueriesAreParameterised(t *testing.T) {
 		want []string
 	}{
 		{rowsQuery{Grain: state.Hour, Key: &key}, []string{"FROM usage_1h FINAL", "tenant_id = ?", "window_start = ?"}},
-		{rowsQuery{Grain: state.Period, Since: from}, []string{"FROM usage_period FINAL", "period_end > ?"}},
-		{rowsQuery{Grain: state.Minute, Since: from}, []string{"FROM usage_1m FINAL", "window_start > ?"}},
+		{rowsQuery{Grain: state.Period, Since: from, Partitions: []int32{1, 3}}, []string{"FROM usage_period FINAL", "period_end > ?", "has(?, source_partition)"}},
+		{rowsQuery{Grain: state.Minute, Since: from, Partitions: []int32{0}}, []string{"FROM usage_1m FINAL", "window_start > ?", "has(?, source_partition)"}},
 		{rangeQuery{Grain: state.Day, From: from, To: from.AddDate(0, 1, 0)}, []string{"FROM usage_1d FINAL", "window_start >= ? AND window_start < ?"}},
 		{rangeQuery{Grain: state.Period, From: from, To: from.AddDate(0, 1, 0)}, []string{"period_start < ? AND period_end > ?"}},
 		{checkpointsQuery{"g", "t"}, []string{"FROM aggregator_checkpoints FINAL", "consumer_group = ? AND topic = ?"}},

@@ -15,6 +15,8 @@ type metrics struct {
 	// deadLetterFallback: side records written to dead_letters.
 	deadLetterFallback prometheus.Counter
 	groupErrors        prometheus.Counter
+	// quotaFenced: publications refused because the generation had ended.
+	quotaFenced prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,6 +34,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Late or DLQ records Kafka refused for good, written to the ClickHouse table dead_letters."}),
 		groupErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_group_errors_total",
 			Help: "Consumer-group and generation errors the aggregator recovered from by rejoining."}),
+		quotaFenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_quota_fenced_total",
+			Help: "Quota-state publications withheld because the member's group generation had ended (frozen past its session, rebalanced)."}),
 		rowsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_rows_written_total",
 			Help: "Aggregate rows written to ClickHouse."}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_write_errors_total",
@@ -47,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors, m.assignErrors,
-			m.retentionGap, m.deadLetterFallback, m.groupErrors)
+			m.retentionGap, m.deadLetterFallback, m.groupErrors, m.quotaFenced)
 	}
 	return m
 }

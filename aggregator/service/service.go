@@ -185,14 +185,29 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	if err != nil {
 		return err
 	}
+	own := owner{gen: gen, topic: s.cfg.Topic, partitions: map[int32]bool{}, starts: starts}
+	for _, a := range assigned {
+		own.partitions[int32(a.ID)] = true
+	}
+	s.mu.Lock()
+	clear(s.latest) // the status page shows this generation's tenants only
+	s.mu.Unlock()
 	s.log.Info("generation started", zap.Int32("generation", gen.ID), zap.Int("partitions", len(assigned)),
 		zap.Int("rows_loaded", st.Rows()))
 
 	msgs := make(chan message, 4096)
 	genDone := make(chan struct{})
+	// kafka-go rejoins the group only when every function started on the
+	// generation has returned: holding this one until the final flush is
+	// written means the next owner of a partition resumes exactly where
+	// this member stopped, not at an older checkpoint (it would publish
+	// quota states below the ones this member already published).
+	finished := make(chan struct{})
+	defer close(finished)
 	gen.Start(func(gctx context.Context) {
 		<-gctx.Done()
 		close(genDone)
+		<-finished
 	})
 	readCtx, stopReading := context.WithCancel(context.Background())
 	defer stopReading()
@@ -239,7 +254,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 			s.log.Info("plan assignment changed", zap.String("tenant", a.tenant))
 			st.TouchTenant(a.tenant)
 		case <-quotaTick.C:
-			if err := s.publishQuotas(wctx, st); err != nil {
+			if err := s.publishQuotas(wctx, st, &own); err != nil {
 				return err
 			}
 		case <-flushTick.C:
@@ -248,7 +263,10 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 			}
 		case <-genDone:
 			stopReading()
-			return s.flush(wctx, gen, st, &side)
+			// Bounded: the group waits for this flush (see finished).
+			fctx, cancel := context.WithTimeout(wctx, s.cfg.SessionTimeout)
+			defer cancel()
+			return s.flush(fctx, gen, st, &side)
 		case err := <-fatal:
 			stopReading()
 			return errors.Join(err, s.flush(wctx, gen, st, &side))
@@ -257,7 +275,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 			if err := s.flush(wctx, gen, st, &side); err != nil {
 				return err
 			}
-			return s.publishQuotas(wctx, st)
+			return s.publishQuotas(wctx, st, &own)
 		}
 	}
 }
@@ -291,7 +309,11 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 			}
 		}
 	}
-	rows, err := s.store.LoadOpen(ctx, since)
+	owned := make([]int32, 0, len(assigned))
+	for _, a := range assigned {
+		owned = append(owned, int32(a.ID))
+	}
+	rows, err := s.store.LoadOpen(ctx, since, owned)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -516,11 +538,64 @@ func sameCheckpoints(a, b []state.Checkpoint) bool {
 	return true
 }
 
-// publishQuotas writes changed quota totals to the compacted topic.
-func (s *Service) publishQuotas(ctx context.Context, st *state.State) error {
+// owner is what a member knows of its generation: the partitions it owns
+// and where they were checkpointed, for the publish fence.
+type owner struct {
+	gen        *kafka.Generation
+	topic      string
+	partitions map[int32]bool
+	starts     map[int]int64 // checkpointed offset per owned partition at the start (-1: none)
+}
+
+// errFenced: the group no longer recognises this member's generation (it
+// was frozen past its session, or the group rebalanced).
+var errFenced = errors.New("generation ended: quota states not published")
+
+// fence asks the group coordinator whether this member's generation is
+// still current, before anything is published under it. kafka-go notices
+// the end of a generation only at its next heartbeat (up to a second
+// later, and a member resumed after SIGSTOP runs its pending ticks first),
+// so the publisher asks: an OffsetCommit carries the generation id and
+// member id, and the coordinator refuses it (ILLEGAL_GENERATION,
+// UNKNOWN_MEMBER_ID) once the generation is over. It commits the last
+// durable checkpoint, which is what flush commits anyway (committed
+// offsets are for lag monitoring only).
+func (o *owner) fence(written []state.Checkpoint) error {
+	offsets := make(map[int]int64, len(o.partitions))
+	for p, ckpt := range o.starts {
+		offsets[p] = ckpt + 1 // -1 (none) commits 0: harmless, nothing resumes from it
+	}
+	for _, c := range written {
+		if o.partitions[c.Partition] {
+			offsets[int(c.Partition)] = c.Offset + 1
+		}
+	}
+	if err := o.gen.CommitOffsets(map[string]map[int]int64{o.topic: offsets}); err != nil {
+		return fmt.Errorf("%w: generation %d: %w", errFenced, o.gen.ID, err)
+	}
+	return nil
+}
+
+// publishQuotas writes changed quota totals to the compacted topic: only
+// those of partitions this member owns, and only while its generation is
+// current, so that no member publishes a tenant's state from a copy the
+// tenant's owner has since moved past.
+func (s *Service) publishQuotas(ctx context.Context, st *state.State, own *owner) error {
 	due := st.DueQuotas(time.Now(), s.cfg.QuotaCoalesce)
-	if len(due) == 0 {
+	kept := due[:0]
+	for _, q := range due {
+		if q.Offset >= 0 && own.partitions[q.Partition] {
+			kept = append(kept, q)
+		}
+	}
+	if due = kept; len(due) == 0 {
 		return nil
+	}
+	if err := own.fence(s.written); err != nil {
+		st.Requeue(due)
+		s.m.quotaFenced.Inc()
+		s.log.Warn("generation ended: this member publishes no quota state under it", zap.Int("keys", len(due)), zap.Error(err))
+		return err
 	}
 	msgs := make([]kafka.Message, len(due))
 	states := make([]schemas.QuotaState, len(due))
