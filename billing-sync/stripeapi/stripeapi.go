@@ -351,3 +351,142 @@ func (c *Client) SubscriptionItemFor(ctx context.Context, customer, priceID stri
 	})
 	return found, err
 }
+
+// Subscription is one of a customer's subscriptions as billing needs it:
+// its status, anchor and current period, and its items.
+type Subscription struct {
+	ID, Status             string
+	Anchor                 time.Time
+	PeriodStart, PeriodEnd time.Time // current_period_start/end
+	CanceledAt             time.Time // zero unless canceled
+	Items                  []SubscriptionItem
+}
+
+// SubscriptionItem is an item and its price: MeterID is set for a price
+// on a Billing Meter (meter_events), empty for a legacy metered price.
+type SubscriptionItem struct {
+	ID, PriceID, LookupKey, MeterID string
+}
+
+// Subscriptions lists every subscription of a customer, canceled ones
+// included (status=all): billing needs the periods of ended ones too.
+func (c *Client) Subscriptions(ctx context.Context, customer string) ([]Subscription, error) {
+	var out []Subscription
+	err := c.do(ctx, "subscriptions", "", func(ctx context.Context) error {
+		out = out[:0]
+		p := &stripe.SubscriptionListParams{Customer: stripe.String(customer), Status: stripe.String("all")}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.Subscriptions.List(p)
+		for it.Next() {
+			out = append(out, subscriptionOf(it.Subscription()))
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
+func subscriptionOf(s *stripe.Subscription) Subscription {
+	sub := Subscription{ID: s.ID, Status: string(s.Status), Anchor: time.Unix(s.BillingCycleAnchor, 0).UTC(),
+		PeriodStart: time.Unix(s.CurrentPeriodStart, 0).UTC(), PeriodEnd: time.Unix(s.CurrentPeriodEnd, 0).UTC()}
+	if s.CanceledAt > 0 {
+		sub.CanceledAt = time.Unix(s.CanceledAt, 0).UTC()
+	}
+	if s.Items != nil {
+		for _, item := range s.Items.Data {
+			si := SubscriptionItem{ID: item.ID}
+			if item.Price != nil {
+				si.PriceID, si.LookupKey = item.Price.ID, item.Price.LookupKey
+				if item.Price.Recurring != nil {
+					si.MeterID = item.Price.Recurring.Meter
+				}
+			}
+			sub.Items = append(sub.Items, si)
+		}
+	}
+	return sub
+}
+
+// MeterSettings is what a Billing Meter does with events.
+type MeterSettings struct {
+	ID, EventName, Status string
+	Formula               string // sum, count, last
+	EventTimeWindow       string // "", hour, day (pre-aggregated: the newest event of a window replaces the rest)
+}
+
+// Meter reads a meter's settings (GET /v1/billing/meters/{id}).
+func (c *Client) Meter(ctx context.Context, id string) (MeterSettings, error) {
+	var out MeterSettings
+	err := c.do(ctx, "meter", "", func(ctx context.Context) error {
+		p := &stripe.BillingMeterParams{}
+		p.Context = ctx
+		m, err := c.api.BillingMeters.Get(id, p)
+		if err != nil {
+			return err
+		}
+		out = MeterSettings{ID: m.ID, EventName: m.EventName, Status: string(m.Status), EventTimeWindow: string(m.EventTimeWindow)}
+		if m.DefaultAggregation != nil {
+			out.Formula = string(m.DefaultAggregation.Formula)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// InvoiceLine is what a finalized invoice charged for one item.
+type InvoiceLine struct {
+	Item, PriceID, MeterID string
+	Quantity               int64
+}
+
+// Invoice is a finalized invoice of one subscription period.
+type Invoice struct {
+	ID, Subscription, Status string
+	PeriodStart, PeriodEnd   time.Time
+	FinalizedAt              time.Time
+	Lines                    []InvoiceLine
+}
+
+// FinalizedInvoices lists a customer's invoices that are no longer drafts
+// (open, paid, uncollectible): what they charged can no longer change.
+func (c *Client) FinalizedInvoices(ctx context.Context, customer string) ([]Invoice, error) {
+	var out []Invoice
+	err := c.do(ctx, "invoices", "", func(ctx context.Context) error {
+		out = out[:0]
+		p := &stripe.InvoiceListParams{Customer: stripe.String(customer)}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.Invoices.List(p)
+		for it.Next() {
+			in := it.Invoice()
+			if in.Status == stripe.InvoiceStatusDraft || in.Status == stripe.InvoiceStatusVoid {
+				continue
+			}
+			inv := Invoice{ID: in.ID, Status: string(in.Status), PeriodStart: time.Unix(in.PeriodStart, 0).UTC(), PeriodEnd: time.Unix(in.PeriodEnd, 0).UTC()}
+			if in.Subscription != nil {
+				inv.Subscription = in.Subscription.ID
+			}
+			if in.StatusTransitions != nil && in.StatusTransitions.FinalizedAt > 0 {
+				inv.FinalizedAt = time.Unix(in.StatusTransitions.FinalizedAt, 0).UTC()
+			}
+			if in.Lines != nil {
+				for _, l := range in.Lines.Data {
+					line := InvoiceLine{Quantity: l.Quantity}
+					if l.SubscriptionItem != nil {
+						line.Item = l.SubscriptionItem.ID
+					}
+					if l.Price != nil {
+						line.PriceID = l.Price.ID
+						if l.Price.Recurring != nil {
+							line.MeterID = l.Price.Recurring.Meter
+						}
+					}
+					inv.Lines = append(inv.Lines, line)
+				}
+			}
+			out = append(out, inv)
+		}
+		return it.Err()
+	})
+	return out, err
+}

@@ -54,7 +54,7 @@ type event struct {
 	identifier, customer, eventName string
 	value                           int64
 	ts                              int64
-	received                        time.Time
+	received, cancelledAt           time.Time
 	cancelled                       bool
 }
 
@@ -73,42 +73,51 @@ type Fake struct {
 	Upstream string
 	// Meters maps meter ids to event names (for summaries).
 	Meters map[string]string
+	// InvoiceGrace is how long after a period ends its invoice stays a
+	// draft (Stripe's default finalization grace: 1 h); usage for the
+	// period is accepted until then, and invoiced only if it arrived by then.
+	InvoiceGrace time.Duration
 	// CheckResponse, when set, sees every response the fake sends (status
 	// and body, errors and injected faults included); an error is recorded
 	// in Violations. Tests set it to stripespec's check, so the fake never
 	// answers with a shape Stripe's spec does not allow.
 	CheckResponse func(method, path string, status int, body []byte) error
 
-	mu          sync.Mutex
-	idem        map[string]stored
-	events      map[string]*event // by identifier
-	eventOrder  []*event
-	records     map[string]map[int64]*usageRecord // item -> timestamp -> record
-	customers   []customer
-	items       map[string]subItem
-	faults      []*Fault
-	inflight    map[string]bool
-	requests    []time.Time
-	writes      map[string]int // accepted (not replayed) writes per identifier or usage key
-	violations  []string
-	concurrency int
-	calls       map[string]int
-	replays     map[string]int // idempotency key -> stored responses replayed
-	keyReuse    []string       // "key: first parameters | later parameters", for diagnostics
-	dupIdents   map[string]int // meter event identifier -> refused as already existing
-	delay       time.Duration  // before each POST is processed (a slow Stripe)
-	client      *http.Client
+	mu            sync.Mutex
+	idem          map[string]stored
+	events        map[string]*event // by identifier
+	eventOrder    []*event
+	records       map[string]map[int64]*usageRecord // item -> timestamp -> record
+	customers     []customer
+	prices        map[string]Price
+	meterSettings map[string][2]string // meter id -> formula, event_time_window
+	subs          map[string]*subscription
+	subOrder      []string
+	items         map[string]*subItem
+	itemSeq       int
+	invoices      []*Invoice
+	faults        []*Fault
+	inflight      map[string]bool
+	requests      []time.Time
+	writes        map[string]int // accepted (not replayed) writes per identifier or usage key
+	violations    []string
+	concurrency   int
+	calls         map[string]int
+	replays       map[string]int // idempotency key -> stored responses replayed
+	keyReuse      []string       // "key: first parameters | later parameters", for diagnostics
+	dupIdents     map[string]int // meter event identifier -> refused as already existing
+	delay         time.Duration  // before each POST is processed (a slow Stripe)
+	client        *http.Client
 }
 
 type customer struct{ id, tenant string }
 
-type subItem struct{ customer, price, lookupKey, sub string }
-
 // New returns an empty fake.
 func New() *Fake {
 	return &Fake{
-		Now: time.Now, Meters: map[string]string{}, idem: map[string]stored{}, events: map[string]*event{},
-		records: map[string]map[int64]*usageRecord{}, items: map[string]subItem{}, inflight: map[string]bool{},
+		Now: time.Now, Meters: map[string]string{}, InvoiceGrace: time.Hour, idem: map[string]stored{}, events: map[string]*event{},
+		records: map[string]map[int64]*usageRecord{}, items: map[string]*subItem{}, inflight: map[string]bool{},
+		prices: map[string]Price{}, meterSettings: map[string][2]string{}, subs: map[string]*subscription{},
 		writes: map[string]int{}, calls: map[string]int{}, replays: map[string]int{}, dupIdents: map[string]int{}, client: &http.Client{Timeout: 10 * time.Second},
 	}
 }
@@ -121,13 +130,6 @@ func (f *Fake) AddCustomer(id, tenant string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.customers = append(f.customers, customer{id, tenant})
-}
-
-// AddSubscriptionItem adds an active subscription item of customer on price.
-func (f *Fake) AddSubscriptionItem(customer, item, price string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.items[item] = subItem{customer: customer, price: price, sub: "sub_" + item}
 }
 
 // SetDelay makes every POST wait d before it is processed, while it
@@ -321,7 +323,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.fail(w, r, fault) // applied, but the client sees a failure
 		return
 	}
-	if status < 300 && r.Method == http.MethodPost && f.Upstream != "" {
+	if status < 300 && r.Method != http.MethodGet && f.Upstream != "" {
 		if err := f.upstream(r, body); err != nil {
 			f.mu.Lock()
 			f.violations = append(f.violations, fmt.Sprintf("%s %s: %v", r.Method, r.URL.Path, err))
@@ -405,6 +407,14 @@ func operation(method, path string) string {
 		return "customers_search"
 	case path == "/v1/subscriptions":
 		return "subscriptions"
+	case strings.HasPrefix(path, "/v1/subscriptions/"):
+		return method + " subscription"
+	case path == "/v1/subscription_items" || strings.HasPrefix(path, "/v1/subscription_items/") && strings.Count(path, "/") == 3:
+		return method + " subscription_item"
+	case path == "/v1/invoices":
+		return "invoices"
+	case strings.HasPrefix(path, "/v1/billing/meters/") && strings.Count(path, "/") == 4:
+		return "meter"
 	}
 	return method + " " + path
 }
@@ -414,6 +424,7 @@ func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.Now()
+	f.rollLocked(now)
 	key := r.Header.Get("Idempotency-Key")
 	fp := r.Method + " " + r.URL.Path + "?" + form.Encode()
 	if r.Method == http.MethodPost && key != "" {
@@ -462,7 +473,24 @@ func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, no
 	case "customers_search":
 		obj, err = f.searchCustomers(form, now)
 	case "subscriptions":
-		obj = f.listSubscriptions(form, now)
+		obj, err = f.listSubscriptions(form, now)
+	case "GET subscription":
+		var s *subscription
+		if s, err = f.subscriptionByPath(r.URL.Path); err == nil {
+			obj = f.subscriptionJSON(s, now)
+		}
+	case "DELETE subscription":
+		var s *subscription
+		if s, err = f.subscriptionByPath(r.URL.Path); err == nil {
+			f.cancelLocked(s, now)
+			obj = f.subscriptionJSON(s, now)
+		}
+	case "POST subscription_item", "DELETE subscription_item":
+		obj, err = f.itemChange(r.Method, r.URL.Path, form, now)
+	case "invoices":
+		obj = f.listInvoices(form, now)
+	case "meter":
+		obj, err = f.meter(r.URL.Path, now)
 	default:
 		err = &apiError{status: 404, typ: "invalid_request_error", msg: "unrecognized request URL " + r.URL.Path}
 	}
@@ -522,7 +550,7 @@ func (f *Fake) adjustment(form url.Values, now time.Time) (any, *apiError) {
 	if now.Sub(e.received) >= 24*time.Hour {
 		return nil, invalid("meter_event_adjustment_window_passed", "events can only be cancelled within 24 hours of receipt")
 	}
-	e.cancelled = true
+	e.cancelled, e.cancelledAt = true, now
 	f.writes["cancel:"+ident]++
 	return map[string]any{"object": "billing.meter_event_adjustment", "event_name": e.eventName, "livemode": false, "status": "complete",
 		"type": "cancel", "cancel": map[string]string{"identifier": ident}}, nil
@@ -596,18 +624,10 @@ func page(data []any, form url.Values, path string) map[string]any {
 	return map[string]any{"object": "list", "data": data, "has_more": more, "url": path}
 }
 
-// currentPeriod is a subscription item's period in the fake: the calendar
-// month of now; the previous one still takes usage for an hour after its
-// end (its invoice is a draft).
-func currentPeriod(now time.Time) (time.Time, time.Time) {
-	now = now.UTC()
-	s := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
-	return s, s.AddDate(0, 1, 0)
-}
-
 func (f *Fake) usageRecord(path string, form url.Values, key string, now time.Time) (any, *apiError) {
 	item := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/subscription_items/"), "/usage_records")
-	if _, ok := f.items[item]; !ok {
+	it, ok := f.items[item]
+	if !ok || it.deleted {
 		return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "no such subscription item " + item}
 	}
 	q, err := strconv.ParseInt(form.Get("quantity"), 10, 64)
@@ -625,10 +645,12 @@ func (f *Fake) usageRecord(path string, form url.Values, key string, now time.Ti
 	if s := form.Get("timestamp"); s != "" {
 		ts, _ = strconv.ParseInt(s, 10, 64)
 	}
-	start, end := currentPeriod(now)
-	prevStart := start.AddDate(0, -1, 0)
+	// The current period, or the previous one while its invoice is a
+	// draft (the finalization grace after its end).
+	start, end := it.sub.current(now)
+	prevStart, _ := it.sub.periodAt(start.Add(-time.Second))
 	inCurrent := ts >= start.Unix() && ts < end.Unix()
-	inDraft := ts >= prevStart.Unix() && ts < start.Unix() && now.Before(start.Add(time.Hour))
+	inDraft := ts >= prevStart.Unix() && ts < start.Unix() && now.Before(start.Add(f.InvoiceGrace))
 	if !inCurrent && !inDraft || ts > now.Unix() {
 		return nil, invalid("timestamp_outside_period", "the timestamp must be within the current billing period and not in the future")
 	}
@@ -653,16 +675,18 @@ func (f *Fake) usageRecord(path string, form url.Values, key string, now time.Ti
 
 func (f *Fake) usageSummaries(path string, now time.Time) (any, *apiError) {
 	item := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/subscription_items/"), "/usage_record_summaries")
-	if _, ok := f.items[item]; !ok {
+	it, ok := f.items[item]
+	if !ok {
 		return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "no such subscription item " + item}
 	}
-	totals := map[int64]int64{}
+	totals, ends := map[int64]int64{}, map[int64]int64{}
 	for ts, r := range f.records[item] {
 		if now.Sub(r.received) < f.Lag {
 			continue
 		}
-		s, _ := currentPeriod(time.Unix(ts, 0))
+		s, e := it.sub.periodAt(time.Unix(ts, 0).UTC())
 		totals[s.Unix()] += r.quantity
+		ends[s.Unix()] = e.Unix()
 	}
 	var starts []int64
 	for s := range totals {
@@ -671,9 +695,8 @@ func (f *Fake) usageSummaries(path string, now time.Time) (any, *apiError) {
 	sort.Slice(starts, func(i, j int) bool { return starts[i] > starts[j] }) // newest first, as Stripe
 	var data []any
 	for _, s := range starts {
-		st := time.Unix(s, 0).UTC()
 		data = append(data, map[string]any{"object": "usage_record_summary", "id": fmt.Sprintf("sis_%s_%d", item, s), "livemode": false,
-			"invoice": nil, "period": map[string]any{"start": s, "end": st.AddDate(0, 1, 0).Unix()}, "subscription_item": item, "total_usage": totals[s]})
+			"invoice": nil, "period": map[string]any{"start": s, "end": ends[s]}, "subscription_item": item, "total_usage": totals[s]})
 	}
 	return page(data, url.Values{"limit": {"100"}}, path), nil
 }
@@ -719,33 +742,6 @@ func (f *Fake) searchCustomers(form url.Values, now time.Time) (any, *apiError) 
 	}
 	return map[string]any{"object": "search_result", "data": data, "has_more": next != nil, "next_page": next,
 		"url": "/v1/customers/search"}, nil
-}
-
-func (f *Fake) listSubscriptions(form url.Values, now time.Time) any {
-	cus := form.Get("customer")
-	var ids []string
-	for id, it := range f.items {
-		if it.customer == cus {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	var data []any
-	for _, id := range ids {
-		it := f.items[id]
-		price := map[string]any{"object": "price", "id": it.price, "active": true, "billing_scheme": "per_unit", "created": now.Unix(),
-			"currency": "usd", "livemode": false, "metadata": map[string]string{}, "product": "prod_usage", "type": "recurring"}
-		start, end := currentPeriod(now)
-		data = append(data, map[string]any{"object": "subscription", "id": it.sub, "customer": cus, "status": "active",
-			"automatic_tax": map[string]any{"enabled": false}, "billing_cycle_anchor": start.Unix(), "cancel_at_period_end": false,
-			"collection_method": "charge_automatically", "created": start.Unix(), "currency": "usd", "current_period_start": start.Unix(),
-			"current_period_end": end.Unix(), "discounts": []string{}, "invoice_settings": map[string]any{"issuer": map[string]any{"type": "self"}},
-			"livemode": false, "metadata": map[string]string{}, "start_date": start.Unix(),
-			"items": map[string]any{"object": "list", "has_more": false, "url": "/v1/subscription_items", "data": []any{map[string]any{
-				"object": "subscription_item", "id": id, "created": start.Unix(), "discounts": []string{}, "metadata": map[string]string{},
-				"price": price, "subscription": it.sub}}}})
-	}
-	return page(data, form, "/v1/subscriptions")
 }
 
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
