@@ -20,6 +20,20 @@
 // place (kafka-go's group reader has no per-partition pause, so all of them
 // wait) while the group membership stays alive through heartbeats. When
 // ClickHouse returns, the writer catches up batch by batch.
+//
+// # Rerouting
+//
+// A valid event that breaks the routing rule (no key, another key, or the
+// right key on another partition: librdkafka's CRC32 default) is not
+// written from where it was read. Its copy (same bytes, so the same id;
+// key = tenant_id; svckit.Reroute) is written to its tenant's partition,
+// acks=all, before the original's offset is committed, and the copy is what
+// the raw table and the aggregator count: both judge the same record with
+// the same svckit.Intake. A failed re-publish is retried like an insert
+// and nothing is committed past it; a crash between the re-publish and
+// the commit writes the copy again, which is a retry like any other (same
+// id, deduplicated by the raw table and the aggregator). The copy passes
+// the routing rule, so it is never re-routed again.
 package ingest
 
 import (
@@ -58,6 +72,9 @@ type Consumer struct {
 	reader   *kafka.Reader
 	dlq      *deadletter.Writer
 	dlqW     *kafka.Writer
+	// rerouteW writes re-routed copies of misrouted events back to Topic,
+	// on the partition the routing rule names.
+	rerouteW *kafka.Writer
 	fallback driver.Conn // dead_letters, when Kafka refuses a DLQ write for good
 	m        *metrics
 	reg      prometheus.Registerer
@@ -66,10 +83,19 @@ type Consumer struct {
 	// so that a topic that grows is judged by its new count.
 	partitions atomic.Int64
 
-	// afterWrite runs after a batch is written and before its commit; an
-	// error aborts Run without committing. Tests use it to crash there.
-	afterWrite func(rows int) error
+	// publishers are the values of the reroute metric's publisher label
+	// seen so far, capped at maxPublisherLabels; only Run's loop uses it.
+	publishers map[string]bool
+
+	// afterWrite runs after a batch is written (rows, DLQ records and
+	// re-routed copies) and before its commit; an error aborts Run without
+	// committing. Tests use it to crash there.
+	afterWrite func(b *batch) error
 }
+
+// maxPublisherLabels bounds the publisher label of
+// usage_consumer_rerouted_total: publishers name themselves.
+const maxPublisherLabels = 32
 
 // Option configures a Consumer.
 type Option func(*Consumer)
@@ -91,7 +117,8 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		cfg:    cfg,
 		log:    log,
 		store:  store,
-		intake: svckit.NewIntake(),
+		intake:     svckit.NewIntake(),
+		publishers: map[string]bool{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -123,6 +150,15 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		BatchTimeout: 2 * time.Millisecond,
 		MaxAttempts:  3,
 	}
+	c.rerouteW = &kafka.Writer{
+		Addr:         kafka.TCP(cfg.Brokers...),
+		Topic:        cfg.Topic,
+		Balancer:     svckit.RoutingBalancer{Partitions: func() int { return int(c.partitions.Load()) }},
+		RequiredAcks: kafka.RequireAll,
+		BatchSize:    10000,
+		BatchTimeout: 2 * time.Millisecond,
+		MaxAttempts:  3,
+	}
 	c.dlq = deadletter.New(c.dlqW, c.fallback)
 	c.dlq.Fallback = func(n int, err error) {
 		c.m.deadLetterFallback.Add(float64(n))
@@ -140,6 +176,7 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 type batch struct {
 	rows    chstore.EventBatch
 	invalid []kafka.Message
+	reroute []kafka.Message // copies of misrouted events, for Topic
 	last    map[int]kafka.Message // the last message read per partition
 	msgs    int
 	started time.Time
@@ -151,7 +188,7 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 	select {
 	case b := <-free:
 		b.rows.Reset()
-		b.invalid, b.msgs = b.invalid[:0], 0
+		b.invalid, b.reroute, b.msgs = b.invalid[:0], b.reroute[:0], 0
 		clear(b.last)
 		return b
 	default:
@@ -167,11 +204,38 @@ func (c *Consumer) add(b *batch, m kafka.Message) {
 	b.msgs++
 	b.last[m.Partition] = m
 	e, err := c.intake.Decode(m, int(c.partitions.Load()))
+	if reason, ok := svckit.Misrouted(err); ok {
+		// A valid event on the wrong partition or under the wrong key:
+		// its copy goes where the rule says, and is written to the raw
+		// table when it is read there, like any event (see Rerouting in
+		// the package doc).
+		b.reroute = append(b.reroute, svckit.Reroute(m, e.TenantID, reason))
+		c.m.rerouted.WithLabelValues(string(reason), c.publisherLabel(m)).Inc()
+		return
+	}
 	if err != nil {
 		b.invalid = append(b.invalid, c.dlqMessage(m, err))
 		return
 	}
 	b.rows.Append(&e, int32(m.Partition), m.Offset)
+}
+
+// publisherLabel is m's HeaderPublisher, or "unknown"; "other" once
+// maxPublisherLabels distinct values were seen.
+func (c *Consumer) publisherLabel(m kafka.Message) string {
+	name := "unknown"
+	for _, h := range m.Headers {
+		if h.Key == svckit.HeaderPublisher && len(h.Value) > 0 {
+			name = string(h.Value[:min(len(h.Value), 64)])
+		}
+	}
+	if !c.publishers[name] {
+		if len(c.publishers) >= maxPublisherLabels {
+			return "other"
+		}
+		c.publishers[name] = true
+	}
+	return name
 }
 
 func (c *Consumer) dlqMessage(m kafka.Message, err error) kafka.Message {
@@ -200,6 +264,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		if err := c.dlqW.Close(); err != nil {
 			c.log.Warn("close DLQ writer", zap.Error(err))
+		}
+		if err := c.rerouteW.Close(); err != nil {
+			c.log.Warn("close re-route writer", zap.Error(err))
 		}
 	}()
 
@@ -355,8 +422,18 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 			return err
 		}
 	}
+	if len(b.reroute) > 0 {
+		// Before the commit: a crash after this point re-reads the
+		// originals and writes their copies again (same ids, deduplicated
+		// like any retry); a failure here is retried, never committed past.
+		if err := c.retry(ctx, "re-route misrouted events", c.m.rerouteErrors, func(ctx context.Context) error {
+			return c.rerouteW.WriteMessages(ctx, b.reroute...)
+		}); err != nil {
+			return err
+		}
+	}
 	if c.afterWrite != nil {
-		if err := c.afterWrite(b.rows.Len()); err != nil {
+		if err := c.afterWrite(b); err != nil {
 			return err
 		}
 	}
@@ -378,7 +455,7 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	}
 	c.m.batches.Inc()
 	c.m.batchRows.Observe(float64(b.msgs))
-	c.log.Debug("batch committed", zap.Int("rows", b.rows.Len()), zap.Int("invalid", len(b.invalid)),
+	c.log.Debug("batch committed", zap.Int("rows", b.rows.Len()), zap.Int("invalid", len(b.invalid)), zap.Int("rerouted", len(b.reroute)),
 		zap.Duration("took", time.Since(start)))
 	return nil
 }

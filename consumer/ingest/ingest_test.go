@@ -373,7 +373,7 @@ func TestCrashAfterInsertBeforeCommit(t *testing.T) {
 
 	var crashed sync.Once
 	r := e.start(func(c *Consumer) {
-		c.afterWrite = func(rows int) error {
+		c.afterWrite = func(*batch) error {
 			var err error
 			crashed.Do(func() { err = errCrash })
 			return err

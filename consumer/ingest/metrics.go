@@ -19,6 +19,11 @@ type metrics struct {
 	// deadLetterFallback counts DLQ records Kafka refused for good, written
 	// to the ClickHouse table dead_letters instead.
 	deadLetterFallback prometheus.Counter
+	// rerouted counts misrouted events whose copy was queued for their
+	// tenant's partition, by routing tag and HeaderPublisher: the
+	// publishers to fix (each costs a second write and read).
+	rerouted      *prometheus.CounterVec
+	rerouteErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,10 +54,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "usage_consumer_fetch_errors_total", Help: "Failed fetches and metadata reads of the events topic (each is retried)."}),
 		deadLetterFallback: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "usage_consumer_dead_letter_fallback_total", Help: "DLQ records Kafka refused for good, written to the ClickHouse table dead_letters."}),
+		rerouted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "usage_consumer_rerouted_total", Help: "Misrouted events (no key, another key, another partitioner) re-published to their tenant's partition, by routing tag and usage.publisher header (re-reads after a crash included)."},
+			[]string{"reason", "publisher"}),
+		rerouteErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_reroute_errors_total", Help: "Failed re-publish attempts of misrouted events (each is retried; nothing is committed past them)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.inserted, m.invalid, m.batches, m.insertErrors, m.dlqErrors,
-			m.commitErrors, m.insertSeconds, m.batchRows, m.committed, m.fetchErrors, m.deadLetterFallback)
+			m.commitErrors, m.insertSeconds, m.batchRows, m.committed, m.fetchErrors, m.deadLetterFallback, m.rerouted, m.rerouteErrors)
 	}
 	return m
 }
