@@ -65,13 +65,13 @@ type Store interface {
 
 // Consumer is one member of the raw-sink consumer group.
 type Consumer struct {
-	cfg      Config
-	log      *zap.Logger
-	store    Store
-	intake   *svckit.Intake
-	reader   *kafka.Reader
-	dlq      *deadletter.Writer
-	dlqW     *kafka.Writer
+	cfg    Config
+	log    *zap.Logger
+	store  Store
+	intake *svckit.Intake
+	reader *kafka.Reader
+	dlq    *deadletter.Writer
+	dlqW   *kafka.Writer
 	// rerouteW writes re-routed copies of misrouted events back to Topic,
 	// on the partition the routing rule names.
 	rerouteW *kafka.Writer
@@ -114,9 +114,9 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		return nil, fmt.Errorf("invalid consumer config: %w", err)
 	}
 	c := &Consumer{
-		cfg:    cfg,
-		log:    log,
-		store:  store,
+		cfg:        cfg,
+		log:        log,
+		store:      store,
 		intake:     svckit.NewIntake(),
 		publishers: map[string]bool{},
 	}
@@ -176,7 +176,7 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 type batch struct {
 	rows    chstore.EventBatch
 	invalid []kafka.Message
-	reroute []kafka.Message // copies of misrouted events, for Topic
+	reroute []kafka.Message       // copies of misrouted events, for Topic
 	last    map[int]kafka.Message // the last message read per partition
 	msgs    int
 	started time.Time
