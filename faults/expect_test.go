@@ -31,9 +31,10 @@ func TestExpect(t *testing.T) {
 		msg("a1", "acme", "acme", acme, "1.5"), // a retry
 		msg("a2", "acme", "acme", acme, "2"),
 		msg("g1", "globex", "globex", globex, "0.001"),
-		msg("k1", "acme", "-", acme, "1"),                                // no key
-		msg("k2", "acme", "globex", globex, "1"),                         // another tenant's key
-		msg("p1", "acme", "acme", 2, "1"),                                // CRC32's partition for acme
+		msg("k1", "acme", "-", acme, "1"),                                // no key: re-routed, counted
+		msg("k2", "acme", "globex", globex, "1"),                         // another tenant's key: re-routed, counted
+		msg("p1", "acme", "acme", 2, "1"),                                // CRC32's partition for acme: re-routed, counted
+		msg("p1", "acme", "acme", acme, "1"),                             // p1's re-routed copy: the same event
 		msg("q1", "acme", "acme", acme, "1000000000000000000"),           // 19 integer digits
 		msg("q2", "acme", "acme", acme, "999999999999999999.999999999"),  // 18: allowed
 		msg("q3", "acme", "acme", acme, "99999999999999999999999999999"), // 29 nines
@@ -42,8 +43,7 @@ func TestExpect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantRefused := map[string]string{"k1": tagKeyMismatch, "k2": tagKeyMismatch, "p1": tagWrongPartition,
-		"q1": tagInvalidQuantity, "q3": tagInvalidQuantity}
+	wantRefused := map[string]string{"q1": tagInvalidQuantity, "q3": tagInvalidQuantity}
 	if len(e.refused) != len(wantRefused) {
 		t.Errorf("refused %v, want %v", e.refused, wantRefused)
 	}
@@ -53,10 +53,10 @@ func TestExpect(t *testing.T) {
 		}
 	}
 	want := map[key]tally{
-		{"acme", "api_calls"}:   {events: 3, sum: decimal.RequireFromString("1000000000000000003.499999999")},
+		{"acme", "api_calls"}:   {events: 6, sum: decimal.RequireFromString("1000000000000000006.499999999")},
 		{"globex", "api_calls"}: {events: 2, sum: decimal.RequireFromString("7.001")},
 	}
-	if g := e.gap(want, true); !g.zero() || e.messages != 11 || len(e.ids) != 5 {
+	if g := e.gap(want, true); !g.zero() || e.messages != 12 || len(e.ids) != 8 {
 		t.Errorf("messages %d, ids %d, totals %v: %s", e.messages, len(e.ids), e.totals, g.first)
 	}
 }
