@@ -1,18 +1,22 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
-	"strings"
+	"time"
 
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
 )
 
-// Error codes of 4xx answers; field names the request member at fault.
+// Error codes of 4xx and 5xx answers; field names the request member at
+// fault and tag, for a refused event field, is the contract's tag
+// (schemas.ValidationError.Tag), the same the consumer writes to the DLQ.
 const (
 	codeMalformed    = "MALFORMED_JSON"
 	codeUnknownField = "UNKNOWN_FIELD"
@@ -23,7 +27,18 @@ const (
 	codeForbidden    = "FORBIDDEN"
 	codeNotCaughtUp  = "NOT_CAUGHT_UP"
 	codeTrackFailed  = "TRACK_FAILED"
+	codePendingFull  = "PENDING_FULL"
 )
+
+// tagUnknownMeter is the tag the aggregator gives an event of a meter its
+// plans file does not define (with unknown_meters: reject).
+const tagUnknownMeter = "unknown_meter"
+
+// maxQuantity is the largest quantity one request may carry: the quota
+// cache holds a tenant's pending usage in 64-bit nano-units (quota.Check
+// refuses more with quota_too_large), about 18.4 billion units, below the
+// contract's 10^18 for one event.
+var maxQuantity = quota.Nanos(math.MaxUint64)
 
 // apiError is an answer other than 2xx.
 type apiError struct {
@@ -31,35 +46,94 @@ type apiError struct {
 	Error  string `json:"error"`
 	Code   string `json:"code"`
 	Field  string `json:"field,omitempty"`
+	Tag    string `json:"tag,omitempty"`
 }
 
 func badField(code, field, format string, args ...any) *apiError {
 	return &apiError{status: http.StatusBadRequest, Code: code, Field: field, Error: fmt.Sprintf(format, args...)}
 }
 
-// decode reads one JSON object into dst: at most limit bytes, no unknown
-// members, nothing after it. Errors name the problem and the field.
-func decode(w http.ResponseWriter, r *http.Request, limit int64, dst any) *apiError {
+// contractError turns the contract's refusal of an event field into a 400
+// that names the field and carries the contract's tag.
+func contractError(err error) *apiError {
+	var ve *schemas.ValidationError
+	if !errors.As(err, &ve) {
+		return badField(codeInvalidField, "", "%v", err)
+	}
+	code := codeInvalidField
+	switch ve.Code {
+	case schemas.CodeMalformedJSON:
+		code = codeMalformed
+	case schemas.CodeMissingField:
+		code = codeMissingField
+	case schemas.CodeUnknownField:
+		code = codeUnknownField
+	case schemas.CodePayloadTooLarge:
+		return &apiError{status: http.StatusRequestEntityTooLarge, Code: codeTooLarge, Error: ve.Reason, Tag: ve.Tag()}
+	}
+	e := badField(code, ve.Field, "%s", ve.Reason)
+	e.Tag = ve.Tag()
+	return e
+}
+
+// member is one top-level member of a request body, its value as sent.
+type member struct {
+	key string
+	raw json.RawMessage
+}
+
+// readObject reads one JSON object of at most limit bytes, nothing after
+// it, and returns its members in order. Values are kept as sent so that
+// the event members reach the contract's decoder byte for byte (a null
+// metadata value, a duplicate inside metadata, invalid UTF-8).
+func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, *apiError) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(dst)
-	if err == nil {
-		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
-			var mbe *http.MaxBytesError
-			if errors.As(terr, &mbe) {
-				err = terr
-			} else {
-				return badField(codeMalformed, "", "unexpected data after the JSON object")
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, jsonError(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, badField(codeMalformed, "", "the body must be a JSON object")
+	}
+	var members []member
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, jsonError(err)
+		}
+		key, _ := tok.(string) // object keys are strings, or Token fails
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, jsonError(err)
+		}
+		for _, m := range members {
+			if m.key == key {
+				// As the contract: parsers disagree on which value counts.
+				e := badField(codeInvalidField, key, "member %q appears more than once", key)
+				e.Tag = string(schemas.CodeDuplicateField) + ":" + key
+				return nil, e
 			}
 		}
+		members = append(members, member{key: key, raw: raw})
 	}
-	if err == nil {
-		return nil
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return nil, jsonError(err)
 	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			if e := jsonError(err); e.status != http.StatusBadRequest {
+				return nil, e
+			}
+		}
+		return nil, badField(codeMalformed, "", "unexpected data after the JSON object")
+	}
+	return members, nil
+}
+
+func jsonError(err error) *apiError {
 	var (
 		mbe *http.MaxBytesError
 		se  *json.SyntaxError
-		te  *json.UnmarshalTypeError
 	)
 	switch {
 	case errors.As(err, &mbe):
@@ -71,31 +145,8 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, dst any) *apiEr
 		return badField(codeMalformed, "", "empty body: a JSON object is required")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return badField(codeMalformed, "", "truncated JSON")
-	case errors.As(err, &te):
-		if te.Field == "" {
-			return badField(codeMalformed, "", "the body must be a JSON object, not %s", te.Value)
-		}
-		return badField(codeInvalidField, te.Field, "%s must be %s, not %s", te.Field, jsonType(te.Type.Kind().String()), te.Value)
-	}
-	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		name = strings.Trim(name, `"`)
-		return badField(codeUnknownField, name, "unknown field %q", name)
 	}
 	return badField(codeMalformed, "", "malformed JSON: %v", err)
-}
-
-func jsonType(kind string) string {
-	switch kind {
-	case "string":
-		return "a string"
-	case "map", "struct":
-		return "an object"
-	case "slice":
-		return "an array"
-	case "bool":
-		return "a boolean"
-	}
-	return "a number"
 }
 
 // position is a record's place, for read-your-writes.
@@ -105,78 +156,126 @@ type position struct {
 	Offset    *int64 `json:"offset"`
 }
 
-// request is the body of /v1/check and /v1/track (track-only fields are
-// refused by check).
+// request is a validated /v1/check or /v1/track body.
 type request struct {
-	ID          string            `json:"id,omitempty"`
-	TenantID    string            `json:"tenant_id"`
-	FeatureType string            `json:"feature_type"`
-	Quantity    json.RawMessage   `json:"quantity"`
-	UserID      string            `json:"user_id,omitempty"`
-	Timestamp   string            `json:"timestamp,omitempty"`
-	Metadata    map[string]string `json:"metadata,omitempty"`
-	MinPosition *position         `json:"min_position"`
-	WaitMS      int64             `json:"wait_ms"`
+	// event is the usage as the contract reads it (schemas.Validator),
+	// normalised; ID and Timestamp are the api's own when not sent.
+	event       schemas.UsageEvent
+	qty         quota.Amount
+	minPosition *position
+	waitMS      int64
 }
 
-// checkRequest is /v1/check's body: no event fields.
-type checkRequest struct {
-	TenantID    string          `json:"tenant_id"`
-	FeatureType string          `json:"feature_type"`
-	Quantity    json.RawMessage `json:"quantity"`
-	MinPosition *position       `json:"min_position"`
-	WaitMS      int64           `json:"wait_ms"`
-}
+// Members each route takes. The event members of /v1/track are the
+// contract's fields; billing_period and schema_version are derived.
+var (
+	checkMembers = map[string]bool{"tenant_id": true, "feature_type": true, "quantity": true}
+	trackMembers = map[string]bool{"tenant_id": true, "feature_type": true, "quantity": true,
+		"id": true, "user_id": true, "timestamp": true, "metadata": true}
+)
 
-// validate checks the common fields and returns the quantity.
-func (q *request) validate(maxWaitMS int64) (quota.Amount, *apiError) {
-	switch {
-	case q.TenantID == "":
-		return quota.Amount{}, badField(codeMissingField, "tenant_id", "tenant_id is required")
-	case q.FeatureType == "":
-		return quota.Amount{}, badField(codeMissingField, "feature_type", "feature_type is required")
+// parse reads and validates a request. The event members go through the
+// contract's own decoder, the one the consumer applies, so whatever the
+// pipeline would refuse is a 400 here naming the same field.
+func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[string]bool, now time.Time) (request, *apiError) {
+	members, e := readObject(w, r, s.cfg.MaxBodyBytes)
+	if e != nil {
+		return request{}, e
 	}
-	// The quota-state key rules are the contract's rules for both names.
-	if _, _, _, err := schemas.ParseQuotaStateKey(schemas.QuotaStateKey(q.TenantID, q.FeatureType, "2000-01")); err != nil {
-		var ve *schemas.ValidationError
-		field := "tenant_id"
-		if errors.As(err, &ve) && ve.Field == "feature_type" {
-			field = "feature_type"
-		}
-		msg := err.Error()
-		if errors.As(err, &ve) {
-			msg = ve.Reason
-		}
-		return quota.Amount{}, badField(codeInvalidField, field, "%s", msg)
-	}
-	qty := quota.Units(1)
-	if len(q.Quantity) > 0 {
-		s := string(q.Quantity)
-		if s[0] == '"' {
-			if err := json.Unmarshal(q.Quantity, &s); err != nil {
-				return quota.Amount{}, badField(codeInvalidField, "quantity", "quantity: %v", err)
-			}
-		} else if s == "null" || s[0] == '{' || s[0] == '[' || s[0] == 't' || s[0] == 'f' {
-			return quota.Amount{}, badField(codeInvalidField, "quantity", "quantity must be a decimal string such as \"1.5\" or a number")
-		}
-		a, err := quota.ParseAmount(s)
-		if err != nil {
-			return quota.Amount{}, badField(codeInvalidField, "quantity", "quantity %v", err)
-		}
-		qty = a
-	}
-	if q.WaitMS < 0 || q.WaitMS > maxWaitMS {
-		return quota.Amount{}, badField(codeInvalidField, "wait_ms", "wait_ms must be 0-%d", maxWaitMS)
-	}
-	if p := q.MinPosition; p != nil {
+	var req request
+	ev := make([]byte, 0, 256)
+	ev = append(ev, '{')
+	var hasID, hasTimestamp, hasQuantity bool
+	for _, m := range members {
+		isNull := bytes.Equal(m.raw, []byte("null"))
 		switch {
-		case p.Topic == "":
-			return quota.Amount{}, badField(codeMissingField, "min_position.topic", "min_position.topic is required")
-		case p.Partition == nil || *p.Partition < 0:
-			return quota.Amount{}, badField(codeInvalidField, "min_position.partition", "min_position.partition must be an integer >= 0")
-		case p.Offset == nil || *p.Offset < 0:
-			return quota.Amount{}, badField(codeInvalidField, "min_position.offset", "min_position.offset must be an integer >= 0")
+		case m.key == "min_position":
+			if req.minPosition, e = decodePosition(m.raw); e != nil {
+				return request{}, e
+			}
+			continue
+		case m.key == "wait_ms":
+			if err := json.Unmarshal(m.raw, &req.waitMS); err != nil || isNull || req.waitMS < 0 || req.waitMS > s.cfg.MaxWait.Milliseconds() {
+				return request{}, badField(codeInvalidField, "wait_ms", "wait_ms must be an integer 0-%d", s.cfg.MaxWait.Milliseconds())
+			}
+			continue
+		case !eventMembers[m.key]:
+			return request{}, badField(codeUnknownField, m.key, "unknown field %q", m.key)
+		case isNull && m.key != "tenant_id" && m.key != "feature_type":
+			// openapi.yaml types them without null; omit an optional member.
+			e := badField(codeInvalidField, m.key, "%s must not be null: omit it instead", m.key)
+			e.Tag = string(schemas.CodeInvalidType) + ":" + m.key
+			return request{}, e
 		}
+		hasID = hasID || m.key == "id"
+		hasTimestamp = hasTimestamp || m.key == "timestamp"
+		hasQuantity = hasQuantity || m.key == "quantity"
+		ev = appendString(ev, m.key)
+		ev = append(append(append(ev, ':'), m.raw...), ',')
 	}
-	return qty, nil
+	if !hasID {
+		id := "check" // /v1/check publishes nothing; any valid id will do
+		if eventMembers["id"] {
+			id = schemas.NewID()
+		}
+		ev = append(appendString(append(ev, `"id":`...), id), ',')
+	}
+	if !hasQuantity {
+		ev = append(ev, `"quantity":"1",`...)
+	}
+	if !hasTimestamp {
+		ev = append(ev, `"timestamp":"`...)
+		ev = append(now.UTC().AppendFormat(ev, time.RFC3339Nano), `",`...)
+	}
+	ev[len(ev)-1] = '}'
+	var err error
+	if req.event, err = s.validator.Decode(ev); err != nil {
+		return request{}, contractError(err)
+	}
+	if !s.meters[req.event.FeatureType] {
+		e := badField(codeInvalidField, "feature_type", "feature_type %q is not a meter of the plans file (%s)", req.event.FeatureType, s.meterList)
+		e.Tag = tagUnknownMeter
+		return request{}, e
+	}
+	// The contract bounds a quantity to 18 integer and 9 fractional digits,
+	// which AmountOf always takes.
+	if req.qty, err = quota.AmountOf(req.event.Quantity); err != nil || req.qty.Cmp(maxQuantity) > 0 {
+		e := badField(codeInvalidField, "quantity", "quantity %s is more than one request can count (%s: the quota cache holds pending usage in 64-bit nano-units); meter in a larger unit, or publish it with the producer SDK",
+			req.event.Quantity, maxQuantity)
+		e.Tag = string(schemas.CodeInvalidQuantity)
+		return request{}, e
+	}
+	return req, nil
+}
+
+func decodePosition(raw json.RawMessage) (*position, *apiError) {
+	if bytes.Equal(raw, []byte("null")) {
+		return nil, badField(codeInvalidField, "min_position", "min_position must not be null: omit it instead")
+	}
+	var p position
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return nil, badField(codeInvalidField, "min_position", "min_position must be {topic, partition, offset}: %v", err)
+	}
+	switch {
+	case p.Topic == "":
+		return nil, badField(codeMissingField, "min_position.topic", "min_position.topic is required")
+	case p.Partition == nil || *p.Partition < 0:
+		return nil, badField(codeInvalidField, "min_position.partition", "min_position.partition must be an integer >= 0")
+	case p.Offset == nil || *p.Offset < 0:
+		return nil, badField(codeInvalidField, "min_position.offset", "min_position.offset must be an integer >= 0")
+	}
+	return &p, nil
+}
+
+// validTenant applies the contract's tenant_id rules to a tenant named
+// outside an event (the path of /v1/quotas/{tenant}).
+func (s *Server) validTenant(tenant string, now time.Time) *apiError {
+	probe := schemas.UsageEvent{ID: "quotas", TenantID: tenant, FeatureType: "probe", Timestamp: now}
+	var ve *schemas.ValidationError
+	if err := s.validator.Validate(&probe); errors.As(err, &ve) && ve.Field == "tenant_id" {
+		return &apiError{status: http.StatusBadRequest, Code: codeInvalidField, Field: "tenant", Error: ve.Reason, Tag: ve.Tag()}
+	}
+	return nil
 }

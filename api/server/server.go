@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // Config bounds requests.
@@ -25,19 +28,27 @@ type Config struct {
 	UpgradeURL   string        `mapstructure:"upgrade_url"`    // in 402 answers; {tenant} is replaced
 }
 
+// PublishTimeout bounds one /v1/track publish (acks=all): a server's write
+// timeout must leave room for it and for the longest wait_ms.
+const PublishTimeout = 10 * time.Second
+
 // DefaultConfig: 16 KiB bodies (an event is at most 32 KiB on the wire but
 // a request here carries no more than a few fields), waits up to 5 s.
 func DefaultConfig() Config {
 	return Config{MaxBodyBytes: 16 << 10, MaxWait: 5 * time.Second, UpgradeURL: "https://billing.example.com/upgrade?tenant={tenant}"}
 }
 
-// Server answers /v1/check, /v1/track and /v1/quotas/{tenant}.
+// Server answers /v1/check, /v1/track and /v1/quotas/{tenant}, and the
+// probes /livez and /readyz.
 type Server struct {
-	cfg     Config
-	cache   *quota.Cache
-	keys    *Keys
-	tracker quota.Tracker
-	log     *zap.Logger
+	cfg       Config
+	cache     *quota.Cache
+	keys      *Keys
+	tracker   quota.Tracker
+	log       *zap.Logger
+	validator *schemas.Validator // the contract's, as the consumer applies it
+	meters    map[string]bool    // the plans file's meters: the only ones usage-api checks
+	meterList string             // for errors
 
 	answers          *prometheus.CounterVec
 	checkOK, trackOK prometheus.Counter // answers{route, "200"}, resolved once: the hot paths
@@ -46,9 +57,10 @@ type Server struct {
 	checkLatency     prometheus.Histogram
 }
 
-// New returns a server; tracker publishes /v1/track's events.
-func New(cfg Config, c *quota.Cache, keys *Keys, tracker quota.Tracker, log *zap.Logger, reg prometheus.Registerer) *Server {
-	s := &Server{cfg: cfg, cache: c, keys: keys, tracker: tracker, log: log,
+// New returns a server for the meters of p (the plans file c was built
+// from); tracker publishes /v1/track's events.
+func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.Tracker, log *zap.Logger, reg prometheus.Registerer) *Server {
+	s := &Server{cfg: cfg, cache: c, keys: keys, tracker: tracker, log: log, validator: schemas.NewValidator(), meters: map[string]bool{},
 		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "usage_api_answers_total",
 			Help: "Answers by route and status code."}, []string{"route", "code"}),
 		trackFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_track_failures_total",
@@ -57,6 +69,23 @@ func New(cfg Config, c *quota.Cache, keys *Keys, tracker quota.Tracker, log *zap
 			Help: "Time to answer /v1/check and /v1/track, from body read to response written.", Buckets: prometheus.ExponentialBuckets(5e-6, 4, 8)}),
 	}
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
+	// A meter is known when the plans file defines it or a plan limits it;
+	// anything else is a typo or a meter no quota applies to, and answering
+	// "allowed, unlimited" for it would serve free usage.
+	for m := range p.Meters {
+		s.meters[m] = true
+	}
+	for _, pl := range p.Plans {
+		for m := range pl.Meters {
+			s.meters[m] = true
+		}
+	}
+	names := make([]string, 0, len(s.meters))
+	for m := range s.meters {
+		names = append(names, m)
+	}
+	slices.Sort(names)
+	s.meterList = strings.Join(names, ", ")
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
@@ -73,11 +102,49 @@ func New(cfg Config, c *quota.Cache, keys *Keys, tracker quota.Tracker, log *zap
 	return s
 }
 
-// Register adds the routes to mux.
+// Register adds the routes to mux: the API, and the probes. /livez is
+// liveness (the process answers HTTP); /readyz is readiness (the quota
+// cache has caught up and is fresh, so decisions are not stale), and
+// /healthz answers as /readyz: it must never say ok while every track gets
+// 503.
 func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/check", s.check)
 	mux.HandleFunc("POST /v1/track", s.track)
 	mux.HandleFunc("GET /v1/quotas/{tenant}", s.quotas)
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { writeRaw(w, http.StatusOK, []byte(`{"live":true}`+"\n")) })
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.HandleFunc("GET /healthz", s.ready)
+}
+
+// readyProbe is the tenant and meter whose standing /readyz reads: any
+// decision carries the cache's staleness, and Peek counts nothing.
+const readyProbe = "_readyz"
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	d := s.cache.Peek(r.Context(), readyProbe, readyProbe)
+	st := &d.Staleness
+	status, reason := http.StatusOK, ""
+	switch {
+	case !st.Ready:
+		status, reason = http.StatusServiceUnavailable, "the quota cache has not read its topics up to their ends yet"
+	case st.Stale:
+		status, reason = http.StatusServiceUnavailable, "the quota cache is stale (last caught up "+st.Age.Round(time.Millisecond).String()+" ago)"
+	}
+	b := append([]byte(`{"ready":`), strconv.FormatBool(status == http.StatusOK)...)
+	if reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendString(b, reason)
+	}
+	b = append(b, `,"offset_lag":`...)
+	b = strconv.AppendInt(b, st.OffsetLag, 10)
+	b = append(b, `,"age_ms":`...)
+	b = strconv.AppendInt(b, st.Age.Milliseconds(), 10)
+	b = append(b, `,"reachable":`...)
+	b = strconv.AppendBool(b, st.Reachable)
+	if status != http.StatusOK {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeRaw(w, status, append(b, "}\n"...))
 }
 
 func (s *Server) fail(w http.ResponseWriter, route string, e *apiError) {
@@ -85,14 +152,20 @@ func (s *Server) fail(w http.ResponseWriter, route string, e *apiError) {
 	writeJSON(w, e.status, e)
 }
 
-// auth returns the caller, or answers 401/403.
-func (s *Server) auth(w http.ResponseWriter, r *http.Request, route, tenant string) bool {
+// authenticate returns the caller, or answers 401. It runs before the body
+// is read: a caller without a key gets nothing parsed on its behalf.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, route string) (principal, bool) {
 	p, ok := s.keys.authenticate(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="usage-api"`)
 		s.fail(w, route, &apiError{status: http.StatusUnauthorized, Code: codeUnauthorized, Error: "a valid API key is required: Authorization: Bearer <key>"})
-		return false
+		return principal{}, false
 	}
+	return p, true
+}
+
+// actsFor answers 403 unless p may act for tenant.
+func (s *Server) actsFor(w http.ResponseWriter, route string, p principal, tenant string) bool {
 	if !p.actsFor(tenant) {
 		s.fail(w, route, &apiError{status: http.StatusForbidden, Code: codeForbidden, Field: "tenant_id",
 			Error: "this API key does not act for tenant " + strconv.Quote(tenant)})
@@ -125,21 +198,20 @@ func (s *Server) waitFor(w http.ResponseWriter, r *http.Request, route string, p
 func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 	const route = "check"
 	start := time.Now()
-	var cr checkRequest
-	if e := decode(w, r, s.cfg.MaxBodyBytes, &cr); e != nil {
-		s.fail(w, route, e)
+	p, ok := s.authenticate(w, r, route)
+	if !ok {
 		return
 	}
-	req := request{TenantID: cr.TenantID, FeatureType: cr.FeatureType, Quantity: cr.Quantity, MinPosition: cr.MinPosition, WaitMS: cr.WaitMS}
-	qty, e := req.validate(s.cfg.MaxWait.Milliseconds())
+	req, e := s.parse(w, r, checkMembers, start)
 	if e != nil {
 		s.fail(w, route, e)
 		return
 	}
-	if !s.auth(w, r, route, req.TenantID) || !s.waitFor(w, r, route, req.MinPosition, req.WaitMS) {
+	tenant, meter := req.event.TenantID, req.event.FeatureType
+	if !s.actsFor(w, route, p, tenant) || !s.waitFor(w, r, route, req.minPosition, req.waitMS) {
 		return
 	}
-	d := s.cache.Preview(r.Context(), req.TenantID, req.FeatureType, qty)
+	d := s.cache.Preview(r.Context(), tenant, meter, req.qty)
 	quota.SetHeaders(w.Header(), &d)
 	buf := s.bufs.Get().(*[]byte)
 	*buf = append(appendDecision((*buf)[:0], &d), '\n')
@@ -152,30 +224,20 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	const route = "track"
 	start := time.Now()
-	var req request
-	if e := decode(w, r, s.cfg.MaxBodyBytes, &req); e != nil {
-		s.fail(w, route, e)
+	p, ok := s.authenticate(w, r, route)
+	if !ok {
 		return
 	}
-	qty, e := req.validate(s.cfg.MaxWait.Milliseconds())
+	req, e := s.parse(w, r, trackMembers, start)
 	if e != nil {
 		s.fail(w, route, e)
 		return
 	}
-	ev := schemas.UsageEvent{ID: req.ID, TenantID: req.TenantID, FeatureType: req.FeatureType, Quantity: qty.Decimal(),
-		UserID: req.UserID, Metadata: req.Metadata}
-	if req.Timestamp != "" {
-		ts, err := time.Parse(time.RFC3339Nano, req.Timestamp)
-		if err != nil {
-			s.fail(w, route, badField(codeInvalidField, "timestamp", "timestamp %q is not RFC 3339", req.Timestamp))
-			return
-		}
-		ev.Timestamp = ts
-	}
-	if !s.auth(w, r, route, req.TenantID) || !s.waitFor(w, r, route, req.MinPosition, req.WaitMS) {
+	ev := req.event
+	if !s.actsFor(w, route, p, ev.TenantID) || !s.waitFor(w, r, route, req.minPosition, req.waitMS) {
 		return
 	}
-	d := s.cache.Check(r.Context(), req.TenantID, req.FeatureType, qty)
+	d := s.cache.Check(r.Context(), ev.TenantID, ev.FeatureType, req.qty)
 	quota.SetHeaders(w.Header(), &d)
 	if !d.Allowed {
 		s.refuse(w, route, &d)
@@ -183,18 +245,18 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	}
 	// The request is decided: publishing must not depend on the client
 	// staying connected.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), PublishTimeout)
 	err := s.tracker.Track(ctx, &ev)
 	cancel()
 	if err != nil {
 		s.cache.Release(d)
 		s.trackFailed.Inc()
 		var ve *schemas.ValidationError
-		if errors.As(err, &ve) { // the event itself is invalid: the caller's fault
-			s.fail(w, route, badField(codeInvalidField, ve.Field, "%s", ve.Reason))
+		if errors.As(err, &ve) { // cannot happen: the contract already accepted it
+			s.fail(w, route, contractError(ve))
 			return
 		}
-		s.log.Warn("track: publish failed", zap.String("tenant", req.TenantID), zap.String("event_id", ev.ID), zap.Error(err))
+		s.log.Warn("track: publish failed", zap.String("tenant", ev.TenantID), zap.String("event_id", ev.ID), zap.Error(err))
 		w.Header().Set("Retry-After", "1")
 		s.answers.WithLabelValues(route, "503").Inc()
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the event could not be published; retry with the same id",
@@ -213,14 +275,24 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	s.checkLatency.Observe(time.Since(start).Seconds())
 }
 
+// refuse answers a refused decision. It is close to quota.Middleware's
+// refusal, which is unexported and counts into the middleware's own
+// stats; sharing it needs quota to export the reason -> status mapping.
+// One difference is deliberate: quantity_too_large here can only mean
+// that this instance's pending for the tenant and meter is full (a single
+// quantity over the cap is a 400 before Check), which is neither the
+// plan's limit (402) nor the caller's input: 503, retry once the quota
+// state has absorbed the pending usage.
 func (s *Server) refuse(w http.ResponseWriter, route string, d *quota.Decision) {
 	status, code, msg, upgrade := http.StatusServiceUnavailable, quota.CodeStale, "quota state unavailable, retry later", ""
 	switch d.Reason {
-	case quota.ReasonLimit, quota.ReasonTooLarge:
+	case quota.ReasonLimit:
 		status, code, msg = http.StatusPaymentRequired, quota.CodeLimitExceeded, "the "+d.Plan+" plan's "+d.Meter+" limit is reached for period "+d.Period
 		upgrade = quota.ExpandUpgradeURL(s.cfg.UpgradeURL, d.Tenant)
 	case quota.ReasonRate:
 		status, code, msg = http.StatusTooManyRequests, quota.CodeRateLimited, "rate limit for "+d.Meter+" exceeded, retry later"
+	case quota.ReasonTooLarge:
+		code, msg = codePendingFull, "this usage-api instance holds all the pending "+d.Meter+" usage it can count ("+maxQuantity.String()+") until the quota state absorbs it; retry later"
 	}
 	if status != http.StatusPaymentRequired {
 		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((d.RetryAfter+time.Second-1)/time.Second)), 10))
@@ -232,7 +304,15 @@ func (s *Server) refuse(w http.ResponseWriter, route string, d *quota.Decision) 
 func (s *Server) quotas(w http.ResponseWriter, r *http.Request) {
 	const route = "quotas"
 	tenant := r.PathValue("tenant")
-	if !s.auth(w, r, route, tenant) {
+	p, ok := s.authenticate(w, r, route)
+	if !ok {
+		return
+	}
+	if e := s.validTenant(tenant, time.Now()); e != nil {
+		s.fail(w, route, e)
+		return
+	}
+	if !s.actsFor(w, route, p, tenant) {
 		return
 	}
 	plan, meters := s.cache.Meters(tenant)

@@ -86,7 +86,7 @@ func newEnv(t testing.TB) *env {
 	cfg := server.DefaultConfig()
 	cfg.MaxBodyBytes = 1024
 	mux := http.NewServeMux()
-	server.New(cfg, e.cache, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry()).Register(mux)
+	server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry()).Register(mux)
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(e.srv.Close)
 

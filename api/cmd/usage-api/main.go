@@ -117,7 +117,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 	go func() { defer close(cacheDone); _ = cache.Run(cacheCtx) }()
 
 	reg := svckit.Registry()
-	api := server.New(cfg.API, cache, keys, quota.NewProducerTracker(pub), log, reg)
+	api := server.New(cfg.API, cache, p, keys, quota.NewProducerTracker(pub), log, reg)
 	srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, api.Register)
 	if err != nil {
 		stopCache()
