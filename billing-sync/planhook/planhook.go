@@ -11,8 +11,10 @@ package planhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -48,12 +50,63 @@ type Config struct {
 	Brokers         []string      `mapstructure:"brokers"`
 	AssignmentTopic string        `mapstructure:"assignment_topic"`
 	Tolerance       time.Duration `mapstructure:"tolerance"`
+	// Addr is the webhook's own listener, apart from /metrics: it faces
+	// Stripe (the internet), so its timeouts and body limit are its own.
+	Addr string `mapstructure:"addr"`
+	// ReadTimeout bounds reading a whole request (headers and body): a
+	// client that trickles its body is cut off. WriteTimeout bounds the
+	// handler and its answer (the Kafka write included).
+	ReadTimeout  time.Duration `mapstructure:"read_timeout"`
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	// MaxBodyBytes: a larger body is refused with 413 without being read
+	// to its end (Stripe's events are a few KB).
+	MaxBodyBytes int64 `mapstructure:"max_body_bytes"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Path: "/stripe/webhook", Brokers: []string{"127.0.0.1:19092"}, AssignmentTopic: "usage.plan-assignments",
-		Tolerance: webhook.DefaultTolerance}
+		Tolerance: webhook.DefaultTolerance, Addr: "127.0.0.1:9467", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		MaxBodyBytes: 1 << 20}
+}
+
+// Validate names the first bad key (only when the endpoint is enabled).
+func (c Config) Validate() error {
+	switch {
+	case c.Secret == "":
+		return nil
+	case c.Addr == "":
+		return errors.New("webhook.addr: empty (the webhook has its own listener)")
+	case !strings.HasPrefix(c.Path, "/"):
+		return fmt.Errorf("webhook.path %q: must start with /", c.Path)
+	case c.ReadTimeout <= 0:
+		return errors.New("webhook.read_timeout: must be > 0")
+	case c.WriteTimeout <= 0:
+		return errors.New("webhook.write_timeout: must be > 0")
+	case c.MaxBodyBytes <= 0:
+		return errors.New("webhook.max_body_bytes: must be > 0")
+	}
+	return nil
+}
+
+// Serve serves h at cfg.Path on its own listener cfg.Addr, with the read
+// and write timeouts; nothing else is served there. Close the server on exit.
+func Serve(cfg Config, h http.Handler, log *zap.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("POST "+cfg.Path, h)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("webhook.addr %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: min(cfg.ReadTimeout, 5*time.Second), ReadTimeout: cfg.ReadTimeout,
+		WriteTimeout: cfg.WriteTimeout, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("webhook server", zap.Error(err))
+		}
+	}()
+	log.Info("serving the Stripe webhook", zap.String("url", "http://"+ln.Addr().String()+cfg.Path))
+	return srv, nil
 }
 
 // TenantOf finds the tenant of a Stripe customer.
@@ -78,7 +131,7 @@ type Handler struct {
 func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, log *zap.Logger, reg prometheus.Registerer) (*Handler, error) {
 	h := &Handler{cfg: cfg, plans: map[string]string{}, tenantOf: tenantOf, log: log, versions: map[string]int64{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhooks_total",
-			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, error)."}, []string{"outcome"})}
+			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, too_large, timeout, error)."}, []string{"outcome"})}
 	for _, pr := range cfg.Prices {
 		if _, ok := p.Plans[pr.Plan]; !ok {
 			return nil, fmt.Errorf("webhook.prices: lookup_key %q: plan %q is not defined in the plans file", pr.LookupKey, pr.Plan)
@@ -153,9 +206,24 @@ func (h *Handler) load(ctx context.Context) error {
 // body (Stripe retries nothing it should not); 500 when the record could
 // not be written (Stripe retries later).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	limit := h.cfg.MaxBodyBytes
+	if limit <= 0 {
+		limit = DefaultConfig().MaxBodyBytes
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
-		http.Error(w, "read body", http.StatusBadRequest)
+		var tooLarge *http.MaxBytesError
+		var ne net.Error
+		switch {
+		case errors.As(err, &tooLarge):
+			h.events.WithLabelValues("too_large").Inc()
+			http.Error(w, fmt.Sprintf("body larger than %d bytes (webhook.max_body_bytes)", limit), http.StatusRequestEntityTooLarge)
+		case errors.As(err, &ne) && ne.Timeout():
+			h.events.WithLabelValues("timeout").Inc()
+			http.Error(w, "body not received within webhook.read_timeout", http.StatusRequestTimeout)
+		default:
+			http.Error(w, "read body", http.StatusBadRequest)
+		}
 		return
 	}
 	ev, err := webhook.ConstructEventWithOptions(body, r.Header.Get("Stripe-Signature"), h.cfg.Secret,

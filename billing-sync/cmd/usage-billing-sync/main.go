@@ -15,19 +15,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/billing-sync/audit"
+	"github.com/usagemeter/usagemeter/billing-sync/lease"
 	"github.com/usagemeter/usagemeter/billing-sync/planhook"
 	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
 	"github.com/usagemeter/usagemeter/billing-sync/stripefake"
@@ -45,6 +46,7 @@ type Config struct {
 	Billing    syncer.Config    `mapstructure:"billing"`
 	Stripe     stripeapi.Config `mapstructure:"stripe"`
 	Webhook    planhook.Config  `mapstructure:"webhook"`
+	Lease      lease.Config     `mapstructure:"lease"`
 	ClickHouse chconn.Config    `mapstructure:"clickhouse"`
 	PlansFile  string           `mapstructure:"plans_file"`
 	HTTP       struct {
@@ -58,7 +60,7 @@ type Config struct {
 }
 
 func defaultConfig() Config {
-	c := Config{Billing: syncer.DefaultConfig(), Stripe: stripeapi.DefaultConfig(), Webhook: planhook.DefaultConfig(),
+	c := Config{Billing: syncer.DefaultConfig(), Stripe: stripeapi.DefaultConfig(), Webhook: planhook.DefaultConfig(), Lease: lease.DefaultConfig(),
 		ClickHouse: chconn.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml", MigrateOnStart: true, CreateTopics: true}
 	c.HTTP.Addr = "127.0.0.1:9466"
 	c.Log.Level = "info"
@@ -187,12 +189,14 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 	s := syncer.New(cfg.Billing, p, src, audit.New(conn, nil), api, log, syncer.WithRegisterer(reg))
 	switch cmd {
 	case "reconcile":
-		rep, err := s.Reconcile(ctx, from, to)
-		if err != nil {
-			return err
-		}
-		printReport(rep)
-		return nil
+		return withLease(ctx, cfg, log, reg, s, func(ctx context.Context) error {
+			rep, err := s.Reconcile(ctx, from, to)
+			if err != nil {
+				return err
+			}
+			printReport(rep)
+			return nil
+		})
 	case "drift":
 		if from.IsZero() {
 			from = time.Now().Add(-35 * 24 * time.Hour).Truncate(time.Hour)
@@ -207,52 +211,133 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 		syncer.PrintDrift(os.Stdout, ds)
 		return nil
 	}
-	if cfg.HTTP.Addr != "" {
-		var hook http.Handler
-		if cfg.Webhook.Secret != "" {
-			if cfg.CreateTopics {
-				if err := svckit.CreateTopics(ctx, cfg.Webhook.Brokers, kafka.TopicConfig{Topic: cfg.Webhook.AssignmentTopic, NumPartitions: 1,
-					ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}}); err != nil {
-					return err
-				}
-			}
-			h, err := planhook.New(ctx, cfg.Webhook, p, s.TenantOf, log, reg)
-			if err != nil {
+	if cfg.Webhook.Secret != "" {
+		if cfg.CreateTopics {
+			if err := svckit.CreateTopics(ctx, cfg.Webhook.Brokers, kafka.TopicConfig{Topic: cfg.Webhook.AssignmentTopic, NumPartitions: 1,
+				ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}}); err != nil {
 				return err
 			}
-			defer h.Close()
-			hook = h
-		} else {
-			log.Info("webhook.secret is empty: the Stripe webhook endpoint is disabled")
 		}
-		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, func(mux *http.ServeMux) {
-			if hook != nil {
-				mux.Handle("POST "+cfg.Webhook.Path, hook)
-			}
-		})
+		h, err := planhook.New(ctx, cfg.Webhook, p, s.TenantOf, log, reg)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		// Its own listener: it faces Stripe, /metrics does not.
+		hsrv, err := planhook.Serve(cfg.Webhook, h, log)
+		if err != nil {
+			return err
+		}
+		defer hsrv.Close()
+	} else {
+		log.Info("webhook.secret is empty: the Stripe webhook endpoint is disabled")
+	}
+	if cfg.HTTP.Addr != "" {
+		srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, nil)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 	}
+	passes := func(ctx context.Context) error {
+		for {
+			rep, err := s.Sync(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				if errors.Is(err, lease.ErrLost) {
+					return err
+				}
+				log.Error("billing pass failed; retried next interval", zap.Error(err))
+			} else if cfg.Billing.DryRun {
+				printReport(rep)
+			}
+			if once {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(cfg.Billing.Interval):
+			}
+		}
+	}
+	if !cfg.Lease.Enabled || cfg.Billing.DryRun {
+		return passes(ctx) // a dry run writes nothing: no lease needed
+	}
+	l, err := joinLease(ctx, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
 	for {
-		rep, err := s.Sync(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
+		// Stand by until this process is the writer; bill while it is;
+		// after losing the lease (another process joined, or this one was
+		// cut off), stand by again.
+		term, err := l.Acquire(ctx)
 		if err != nil {
-			log.Error("billing pass failed; retried next interval", zap.Error(err))
-		} else if cfg.Billing.DryRun {
-			printReport(rep)
-		}
-		if once {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		s.SetFence(term)
+		err = passes(term.Context())
+		lost := errors.Is(err, lease.ErrLost) || term.Context().Err() != nil
+		s.SetFence(nil)
+		term.End()
+		switch {
+		case ctx.Err() != nil:
 			return nil
-		case <-time.After(cfg.Billing.Interval):
+		case !lost:
+			return err // --once finished
 		}
+		log.Warn("billing lease lost: standing by", zap.Int32("generation", term.Generation()), zap.Error(err))
+	}
+}
+
+// joinLease creates the one-partition lease topic if asked to, and joins.
+func joinLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer) (*lease.Lease, error) {
+	if cfg.CreateTopics {
+		if err := svckit.CreateTopics(ctx, cfg.Lease.Brokers, kafka.TopicConfig{Topic: cfg.Lease.Topic, NumPartitions: 1,
+			ReplicationFactor: -1}); err != nil {
+			return nil, err
+		}
+	}
+	return lease.Join(ctx, cfg.Lease, log, reg)
+}
+
+// withLease runs fn once as the writer: it waits up to lease.wait for the
+// lease, fences fn's Stripe writes with it, and leaves the group after, so
+// a standing-by run process takes over at once.
+func withLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer, s *syncer.Syncer, fn func(context.Context) error) error {
+	if !cfg.Lease.Enabled || cfg.Billing.DryRun {
+		return fn(ctx)
+	}
+	l, err := joinLease(ctx, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, cfg.Lease.Wait)
+		term, err := l.Acquire(wctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("waiting for the billing lease (lease.wait %v): %w", cfg.Lease.Wait, err)
+		}
+		s.SetFence(term)
+		err = fn(term.Context())
+		lost := errors.Is(err, lease.ErrLost) || term.Context().Err() != nil
+		s.SetFence(nil)
+		term.End()
+		if !lost || ctx.Err() != nil {
+			return err
+		}
+		// Lost mid-pass (a rebalance): the pass's intents are in the
+		// ledger; take the lease again and finish.
+		log.Warn("billing lease lost during the pass: waiting to take it again", zap.Error(err))
 	}
 }
 
@@ -334,6 +419,12 @@ func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 		return Config{}, nil, err
 	}
 	if err := c.Stripe.Validate(); err != nil {
+		return Config{}, nil, err
+	}
+	if err := c.Lease.Validate(); err != nil {
+		return Config{}, nil, err
+	}
+	if err := c.Webhook.Validate(); err != nil {
 		return Config{}, nil, err
 	}
 	return c, settings, nil
