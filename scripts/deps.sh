@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local engines and SQL checks need, skipping what is present.
-#   scripts/deps.sh [kafka] [clickhouse] [chdb] [kcat]    (no argument = all)
+#   scripts/deps.sh [kafka] [clickhouse] [chdb] [kcat] [examples] ...   (no argument = all)
 # Prints one line per thing it installs; silent when everything is there.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
@@ -120,12 +120,48 @@ dep_stripe_mock() {
   GOBIN="$CACHE_DIR/bin" go install github.com/stripe/stripe-mock@v0.190.0
 }
 
+# The example publishers in examples/ (run by its Go tests): confluent-kafka
+# into the venv beside jsonschema, kafkajs + ajv into examples/node/node_modules
+# (git-ignored) from the lock file, kafka-clients + networknt from Maven
+# Central into .cache/examples-java/libs. Each is redone when its pins change.
+EXAMPLES_PY_PINS=(confluent-kafka==2.16.1)
+
+dep_examples() {
+  dep_chdb # the venv, with jsonschema and rfc3339-validator
+  local py="$VENV_DIR/bin/python" log="$CACHE_DIR/deps-examples.log"
+  if [[ $("$py" -c 'import importlib.metadata as m; print(m.version("confluent-kafka"))' 2>/dev/null || true) != "${EXAMPLES_PY_PINS[0]#*==}" ]]; then
+    echo "deps: pip install ${EXAMPLES_PY_PINS[*]}"
+    "$py" -m pip install -q --disable-pip-version-check "${EXAMPLES_PY_PINS[@]}" >"$log" 2>&1 \
+      || { tail -n 30 "$log" >&2; die "pip install ${EXAMPLES_PY_PINS[*]} failed"; }
+  fi
+  local node_dir="$REPO_ROOT/examples/node" stamp want
+  command -v npm >/dev/null || apt_install nodejs npm
+  stamp="$node_dir/node_modules/.usagemeter-lock"
+  want=$(sha256sum "$node_dir/package-lock.json" | cut -d' ' -f1)
+  if [[ ! -f $stamp || $(<"$stamp") != "$want" ]]; then
+    echo "deps: npm ci in examples/node"
+    (cd "$node_dir" && npm ci --no-audit --no-fund) >"$log" 2>&1 || { tail -n 30 "$log" >&2; die "npm ci in examples/node failed"; }
+    printf '%s\n' "$want" >"$stamp"
+  fi
+  local java_dir="$CACHE_DIR/examples-java"
+  command -v mvn >/dev/null || apt_install maven
+  want=$(sha256sum "$REPO_ROOT/examples/java/pom.xml" | cut -d' ' -f1)
+  if [[ ! -f $java_dir/.complete || $(<"$java_dir/.complete") != "$want" ]]; then
+    echo "deps: examples/java jars from Maven Central -> $java_dir/libs"
+    rm -rf "$java_dir"
+    mkdir -p "$java_dir"
+    mvn -q -B -f "$REPO_ROOT/examples/java/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$java_dir/libs" >"$log" 2>&1 || { tail -n 30 "$log" >&2; die "mvn could not resolve examples/java/pom.xml"; }
+    printf '%s\n' "$want" >"$java_dir/.complete" # written last: the libs dir is complete
+  fi
+}
+
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples)
 for part in "${parts[@]}"; do
   case $part in
-    kafka | clickhouse | chdb | kcat | wrk) "dep_$part" ;;
+    kafka | clickhouse | chdb | kcat | wrk | examples) "dep_$part" ;;
     stripe-mock) dep_stripe_mock ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk)" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples)" ;;
   esac
 done
