@@ -20,7 +20,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,39 +92,101 @@ type Lease struct {
 
 	mu   sync.Mutex
 	term *Term
+	// preempt: a one-shot command (reconcile) that takes the lease from a
+	// running `run` at the next rebalance. held: this member held the lease
+	// in its last generation (it keeps it at a rebalance: sticky).
+	preempt   bool
+	wasHolder atomic.Bool
 
 	held   prometheus.Gauge
 	terms  prometheus.Counter
 	fenced prometheus.Counter
 }
 
+// Option configures a Lease.
+type Option func(*Lease)
+
+// Preempt makes this member take the lease at the next rebalance (its
+// joining causes one) from members without it: for a one-shot command such
+// as reconcile, which would otherwise wait for a running `run` to stop.
+func Preempt() Option { return func(l *Lease) { l.preempt = true } }
+
 // Join joins the group; Acquire waits for the lease. reg may be nil.
-func Join(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer) (*Lease, error) {
+func Join(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer, opts ...Option) (*Lease, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if err := checkTopic(ctx, cfg); err != nil {
 		return nil, err
 	}
-	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID: cfg.Group, Brokers: cfg.Brokers, Topics: []string{cfg.Topic},
-		SessionTimeout: cfg.SessionTimeout, HeartbeatInterval: cfg.HeartbeatInterval, RebalanceTimeout: cfg.RebalanceTimeout,
-		JoinGroupBackoff: time.Second, Timeout: 5 * time.Second,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lease group %s: %w", cfg.Group, err)
-	}
-	l := &Lease{cfg: cfg, cg: cg, log: log,
+	l := &Lease{cfg: cfg, log: log,
 		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_lease_held", Help: "1 while this process holds the billing writer lease."}),
 		terms: prometheus.NewCounter(prometheus.CounterOpts{Name: "billing_lease_terms_total",
 			Help: "Lease terms (generations) this process held."}),
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "billing_lease_fenced_total",
 			Help: "Stripe writes refused because the lease was lost before them."}),
 	}
+	for _, o := range opts {
+		o(l)
+	}
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: cfg.Group, Brokers: cfg.Brokers, Topics: []string{cfg.Topic},
+		SessionTimeout: cfg.SessionTimeout, HeartbeatInterval: cfg.HeartbeatInterval, RebalanceTimeout: cfg.RebalanceTimeout,
+		JoinGroupBackoff: time.Second, Timeout: 5 * time.Second, GroupBalancers: []kafka.GroupBalancer{balancer{l}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lease group %s: %w", cfg.Group, err)
+	}
+	l.cg = cg
 	if reg != nil {
 		reg.MustRegister(l.held, l.terms, l.fenced)
 	}
 	return l, nil
+}
+
+// balancer gives the one partition to one member: a preempting member
+// first, then the member that held it last generation (so a rebalance
+// does not move the writer needlessly), then the lowest member id.
+type balancer struct{ l *Lease }
+
+func (balancer) ProtocolName() string { return "billing-sync-lease-v1" }
+
+func (b balancer) UserData() ([]byte, error) {
+	var prio, held byte
+	if b.l.preempt {
+		prio = 1
+	}
+	if b.l.wasHolder.Load() {
+		held = 1
+	}
+	return []byte{prio, held}, nil
+}
+
+func (balancer) AssignGroups(members []kafka.GroupMember, partitions []kafka.Partition) kafka.GroupMemberAssignments {
+	out := kafka.GroupMemberAssignments{}
+	if len(members) == 0 {
+		return out
+	}
+	rank := func(m kafka.GroupMember) int {
+		if len(m.UserData) < 2 {
+			return 0
+		}
+		return int(m.UserData[0])*2 + int(m.UserData[1])
+	}
+	ms := append([]kafka.GroupMember(nil), members...)
+	sort.Slice(ms, func(i, j int) bool {
+		if ri, rj := rank(ms[i]), rank(ms[j]); ri != rj {
+			return ri > rj
+		}
+		return ms[i].ID < ms[j].ID
+	})
+	for _, m := range ms {
+		out[m.ID] = map[string][]int{}
+	}
+	for _, p := range partitions {
+		out[ms[0].ID][p.Topic] = append(out[ms[0].ID][p.Topic], p.ID)
+	}
+	return out
 }
 
 // checkTopic refuses a lease topic with more than one partition: with two,
@@ -168,6 +232,7 @@ func (l *Lease) Acquire(ctx context.Context) (*Term, error) {
 			l.log.Debug("lease: joining the group", zap.Error(err))
 			continue
 		}
+		l.wasHolder.Store(holds(gen, l.cfg.Topic))
 		if !holds(gen, l.cfg.Topic) {
 			l.log.Info("lease: standing by (another process is the writer)", zap.Int32("generation", gen.ID))
 			ended := make(chan struct{})

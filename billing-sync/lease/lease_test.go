@@ -101,3 +101,74 @@ func TestValidateNamesKey(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// A one-shot command (reconcile) joining takes the lease from the holder
+// (a `run`): the holder's term ends at the rebalance, and it gets the lease
+// back, in a later generation, once the one-shot member leaves.
+func TestPreemptingMemberTakesLeaseAndGivesItBack(t *testing.T) {
+	cfg := testConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	run, err := lease.Join(ctx, cfg, zaptest.NewLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer run.Close()
+	t1, err := run.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := lease.Join(ctx, cfg, zaptest.NewLogger(t), nil, lease.Preempt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *lease.Term, 1)
+	go func() {
+		tr, err := rec.Acquire(ctx)
+		if err != nil {
+			t.Errorf("reconcile member: %v", err)
+		}
+		got <- tr
+	}()
+	select {
+	case <-t1.Context().Done(): // the rebalance ends the run's term
+	case <-time.After(20 * time.Second):
+		t.Fatal("the holder's term did not end when a preempting member joined")
+	}
+	t1.End()
+	back := make(chan *lease.Term, 1)
+	go func() {
+		t2, err := run.Acquire(ctx) // stands by while reconcile holds it
+		if err != nil {
+			t.Errorf("run member: %v", err)
+		}
+		back <- t2
+	}()
+	var tr *lease.Term
+	select {
+	case tr = <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the preempting member never got the lease")
+	}
+	if tr == nil || tr.Check(ctx) != nil || tr.Generation() <= t1.Generation() {
+		t.Fatalf("reconcile's term %+v is not current and later than %d", tr, t1.Generation())
+	}
+	if err := t1.Check(ctx); err == nil {
+		t.Fatal("the run's old term still passes the fence")
+	}
+	select {
+	case t2 := <-back:
+		t.Fatalf("the run got the lease (generation %d) while reconcile held it", t2.Generation())
+	default:
+	}
+	_ = rec.Close()
+	select {
+	case t2 := <-back:
+		if t2 == nil || t2.Check(ctx) != nil || t2.Generation() <= tr.Generation() {
+			t.Fatalf("the run's new term is not current/later")
+		}
+		t2.End()
+	case <-time.After(20 * time.Second):
+		t.Fatal("the run did not get the lease back after reconcile left")
+	}
+}

@@ -298,24 +298,26 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 }
 
 // joinLease creates the one-partition lease topic if asked to, and joins.
-func joinLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer) (*lease.Lease, error) {
+func joinLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer, opts ...lease.Option) (*lease.Lease, error) {
 	if cfg.CreateTopics {
 		if err := svckit.CreateTopics(ctx, cfg.Lease.Brokers, kafka.TopicConfig{Topic: cfg.Lease.Topic, NumPartitions: 1,
 			ReplicationFactor: -1}); err != nil {
 			return nil, err
 		}
 	}
-	return lease.Join(ctx, cfg.Lease, log, reg)
+	return lease.Join(ctx, cfg.Lease, log, reg, opts...)
 }
 
-// withLease runs fn once as the writer: it waits up to lease.wait for the
-// lease, fences fn's Stripe writes with it, and leaves the group after, so
+// withLease runs fn once as the writer: it takes the lease from a running
+// `run` (or waits up to lease.wait for another reconcile to finish), fences fn's Stripe writes with it, and leaves the group after, so
 // a standing-by run process takes over at once.
 func withLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.Registerer, s *syncer.Syncer, fn func(context.Context) error) error {
 	if !cfg.Lease.Enabled || cfg.Billing.DryRun {
 		return fn(ctx)
 	}
-	l, err := joinLease(ctx, cfg, log, reg)
+	// Preempt: a running `run` hands the lease over at the rebalance this
+	// join causes, and takes it back when this process leaves.
+	l, err := joinLease(ctx, cfg, log, reg, lease.Preempt())
 	if err != nil {
 		return err
 	}
