@@ -35,6 +35,10 @@ type Cache struct {
 	snap   atomic.Pointer[plansSnapshot]
 	quotas map[planMeter]*quotaInfo
 	extra  sync.Map // planMeter -> *quotaInfo for meters a plan does not list (unlimited)
+	// meters are the meters the plans file defines or a plan limits, with
+	// their aggregation: Check refuses any other (a typo must not be
+	// "allowed, unlimited").
+	meters map[string]plans.Aggregation
 	tab    *table
 
 	amu     sync.Mutex
@@ -50,7 +54,12 @@ type Cache struct {
 	pmu  sync.Mutex
 	poll *pollMark // a poll the readers have not caught up with yet
 
-	stats struct{ states, assignments, invalid atomic.Int64 }
+	// WaitFor sleeps on wch; every read or poll closes it (and clears it).
+	wmu    sync.Mutex
+	wch    chan struct{}
+	client atomic.Pointer[kafka.Client] // for WaitFor's fresh high-water mark
+
+	stats struct{ states, assignments, invalid, staleStates atomic.Int64 }
 }
 
 // topicState tracks one topic's partitions.
@@ -58,6 +67,7 @@ type topicState struct {
 	name  string
 	next  []atomic.Int64 // next offset to read, per partition
 	start []int64        // high-water marks at start: Ready once reached
+	hwm   []atomic.Int64 // the newest high-water mark seen (polls, fetches): WaitFor's bound
 }
 
 type pollMark struct {
@@ -105,9 +115,18 @@ func New(cfg Config, p *plans.Config, log *zap.Logger, opts ...Option) (*Cache, 
 		fixed[name] = m
 	}
 	c.cfg.PlanRateLimits = fixed
+	c.meters = map[string]plans.Aggregation{}
+	for meter, m := range p.Meters {
+		c.meters[meter] = m.Aggregation
+	}
 	for name, plan := range p.Plans {
 		for meter, q := range plan.Meters {
-			c.quotas[planMeter{name, meter}] = newQuotaInfo(name, meter, q, c.rateFor(name, meter))
+			agg, ok := c.meters[meter]
+			if !ok {
+				agg = plans.Sum // a meter only a plan names aggregates as unknown_meters: sum does
+				c.meters[meter] = agg
+			}
+			c.quotas[planMeter{name, meter}] = newQuotaInfo(name, meter, q, c.rateFor(name, meter), agg)
 		}
 	}
 	priv := *p
@@ -128,8 +147,8 @@ func (c *Cache) rateFor(plan, meter string) RateLimit {
 	return c.cfg.RateLimits[meter]
 }
 
-// quotaFor returns the plan's quota for the meter; a meter the plan does
-// not list is unlimited.
+// quotaFor returns the plan's quota for the meter; a defined meter the
+// plan does not list is unlimited, an undefined one is refused.
 func (c *Cache) quotaFor(plan, meter string) *quotaInfo {
 	k := planMeter{plan, meter}
 	if q, ok := c.quotas[k]; ok {
@@ -138,8 +157,43 @@ func (c *Cache) quotaFor(plan, meter string) *quotaInfo {
 	if q, ok := c.extra.Load(k); ok {
 		return q.(*quotaInfo)
 	}
-	q, _ := c.extra.LoadOrStore(k, newQuotaInfo(plan, meter, plans.Quota{Limit: plans.Unlimited, Period: plans.CalendarMonth}, c.rateFor(plan, meter)))
+	agg, known := c.meters[meter]
+	qi := newQuotaInfo(plan, meter, plans.Quota{Limit: plans.Unlimited, Period: plans.CalendarMonth}, c.rateFor(plan, meter), agg)
+	if !known {
+		qi.refuse = ReasonUnknownMeter
+	}
+	q, _ := c.extra.LoadOrStore(k, qi)
 	return q.(*quotaInfo)
+}
+
+// ValidateKey says why Check refuses tenant and meter whatever the usage
+// (a *schemas.ValidationError naming the field for a name the contract
+// refuses; ErrUnknownMeter; ErrUnsupportedAggregation for a limited gauge
+// or unique count on the tenant's plan), or nil. For error messages: 400s
+// in usage-api and the middleware.
+func (c *Cache) ValidateKey(tenant, meter string) error {
+	if err := schemas.CheckTenantID(tenant); err != nil {
+		return err
+	}
+	if err := schemas.CheckFeatureType(meter); err != nil {
+		return err
+	}
+	agg, ok := c.meters[meter]
+	if !ok {
+		return fmt.Errorf("feature_type %q: %w", meter, ErrUnknownMeter)
+	}
+	a := c.snap.Load().assignment(tenant)
+	if c.quotaFor(a.Plan, meter).refuse == ReasonUnsupported {
+		return fmt.Errorf("feature_type %q (%s) has a limit on plan %s: %w", meter, agg, a.Plan, ErrUnsupportedAggregation)
+	}
+	return nil
+}
+
+// Aggregation returns how meter aggregates, and false when the plans file
+// does not define it.
+func (c *Cache) Aggregation(meter string) (plans.Aggregation, bool) {
+	agg, ok := c.meters[meter]
+	return agg, ok
 }
 
 // publishPlans copies the private config into a new snapshot that reflects
@@ -171,6 +225,7 @@ func (c *Cache) WaitReady(ctx context.Context) error {
 // answers; meanwhile Check answers as stale.
 func (c *Cache) Run(ctx context.Context) error {
 	client := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: max(time.Second, 4*c.cfg.PollInterval)}
+	c.client.Store(client)
 	delay := 100 * time.Millisecond
 	for {
 		err := c.start(ctx, client)
@@ -221,6 +276,8 @@ func (c *Cache) start(ctx context.Context, client *kafka.Client) error {
 		}
 		ts.next = make([]atomic.Int64, n)
 		ts.start = hwm
+		ts.hwm = make([]atomic.Int64, n)
+		noteHWM(ts, hwm)
 	}
 	c.reachable.Store(true)
 	c.pmu.Lock()
@@ -278,6 +335,9 @@ func (c *Cache) read(ctx context.Context, ts *topicState, p int) {
 			}
 			continue
 		}
+		if p < len(ts.hwm) && m.HighWaterMark > ts.hwm[p].Load() {
+			ts.hwm[p].Store(m.HighWaterMark)
+		}
 		if ts == &c.state {
 			c.applyState(m)
 		} else {
@@ -317,6 +377,8 @@ func (c *Cache) poller(ctx context.Context, client *kafka.Client) {
 		if !c.reachable.Swap(true) {
 			c.log.Info("quota cache: broker reachable again")
 		}
+		noteHWM(&c.state, st)
+		noteHWM(&c.assign, as)
 		c.pmu.Lock()
 		c.poll = &pollMark{at: at, state: st, as: as}
 		c.pmu.Unlock()
@@ -324,8 +386,19 @@ func (c *Cache) poller(ctx context.Context, client *kafka.Client) {
 	}
 }
 
-// progress moves syncedAt and lag after a read or a poll.
+// noteHWM raises ts's known high-water marks to ends.
+func noteHWM(ts *topicState, ends []int64) {
+	for p, e := range ends {
+		if p < len(ts.hwm) && e > ts.hwm[p].Load() {
+			ts.hwm[p].Store(e)
+		}
+	}
+}
+
+// progress moves syncedAt and lag after a read or a poll, and wakes
+// WaitFor.
 func (c *Cache) progress() {
+	c.wake()
 	c.pmu.Lock()
 	defer c.pmu.Unlock()
 	pm := c.poll
@@ -378,15 +451,51 @@ func (c *Cache) applyAssignment(m kafka.Message) {
 		c.stats.assignments.Add(1)
 	}
 	if m.HighWaterMark <= m.Offset+1 {
-		next := make([]int64, len(c.assign.next))
-		for p := range next {
-			next[p] = c.assign.next[p].Load()
-		}
-		if m.Partition < len(next) {
-			next[m.Partition] = m.Offset + 1
-		}
-		c.publishPlans(next)
+		c.publishAssigned(m.Partition, m.Offset+1)
 	}
+}
+
+// publishAssigned publishes a snapshot of every assignment applied so far:
+// the readers' positions, partition p at least at next; amu held.
+func (c *Cache) publishAssigned(p int, next int64) {
+	n := make([]int64, len(c.assign.next))
+	for i := range n {
+		n[i] = c.assign.next[i].Load()
+	}
+	if p >= 0 && p < len(n) {
+		n[p] = max(n[p], next)
+	}
+	c.publishPlans(n)
+}
+
+// flushAssignments publishes what the readers applied but a snapshot does
+// not show yet (records read in the middle of a fetch: one copy per record
+// would be quadratic while catching up). Read-your-writes calls it when it
+// needs a record that was read but not published.
+func (c *Cache) flushAssignments() {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	c.publishAssigned(-1, 0)
+}
+
+// wake wakes every WaitFor.
+func (c *Cache) wake() {
+	c.wmu.Lock()
+	if c.wch != nil {
+		close(c.wch)
+		c.wch = nil
+	}
+	c.wmu.Unlock()
+}
+
+// waitCh returns the channel the next wake closes.
+func (c *Cache) waitCh() <-chan struct{} {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wch == nil {
+		c.wch = make(chan struct{})
+	}
+	return c.wch
 }
 
 // applyState records one QuotaState and rebuilds the entry's view: the
@@ -413,23 +522,57 @@ func (c *Cache) applyState(m kafka.Message) {
 	e := c.tab.get(s.TenantID, s.FeatureType)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.held != nil && h.start.Before(e.held.start) {
-		return // a late state of an older period (e.g. final): the newer period is what Check enforces
+	i := slices.IndexFunc(e.held, func(o *heldState) bool { return o.period == h.period })
+	switch {
+	case i >= 0 && !newerState(h, e.held[i]):
+		c.stats.staleStates.Add(1)
+		return // reflects fewer events than the held one (a stale member, a republish of an old copy)
+	case i >= 0:
+		e.held[i] = h
+	default:
+		e.held = append(e.held, h)
+		slices.SortFunc(e.held, func(a, b *heldState) int { return b.start.Compare(a.start) })
+		if len(e.held) > maxHeld {
+			e.held = e.held[:maxHeld] // the oldest periods: long final
+		}
 	}
-	if e.held != nil && h.period == e.held.period && h.updatedAt.Before(e.held.updatedAt) {
-		return // an older record of the key read from another partition (after a repartitioning)
-	}
-	e.held = h
 	v := e.view.Load()
 	if v == nil || v.period != h.period {
 		return // the next Check builds the view
 	}
 	nv := *v
 	nv.usage, nv.held = h.usage, h
+	// The view goes first and pending after it: a Check between the two
+	// counts the increase twice (refuses early), never zero times, and a
+	// Check that read the old view fails its recheck of the view after its
+	// compare-and-swap and retries.
+	e.view.Store(&nv)
 	if delta := h.usage.Sub(v.usage); !delta.IsZero() {
 		subPending(v.b, delta)
 	}
-	e.view.Store(&nv)
+}
+
+// newerState reports whether s may replace old (same key): states are
+// ordered by the usage.events offsets they reflect (source_offsets), not
+// by updated_at, which is a member's clock. s is older when it is behind
+// on a partition both name and ahead on none; when the offsets do not
+// order them (each ahead somewhere, or no partition in common) updated_at
+// decides.
+func newerState(s, old *heldState) bool {
+	ahead, behind := false, false
+	for p, o := range s.source {
+		if oo, ok := old.source[p]; ok {
+			ahead = ahead || o > oo
+			behind = behind || o < oo
+		}
+	}
+	switch {
+	case behind && !ahead:
+		return false
+	case ahead && !behind:
+		return true
+	}
+	return !s.updatedAt.Before(old.updatedAt) // the same events (a plan change's republish), or unordered
 }
 
 // subPending takes d off b's pending, not below 0.
@@ -462,7 +605,7 @@ func (c *Cache) refresh(e *entry, snap *plansSnapshot, a plans.Assignment, now t
 	} else {
 		v.b = &bucket{}
 	}
-	if h := e.held; h != nil && h.period == p.ID {
+	if h := e.heldFor(p.ID); h != nil {
 		v.usage, v.held = h.usage, h
 	}
 	switch {

@@ -2,9 +2,12 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
@@ -16,6 +19,23 @@ const (
 	ReasonStale       = "stale"          // stale state and the fail mode is closed
 	ReasonNotCaughtUp = "not_caught_up"  // CheckAfter: the cache has not read the position yet
 	ReasonTooLarge    = "quantity_too_large"
+	// ReasonInvalidTenant: the tenant id breaks the contract's rules
+	// (schemas.CheckTenantID); its events would go to the DLQ uncounted.
+	ReasonInvalidTenant = "invalid_tenant"
+	// ReasonUnknownMeter: no meter definition or plan names the meter (or
+	// its name breaks the contract): likely a typo, refused rather than
+	// "allowed, unlimited".
+	ReasonUnknownMeter = "unknown_meter"
+	// ReasonUnsupported: the meter is a gauge (max, latest) or a unique
+	// count with a limit on the tenant's plan; its usage is not the sum of
+	// what was allowed, so Check cannot decide it (Peek still reports it).
+	ReasonUnsupported = "unsupported_aggregation"
+)
+
+// Errors ValidateKey wraps.
+var (
+	ErrUnknownMeter           = errors.New("no meter definition or plan names this meter")
+	ErrUnsupportedAggregation = errors.New("quota.Check adds quantities and cannot enforce a limit on a max, latest or unique_count meter")
 )
 
 // Decision is the answer for one request. It is a plain value: no
@@ -35,8 +55,9 @@ type Decision struct {
 	// Pending is what this instance allowed that the held state does not
 	// reflect yet, including this request when allowed.
 	Pending Amount
-	// Limit is the plan's limit; Unlimited when the plan has none (-1 on the
-	// wire), and then Remaining is meaningless (-1 on the wire).
+	// Limit is the plan's limit. When Unlimited is set (the plan has no
+	// limit; -1 on the wire) Limit is 0 and Remaining is 0 (-1 on the
+	// wire): neither means anything then.
 	Limit     Amount
 	Unlimited bool
 	Remaining Amount
@@ -52,6 +73,7 @@ type Decision struct {
 
 	b   *bucket
 	qty Amount
+	lim *rate.Limiter // the token bucket, for a 429's RateLimit fields
 }
 
 // Staleness says how fresh a decision is.
@@ -124,13 +146,42 @@ func (c *Cache) CheckAfter(ctx context.Context, tenant, meter string, quantity A
 	return c.Check(ctx, tenant, meter, quantity)
 }
 
-// Reached reports whether the cache has read the record at p.
+// Reached reports whether the cache has read the record at p, and for a
+// plan assignment also whether Check sees it.
 func (c *Cache) Reached(p Position) bool {
 	select {
 	case <-c.ready:
 	default:
 		return false // the partitions are not known yet
 	}
+	switch p.Topic {
+	case c.state.name:
+		return p.Partition >= 0 && int(p.Partition) < len(c.state.next) && c.state.next[p.Partition].Load() > p.Offset
+	case c.assign.name:
+		if p.Partition < 0 || int(p.Partition) >= len(c.assign.next) || c.assign.next[p.Partition].Load() <= p.Offset {
+			return false
+		}
+		if n := c.snap.Load().assignNext; int(p.Partition) < len(n) && n[p.Partition] > p.Offset {
+			return true
+		}
+		c.flushAssignments() // read in the middle of a fetch: make Check see it now
+		n := c.snap.Load().assignNext
+		return int(p.Partition) < len(n) && n[p.Partition] > p.Offset
+	}
+	return false
+}
+
+// ErrBeyondHighWaterMark: WaitFor was asked for a record the topic does not
+// hold (the high-water mark, read again from the broker, is not past it).
+var ErrBeyondHighWaterMark = errors.New("offset is at or beyond the partition's high-water mark")
+
+// WaitFor waits until the cache has read the record at p (Reached), or ctx
+// is done. It sleeps until the readers make progress. A position the
+// topic does not hold (at or past the high-water mark read again from the
+// broker, or an unknown partition) fails at once with
+// ErrBeyondHighWaterMark instead of waiting for a record that may never
+// come.
+func (c *Cache) WaitFor(ctx context.Context, p Position) error {
 	var ts *topicState
 	switch p.Topic {
 	case c.state.name:
@@ -138,24 +189,55 @@ func (c *Cache) Reached(p Position) bool {
 	case c.assign.name:
 		ts = &c.assign
 	default:
-		return false
-	}
-	return p.Partition >= 0 && int(p.Partition) < len(ts.next) && ts.next[p.Partition].Load() > p.Offset
-}
-
-// WaitFor waits until the cache has read the record at p, or ctx is done.
-func (c *Cache) WaitFor(ctx context.Context, p Position) error {
-	if p.Topic != c.state.name && p.Topic != c.assign.name {
 		return fmt.Errorf("quota: topic %q is not read by this cache", p.Topic)
 	}
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for !c.Reached(p) {
+	checked := false
+	for {
+		ch := c.waitCh() // before Reached: a wake in between is not missed
+		if c.Reached(p) {
+			return nil
+		}
+		if ready := c.isReady(); ready && !checked {
+			if err := c.checkHWM(ctx, ts, p); err != nil {
+				return err
+			}
+			checked = true
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("quota: %s/%d@%d not read yet: %w", p.Topic, p.Partition, p.Offset, ctx.Err())
-		case <-t.C:
+		case <-ch:
 		}
+	}
+}
+
+func (c *Cache) isReady() bool {
+	select {
+	case <-c.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// checkHWM fails when p is not below its partition's high-water mark, read
+// again from the broker when the known one is not past p.
+func (c *Cache) checkHWM(ctx context.Context, ts *topicState, p Position) error {
+	if p.Partition < 0 || int(p.Partition) >= len(ts.hwm) || p.Offset < 0 {
+		return fmt.Errorf("quota: %s/%d@%d: no such partition or offset: %w", p.Topic, p.Partition, p.Offset, ErrBeyondHighWaterMark)
+	}
+	if ts.hwm[p.Partition].Load() > p.Offset {
+		return nil
+	}
+	if cl := c.client.Load(); cl != nil {
+		ends, err := c.listEnds(ctx, cl, ts.name, len(ts.hwm))
+		if err != nil {
+			return nil // the broker does not answer: the bound is unknown, ctx bounds the wait
+		}
+		noteHWM(ts, ends)
+	}
+	if hwm := ts.hwm[p.Partition].Load(); hwm <= p.Offset {
+		return fmt.Errorf("quota: %s/%d@%d: high-water mark %d: %w", p.Topic, p.Partition, p.Offset, hwm, ErrBeyondHighWaterMark)
 	}
 	return nil
 }
@@ -170,27 +252,43 @@ func (c *Cache) Release(d Decision) {
 
 func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 	now := c.now()
+	ns := now.UnixNano()
 	snap := c.snap.Load()
-	e := c.tab.get(tenant, meter)
+	e, bad := c.tab.lookup(tenant, meter)
+	if e == nil {
+		return Decision{Tenant: tenant, Meter: meter, Reason: bad, Offsets: Offsets{StateOffset: -1}, Staleness: c.staleness(now)}
+	}
 	a := snap.assignment(tenant)
 	v := e.view.Load()
-	if ns := now.UnixNano(); v == nil || v.assign != a || ns < v.start || ns >= v.end {
+	if v == nil || v.assign != a || ns < v.start || ns >= v.end {
 		v = c.refresh(e, snap, a, now)
 	}
-	d := Decision{Tenant: tenant, Meter: meter, Plan: a.Plan, Period: v.period, ResetAt: v.resetAt,
-		Limit: v.q.limit, Unlimited: v.q.unlimited, b: v.b, qty: qty}
-	d.Offsets.StateOffset = -1
-	if h := v.held; h != nil {
-		d.Offsets = Offsets{StatePartition: h.partition, StateOffset: h.offset, Source: h.source, StateUpdatedAt: h.updatedAt}
-	}
-	d.Offsets.Assignments = snap.assignNext
-	d.Staleness = c.staleness(now)
-
-	if consume && v.lim != nil && !v.lim.AllowN(now, qty.wholeUnits()) {
-		d.Reason = ReasonRate
-		d.RetryAfter = retryAfter(v.lim.TokensAt(now), qty.wholeUnits(), float64(v.lim.Limit()))
+	d := Decision{Tenant: tenant, Meter: meter, Plan: a.Plan, Staleness: c.staleness(now), lim: v.lim}
+	if v.q.refuse != "" && (consume || !qty.IsZero()) {
+		c.describe(&d, v, snap)
+		d.Reason = v.q.refuse
 		c.fill(&d, v, v.usage.Add(Nanos(v.b.pending.Load())))
 		return d
+	}
+	switch v.q.agg {
+	case plans.Count:
+		if !qty.IsZero() || consume {
+			qty = Units(1) // one event, whatever its quantity
+		}
+	case plans.Max, plans.Latest, plans.UniqueCount:
+		qty = Amount{} // unlimited here: nothing to add
+	}
+	d.qty = qty
+
+	if v.lim != nil {
+		n := qty.wholeUnits()
+		if ok := (consume && v.lim.AllowN(now, n)) || (!consume && v.lim.TokensAt(now) >= float64(n)); !ok {
+			c.describe(&d, v, snap)
+			d.Reason = ReasonRate
+			d.RetryAfter = retryAfter(v.lim.TokensAt(now), n, float64(v.lim.Limit()))
+			c.fill(&d, v, v.usage.Add(Nanos(v.b.pending.Load())))
+			return d
+		}
 	}
 	for {
 		p := v.b.pending.Load()
@@ -198,6 +296,7 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		after := base.Add(qty)
 		ok := v.q.hardNone || after.Cmp(v.q.hardCap) <= 0
 		reason := ReasonLimit
+		d.Staleness.Mode = ""
 		if d.Staleness.Stale {
 			d.Staleness.Mode = c.cfg.BeforeReady
 			if d.Staleness.Ready {
@@ -215,25 +314,52 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 			ok, reason = false, ReasonTooLarge // beyond 18 billion units pending in one instance
 		}
 		if !ok {
+			c.describe(&d, v, snap)
 			d.Reason = reason
 			c.fill(&d, v, base)
 			if reason == ReasonLimit {
 				d.Level = v.q.level(after)
-				d.RetryAfter = time.Duration(v.end - now.UnixNano())
+				d.RetryAfter = time.Duration(v.end - ns)
 			} else {
 				d.RetryAfter = c.cfg.PollInterval
 			}
 			return d
 		}
-		if !consume || v.b.pending.CompareAndSwap(p, np) {
-			d.Allowed = true
-			if !consume { // a preview reports the standing before the request
-				after, np = base, p
+		if consume {
+			if !v.b.pending.CompareAndSwap(p, np) {
+				continue
 			}
-			c.fill(&d, v, after)
-			d.Pending = Nanos(np)
-			return d
+			// The view and pending must be one consistent pair: a state
+			// applied between reading v and the swap moved usage into v's
+			// successor and took it off pending, so base undercounted. Give
+			// the amount back and decide again on the new view.
+			if nv := e.view.Load(); nv != v {
+				subPending(v.b, qty)
+				if nv == nil || nv.assign != a || ns < nv.start || ns >= nv.end {
+					nv = c.refresh(e, snap, a, now)
+				}
+				v = nv
+				continue
+			}
 		}
+		c.describe(&d, v, snap)
+		d.Allowed = true
+		if !consume { // a preview reports the standing before the request
+			after, np = base, p
+		}
+		c.fill(&d, v, after)
+		d.Pending = Nanos(np)
+		return d
+	}
+}
+
+// describe sets what d says about the view it was decided on.
+func (c *Cache) describe(d *Decision, v *view, snap *plansSnapshot) {
+	d.Period, d.ResetAt, d.Limit, d.Unlimited, d.b = v.period, v.resetAt, v.q.limit, v.q.unlimited, v.b
+	d.Offsets = Offsets{StateOffset: -1, Assignments: snap.assignNext}
+	if h := v.held; h != nil {
+		d.Offsets = Offsets{StatePartition: h.partition, StateOffset: h.offset, Source: h.source, StateUpdatedAt: h.updatedAt,
+			Assignments: d.Offsets.Assignments}
 	}
 }
 

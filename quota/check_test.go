@@ -180,7 +180,7 @@ func TestLevelsMatchPlansEvaluate(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, pm := range []planMeter{{"FREE", "ai_generation"}, {"FREE", "api_calls"}, {"PRO", "api_calls"}} {
 		q := p.Plans[pm.plan].Meters[pm.meter]
-		qi := newQuotaInfo(pm.plan, pm.meter, q, RateLimit{})
+		qi := newQuotaInfo(pm.plan, pm.meter, q, RateLimit{}, plans.Sum)
 		limit := q.Limit.IntPart()
 		for range 2000 {
 			u := decimal.New(r.Int64N(limit*1_500_000_000), -9)

@@ -10,6 +10,7 @@ import (
 	"github.com/shopspring/decimal"
 	"golang.org/x/time/rate"
 
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -45,6 +46,12 @@ type quotaInfo struct {
 	overage     bool
 	thresholds  []threshold // below 100 %, ascending
 	rate        RateLimit
+	// agg is the meter's aggregation: Check adds quantities for sum, counts
+	// one per event for count, and cannot add gauges or unique counts.
+	agg plans.Aggregation
+	// refuse is the reason Check refuses every request of this plan and
+	// meter (unknown_meter, unsupported_aggregation), or "".
+	refuse string
 }
 
 type threshold struct {
@@ -53,8 +60,13 @@ type threshold struct {
 	pct   int
 }
 
-func newQuotaInfo(plan, meter string, q plans.Quota, rl RateLimit) *quotaInfo {
-	qi := &quotaInfo{plan: plan, meter: meter, q: q, rate: rl}
+func newQuotaInfo(plan, meter string, q plans.Quota, rl RateLimit, agg plans.Aggregation) *quotaInfo {
+	qi := &quotaInfo{plan: plan, meter: meter, q: q, rate: rl, agg: agg}
+	if !q.Limit.Equal(plans.Unlimited) && agg != plans.Sum && agg != plans.Count && agg != "" {
+		// A gauge's or a unique count's usage is not the sum of what was
+		// allowed: adding quantities would be a silently wrong answer.
+		qi.refuse = ReasonUnsupported
+	}
 	if q.Limit.Equal(plans.Unlimited) {
 		qi.unlimited, qi.hardNone = true, true
 		return qi
@@ -129,11 +141,29 @@ func newTable() *table {
 	return t
 }
 
+// get returns the entry of a key read from a state (already validated).
 func (t *table) get(tenant, meter string) *entry {
 	if e, ok := (*t.read.Load())[key{tenant, meter}]; ok {
 		return e
 	}
 	return t.slowGet(tenant, meter)
+}
+
+// lookup returns the entry for a Check, or nil (and why) when the tenant or
+// meter breaks the contract: such keys never get an entry, so a flood of
+// invalid names costs no memory, and valid keys pay no validation once
+// their entry exists.
+func (t *table) lookup(tenant, meter string) (*entry, string) {
+	if e, ok := (*t.read.Load())[key{tenant, meter}]; ok {
+		return e, ""
+	}
+	if schemas.CheckTenantID(tenant) != nil {
+		return nil, ReasonInvalidTenant
+	}
+	if schemas.CheckFeatureType(meter) != nil {
+		return nil, ReasonUnknownMeter
+	}
+	return t.slowGet(tenant, meter), ""
 }
 
 func (t *table) slowGet(tenant, meter string) *entry {
@@ -182,7 +212,22 @@ type entry struct {
 	key  key
 	view atomic.Pointer[view] // what Check reads
 	mu   sync.Mutex           // serialises view rebuilds (state arrivals, plan changes, new periods)
-	held *heldState           // newest state read, guarded by mu
+	// held is the newest state read per period, newest period first, at
+	// most maxHeld (guarded by mu): a plan change that moves the tenant
+	// between calendar and anchored periods and back finds its state again.
+	held []*heldState
+}
+
+const maxHeld = 4
+
+// heldFor returns the held state of period, or nil; mu held.
+func (e *entry) heldFor(period string) *heldState {
+	for _, h := range e.held {
+		if h.period == period {
+			return h
+		}
+	}
+	return nil
 }
 
 // heldState is one QuotaState record with where it was read.
