@@ -41,7 +41,7 @@ function toValue(node, text, path) {
       const seen = new Set();
       for (const m of node.members) {
         const name = m.name.value;
-        if (!name.isWellFormed()) throw new Refused(`${path}: unpaired surrogate escape in a member name`);
+        if (LONE_SURROGATE.test(name)) throw new Refused(`${path}: unpaired surrogate escape in a member name`);
         if (seen.has(name)) throw new Refused(`${name}: duplicate member name`);
         seen.add(name);
         // defineProperty: a member named __proto__ is data, not the prototype.
@@ -52,7 +52,7 @@ function toValue(node, text, path) {
     case "Array":
       return node.elements.map((e) => toValue(e.value, text, path));
     case "String":
-      if (!node.value.isWellFormed()) throw new Refused(`${path}: unpaired surrogate escape`);
+      if (LONE_SURROGATE.test(node.value)) throw new Refused(`${path}: unpaired surrogate escape`);
       return node.value;
     case "Number":
       return { raw: text.slice(node.range[0], node.range[1]), value: node.value, [NUMBER]: true };
@@ -65,6 +65,9 @@ function toValue(node, text, path) {
   }
 }
 const NUMBER = Symbol("number");
+// In a /u regex a surrogate pair is one code point; only a lone half is \p{Cs}
+// (String.prototype.isWellFormed needs Node 20).
+const LONE_SURROGATE = /\p{Cs}/u;
 
 // canonical is the decimal string of a JSON number's value, from its
 // source text split by the caller (2500.0 -> "2500", 25E0001 -> "250", -0 ->
