@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -64,28 +65,6 @@ func killOneOfTwo(_ *testing.T, c *run) error {
 	return c.recovered(from, sessionTimeout+catchUp, "one of two aggregators SIGKILLed")
 }
 
-// pauseOneOfTwo freezes one of two aggregator members past its session:
-// the survivor takes over its partitions and moves on; then the frozen
-// member resumes, still holding the rows it had applied and not written,
-// and a group generation it no longer belongs to. Whatever it writes or
-// publishes late must not undo the survivor's work.
-func pauseOneOfTwo(_ *testing.T, c *run) error {
-	time.Sleep(midStream())
-	from := time.Now()
-	zombie := c.p.aggregators[0]
-	zombie.pause()
-	err := c.recovered(from, sessionTimeout+catchUp, "one of two aggregators frozen")
-	if wait := sessionTimeout + 5*time.Second - time.Since(from); wait > 0 {
-		time.Sleep(wait) // surely expired, even if the survivor was quick
-	}
-	resumed := time.Now()
-	zombie.resume()
-	if err != nil {
-		return err
-	}
-	return c.recovered(resumed, sessionTimeout+catchUp, "frozen aggregator resumed")
-}
-
 func ownKafka(t *testing.T, shared engines) (engines, restarter) {
 	k := testenv.StartKafka(t)
 	return engines{broker: k.Addr, clickhouse: shared.clickhouse}, k
@@ -117,7 +96,11 @@ func restartEngine(what string, down time.Duration) func(*testing.T, *run) error
 // misroutedPublishers publishes, next to the SDK traffic, events from a
 // keyless publisher (round robin), a publisher keying by another tenant,
 // and kcat with librdkafka's default partitioner (CRC32), which puts half
-// of the tenants on another partition than murmur2.
+// of the tenants on another partition than murmur2. The consumer re-routes
+// them to their tenants' partitions; the one reading them SIGKILLs itself
+// after its first re-publish and before that batch's commit
+// (USAGEMETER_FAULT_POINT=after-reroute), so its replacement re-reads the
+// originals and re-publishes them again: every event still counts once.
 func misroutedPublishers(_ *testing.T, c *run) error {
 	time.Sleep(midStream())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -137,6 +120,12 @@ func misroutedPublishers(_ *testing.T, c *run) error {
 			kcatEvents = append(kcatEvents, c.load.event(tenant))
 		}
 	}
+	// A clean hand-over (SIGTERM leaves the group) to a consumer that dies
+	// at the fault point, so the fault hits the misrouted events, not a
+	// session timeout.
+	c.p.consumer.stop(15 * time.Second)
+	doomed := c.p.startConsumer("USAGEMETER_FAULT_POINT=after-reroute")
+	doomed.signalled.Store(true) // its SIGKILL is the fault, not a failure
 	from := time.Now()
 	if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, &kafka.RoundRobin{}, keyless); err != nil {
 		return err
@@ -149,7 +138,42 @@ func misroutedPublishers(_ *testing.T, c *run) error {
 	if err := publishKcat(ctx, c.p.eng.broker, c.p.topic, kcatEvents); err != nil {
 		return err
 	}
-	return c.recovered(from, 30*time.Second, "misrouted publishers")
+	select {
+	case <-doomed.done:
+	case <-ctx.Done():
+		return fmt.Errorf("the consumer with the fault point never re-routed anything")
+	}
+	killed := time.Now()
+	c.p.startConsumer()
+	if err := c.recovered(from, time.Since(from)+sessionTimeout+catchUp, "misrouted publishers, consumer SIGKILL between re-publish and commit"); err != nil {
+		return err
+	}
+	// The fault landed where it should: some copies were written twice
+	// (before the kill and after it), and none of a correctly routed event.
+	msgs, err := readAll(ctx, c.p.eng.broker, c.p.topic)
+	if err != nil {
+		return err
+	}
+	copies := map[string]int{}
+	for _, m := range msgs {
+		if _, ok := testenv.Headers(m)["usage.rerouted.from"]; ok {
+			var w wireEvent
+			_ = json.Unmarshal(m.Value, &w)
+			copies[w.TenantID+"/"+w.ID]++
+		}
+	}
+	twice := 0
+	for _, n := range copies {
+		if n > 1 {
+			twice++
+		}
+	}
+	c.p.t.Logf("consumer SIGKILLed itself %s s after the misrouted traffic began; %d events re-routed, %d of them twice",
+		seconds(killed.Sub(from)), len(copies), twice)
+	if twice == 0 {
+		return fmt.Errorf("no event was re-routed twice: the SIGKILL did not land between a re-publish and its commit")
+	}
+	return nil
 }
 
 // republish is a caller retrying: every fifth SDK batch goes out twice

@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -27,10 +28,33 @@ const (
 	quantityIntDigits = 18
 )
 
-// key is one tenant's meter.
-type key struct{ tenant, meter string }
+// key is one tenant's meter, or one window of it (window: "1m@<unix
+// start>", "1h@...", "1d@...", "period@..."; empty for the whole meter).
+type key struct{ tenant, meter, window string }
 
-func (k key) String() string { return k.tenant + "/" + k.meter }
+func (k key) String() string {
+	if k.window == "" {
+		return k.tenant + "/" + k.meter
+	}
+	return k.tenant + "/" + k.meter + "/" + k.window
+}
+
+// grains are the aggregate tables, the column holding a row's window start
+// and how the independent count truncates an event time to it (UTC; the
+// suite's plans are calendar months).
+var grains = []struct {
+	table, col, name string
+	start            func(time.Time) time.Time
+}{
+	{"usage_1m", "window_start", "1m", func(t time.Time) time.Time { return t.Truncate(time.Minute) }},
+	{"usage_1h", "window_start", "1h", func(t time.Time) time.Time { return t.Truncate(time.Hour) }},
+	{"usage_1d", "window_start", "1d", func(t time.Time) time.Time {
+		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	}},
+	{"usage_period", "period_start", "period", func(t time.Time) time.Time {
+		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+	}},
+}
 
 // tally is a count of events and the exact sum of their quantities.
 type tally struct {
@@ -49,6 +73,22 @@ type expectation struct {
 	totals   map[key]tally     // countable events
 	ids      map[string]bool   // tenant/id of every countable event
 	refused  map[string]string // id of every refused message -> its DLQ tag
+	// windows holds, per aggregate table, the countable events per
+	// tenant, meter and window (key.window set).
+	windows map[string]map[key]tally
+	// onPartition lists, per tenant and meter, the events counted on the
+	// tenant's own partition in offset order: what the aggregator reads.
+	// A quota state that says it reflects offset o must equal their sum up
+	// to o.
+	onPartition map[key][]counted
+}
+
+// counted is one event the aggregator counts, where it read it.
+type counted struct {
+	partition int
+	offset    int64
+	at        time.Time
+	quantity  decimal.Decimal
 }
 
 // wireEvent is the part of a UsageEvent the count needs, decoded with
@@ -58,11 +98,26 @@ type wireEvent struct {
 	TenantID    string          `json:"tenant_id"`
 	FeatureType string          `json:"feature_type"`
 	Quantity    json.RawMessage `json:"quantity"`
+	Timestamp   time.Time       `json:"timestamp"`
 }
 
 func expect(msgs []kafka.Message) (*expectation, error) {
-	e := &expectation{totals: map[key]tally{}, ids: map[string]bool{}, refused: map[string]string{}}
+	e := &expectation{totals: map[key]tally{}, ids: map[string]bool{}, refused: map[string]string{},
+		windows: map[string]map[key]tally{}, onPartition: map[key][]counted{}}
+	for _, g := range grains {
+		e.windows[g.table] = map[key]tally{}
+	}
 	limit := decimal.New(1, quantityIntDigits)
+	// Messages in offset order per partition, so that "first" and "up to
+	// offset o" mean what they mean to a reader of the partition.
+	msgs = append([]kafka.Message(nil), msgs...)
+	sort.SliceStable(msgs, func(i, j int) bool {
+		if msgs[i].Partition != msgs[j].Partition {
+			return msgs[i].Partition < msgs[j].Partition
+		}
+		return msgs[i].Offset < msgs[j].Offset
+	})
+	onOwn := map[string]bool{} // tenant/id already counted on its own partition
 	for _, m := range msgs {
 		var w wireEvent
 		if err := json.Unmarshal(m.Value, &w); err != nil {
@@ -90,17 +145,28 @@ func expect(msgs []kafka.Message) (*expectation, error) {
 			continue
 		}
 		id := w.TenantID + "/" + w.ID
+		k := key{tenant: w.TenantID, meter: w.FeatureType}
+		if string(m.Key) == w.TenantID && m.Partition == murmur2Partition(w.TenantID) && !onOwn[id] {
+			onOwn[id] = true
+			e.onPartition[k] = append(e.onPartition[k], counted{partition: m.Partition, offset: m.Offset, at: w.Timestamp, quantity: q})
+		}
 		if e.ids[id] {
 			continue // a retry: counted once
 		}
 		e.ids[id] = true
-		k := key{w.TenantID, w.FeatureType}
-		t := e.totals[k]
-		t.events++
-		t.sum = t.sum.Add(q)
-		e.totals[k] = t
+		add(e.totals, k, q)
+		for _, g := range grains {
+			add(e.windows[g.table], key{w.TenantID, w.FeatureType, g.name + "@" + strconv.FormatInt(g.start(w.Timestamp.UTC()).Unix(), 10)}, q)
+		}
 	}
 	return e, nil
+}
+
+func add(m map[key]tally, k key, q decimal.Decimal) {
+	t := m[k]
+	t.events++
+	t.sum = t.sum.Add(q)
+	m[k] = t
 }
 
 // murmur2Partition is where the Java client, franz-go and the Go SDK put
@@ -147,20 +213,21 @@ func sinkNames() []string {
 	return []string{"usage_events", "usage_1m", "usage_1h", "usage_1d", "usage_period", "quota"}
 }
 
-// observation holds, per sink, the totals per tenant and meter.
+// observation holds, per sink, the totals per tenant and meter (raw table,
+// quota) or per tenant, meter and window (the aggregate tables).
 type observation map[string]map[key]tally
 
 // observe reads the raw table and the four aggregate tables through FINAL
-// (each sums, over subjects and windows, the full value of every row and
-// the events folded into it) and the quota follower's latest states.
+// (each sums, over subjects, the full value of every row and the events
+// folded into it, per window) and the quota follower's latest states.
 func (p *pipeline) observe(ctx context.Context, q *quotaFollower) (observation, error) {
 	obs := observation{"quota": q.totals()}
 	queries := map[string]string{
-		"usage_events": "SELECT tenant_id, feature_type, count(), toString(sum(quantity)) FROM usage_events FINAL GROUP BY tenant_id, feature_type",
+		"usage_events": "SELECT tenant_id, feature_type, '', count(), toString(sum(quantity)) FROM usage_events FINAL GROUP BY tenant_id, feature_type",
 	}
-	for _, table := range []string{"usage_1m", "usage_1h", "usage_1d", "usage_period"} {
-		queries[table] = "SELECT tenant_id, feature_type, sum(events), toString(sum(value)) FROM " + table +
-			" FINAL GROUP BY tenant_id, feature_type"
+	for _, g := range grains {
+		queries[g.table] = "SELECT tenant_id, feature_type, concat('" + g.name + "@', toString(toUnixTimestamp(" + g.col + "))), sum(events), toString(sum(value)) FROM " +
+			g.table + " FINAL GROUP BY tenant_id, feature_type, " + g.col
 	}
 	for sink, sql := range queries {
 		got, err := p.totals(ctx, sql)
@@ -183,7 +250,7 @@ func (p *pipeline) totals(ctx context.Context, sql string) (map[key]tally, error
 		var k key
 		var n uint64
 		var sum string
-		if err := rows.Scan(&k.tenant, &k.meter, &n, &sum); err != nil {
+		if err := rows.Scan(&k.tenant, &k.meter, &k.window, &n, &sum); err != nil {
 			return nil, err
 		}
 		d, err := decimal.NewFromString(sum)
@@ -206,11 +273,11 @@ type gap struct {
 
 func (g gap) zero() bool { return g.lost == 0 && g.double == 0 && g.wrongSums == 0 }
 
-// gap compares one sink with e. A quota state carries no event count, so
-// only its sums are compared.
-func (e *expectation) gap(got map[key]tally, counts bool) gap {
+// gap compares one sink with want. A quota state carries no event count,
+// so only its sums are compared.
+func gapOf(want, got map[key]tally, counts bool) gap {
 	keys := map[key]bool{}
-	for k := range e.totals {
+	for k := range want {
 		keys[k] = true
 	}
 	for k := range got {
@@ -223,7 +290,7 @@ func (e *expectation) gap(got map[key]tally, counts bool) gap {
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].String() < sorted[j].String() })
 	var g gap
 	for _, k := range sorted {
-		want, have := e.totals[k], got[k]
+		want, have := want[k], got[k]
 		if counts {
 			if d := have.events - want.events; d > 0 {
 				g.double += d
@@ -240,11 +307,19 @@ func (e *expectation) gap(got map[key]tally, counts bool) gap {
 	return g
 }
 
-// gaps compares every sink.
+// gap compares a per-tenant-and-meter sink with the independent count.
+func (e *expectation) gap(got map[key]tally, counts bool) gap { return gapOf(e.totals, got, counts) }
+
+// gaps compares every sink: the raw table and the quota states per tenant
+// and meter, the aggregate tables per tenant, meter and window.
 func (e *expectation) gaps(obs observation) map[string]gap {
 	out := map[string]gap{}
 	for _, sink := range sinkNames() {
-		out[sink] = e.gap(obs[sink], sink != "quota")
+		if w, ok := e.windows[sink]; ok {
+			out[sink] = gapOf(w, obs[sink], true)
+		} else {
+			out[sink] = e.gap(obs[sink], sink != "quota")
+		}
 	}
 	return out
 }
@@ -293,7 +368,11 @@ func (p *pipeline) converge(e *expectation, q *quotaFollower, limit time.Duratio
 			case derr != nil:
 				last = derr
 			case exact(gaps) && dlq >= int64(len(e.refused)):
-				return time.Since(start), gaps, nil
+				took := time.Since(start)
+				if n, errs := e.checkStates(q.states()); len(errs) > 0 {
+					return took, gaps, fmt.Errorf("of %d quota states published, some do not equal the independent count at their source offsets: %w", n, errors.Join(errs...))
+				}
+				return took, gaps, nil
 			case !exact(gaps):
 				last = fmt.Errorf("not exact: %s", describe(gaps))
 			default:
@@ -403,7 +482,18 @@ func (p *pipeline) checkDLQ(ctx context.Context, e *expectation) []error {
 type quotaFollower struct {
 	mu     sync.Mutex
 	latest map[string]schemas.QuotaState
-	bad    int // messages that are not a valid QuotaState
+	all    []published // every valid state, in each partition's order
+	bad    int         // messages that are not a valid QuotaState
+}
+
+// published is one quota state as read from the topic: when its writer
+// stamped it (CreateTime: the aggregator's clock, this machine's) and
+// where it is.
+type published struct {
+	schemas.QuotaState
+	at        time.Time
+	partition int
+	offset    int64
 }
 
 func followQuota(ctx context.Context, wg *sync.WaitGroup, broker, topic string) *quotaFollower {
@@ -435,6 +525,7 @@ func (f *quotaFollower) follow(ctx context.Context, broker, topic string, part i
 					f.bad++
 				} else {
 					f.latest[string(m.Key)] = qs
+					f.all = append(f.all, published{QuotaState: qs, at: m.Time, partition: part, offset: m.Offset})
 				}
 				f.mu.Unlock()
 			}
@@ -450,11 +541,90 @@ func (f *quotaFollower) totals() map[key]tally {
 	defer f.mu.Unlock()
 	out := map[key]tally{}
 	for _, qs := range f.latest {
-		k := key{qs.TenantID, qs.FeatureType}
+		k := key{tenant: qs.TenantID, meter: qs.FeatureType}
 		t := out[k]
 		t.sum = t.sum.Add(qs.Usage)
 		out[k] = t
 	}
+	return out
+}
+
+// states returns every state read so far, per key in topic order.
+func (f *quotaFollower) states() map[string][]published {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]published{}
+	for _, p := range f.all {
+		out[p.Key()] = append(out[p.Key()], p)
+	}
+	for _, ps := range out {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].offset < ps[j].offset })
+	}
+	return out
+}
+
+// usageAt is the independent count of what a state claims to reflect: the
+// sum of the events of its tenant and meter in its period that the
+// aggregator counts on partition p up to offset o, for every (p, o) of its
+// source offsets.
+func (e *expectation) usageAt(qs *schemas.QuotaState) decimal.Decimal {
+	sum := decimal.Zero
+	evs := e.onPartition[key{tenant: qs.TenantID, meter: qs.FeatureType}]
+	for p, o := range qs.SourceOffsets {
+		for _, c := range evs {
+			if c.partition == int(p) && c.offset <= o && !c.at.Before(qs.PeriodStart) && c.at.Before(qs.PeriodEnd) {
+				sum = sum.Add(c.quantity)
+			}
+		}
+	}
+	return sum
+}
+
+// checkStates checks every quota state published during the case: its
+// usage must equal the independent count at the source offsets it claims
+// (a state that says "up to offset o" and is wrong misleads a cache that
+// orders states by offsets). It returns the number checked and the first
+// few that differ.
+func (e *expectation) checkStates(states map[string][]published) (int, []error) {
+	n := 0
+	var errs []error
+	for _, ps := range states {
+		for i := range ps {
+			n++
+			if want := e.usageAt(&ps[i].QuotaState); !ps[i].Usage.Equal(want) {
+				if len(errs) < 5 {
+					errs = append(errs, fmt.Errorf("quota state %s at %s/%d (source offsets %v): usage %s, the independent count at those offsets is %s",
+						ps[i].Key(), ps[i].at.Format(time.RFC3339Nano), ps[i].offset, ps[i].SourceOffsets, ps[i].Usage, want))
+				}
+			}
+		}
+	}
+	return n, errs
+}
+
+// regressions lists the states, published at or after from, that reflect
+// fewer source events than a state of the same key published before them
+// (at or after since): a cache that takes the newest state would go back
+// to a lower usage. Every member owns its partitions throughout the window
+// the caller chooses, so any regression in it is a stale publisher.
+func regressions(states map[string][]published, since, from time.Time) []string {
+	var out []string
+	for k, ps := range states {
+		high := map[int32]int64{}
+		for _, p := range ps {
+			if p.at.Before(since) {
+				continue
+			}
+			for part, o := range p.SourceOffsets {
+				if !p.at.Before(from) && o < high[part] {
+					out = append(out, fmt.Sprintf("%s published at %s with source offset %d/%d after one with %d",
+						k, p.at.Format("15:04:05.000"), part, o, high[part]))
+				}
+				high[part] = max(high[part], o)
+			}
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 

@@ -53,8 +53,8 @@ func TestExpect(t *testing.T) {
 		}
 	}
 	want := map[key]tally{
-		{"acme", "api_calls"}:   {events: 6, sum: decimal.RequireFromString("1000000000000000006.499999999")},
-		{"globex", "api_calls"}: {events: 2, sum: decimal.RequireFromString("7.001")},
+		{tenant: "acme", meter: "api_calls"}:   {events: 6, sum: decimal.RequireFromString("1000000000000000006.499999999")},
+		{tenant: "globex", meter: "api_calls"}: {events: 2, sum: decimal.RequireFromString("7.001")},
 	}
 	if g := e.gap(want, true); !g.zero() || e.messages != 12 || len(e.ids) != 8 {
 		t.Errorf("messages %d, ids %d, totals %v: %s", e.messages, len(e.ids), e.totals, g.first)

@@ -46,6 +46,7 @@ type run struct {
 	p          *pipeline
 	load       *load
 	engine     restarter // the engine the case owns, if any
+	q          *quotaFollower
 	faults     int
 	recoveries []time.Duration // of the faults recovered from
 }
@@ -185,7 +186,7 @@ func runCase(t *testing.T, fc faultCase, bins binaries, shared engines, r *resul
 	if _, err := p.waitCaughtUp(time.Now(), 60*time.Second); err != nil {
 		t.Fatalf("start-up: %v", err)
 	}
-	c := &run{p: p, load: l, engine: own}
+	c := &run{p: p, load: l, engine: own, q: q}
 	injectErr := fc.inject(t, c)
 	r.faults = c.faults
 	for _, d := range c.recoveries {
@@ -284,6 +285,8 @@ func cases() []faultCase {
 		{name: "8 quantity overflow attempt", tenants: append(allTenants(), "whale"), inject: overflow},
 		// Beyond the issue's list: a member that is not dead but frozen
 		// (issue 6 item 7, versions from the writer's clock).
-		{name: "9 aggregator frozen past its session, then resumed", aggregators: 2, inject: pauseOneOfTwo},
+		{name: "9 aggregator frozen past its session, then resumed", aggregators: 2, inject: frozenMemberPublishesNothingStale},
+		// Issue 13 item 4 (aggregator_cases_test.go).
+		{name: "10 plan change while two aggregators run", aggregators: 2, inject: planChangeWithTwoMembers},
 	}
 }

@@ -77,6 +77,7 @@ const plansYAML = `meters:
 unknown_meters: reject
 plans:
   METERED: { meters: { api_calls: { limit: -1 }, tokens: { limit: -1 } } }
+  LIMITED: { meters: { api_calls: { limit: 100000000 }, tokens: { limit: 100000000 } } }
 default_plan: METERED
 `
 
@@ -184,9 +185,10 @@ func (p *pipeline) aggregatorEnv() []string {
 	)
 }
 
-// startConsumer starts a usage-consumer (port 0: several may run at once).
-func (p *pipeline) startConsumer() *proc {
-	p.consumer = p.start("usage-consumer", p.bins.consumer, p.consumerEnv(), "run", "--http", "127.0.0.1:0")
+// startConsumer starts a usage-consumer (port 0: several may run at once),
+// with extra environment settings if any.
+func (p *pipeline) startConsumer(extra ...string) *proc {
+	p.consumer = p.start("usage-consumer", p.bins.consumer, append(p.consumerEnv(), extra...), "run", "--http", "127.0.0.1:0")
 	return p.consumer
 }
 
