@@ -108,6 +108,15 @@ func WithRegisterer(reg prometheus.Registerer) Option { return func(c *Consumer)
 // dead_letters on conn, instead of retrying them for ever.
 func WithDeadLetterFallback(conn driver.Conn) Option { return func(c *Consumer) { c.fallback = conn } }
 
+// WithBeforeCommit runs fn after a batch is durably written (rows, DLQ
+// records, re-routed copies) and before its offsets are committed, with the
+// number of copies it re-routed; an error aborts Run there without
+// committing. The fault suite uses it to SIGKILL usage-consumer exactly
+// between a re-publish and its commit.
+func WithBeforeCommit(fn func(rerouted int) error) Option {
+	return func(c *Consumer) { c.afterWrite = func(b *batch) error { return fn(len(b.reroute)) } }
+}
+
 // New returns a Consumer; Run starts it.
 func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {

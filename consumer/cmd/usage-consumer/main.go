@@ -112,7 +112,12 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 	reg := svckit.Registry()
-	c, err := ingest.New(cfg.Kafka, store, log, ingest.WithRegisterer(reg), ingest.WithDeadLetterFallback(store.Conn()))
+	opts := []ingest.Option{ingest.WithRegisterer(reg), ingest.WithDeadLetterFallback(store.Conn())}
+	if os.Getenv(faultPointEnv) == "after-reroute" {
+		log.Warn(faultPointEnv + "=after-reroute: this process SIGKILLs itself after its first re-publish, before the commit")
+		opts = append(opts, ingest.WithBeforeCommit(killAfterReroute))
+	}
+	c, err := ingest.New(cfg.Kafka, store, log, opts...)
 	if err != nil {
 		return err
 	}
@@ -128,6 +133,21 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}()
 	}
 	return c.Run(ctx)
+}
+
+// faultPointEnv names a fault-injection switch for the fault suite (not a
+// config key, never set in production): "after-reroute" makes the process
+// SIGKILL itself once a batch's re-routed copies are written and before its
+// offsets are committed, the one instant a timed kill from outside cannot
+// hit reliably.
+const faultPointEnv = "USAGEMETER_FAULT_POINT"
+
+func killAfterReroute(rerouted int) error {
+	if rerouted > 0 {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal ends the process before anything else runs
+	}
+	return nil
 }
 
 // openStore waits for ClickHouse at start-up (it may still be booting next
