@@ -423,11 +423,12 @@ func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 		s.m.outcomes.WithLabelValues("invalid").Inc()
 		return nil, nil
 	}
+	recorded := recordTime(m.Message)
 	if m.replay {
-		st.Remember(&e, p)
+		st.Remember(&e, p, recorded)
 		return nil, nil
 	}
-	out, err := st.Apply(&e, p, o)
+	out, err := st.ApplyAt(&e, p, o, recorded)
 	if err != nil {
 		return nil, err
 	}
@@ -450,6 +451,16 @@ func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
 		}
 	}
 	return nil, nil
+}
+
+// recordTime is the time a record was appended at, the bound of how far
+// its event may move the partition's watermark (state.ApplyAt); zero for a
+// record without a timestamp.
+func recordTime(m kafka.Message) time.Time {
+	if m.Time.Unix() <= 0 {
+		return time.Time{}
+	}
+	return m.Time
 }
 
 func (s *Service) sideMessage(topic string, m message, code, reason string) *kafka.Message {

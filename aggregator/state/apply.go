@@ -80,9 +80,16 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 	}
 }
 
-// Apply folds one event read at (partition, offset) into every row it
-// belongs to.
+// Apply is ApplyAt without a record time: the watermark follows event
+// times alone (reconcile, which applies every event of its range).
 func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Outcome, error) {
+	return s.ApplyAt(e, partition, offset, time.Time{})
+}
+
+// ApplyAt folds one event read at (partition, offset) into every row it
+// belongs to. recorded is the record's time as the broker judged it (zero:
+// unknown); see advance for how it bounds the watermark.
+func (s *State) ApplyAt(e *schemas.UsageEvent, partition int32, offset int64, recorded time.Time) (Outcome, error) {
 	s.processed[partition] = offset
 	meter, known := s.cfg.Plans.MeterFor(e.FeatureType)
 	if !known && s.cfg.Plans.UnknownMeters == "reject" {
@@ -95,9 +102,7 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 	if e.Timestamp.Before(wm.Add(-s.cfg.AllowedLateness)) {
 		return Late, nil
 	}
-	if e.Timestamp.After(wm) {
-		s.watermark[partition] = e.Timestamp
-	}
+	s.advance(partition, e.Timestamp, recorded)
 	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
 	period := plans.PeriodOf(quota, assignment.AnchorDay, e.Timestamp)
 	subject := subjectOf(meter, e)
@@ -155,11 +160,27 @@ func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offse
 }
 
 // Remember records an event that is already reflected in storage (read
-// again before the checkpoint to warm the dedup set) without applying it.
-func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
+// again before the checkpoint to warm the dedup set) without applying it;
+// recorded as in ApplyAt.
+func (s *State) Remember(e *schemas.UsageEvent, partition int32, recorded time.Time) {
 	s.remember(e, partition)
-	if e.Timestamp.After(s.watermark[partition]) {
-		s.watermark[partition] = e.Timestamp
+	s.advance(partition, e.Timestamp, recorded)
+}
+
+// advance moves a partition's watermark to the event time, but never past
+// the time the broker recorded the event at: a publisher whose clock runs
+// hours ahead gets its own events into their (future) windows, but cannot
+// make every other tenant of the partition late. Both times are in the log
+// (event time in the value, record time in the batch), so a replay moves
+// the watermark exactly as the first read did, and lateness decisions stay
+// reproducible. recorded zero means unknown: the event time alone.
+func (s *State) advance(partition int32, eventTime, recorded time.Time) {
+	t := eventTime
+	if !recorded.IsZero() && t.After(recorded) {
+		t = recorded
+	}
+	if t.After(s.watermark[partition]) {
+		s.watermark[partition] = t
 	}
 }
 

@@ -259,3 +259,40 @@ func TestUniqueCountIgnoresEventsWithoutSubject(t *testing.T) {
 		t.Fatalf("active users = %v (%v), want 1", q.Usage, ok)
 	}
 }
+
+// Issue 13 item 10: one host two hours ahead must not make every other
+// tenant of its partition late. Its event is counted in its own (future)
+// window, but moves the watermark only to the time the broker recorded it.
+func TestSkewedHostCannotPushTheWatermark(t *testing.T) {
+	s := newState(t)
+	recorded := t0
+	skewed := ev("fast-clock", "api_calls", "u1", "1", t0.Add(2*time.Hour), "s1")
+	if out, err := s.ApplyAt(skewed, 0, 1, recorded); err != nil || out != Applied {
+		t.Fatalf("skewed event: %v %v", out, err)
+	}
+	if wm := s.Watermark(0); !wm.Equal(recorded) {
+		t.Fatalf("watermark %s, want the record time %s", wm, recorded)
+	}
+	// An honest tenant's event a minute old, recorded a second later.
+	honest := ev("acme", "api_calls", "u1", "1", t0.Add(-time.Minute), "h1")
+	if out, err := s.ApplyAt(honest, 0, 2, recorded.Add(time.Second)); err != nil || out != Applied {
+		t.Fatalf("honest event after a skewed one: %v %v, want applied", out, err)
+	}
+	// The watermark still follows event times below the record time, and a
+	// replay (Remember) moves it exactly as the first read did.
+	if out, _ := s.ApplyAt(ev("acme", "api_calls", "u1", "1", t0.Add(-20*time.Minute), "h2"), 0, 3, recorded.Add(2*time.Second)); out != Late {
+		t.Fatalf("an event older than the allowed lateness: %v, want late", out)
+	}
+	replay := newState(t)
+	replay.Remember(skewed, 0, recorded)
+	replay.Remember(honest, 0, recorded.Add(time.Second))
+	if !replay.Watermark(0).Equal(s.Watermark(0)) {
+		t.Fatalf("replayed watermark %s, first read %s", replay.Watermark(0), s.Watermark(0))
+	}
+	// Without a record time (reconcile) the event time alone counts.
+	s2 := newState(t)
+	_, _ = s2.Apply(skewed, 0, 1)
+	if !s2.Watermark(0).Equal(skewed.Timestamp) {
+		t.Fatalf("no record time: watermark %s", s2.Watermark(0))
+	}
+}
