@@ -218,12 +218,22 @@ type Term struct {
 
 // Acquire blocks until this member holds the lease (or ctx ends). Call
 // End when done with the term; its Context ends when the lease is lost.
-func (l *Lease) Acquire(ctx context.Context) (*Term, error) {
+func (l *Lease) Acquire(ctx context.Context) (*Term, error) { return l.acquire(ctx, ctx) }
+
+// AcquireWithin is Acquire that gives up after wait; the term, once
+// held, lives as long as ctx.
+func (l *Lease) AcquireWithin(ctx context.Context, wait time.Duration) (*Term, error) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return l.acquire(ctx, wctx)
+}
+
+func (l *Lease) acquire(ctx, wctx context.Context) (*Term, error) {
 	for {
-		gen, err := l.cg.Next(ctx)
+		gen, err := l.cg.Next(wctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+			if wctx.Err() != nil {
+				return nil, wctx.Err()
 			}
 			if errors.Is(err, kafka.ErrGroupClosed) {
 				return nil, err
@@ -240,8 +250,8 @@ func (l *Lease) Acquire(ctx context.Context) (*Term, error) {
 			select {
 			case <-ended:
 				continue
-			case <-ctx.Done():
-				return nil, ctx.Err()
+			case <-wctx.Done():
+				return nil, wctx.Err()
 			}
 		}
 		tctx, cancel := context.WithCancel(ctx)

@@ -323,9 +323,7 @@ func withLease(ctx context.Context, cfg Config, log *zap.Logger, reg prometheus.
 	}
 	defer l.Close()
 	for {
-		wctx, cancel := context.WithTimeout(ctx, cfg.Lease.Wait)
-		term, err := l.Acquire(wctx)
-		cancel()
+		term, err := l.AcquireWithin(ctx, cfg.Lease.Wait)
 		if err != nil {
 			return fmt.Errorf("waiting for the billing lease (lease.wait %v): %w", cfg.Lease.Wait, err)
 		}
