@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -85,6 +86,37 @@ func NewKeys(admin []string, tenants map[string][]string) (*Keys, error) {
 		}
 	}
 	return k, errors.Join(errs...)
+}
+
+// Demo keys: api/keys.example.yaml and the README publish them.
+const (
+	DemoAdminKey        = "demo-admin-key"
+	DemoTenantKeyPrefix = "demo-key-" // + tenant id
+)
+
+// RefusePublic fails when the keys include a published demo key: the
+// admin demo key, or a tenant's "demo-key-<tenant>". Outside a demo such a
+// key lets anyone who read the README act for that tenant, or any.
+func (k *Keys) RefusePublic() error {
+	var errs []error
+	if p, ok := k.byHash[sha256.Sum256([]byte(DemoAdminKey))]; ok {
+		who := "as admin"
+		if p.tenant != "" {
+			who = "for tenant " + p.tenant
+		}
+		errs = append(errs, fmt.Errorf("it lists the public demo key %q %s", DemoAdminKey, who))
+	}
+	var tenants []string
+	for _, p := range k.byHash {
+		if p.tenant != "" && p.hash == sha256.Sum256([]byte(DemoTenantKeyPrefix+p.tenant)) {
+			tenants = append(tenants, p.tenant)
+		}
+	}
+	slices.Sort(tenants)
+	for _, t := range tenants {
+		errs = append(errs, fmt.Errorf("it lists the public demo key %q for tenant %s", DemoTenantKeyPrefix+t, t))
+	}
+	return errors.Join(errs...)
 }
 
 // authenticate returns who the request's bearer key belongs to. The map is

@@ -3,6 +3,7 @@
 // usage.plan-assignments.
 //
 //	usage-api [run]            serve until SIGTERM/SIGINT (the default)
+//	usage-api --demo [run]     the same with the demo keys (api/keys.example.yaml)
 //	usage-api config           print the effective configuration
 //	usage-api hash-key KEY     print the stored form of an API key (keys_file)
 package main
@@ -11,11 +12,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
@@ -36,14 +41,28 @@ type Config struct {
 	PlansFile   string        `mapstructure:"plans_file"`
 	KeysFile    string        `mapstructure:"keys_file"`
 	EventsTopic string        `mapstructure:"events_topic"`
-	HTTP        struct {
-		Addr string `mapstructure:"addr"`
-	} `mapstructure:"http"`
+	HTTP        HTTPConfig    `mapstructure:"http"`
 	Log struct {
 		Level string `mapstructure:"level"`
 	} `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 }
+
+// HTTPConfig is the listener and its timeouts: every connection is bounded
+// in time, so slow or idle clients cannot hold the server's resources.
+type HTTPConfig struct {
+	Addr              string        `mapstructure:"addr"`
+	ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"` // request line and headers
+	ReadTimeout       time.Duration `mapstructure:"read_timeout"`        // the whole request, body included
+	// WriteTimeout runs from the end of the headers to the end of the
+	// answer, so it covers wait_ms and a /v1/track publish.
+	WriteTimeout time.Duration `mapstructure:"write_timeout"`
+	IdleTimeout  time.Duration `mapstructure:"idle_timeout"` // a kept-alive connection between requests
+}
+
+// demoKeysFile holds the demo's public keys ("demo-admin-key",
+// "demo-key-<tenant>"): usage-api reads it only with --demo.
+const demoKeysFile = "api/keys.example.yaml"
 
 func main() { os.Exit(run(os.Args[1:])) }
 
@@ -52,7 +71,8 @@ func run(args []string) int {
 	flags.String("config", "", "YAML config file")
 	flags.String("plans", "", "meters and plans YAML (plans_file)")
 	flags.String("keys", "", "API keys YAML with hashed keys (keys_file)")
-	flags.String("http", "", "listen address for the API, /metrics and /healthz (http.addr)")
+	flags.String("http", "", "listen address for the API, /metrics, /livez and /readyz (http.addr)")
+	demo := flags.Bool("demo", false, "demo mode: keys_file defaults to "+demoKeysFile+", whose keys are public")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -64,7 +84,7 @@ func run(args []string) int {
 		fmt.Println(server.HashKey(flags.Arg(1)))
 		return 0
 	}
-	cfg, settings, err := load(flags)
+	cfg, settings, err := load(flags, *demo)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-api:", err)
 		return 2
@@ -83,10 +103,22 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage-api:", err)
 		return 2
 	}
+	if cfg.KeysFile == "" {
+		fmt.Fprintln(os.Stderr, "usage-api: keys_file is required (hashed API keys, see `usage-api hash-key`; --keys or USAGE_KEYS_FILE), or run with --demo for the demo keys")
+		return 2
+	}
 	keys, err := server.LoadKeys(cfg.KeysFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "usage-api: keys_file:", err)
 		return 2
+	}
+	if !*demo {
+		// Whoever read the README knows the demo keys: outside a demo they
+		// would let anyone act for any tenant.
+		if err := keys.RefusePublic(); err != nil {
+			fmt.Fprintf(os.Stderr, "usage-api: keys_file %s: %v (run with --demo for a demo)\n", cfg.KeysFile, err)
+			return 2
+		}
 	}
 	log, err := svckit.NewLogger(cfg.Log.Level, "json")
 	if err != nil {
@@ -118,7 +150,7 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 
 	reg := svckit.Registry()
 	api := server.New(cfg.API, cache, p, keys, quota.NewProducerTracker(pub), log, reg)
-	srv, err := svckit.ServeHTTP(cfg.HTTP.Addr, reg, log, api.Register)
+	srv, err := listen(cfg.HTTP, reg, api, log)
 	if err != nil {
 		stopCache()
 		return err
@@ -144,10 +176,36 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 	return errors.Join(errs...)
 }
 
-func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
+// listen serves the API, /metrics and the probes on cfg.Addr, every
+// connection bounded by cfg's timeouts. svckit.ServeHTTP is not used: its
+// /healthz always says ok and it sets only a header timeout.
+func listen(cfg HTTPConfig, reg *prometheus.Registry, api *server.Server, log *zap.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	api.Register(mux)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("http.addr %s: %w", cfg.Addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: cfg.ReadHeaderTimeout, ReadTimeout: cfg.ReadTimeout,
+		WriteTimeout: cfg.WriteTimeout, IdleTimeout: cfg.IdleTimeout}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", zap.Error(err))
+		}
+	}()
+	log.Info("serving HTTP", zap.String("addr", "http://"+ln.Addr().String()))
+	return srv, nil
+}
+
+func load(flags *pflag.FlagSet, demo bool) (Config, map[string]any, error) {
 	c := Config{Quota: quota.DefaultConfig(), API: server.DefaultConfig(), PlansFile: "schemas/plans/plans.example.yaml",
-		KeysFile: "api/keys.example.yaml", EventsTopic: producer.DefaultTopic, ShutdownTimeout: 15 * time.Second}
-	c.HTTP.Addr = "127.0.0.1:9470"
+		EventsTopic: producer.DefaultTopic, ShutdownTimeout: 15 * time.Second}
+	if demo {
+		c.KeysFile = demoKeysFile
+	}
+	c.HTTP = HTTPConfig{Addr: "127.0.0.1:9470", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	c.Log.Level = "info"
 	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"}, &c)
 	if err != nil {
@@ -158,6 +216,16 @@ func load(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	}
 	if c.API.MaxBodyBytes <= 0 || c.API.MaxWait < 0 {
 		return Config{}, nil, errors.New("api.max_body_bytes must be > 0 and api.max_wait >= 0")
+	}
+	h := c.HTTP
+	for key, d := range map[string]time.Duration{"http.read_header_timeout": h.ReadHeaderTimeout, "http.read_timeout": h.ReadTimeout,
+		"http.write_timeout": h.WriteTimeout, "http.idle_timeout": h.IdleTimeout} {
+		if d <= 0 {
+			return Config{}, nil, fmt.Errorf("%s must be > 0 (got %s): an unbounded connection can be held open by any client", key, d)
+		}
+	}
+	if need := c.API.MaxWait + server.PublishTimeout; h.WriteTimeout <= need {
+		return Config{}, nil, fmt.Errorf("http.write_timeout %s must be more than api.max_wait + the publish timeout (%s), or a waiting /v1/track is cut off", h.WriteTimeout, need)
 	}
 	return c, settings, nil
 }
