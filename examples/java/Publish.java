@@ -62,6 +62,7 @@ public class Publish {
     static final int MAX_BYTES = 32768; // one encoded event, as the consumer counts it
     static final Duration MAX_FUTURE = Duration.ofMinutes(5);
     static final int ATTEMPTS = 5; // publish rounds; every round resends the same bytes, so the same id
+    static final String CLIENT_ID = "usagemeter-example-java";
 
     /** The event breaks the contract; the message names the field and the rule. */
     static class Refused extends Exception {
@@ -197,7 +198,7 @@ public class Publish {
         p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, System.getenv().getOrDefault("KAFKA_BROKERS", "127.0.0.1:19092"));
         p.put(ProducerConfig.ACKS_CONFIG, "all");
         p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, true);
-        p.put(ProducerConfig.CLIENT_ID_CONFIG, "usagemeter-example-java");
+        p.put(ProducerConfig.CLIENT_ID_CONFIG, CLIENT_ID);
         return new KafkaProducer<>(p, new StringSerializer(), new ByteArraySerializer());
     }
 
@@ -205,6 +206,16 @@ public class Publish {
      * Sends the records; the ones whose send failed are sent again, byte for byte (same id, so
      * counted once), up to ATTEMPTS rounds. Returns the ones that still failed.
      */
+    /**
+     * A record keyed by tenant_id. Kafka records do not carry the client id: the optional
+     * usage.publisher header names the publisher in the consumer's re-route metrics.
+     */
+    static ProducerRecord<String, byte[]> record(String topic, String tenant, byte[] data) {
+        ProducerRecord<String, byte[]> r = new ProducerRecord<>(topic, tenant, data);
+        r.headers().add("usage.publisher", CLIENT_ID.getBytes(StandardCharsets.UTF_8));
+        return r;
+    }
+
     static List<ProducerRecord<String, byte[]>> publish(KafkaProducer<String, byte[]> producer,
             List<ProducerRecord<String, byte[]>> records) throws InterruptedException {
         List<ProducerRecord<String, byte[]>> pending = records;
@@ -264,7 +275,7 @@ public class Publish {
             byte[] data = Base64.getDecoder().decode(rec[1]);
             try {
                 ObjectNode event = v.validate(data, Instant.now());
-                records.add(new ProducerRecord<>(topic, event.get("tenant_id").textValue(), data));
+                records.add(record(topic, event.get("tenant_id").textValue(), data));
             } catch (Refused e) { // never sent: it would only reach the DLQ
                 System.out.println(rec[0] + "\trefused: " + e.getMessage().split("\n")[0]);
                 refused++;
@@ -288,7 +299,7 @@ public class Publish {
             return 2;
         }
         try (KafkaProducer<String, byte[]> producer = newProducer()) {
-            if (!publish(producer, List.of(new ProducerRecord<>(topic, tenant, data))).isEmpty()) {
+            if (!publish(producer, List.of(record(topic, tenant, data))).isEmpty()) {
                 System.err.println("not published after " + ATTEMPTS + " attempts: " + event.get("id").textValue());
                 return 1;
             }

@@ -26,6 +26,10 @@ const VECTORS = join(here, "..", "testdata", "vectors.jsonl");
 const MAX_BYTES = 32768; // one encoded event, as the consumer counts it
 const MAX_FUTURE_MS = 5 * 60 * 1000;
 const ATTEMPTS = 5; // publish rounds; every round resends the same bytes, so the same id
+const CLIENT_ID = "usagemeter-example-node";
+// Kafka records do not carry the client id: this optional header names the
+// publisher in the consumer's re-route metrics (the publisher to fix).
+const HEADERS = { "usage.publisher": CLIENT_ID };
 
 class Refused extends Error {}
 
@@ -177,7 +181,7 @@ export function newEvent(tenant, feature, quantity) {
 
 function newProducer() {
   const kafka = new Kafka({
-    clientId: "usagemeter-example-node",
+    clientId: CLIENT_ID,
     brokers: (process.env.KAFKA_BROKERS || "127.0.0.1:19092").split(","),
     logLevel: logLevel.WARN,
   });
@@ -191,7 +195,7 @@ async function publish(producer, topic, messages) {
   let lastErr;
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
     try {
-      await producer.send({ topic, acks: -1, messages: messages.map(([key, value]) => ({ key, value })) });
+      await producer.send({ topic, acks: -1, messages: messages.map(([key, value]) => ({ key, value, headers: HEADERS })) });
       return null;
     } catch (e) {
       lastErr = e;

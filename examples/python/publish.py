@@ -33,6 +33,10 @@ VECTORS = os.path.join(HERE, "..", "testdata", "vectors.jsonl")
 MAX_BYTES = 32768  # one encoded event, as the consumer counts it
 MAX_FUTURE = datetime.timedelta(minutes=5)
 ATTEMPTS = 5  # publish rounds; every round resends the same bytes, so the same id
+CLIENT_ID = "usagemeter-example-python"
+# Kafka records do not carry the client id: this optional header names the
+# publisher in the consumer's re-route metrics (the publisher to fix).
+HEADERS = [("usage.publisher", CLIENT_ID.encode())]
 
 
 class Refused(Exception):
@@ -165,7 +169,7 @@ def new_producer():
         "bootstrap.servers": os.environ.get("KAFKA_BROKERS", "127.0.0.1:19092"),
         "acks": "all",
         "enable.idempotence": True,
-        "client.id": "usagemeter-example-python",
+        "client.id": CLIENT_ID,
     })
 
 
@@ -185,7 +189,7 @@ def publish(producer, topic, messages):
         for key, value in pending:
             while True:
                 try:
-                    producer.produce(topic, key=key, value=value,
+                    producer.produce(topic, key=key, value=value, headers=HEADERS,
                                      on_delivery=lambda err, msg, m=(key, value): report(err, msg, m))
                     break
                 except BufferError:  # local queue full: let deliveries drain
