@@ -32,7 +32,7 @@ go build -o "$CACHE_DIR/bin/" ./api/cmd/usage-api
 api_addr=127.0.0.1:${BENCH_API_PORT:-9479}
 mkdir -p "$CACHE_DIR/run"
 USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr USAGE_LOG_LEVEL=warn \
-  "$CACHE_DIR/bin/usage-api" >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
+  "$CACHE_DIR/bin/usage-api" --demo >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
 api_pid=$!
 api_ready=0
 for _ in $(seq 100); do

@@ -42,7 +42,7 @@ type Config struct {
 	KeysFile    string        `mapstructure:"keys_file"`
 	EventsTopic string        `mapstructure:"events_topic"`
 	HTTP        HTTPConfig    `mapstructure:"http"`
-	Log struct {
+	Log         struct {
 		Level string `mapstructure:"level"`
 	} `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
