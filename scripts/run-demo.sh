@@ -148,7 +148,7 @@ wait_healthy usage-billing-sync "$billing_addr"
 # quota.Middleware answers 402 from a FREE tenant's 51st; usage-api serves
 # the same decisions over HTTP.
 echo "== starting usage-api on $api_addr and usage-demo-app on $app_addr (logs: $run_dir/usage-api.log, $run_dir/usage-demo-app.log)"
-start usage-api env USAGE_QUOTA_BROKERS="$USAGE_TEST_KAFKA" USAGE_HTTP_ADDR="$api_addr" "$bin/usage-api"
+start usage-api env USAGE_QUOTA_BROKERS="$USAGE_TEST_KAFKA" USAGE_HTTP_ADDR="$api_addr" "$bin/usage-api" --demo
 wait_healthy usage-api "$api_addr"
 start usage-demo-app "$bin/usage-demo-app" -addr "$app_addr" -brokers "$USAGE_TEST_KAFKA"
 wait_healthy usage-demo-app "$app_addr"
