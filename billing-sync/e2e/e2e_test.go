@@ -262,6 +262,10 @@ func (w *world) fakeStripe(t *testing.T, tenants []string, meters map[string]str
 		for _, price := range prices {
 			f.AddSubscriptionItem("cus_"+tenant, item(tenant, price), price)
 		}
+		for id := range meters { // meter events are invoiced through an item on a price on the meter
+			f.AddPrice(stripefake.Price{ID: "price_" + id, MeterID: id})
+			f.AddSubscriptionItem("cus_"+tenant, item(tenant, "price_"+id), "price_"+id)
+		}
 	}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)

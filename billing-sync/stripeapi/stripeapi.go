@@ -355,8 +355,8 @@ func (c *Client) SubscriptionItemFor(ctx context.Context, customer, priceID stri
 // Subscription is one of a customer's subscriptions as billing needs it:
 // its status, anchor and current period, and its items.
 type Subscription struct {
-	ID, Status             string
-	Anchor                 time.Time
+	ID, Customer, Status   string
+	Anchor, Created        time.Time // billing_cycle_anchor, start_date
 	PeriodStart, PeriodEnd time.Time // current_period_start/end
 	CanceledAt             time.Time // zero unless canceled
 	Items                  []SubscriptionItem
@@ -386,9 +386,32 @@ func (c *Client) Subscriptions(ctx context.Context, customer string) ([]Subscrip
 	return out, err
 }
 
+// AllSubscriptions lists every subscription of the account (status=all,
+// 100 per call) by customer: one listing for all tenants instead of a
+// call per tenant.
+func (c *Client) AllSubscriptions(ctx context.Context) (map[string][]Subscription, error) {
+	out := map[string][]Subscription{}
+	err := c.do(ctx, "subscriptions", "", func(ctx context.Context) error {
+		clear(out)
+		p := &stripe.SubscriptionListParams{Status: stripe.String("all")}
+		p.Context = ctx
+		p.Limit = stripe.Int64(100)
+		it := c.api.Subscriptions.List(p)
+		for it.Next() {
+			sub := subscriptionOf(it.Subscription())
+			out[sub.Customer] = append(out[sub.Customer], sub)
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
 func subscriptionOf(s *stripe.Subscription) Subscription {
-	sub := Subscription{ID: s.ID, Status: string(s.Status), Anchor: time.Unix(s.BillingCycleAnchor, 0).UTC(),
+	sub := Subscription{ID: s.ID, Status: string(s.Status), Anchor: time.Unix(s.BillingCycleAnchor, 0).UTC(), Created: time.Unix(s.StartDate, 0).UTC(),
 		PeriodStart: time.Unix(s.CurrentPeriodStart, 0).UTC(), PeriodEnd: time.Unix(s.CurrentPeriodEnd, 0).UTC()}
+	if s.Customer != nil {
+		sub.Customer = s.Customer.ID
+	}
 	if s.CanceledAt > 0 {
 		sub.CanceledAt = time.Unix(s.CanceledAt, 0).UTC()
 	}

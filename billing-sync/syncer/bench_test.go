@@ -31,6 +31,8 @@ func BenchmarkPass10kTenants(b *testing.B) {
 		fake := stripefake.New()
 		fake.AddMeter("mtr_api", "api_calls")
 		fake.AddMeter("mtr_tokens", "tokens")
+		fake.AddPrice(stripefake.Price{ID: "price_api", MeterID: "mtr_api"})
+		fake.AddPrice(stripefake.Price{ID: "price_tokens", MeterID: "mtr_tokens"})
 		srv := httptest.NewServer(fake)
 		var evs []ev
 		cfg := e.cfg
@@ -40,6 +42,8 @@ func BenchmarkPass10kTenants(b *testing.B) {
 			t := fmt.Sprintf("tenant-%05d", i)
 			cfg.Customers = append(cfg.Customers, syncer.Customer{Tenant: t, Customer: "cus_" + t, Items: map[string]string{"storage": "si_" + t}})
 			fake.AddSubscriptionItem("cus_"+t, "si_"+t, "price_storage")
+			fake.AddSubscriptionItem("cus_"+t, "si_api_"+t, "price_api")
+			fake.AddSubscriptionItem("cus_"+t, "si_tokens_"+t, "price_tokens")
 			evs = append(evs, ev{t, "api_calls", "3", hoursAgo(2)}, ev{t, "tokens", "1500", hoursAgo(2)}, ev{t, "storage", "42", at})
 		}
 		e.insert(evs...)

@@ -68,9 +68,14 @@ type Config struct {
 	CancelWindow time.Duration `mapstructure:"cancel_window"`
 	// MaxAge: meter event timestamps must be within 35 days (Stripe).
 	MaxAge time.Duration `mapstructure:"max_age"`
-	// UsageRecordClose: Stripe accepts usage for a period until its invoice
-	// is finalised, about an hour after it ends.
+	// UsageRecordClose is the invoice finalization grace: a period's
+	// invoice is finalized this long after the period ends (Stripe's
+	// default: 1 h); after that, usage of the period is reported
+	// (invoice_finalized), never sent, in both modes.
 	UsageRecordClose time.Duration `mapstructure:"usage_record_close"`
+	// SubscriptionTTL: the account's subscriptions (periods, items) are
+	// listed once (100 per call) and re-listed after this long.
+	SubscriptionTTL time.Duration `mapstructure:"subscription_ttl"`
 	// Workers process (customer, meter) groups concurrently; within a
 	// group calls are sequential (one in flight per customer and meter).
 	Workers int `mapstructure:"workers"`
@@ -91,6 +96,7 @@ func DefaultConfig() Config {
 		CancelWindow:     23 * time.Hour,
 		MaxAge:           35*24*time.Hour - time.Hour,
 		UsageRecordClose: time.Hour,
+		SubscriptionTTL:  10 * time.Minute,
 		Workers:          16,
 		LookupCustomers:  true,
 		CheckAggregates:  true,
@@ -132,11 +138,17 @@ func (c *Config) Normalize(p *plans.Config) error {
 		}
 		switch m.Mode {
 		case MeterEvents:
+			if m.Price == "" && m.MeterID == "" {
+				bad(key, "price or meter_id is required: only a subscription item on the meter's price invoices its events")
+			}
 			// Hourly events add up on Stripe: only for meters whose hours add up.
 			if agg != plans.Sum && agg != plans.Count {
 				bad(key+".mode", "meter_events needs a sum or count meter (%s is %s): use usage_records", name, agg)
 			}
 		case UsageRecords:
+			if m.Price == "" {
+				bad(key+".price", "required: usage records are written to the subscription item on this price")
+			}
 		default:
 			bad(key+".mode", "%q is not meter_events or usage_records", m.Mode)
 		}
@@ -152,7 +164,8 @@ func (c *Config) Normalize(p *plans.Config) error {
 		}
 		seen[cu.Tenant] = true
 	}
-	for key, d := range map[string]time.Duration{"interval": c.Interval, "grace": c.Grace, "cancel_window": c.CancelWindow, "max_age": c.MaxAge} {
+	for key, d := range map[string]time.Duration{"interval": c.Interval, "grace": c.Grace, "cancel_window": c.CancelWindow, "max_age": c.MaxAge,
+		"subscription_ttl": c.SubscriptionTTL} {
 		if d <= 0 {
 			bad(key, "must be > 0")
 		}

@@ -25,36 +25,27 @@ func (s *Syncer) Drift(ctx context.Context, from, to time.Time) ([]Drift, error)
 	now := s.now()
 	var out []Drift
 	for name, m := range s.cfg.Meters {
-		ws, err := s.ours(ctx, name, m, from, to)
-		if err != nil {
-			return nil, err
-		}
 		ledger, err := s.ledger.Load(ctx, name, ledgerFrom(from), to)
 		if err != nil {
 			return nil, err
 		}
-		byTenant := map[string][]window{}
-		for _, w := range ws {
-			byTenant[w.key.Tenant] = append(byTenant[w.key.Tenant], w)
+		runs, err := s.ours(ctx, name, m, from, to, ledger)
+		if err != nil {
+			return nil, err
 		}
-		for k, lw := range ledger { // tenants billed before whose usage is gone
-			if byTenant[k.Tenant] == nil && len(lw.Intents) > 0 && lw.Intents[0].First.WindowEnd.After(from) {
-				byTenant[k.Tenant] = []window{}
-			}
-		}
-		for tenant, tws := range byTenant {
-			tgt, ok, err := s.resolve(ctx, tenant, name, m)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				var units int64
-				for _, w := range tws {
-					units += w.units
+		for _, run := range runs {
+			tenant, tws := run.tenant, run.ws
+			if u := sumUnits(run.uncovered); run.status != "" || u > 0 {
+				st := run.status
+				if st == "" {
+					st = "no_subscription"
 				}
-				out = append(out, Drift{Tenant: tenant, Meter: name, Start: from, End: to, Ours: units, Status: "unmapped"})
+				out = append(out, Drift{Tenant: tenant, Meter: name, Start: from, End: to, Ours: u, Status: st})
+			}
+			if run.status != "" {
 				continue
 			}
+			tgt := run.tgt
 			vals, err := s.stripeValues(ctx, m, tgt, tws, from, to)
 			if err != nil {
 				return nil, err
@@ -72,10 +63,16 @@ func (s *Syncer) Drift(ctx context.Context, from, to time.Time) ([]Drift, error)
 					continue
 				}
 				w := window{key: audit.WindowKey{Tenant: tenant, Meter: name, Start: start}, start: st, end: st.Add(time.Hour)}
+				w.per, _ = tgt.cov.at(st)
 				if d, differs := s.classify(w, v, ledger[w.key], m, now); differs {
 					out = append(out, d)
 				}
 			}
+			inv, err := s.invoiced(ctx, name, m, tgt, tws, from, to)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, inv...)
 		}
 		if agg, ok := s.src.(aggregated); ok && m.Mode == MeterEvents && s.cfg.CheckAggregates {
 			diffs, err := s.aggregatesDiffer(ctx, agg, name, m, from, to)
@@ -130,8 +127,8 @@ func (s *Syncer) classify(w window, stripe int64, lw *audit.Window, m Meter, now
 		d.Status = "past_grace"
 	case m.Mode == MeterEvents && w.start.Before(now.Add(-s.cfg.MaxAge)):
 		d.Status = "too_old"
-	case m.Mode == UsageRecords && now.After(w.end.Add(s.cfg.UsageRecordClose)):
-		d.Status = "period_closed"
+	case !w.per.end.IsZero() && !now.Before(w.per.end.Add(s.cfg.UsageRecordClose)):
+		d.Status = "invoice_finalized"
 	case m.Mode == MeterEvents && stripe > w.units && !cancellable:
 		d.Status = "overbilled"
 	case m.Mode == MeterEvents && w.end.After(now.Add(-s.cfg.CloseAfter)):
@@ -140,6 +137,47 @@ func (s *Syncer) classify(w window, stripe int64, lw *audit.Window, m Meter, now
 		d.Status = "fixable"
 	}
 	return d, true
+}
+
+// invoiced compares each closed period (its invoice finalized) with what
+// that invoice actually charged on the meter's items: a meter's summary
+// counts every event, also one sent after finalization that no invoice
+// will ever charge, so only the invoice says what was billed. A period
+// whose invoice charged other than ours is invoiced_differs (Ours: our
+// period total, Stripe: the invoice's quantity).
+func (s *Syncer) invoiced(ctx context.Context, name string, m Meter, tgt target, ws []window, from, to time.Time) ([]Drift, error) {
+	ours := map[period]int64{}
+	for _, w := range ws {
+		if !w.per.end.IsZero() {
+			ours[w.per] += w.units
+		}
+	}
+	if len(ours) == 0 {
+		return nil, nil
+	}
+	invs, err := s.stripe.FinalizedInvoices(ctx, tgt.customer)
+	if err != nil {
+		return nil, fmt.Errorf("invoices of %s: %w", tgt.customer, err)
+	}
+	var out []Drift
+	for per, units := range ours {
+		for _, in := range invs {
+			if in.Subscription != per.sub || !in.PeriodStart.Equal(per.start) || !in.PeriodEnd.Equal(per.end) {
+				continue
+			}
+			var charged int64
+			for _, l := range in.Lines {
+				if l.Item == per.item {
+					charged += l.Quantity
+				}
+			}
+			if charged != units {
+				out = append(out, Drift{Tenant: ws[0].key.Tenant, Meter: name, Start: per.start, End: per.end, Ours: units, Stripe: charged,
+					Status: "invoiced_differs"})
+			}
+		}
+	}
+	return out, nil
 }
 
 func (s *Syncer) aggregatesDiffer(ctx context.Context, agg aggregated, name string, m Meter, from, to time.Time) ([]Drift, error) {

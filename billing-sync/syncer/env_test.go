@@ -88,6 +88,8 @@ func newEnv(t testing.TB) *env {
 	fake.CheckResponse = spec.CheckResponse
 	fake.AddMeter("mtr_api", "api_calls")
 	fake.AddMeter("mtr_tokens", "tokens")
+	fake.AddPrice(stripefake.Price{ID: "price_api", MeterID: "mtr_api"})
+	fake.AddPrice(stripefake.Price{ID: "price_tokens", MeterID: "mtr_tokens"})
 	srv := httptest.NewServer(fake)
 	t.Cleanup(srv.Close)
 	cfg := syncer.DefaultConfig()
@@ -116,6 +118,9 @@ func (e *env) customer(tenant string) string {
 	cus := "cus_" + tenant
 	e.fake.AddCustomer(cus, tenant)
 	e.fake.AddSubscriptionItem(cus, "si_"+tenant, "price_storage")
+	// Meter events are invoiced only through an item on a price on the meter.
+	e.fake.AddSubscriptionItem(cus, "si_api_"+tenant, "price_api")
+	e.fake.AddSubscriptionItem(cus, "si_tokens_"+tenant, "price_tokens")
 	return cus
 }
 

@@ -237,6 +237,8 @@ type metrics struct {
 	writes      *prometheus.CounterVec
 	unmapped    prometheus.Gauge
 	drift       *prometheus.GaugeVec
+	// noSubscription: tenant/meter pairs with usage no subscription item invoices.
+	noSubscription prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -247,11 +249,13 @@ func newMetrics() *metrics {
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_writes_total",
 			Help: "Stripe writes by action (send, cancel, set) and result (ok, retry, failed)."}, []string{"action", "result"}),
 		unmapped: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_unmapped_tenants", Help: "Tenant/meter pairs with usage but no Stripe customer or item in the last pass."}),
+		noSubscription: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_no_subscription_tenants",
+			Help: "Tenant/meter pairs with usage in the last pass that no subscription item on the meter's price invoices."}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "billing_drift_windows",
 			Help: "Windows whose Stripe value differs from ours at the last drift check, by status."}, []string{"status"}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift)
+	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift, m.noSubscription)
 }

@@ -44,6 +44,8 @@ type Stripe interface {
 	UsageSummaries(ctx context.Context, item string) ([]stripeapi.UsageSummary, error)
 	CustomersByTenant(ctx context.Context) (map[string]string, error)
 	SubscriptionItemFor(ctx context.Context, customer, priceID string) (string, error)
+	AllSubscriptions(ctx context.Context) (map[string][]stripeapi.Subscription, error)
+	FinalizedInvoices(ctx context.Context, customer string) ([]stripeapi.Invoice, error)
 }
 
 // Fence is the writer lease's term (lease.Term): Check is asked before
@@ -64,11 +66,14 @@ type Syncer struct {
 	now    func() time.Time
 	m      *metrics
 
-	mu        sync.Mutex
-	customers map[string]string // tenant -> customer, from config and look-ups
-	looked    bool
-	items     map[string]string // tenant/meter -> subscription item
-	fence     Fence
+	mu         sync.Mutex
+	customers  map[string]string // tenant -> customer, from config and look-ups
+	looked     bool
+	items      map[string]string                   // tenant/meter -> subscription item
+	subs       map[string][]stripeapi.Subscription // customer -> subscriptions (periods.go)
+	subsAt     time.Time
+	subsLooked bool // listed during this pass
+	fence      Fence
 }
 
 // SetFence makes the following passes check f before each Stripe write and
@@ -87,6 +92,12 @@ func (s *Syncer) currentFence() Fence {
 
 // Option configures a Syncer.
 type Option func(*Syncer)
+
+// WithClock sets the syncer's clock (scenario tests move it by months;
+// pair it with stripefake.Clock).
+func WithClock(now func() time.Time) Option {
+	return func(s *Syncer) { s.now = now }
+}
 
 // WithRegisterer registers the metrics.
 func WithRegisterer(r prometheus.Registerer) Option {
@@ -119,8 +130,12 @@ type Report struct {
 	Observed  int // windows where Stripe differed from the ledger
 	Unsettled int // windows skipped because Stripe's summaries may lag
 	Unmapped  []string
-	Unfixable []Drift
-	Planned   []audit.Row // dry run: what would be written
+	// NoSubscription lists tenant/meter pairs with usage that no
+	// subscription item on the meter's price invoices (Stripe would record
+	// meter events for them and charge nobody): not billed, reported.
+	NoSubscription []string
+	Unfixable      []Drift
+	Planned        []audit.Row // dry run: what would be written
 }
 
 // Drift is one window where ours and Stripe's differ.
@@ -128,7 +143,7 @@ type Drift struct {
 	Tenant, Meter string
 	Start, End    time.Time
 	Ours, Stripe  int64
-	Status        string // fixable, unsettled, past_grace, too_old, overbilled, period_closed, unmapped, aggregates_differ
+	Status        string // fixable, unsettled, past_grace, too_old, overbilled, invoice_finalized, invoiced_differs, unmapped, no_subscription, aggregates_differ
 }
 
 func newPassID() string {
@@ -170,7 +185,7 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	// found by this pass: the listing runs at most once per pass, and only
 	// when a tenant is not mapped.
 	s.mu.Lock()
-	s.looked = false
+	s.looked, s.subsLooked = false, false
 	s.mu.Unlock()
 	meters := make([]string, 0, len(s.cfg.Meters))
 	for name := range s.cfg.Meters {
@@ -193,14 +208,22 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	return rep, nil
 }
 
-// ours computes our windows of one meter starting in [from, to), closed
-// before now - close_after; reads from far enough back to carry
-// remainders from the start of each billing period.
-func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.Time) ([]window, error) {
-	pm := plans.Meter{Aggregation: plans.Sum}
-	if s.plans != nil {
-		pm, _ = s.plans.MeterFor(name)
-	}
+// tenantRun is one tenant's windows of a meter and where they bill.
+type tenantRun struct {
+	tenant    string
+	tgt       target
+	status    string   // "" (billed), unmapped, no_subscription
+	ws        []window // windows in the subscription's periods
+	uncovered []window // usage no subscription item invoices
+}
+
+// ours computes each tenant's windows of one meter starting in [from, to),
+// closed before now - close_after, in the tenant's Stripe periods; reads
+// from far enough back to carry remainders from the start of each period.
+// Windows the ledger holds but we no longer have (usage removed) are
+// included with 0 units.
+func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.Time, ledger map[audit.WindowKey]*audit.Window) ([]*tenantRun, error) {
+	pm := s.plansMeter(name)
 	closed := s.now().Add(-s.cfg.CloseAfter).Truncate(time.Hour)
 	// Period windows need their hours up to the closed edge.
 	readTo := to.Add(32 * 24 * time.Hour)
@@ -212,19 +235,72 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	if err != nil {
 		return nil, err
 	}
-	var ws []window
-	if m.Mode == MeterEvents {
-		ws = hourWindows(hours, m, s.plans)
-	} else {
-		ws = periodWindows(hours, pm.Aggregation, m, s.plans)
+	byTenant := map[string][]usage.Hour{}
+	var tenants []string
+	for _, h := range hours { // ordered by tenant, hour
+		if _, ok := byTenant[h.Tenant]; !ok {
+			tenants = append(tenants, h.Tenant)
+		}
+		byTenant[h.Tenant] = append(byTenant[h.Tenant], h)
 	}
-	out := ws[:0]
-	for _, w := range ws {
-		if w.end.After(from) && w.start.Before(to) { // a period overlapping the range counts
-			out = append(out, w)
+	for k, lw := range ledger {
+		if _, ok := byTenant[k.Tenant]; !ok && len(lw.Intents) > 0 && lw.Intents[0].First.WindowEnd.After(from) {
+			byTenant[k.Tenant] = nil
+			tenants = append(tenants, k.Tenant)
 		}
 	}
-	return out, nil
+	sort.Strings(tenants)
+	inRange := func(ws []window) []window {
+		out := ws[:0]
+		for _, w := range ws {
+			if w.end.After(from) && w.start.Before(to) { // a period overlapping the range counts
+				out = append(out, w)
+			}
+		}
+		return out
+	}
+	var runs []*tenantRun
+	for _, tenant := range tenants {
+		tgt, status, err := s.resolve(ctx, tenant, name, m)
+		if err != nil {
+			return nil, err
+		}
+		run := &tenantRun{tenant: tenant, tgt: tgt, status: status}
+		runs = append(runs, run)
+		if status != "" {
+			for _, h := range byTenant[tenant] {
+				run.uncovered = append(run.uncovered, window{key: audit.WindowKey{Tenant: tenant, Meter: name, Start: h.Start.Unix()},
+					start: h.Start, end: h.Start.Add(time.Hour), quantity: h.Value, units: h.Value.Mul(m.scale).Floor().IntPart()})
+			}
+			run.uncovered = inRange(run.uncovered)
+			continue
+		}
+		ps, err := s.pieces(ctx, name, pm, byTenant[tenant], tgt.cov)
+		if err != nil {
+			return nil, err
+		}
+		if m.Mode == MeterEvents {
+			run.ws, run.uncovered = s.hourWindows(ps, m, tgt.cov, ledger)
+		} else {
+			run.ws, run.uncovered = periodWindows(ps, pm.Aggregation, m, tgt.cov)
+		}
+		run.ws, run.uncovered = inRange(run.ws), inRange(run.uncovered)
+		have := map[audit.WindowKey]bool{}
+		for _, w := range run.ws {
+			have[w.key] = true
+		}
+		for k, lw := range ledger {
+			if k.Tenant != tenant || have[k] || len(lw.Intents) == 0 || !lw.Intents[0].First.WindowEnd.After(from) {
+				continue
+			}
+			st := time.Unix(k.Start, 0).UTC()
+			w := window{key: k, start: st, end: lw.Intents[0].First.WindowEnd}
+			w.per, _ = tgt.cov.at(st)
+			run.ws = append(run.ws, w)
+		}
+		sort.Slice(run.ws, func(i, j int) bool { return run.ws[i].start.Before(run.ws[j].start) })
+	}
+	return runs, nil
 }
 
 // ledgerFrom reaches back to the start of a period overlapping from.
@@ -233,40 +309,40 @@ func ledgerFrom(from time.Time) time.Time { return from.Add(-32 * 24 * time.Hour
 // target is where a tenant's meter is billed.
 type target struct {
 	customer string
-	item     string // usage_records
+	item     string   // usage_records: the window's item (job), from cov
+	cov      coverage // the subscriptions with an item on the meter
 }
 
-func (s *Syncer) resolve(ctx context.Context, tenant, meter string, m Meter) (target, bool, error) {
+// resolve finds the tenant's customer and the subscriptions that invoice
+// the meter; status is "" when billable, else unmapped (no customer) or
+// no_subscription (no billable subscription item on the meter's price).
+func (s *Syncer) resolve(ctx context.Context, tenant, meter string, m Meter) (target, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cus, ok := s.customers[tenant]
 	if !ok && s.cfg.LookupCustomers && !s.looked {
 		if err := s.lookupCustomers(ctx); err != nil {
-			return target{}, false, err
+			return target{}, "", err
 		}
 		cus, ok = s.customers[tenant]
 	}
 	if !ok {
-		return target{}, false, nil
+		return target{}, "unmapped", nil
 	}
-	t := target{customer: cus}
-	if m.Mode == UsageRecords {
-		item, ok := s.items[tenant+"/"+meter]
-		if !ok && m.Price != "" {
-			var err error
-			if item, err = s.stripe.SubscriptionItemFor(ctx, cus, m.Price); err != nil {
-				return target{}, false, fmt.Errorf("look up subscription item of %s for %s: %w", cus, m.Price, err)
-			}
-			if item != "" {
-				s.items[tenant+"/"+meter] = item
-			}
-		}
-		if item == "" {
-			return target{}, false, nil
-		}
-		t.item = item
+	subs, err := s.subscriptionsOf(ctx, cus)
+	if err != nil {
+		return target{}, "", fmt.Errorf("subscriptions of %s: %w", cus, err)
 	}
-	return t, true, nil
+	t := target{customer: cus, cov: coverageOf(subs, m)}
+	if item, ok := s.items[tenant+"/"+meter]; ok && !t.cov.empty() {
+		for i := range t.cov.items { // configured: this item, in the subscriptions' periods
+			t.cov.items[i] = item
+		}
+	}
+	if t.cov.empty() {
+		return t, "no_subscription", nil
+	}
+	return t, "", nil
 }
 
 // job is one window's work in a pass.
@@ -283,64 +359,48 @@ type job struct {
 
 func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to time.Time, reconcile bool, rep *Report) error {
 	now := s.now()
-	ws, err := s.ours(ctx, name, m, from, to)
-	if err != nil {
-		return err
-	}
 	ledger, err := s.ledger.Load(ctx, name, ledgerFrom(from), to)
 	if err != nil {
 		return err
 	}
-	// Windows the ledger knows but we no longer have (usage removed) bill 0.
-	have := map[audit.WindowKey]bool{}
-	for _, w := range ws {
-		have[w.key] = true
+	runs, err := s.ours(ctx, name, m, from, to, ledger)
+	if err != nil {
+		return err
 	}
-	for k, lw := range ledger {
-		if !have[k] && len(lw.Intents) > 0 && lw.Intents[0].First.WindowEnd.After(from) {
-			st := time.Unix(k.Start, 0).UTC()
-			ws = append(ws, window{key: k, start: st, end: lw.Intents[0].First.WindowEnd})
-		}
-	}
-	// Group by tenant (one customer, one meter: one in-flight call).
-	byTenant := map[string][]window{}
-	var tenants []string
-	for _, w := range ws {
-		if byTenant[w.key.Tenant] == nil {
-			tenants = append(tenants, w.key.Tenant)
-		}
-		byTenant[w.key.Tenant] = append(byTenant[w.key.Tenant], w)
-	}
-	sort.Strings(tenants)
+	// One group per tenant (one customer, one meter: one in-flight call).
 	var groups [][]*job
-	unmapped := map[string]bool{}
-	for _, tenant := range tenants {
-		tgt, ok, err := s.resolve(ctx, tenant, name, m)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			if !unmapped[tenant] {
-				unmapped[tenant] = true
-				rep.Unmapped = append(rep.Unmapped, tenant+"/"+name)
-				s.log.Warn("tenant has no Stripe customer (or subscription item): not billed", zap.String("tenant", tenant), zap.String("meter", name))
-			}
+	for _, run := range runs {
+		tenant := run.tenant
+		switch {
+		case run.status == "unmapped":
+			rep.Unmapped = append(rep.Unmapped, tenant+"/"+name)
+			s.log.Warn("tenant has no Stripe customer: not billed", zap.String("tenant", tenant), zap.String("meter", name))
 			continue
+		case run.status == "no_subscription" || sumUnits(run.uncovered) > 0:
+			rep.NoSubscription = append(rep.NoSubscription, tenant+"/"+name)
+			s.log.Warn("usage that no subscription item on the meter's price invoices: not billed", zap.String("tenant", tenant),
+				zap.String("meter", name), zap.Int64("units", sumUnits(run.uncovered)))
+			if run.status != "" {
+				continue
+			}
 		}
+		tgt := run.tgt
 		var stripeVals map[int64]int64
 		if reconcile {
-			if stripeVals, err = s.stripeValues(ctx, m, tgt, byTenant[tenant], from, to); err != nil {
+			if stripeVals, err = s.stripeValues(ctx, m, tgt, run.ws, from, to); err != nil {
 				return err
 			}
 		}
 		var group []*job
-		for _, w := range byTenant[tenant] {
+		for _, w := range run.ws {
 			rep.Windows++
 			lw := ledger[w.key]
 			if lw == nil {
 				lw = &audit.Window{}
 			}
-			j := &job{w: w, tgt: tgt, ledger: lw}
+			jt := tgt
+			jt.item = w.per.item
+			j := &job{w: w, tgt: jt, ledger: lw}
 			if reconcile && !s.observe(j, m, stripeVals, now, rep) {
 				continue
 			}
@@ -353,6 +413,7 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 			groups = append(groups, group)
 		}
 	}
+	s.m.noSubscription.Set(float64(len(rep.NoSubscription)))
 	return s.execute(ctx, groups, rep)
 }
 
@@ -366,11 +427,16 @@ func (s *Syncer) stripeValues(ctx context.Context, m Meter, tgt target, ws []win
 		}
 		return vals, nil
 	}
-	sums, err := s.stripe.UsageSummaries(ctx, tgt.item)
-	if err != nil {
-		return nil, err
-	}
+	byItem := map[string][]stripeapi.UsageSummary{}
 	for _, w := range ws {
+		sums, ok := byItem[w.per.item]
+		if !ok && w.per.item != "" {
+			var err error
+			if sums, err = s.stripe.UsageSummaries(ctx, w.per.item); err != nil {
+				return nil, err
+			}
+			byItem[w.per.item] = sums
+		}
 		for _, su := range sums {
 			if !w.start.Before(su.Start) && w.start.Before(su.End) || w.start.Equal(su.Start) {
 				out[w.key.Start] = su.Total
@@ -471,8 +537,11 @@ func (s *Syncer) plan(j *job, name string, m Meter, now time.Time, rep *Report) 
 		status = "too_old"
 	case m.Mode == MeterEvents && j.w.end.After(now.Add(-s.cfg.CloseAfter)):
 		return // not closed yet
-	case m.Mode == UsageRecords && now.After(j.w.end.Add(s.cfg.UsageRecordClose)):
-		status = "period_closed"
+	case !j.w.per.end.IsZero() && !now.Before(j.w.per.end.Add(s.cfg.UsageRecordClose)):
+		// The period's invoice is finalized: Stripe would take a meter
+		// event (35 days back) but never invoice it, and refuses a usage
+		// record. Policy: reported, never sent (README).
+		status = "invoice_finalized"
 	}
 	seq := lw.NextSeq
 	next := func() uint32 { seq++; return seq - 1 }

@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"sort"
@@ -14,45 +15,144 @@ import (
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
-// window is what we bill for one tenant, meter and window: an hour
-// (meter_events) or a billing period (usage_records).
+// window is what we bill for one tenant, meter and window: an hour, or
+// the piece of an hour on one side of a period boundary (meter_events),
+// or a billing period (usage_records). Periods are the subscription's
+// (Stripe's current_period_start/end and its anchor), never the plans
+// file's.
 type window struct {
 	key        audit.WindowKey
 	start, end time.Time
 	quantity   decimal.Decimal // the window's value in the meter's unit
 	units      int64           // billing units (after scale and carry)
+	per        period          // the Stripe period the window bills into
 }
 
-// hourWindows turns hourly values into billed hours. Within each billing
-// period the running total is scaled and floored, and each hour bills the
-// increase of that floor: remainders carry to the next hour and the
-// period's units are exactly floor(total x scale).
-func hourWindows(hours []usage.Hour, m Meter, p *plans.Config) []window {
-	var out []window
-	var (
-		tenant, periodID string
-		cum              decimal.Decimal
-		billed           int64
-	)
-	for _, h := range hours { // ordered by tenant, hour
-		pid := periodOf(p, h.Tenant, h.Meter, h.Start).ID
-		if h.Tenant != tenant || pid != periodID {
-			tenant, periodID, cum, billed = h.Tenant, pid, decimal.Zero, 0
+// piece is an hour, or part of one cut by a period boundary.
+type piece struct {
+	usage.Hour
+	end time.Time
+}
+
+// ranger reads one tenant's usage over any range (usage.Store): an hour
+// that a period boundary cuts (anchors are at any second) is billed as
+// two pieces. A Source without it bills the whole hour in the period of
+// its start.
+type ranger interface {
+	Range(ctx context.Context, meter string, m plans.Meter, tenant string, from, to time.Time) (usage.Hour, error)
+}
+
+// pieces cuts the hours (one tenant's, in order) at the period
+// boundaries of cov.
+func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours []usage.Hour, cov coverage) ([]piece, error) {
+	rg, canSplit := s.src.(ranger)
+	out := make([]piece, 0, len(hours))
+	for _, h := range hours {
+		end := h.Start.Add(time.Hour)
+		var cut time.Time
+		if p, ok := cov.at(h.Start); ok && p.end.Before(end) {
+			cut = p.end
+		} else if q, ok := cov.at(end.Add(-time.Second)); ok && q.start.After(h.Start) {
+			cut = q.start
 		}
-		cum = cum.Add(h.Value)
-		floor := cum.Mul(m.scale).Floor().IntPart()
-		out = append(out, window{
-			key:   audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()},
-			start: h.Start, end: h.Start.Add(time.Hour), quantity: h.Value, units: floor - billed,
-		})
-		billed = floor
+		if cut.IsZero() || !canSplit {
+			out = append(out, piece{Hour: h, end: end})
+			continue
+		}
+		a, err := rg.Range(ctx, name, pm, h.Tenant, h.Start, cut)
+		if err != nil {
+			return nil, err
+		}
+		b, err := rg.Range(ctx, name, pm, h.Tenant, cut, end)
+		if err != nil {
+			return nil, err
+		}
+		a.Start, b.Start = h.Start, cut
+		for _, x := range []piece{{Hour: a, end: cut}, {Hour: b, end: end}} {
+			if x.Events > 0 {
+				out = append(out, x)
+			}
+		}
 	}
-	return out
+	return out, nil
 }
 
-// periodWindows folds hourly values into billing periods under the meter's
-// aggregation (the hours of a unique_count meter carry their subjects).
-func periodWindows(hours []usage.Hour, agg plans.Aggregation, m Meter, p *plans.Config) []window {
+// hourWindows turns one tenant's pieces into billed windows. Within each
+// Stripe period the running total is scaled and floored, and each window
+// bills that floor minus what the period's earlier windows bill, never
+// below 0. An earlier window this pass cannot change (past the grace, its
+// invoice finalized, or a decrease past the cancel window) counts with
+// what the ledger says Stripe holds, and shows no difference of its own:
+// what it lacks is carried into the next window that can still be billed,
+// so a late event never makes the period bill more than
+// floor(total x scale), and less only when no window of the period can
+// change any more (then the period's last window shows the difference).
+// Pieces outside every subscription are returned apart (no_subscription).
+func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit.WindowKey]*audit.Window) (ws, uncovered []window) {
+	now := s.now()
+	var (
+		cur    period
+		cum    decimal.Decimal
+		billed int64
+	)
+	for i, h := range ps {
+		w := window{key: audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()}, start: h.Start, end: h.end, quantity: h.Value}
+		p, ok := cov.at(h.Start)
+		if !ok {
+			w.units = h.Value.Mul(m.scale).Floor().IntPart()
+			uncovered = append(uncovered, w)
+			continue
+		}
+		if p != cur {
+			cur, cum, billed = p, decimal.Zero, 0
+		}
+		w.per = p
+		cum = cum.Add(h.Value)
+		w.units = max(0, cum.Mul(m.scale).Floor().IntPart()-billed)
+		var held int64
+		if lw := ledger[w.key]; lw != nil {
+			held = lw.Stripe
+		}
+		last := i == len(ps)-1 || !p.contains(ps[i+1].Start)
+		switch {
+		case !s.changeable(w, now) && !last:
+			w.units, billed = held, billed+held
+		case w.units < held && !s.cancellable(ledger[w.key], now):
+			billed += held // an over-billing stays; later windows bill less
+		default:
+			billed += w.units
+		}
+		ws = append(ws, w)
+	}
+	return ws, uncovered
+}
+
+func (p period) contains(t time.Time) bool { return !t.Before(p.start) && t.Before(p.end) }
+
+// cancellable reports whether every event of the window may still be
+// cancelled (Stripe: within 24 h of receipt).
+func (s *Syncer) cancellable(lw *audit.Window, now time.Time) bool {
+	if lw == nil {
+		return true
+	}
+	for _, r := range lw.Sends() {
+		if now.Sub(r.At) >= s.cfg.CancelWindow {
+			return false
+		}
+	}
+	return true
+}
+
+// changeable reports whether a pass may still change what Stripe holds
+// for w: within the grace, and its period's invoice not finalized.
+func (s *Syncer) changeable(w window, now time.Time) bool {
+	return !w.end.Before(now.Add(-s.cfg.Grace)) && (w.per.end.IsZero() || now.Before(w.per.end.Add(s.cfg.UsageRecordClose)))
+}
+
+// periodWindows folds one tenant's pieces into its Stripe periods under
+// the meter's aggregation (the pieces of a unique_count meter carry their
+// subjects).
+func periodWindows(ps []piece, agg plans.Aggregation, m Meter, cov coverage) (ws, uncovered []window) {
 	type acc struct {
 		w        window
 		latestNs int64
@@ -60,12 +160,17 @@ func periodWindows(hours []usage.Hour, agg plans.Aggregation, m Meter, p *plans.
 	}
 	byKey := map[audit.WindowKey]*acc{}
 	var order []audit.WindowKey
-	for _, h := range hours {
-		per := periodOf(p, h.Tenant, h.Meter, h.Start)
-		k := audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: per.Start.Unix()}
+	for _, h := range ps {
+		per, ok := cov.at(h.Start)
+		if !ok {
+			uncovered = append(uncovered, window{key: audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()}, start: h.Start, end: h.end,
+				quantity: h.Value, units: h.Value.Mul(m.scale).Floor().IntPart()})
+			continue
+		}
+		k := audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: per.start.Unix()}
 		a := byKey[k]
 		if a == nil {
-			a = &acc{w: window{key: k, start: per.Start, end: per.End}, subjects: map[string]bool{}}
+			a = &acc{w: window{key: k, start: per.start, end: per.end, per: per}, subjects: map[string]bool{}}
 			byKey[k] = a
 			order = append(order, k)
 		}
@@ -79,35 +184,22 @@ func periodWindows(hours []usage.Hour, agg plans.Aggregation, m Meter, p *plans.
 				a.w.quantity, a.latestNs = h.Value, h.LatestNs
 			}
 		case plans.UniqueCount:
-			for _, s := range h.Subjects {
-				a.subjects[s] = true
+			for _, sub := range h.Subjects {
+				a.subjects[sub] = true
 			}
 			a.w.quantity = decimal.NewFromInt(int64(len(a.subjects)))
 		default:
 			a.w.quantity = a.w.quantity.Add(h.Value)
 		}
 	}
-	out := make([]window, 0, len(order))
+	ws = make([]window, 0, len(order))
 	for _, k := range order {
 		w := byKey[k].w
 		w.units = w.quantity.Mul(m.scale).Floor().IntPart()
-		out = append(out, w)
+		ws = append(ws, w)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].key.Tenant != out[j].key.Tenant {
-			return out[i].key.Tenant < out[j].key.Tenant
-		}
-		return out[i].start.Before(out[j].start)
-	})
-	return out
-}
-
-func periodOf(p *plans.Config, tenant, meter string, t time.Time) plans.Period {
-	if p == nil {
-		return plans.PeriodOf(plans.Quota{Period: plans.CalendarMonth}, 0, t)
-	}
-	_, q, a := p.QuotaFor(tenant, meter)
-	return plans.PeriodOf(q, a.AnchorDay, t)
+	sort.Slice(ws, func(i, j int) bool { return ws[i].start.Before(ws[j].start) })
+	return ws, uncovered
 }
 
 // IntentID is the identifier of the seq-th write to a window: the meter
@@ -138,4 +230,12 @@ func (s *Syncer) plansMeter(name string) plans.Meter {
 	}
 	m, _ := s.plans.MeterFor(name)
 	return m
+}
+
+func sumUnits(ws []window) int64 {
+	var n int64
+	for _, w := range ws {
+		n += w.units
+	}
+	return n
 }

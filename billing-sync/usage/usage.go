@@ -41,6 +41,9 @@ type hoursQuery struct {
 	Agg      plans.Aggregation
 	UniqueBy string
 	From, To time.Time
+	// Tenant, when set, reads one tenant and folds [From, To) into one
+	// row (a piece of an hour cut by a billing period boundary).
+	Tenant string
 }
 
 func (q hoursQuery) toSQL() (string, []any) {
@@ -61,16 +64,24 @@ func (q hoursQuery) toSQL() (string, []any) {
 	if strings.HasPrefix(q.UniqueBy, "metadata.") {
 		subject = "metadata_values[indexOf(metadata_keys, ?)]"
 	}
-	sql := `SELECT tenant_id, toStartOfHour(event_time) AS hour, ` + value + `, count(),
+	hour, where := "toStartOfHour(event_time)", ""
+	if q.Tenant != "" {
+		hour, where = "min(event_time)", " AND tenant_id = ?"
+	}
+	sql := `SELECT tenant_id, ` + hour + ` AS hour, ` + value + `, count(),
  max(toInt64(event_time) * 1000000000 + event_time_ns), ` + subjects + `
 FROM (SELECT tenant_id, quantity, event_time, event_time_ns, ` + subject + ` AS subject
       FROM usage_events FINAL
-      WHERE feature_type = ? AND event_time >= ? AND event_time < ?`
+      WHERE feature_type = ? AND event_time >= ? AND event_time < ?` + where
 	var args []any
 	if subject != "user_id" {
 		args = append(args, strings.TrimPrefix(q.UniqueBy, "metadata."))
 	}
 	args = append(args, q.Meter, q.From.UTC(), q.To.UTC())
+	if q.Tenant != "" {
+		return sql + `)
+GROUP BY tenant_id`, append(args, q.Tenant)
+	}
 	return sql + `)
 GROUP BY tenant_id, hour
 ORDER BY tenant_id, hour`, args
@@ -97,6 +108,30 @@ func (s *Store) Hours(ctx context.Context, meter string, m plans.Meter, from, to
 		}
 		h.Start = h.Start.UTC()
 		out = append(out, h)
+	}
+	return out, rs.Err()
+}
+
+// Range returns one tenant's usage of the meter in [from, to) as one
+// value (Start = from; zero when there was none): the two pieces of an
+// hour that a subscription's period boundary (any second) cuts.
+func (s *Store) Range(ctx context.Context, meter string, m plans.Meter, tenant string, from, to time.Time) (Hour, error) {
+	sql, args := hoursQuery{Meter: meter, Agg: m.Aggregation, UniqueBy: m.UniqueBy, From: from, To: to, Tenant: tenant}.toSQL()
+	out := Hour{Tenant: tenant, Meter: meter, Start: from.UTC()}
+	rs, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return out, fmt.Errorf("read usage of %s for %s: %w", meter, tenant, err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var v string
+		var first time.Time
+		if err := rs.Scan(&out.Tenant, &first, &v, &out.Events, &out.LatestNs, &out.Subjects); err != nil {
+			return out, fmt.Errorf("scan usage of %s for %s: %w", meter, tenant, err)
+		}
+		if out.Value, err = decimal.NewFromString(v); err != nil {
+			return out, fmt.Errorf("usage of %s for %s: value %q: %w", meter, tenant, v, err)
+		}
 	}
 	return out, rs.Err()
 }

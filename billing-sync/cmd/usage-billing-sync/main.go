@@ -381,6 +381,13 @@ func demoStripe(ctx context.Context, cfg Config, src *usage.Store, log *zap.Logg
 						seen[h.Tenant] = true
 						fake.AddCustomer("cus_"+h.Tenant, h.Tenant)
 					}
+					if m.Mode == syncer.MeterEvents && m.Price == "" { // invoiced through an item on a price on the meter
+						fake.AddPrice(stripefake.Price{ID: "price_" + m.MeterID, MeterID: m.MeterID})
+						fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, "price_"+m.MeterID)
+					} else if m.Mode == syncer.MeterEvents {
+						fake.AddPrice(stripefake.Price{ID: m.Price, MeterID: m.MeterID})
+						fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, m.Price)
+					}
 					if m.Mode == syncer.UsageRecords {
 						fake.AddSubscriptionItem("cus_"+h.Tenant, "si_"+h.Tenant+"_"+name, m.Price)
 					}
