@@ -4,6 +4,8 @@ go 1.26.8
 
 replace github.com/usagemeter/usagemeter/schemas => ../schemas
 
+replace github.com/usagemeter/usagemeter/testenv => ../testenv
+
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/go-viper/mapstructure/v2 v2.5.0
@@ -12,6 +14,7 @@ require (
 	github.com/spf13/pflag v1.0.10
 	github.com/spf13/viper v1.21.0
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
+	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
 	go.uber.org/zap v1.28.0
 )
 
