@@ -112,16 +112,25 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/track", s.track)
 	mux.HandleFunc("GET /v1/quotas/{tenant}", s.quotas)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { writeRaw(w, http.StatusOK, []byte(`{"live":true}`+"\n")) })
-	mux.HandleFunc("GET /readyz", s.ready)
-	mux.HandleFunc("GET /healthz", s.ready)
+	ready := Readiness(s.cache)
+	mux.HandleFunc("GET /readyz", ready)
+	mux.HandleFunc("GET /healthz", ready)
 }
 
 // readyProbe is the tenant and meter whose standing /readyz reads: any
 // decision carries the cache's staleness, and Peek counts nothing.
 const readyProbe = "_readyz"
 
-func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
-	d := s.cache.Peek(r.Context(), readyProbe, readyProbe)
+// Readiness answers 200 when c has read its topics up to their ends and is
+// fresh (its decisions are not stale), else 503 saying why. Stale
+// decisions are refused by a closed fail mode, so a server whose cache is
+// stale must not be sent traffic.
+func Readiness(c *quota.Cache) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) { ready(w, r, c) }
+}
+
+func ready(w http.ResponseWriter, r *http.Request, c *quota.Cache) {
+	d := c.Peek(r.Context(), readyProbe, readyProbe)
 	st := &d.Staleness
 	status, reason := http.StatusOK, ""
 	switch {

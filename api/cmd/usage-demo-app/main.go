@@ -23,6 +23,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/usagemeter/usagemeter/api/server"
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
@@ -128,13 +129,20 @@ func run(ctx context.Context, addr string, brokers []string, plansFile, events, 
 		generate.ServeHTTP(rec, r)
 		t.add(r.Header.Get("X-Tenant"), rec.status)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	// Liveness and readiness as usage-api's (api/README.md).
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"live":true}` + "\n")) })
+	mux.Handle("GET /readyz", server.Readiness(cache))
+	mux.Handle("GET /healthz", server.Readiness(cache))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { page(w, r, cache, mw, t, lost.Load()) })
 	// Serve once the cache has caught up: before that it knows no usage.
 	if err := cache.WaitReady(ctx); err != nil {
 		return err
 	}
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Every connection is bounded; the write timeout leaves room for the
+	// middleware's tracking (up to 10 s), which runs before the handler
+	// returns and its buffered answer is flushed.
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	log.Info("usage-demo-app listening", zap.String("addr", "http://"+addr))
