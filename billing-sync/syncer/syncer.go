@@ -224,8 +224,11 @@ type tenantRun struct {
 // included with 0 units.
 func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.Time, ledger map[audit.WindowKey]*audit.Window) ([]*tenantRun, error) {
 	pm := s.plansMeter(name)
-	closed := s.now().Add(-s.cfg.CloseAfter).Truncate(time.Hour)
-	// Period windows need their hours up to the closed edge.
+	// Period windows need their hours up to the closed edge. The hour
+	// being closed is read too: its piece before a period boundary closes
+	// at the boundary + close_after, in time for the invoice (pieces()
+	// drops what is not closed).
+	closed := s.now().Add(-s.cfg.CloseAfter).Truncate(time.Hour).Add(time.Hour)
 	readTo := to.Add(32 * 24 * time.Hour)
 	if closed.Before(readTo) {
 		readTo = closed
@@ -269,6 +272,9 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 		runs = append(runs, run)
 		if status != "" {
 			for _, h := range byTenant[tenant] {
+				if h.Start.Add(time.Hour).After(s.now().Add(-s.cfg.CloseAfter)) {
+					continue // not closed
+				}
 				run.uncovered = append(run.uncovered, window{key: audit.WindowKey{Tenant: tenant, Meter: name, Start: h.Start.Unix()},
 					start: h.Start, end: h.Start.Add(time.Hour), quantity: h.Value, units: h.Value.Mul(m.scale).Floor().IntPart()})
 			}

@@ -44,9 +44,19 @@ type ranger interface {
 
 // pieces cuts the hours (one tenant's, in order) at the period
 // boundaries of cov.
-func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours []usage.Hour, cov coverage) ([]piece, error) {
+func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours []usage.Hour, cov coverage) (out []piece, err error) {
 	rg, canSplit := s.src.(ranger)
-	out := make([]piece, 0, len(hours))
+	closed := s.now().Add(-s.cfg.CloseAfter)
+	out = make([]piece, 0, len(hours))
+	defer func() { // only closed pieces are billed
+		keep := out[:0]
+		for _, x := range out {
+			if !x.end.After(closed) {
+				keep = append(keep, x)
+			}
+		}
+		out = keep
+	}()
 	for _, h := range hours {
 		end := h.Start.Add(time.Hour)
 		var cut time.Time
@@ -77,25 +87,61 @@ func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours 
 	return out, nil
 }
 
-// hourWindows turns one tenant's pieces into billed windows. Within each
-// Stripe period the running total is scaled and floored, and each window
-// bills that floor minus what the period's earlier windows bill, never
-// below 0. An earlier window this pass cannot change (past the grace, its
-// invoice finalized, or a decrease past the cancel window) counts with
-// what the ledger says Stripe holds, and shows no difference of its own:
-// what it lacks is carried into the next window that can still be billed,
-// so a late event never makes the period bill more than
-// floor(total x scale), and less only when no window of the period can
-// change any more (then the period's last window shows the difference).
-// Pieces outside every subscription are returned apart (no_subscription).
+// hourWindows turns one tenant's pieces into billed windows, one Stripe
+// period at a time. What Stripe holds is the ledger's (held); a window
+// bills floor(running total x scale) minus what the whole period holds
+// so far, never below 0: units are only added, never moved between
+// windows, so a late event in an earlier hour never makes the period
+// bill more than floor(total x scale) (issue 12 item 7). A window this
+// pass cannot change (past the grace, invoice finalized) keeps what it
+// holds and what it lacks is carried into a later window; when usage
+// went down, the excess is taken back from the latest windows whose
+// events can still be cancelled. The period's last window shows what
+// could not be billed. Pieces outside every subscription are returned
+// apart (no_subscription).
 func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit.WindowKey]*audit.Window) (ws, uncovered []window) {
 	now := s.now()
+	held := func(w window) int64 {
+		if lw := ledger[w.key]; lw != nil {
+			return lw.Stripe
+		}
+		return 0
+	}
+	flush := func(per []window, cum []decimal.Decimal) {
+		if len(per) == 0 {
+			return
+		}
+		var planned int64
+		for _, w := range per {
+			planned += held(w)
+		}
+		for i := range per {
+			w := &per[i]
+			w.units = held(*w)
+			if s.changeable(*w, now) || i == len(per)-1 {
+				inc := max(0, cum[i].Mul(m.scale).Floor().IntPart()-planned)
+				w.units += inc
+				planned += inc
+			}
+		}
+		excess := planned - cum[len(cum)-1].Mul(m.scale).Floor().IntPart()
+		for i := len(per) - 1; i >= 0 && excess > 0; i-- {
+			w := &per[i]
+			if s.changeable(*w, now) && s.cancellable(ledger[w.key], now) {
+				cut := min(excess, w.units)
+				w.units -= cut
+				excess -= cut
+			}
+		}
+		ws = append(ws, per...)
+	}
 	var (
-		cur    period
-		cum    decimal.Decimal
-		billed int64
+		cur  period
+		per  []window
+		cums []decimal.Decimal
+		cum  decimal.Decimal
 	)
-	for i, h := range ps {
+	for _, h := range ps {
 		w := window{key: audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()}, start: h.Start, end: h.end, quantity: h.Value}
 		p, ok := cov.at(h.Start)
 		if !ok {
@@ -104,26 +150,15 @@ func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit
 			continue
 		}
 		if p != cur {
-			cur, cum, billed = p, decimal.Zero, 0
+			flush(per, cums)
+			cur, per, cums, cum = p, nil, nil, decimal.Zero
 		}
 		w.per = p
 		cum = cum.Add(h.Value)
-		w.units = max(0, cum.Mul(m.scale).Floor().IntPart()-billed)
-		var held int64
-		if lw := ledger[w.key]; lw != nil {
-			held = lw.Stripe
-		}
-		last := i == len(ps)-1 || !p.contains(ps[i+1].Start)
-		switch {
-		case !s.changeable(w, now) && !last:
-			w.units, billed = held, billed+held
-		case w.units < held && !s.cancellable(ledger[w.key], now):
-			billed += held // an over-billing stays; later windows bill less
-		default:
-			billed += w.units
-		}
-		ws = append(ws, w)
+		per = append(per, w)
+		cums = append(cums, cum)
 	}
+	flush(per, cums)
 	return ws, uncovered
 }
 
