@@ -25,7 +25,8 @@ import (
 const partitions = 4
 
 // plansYAML is shared by usage-aggregator and usage-billing-sync. ai_generation
-// is billed only by the SIGKILL case, the others only by the both-modes case,
+// is billed only by the SIGKILL case, builds only by the two-writers case,
+// the others only by the both-modes case,
 // so the two cases share the pipeline (and its database) without sharing a
 // ledger window.
 const plansYAML = `meters:
@@ -34,9 +35,10 @@ const plansYAML = `meters:
   exports:       { aggregation: sum }
   storage:       { aggregation: max }
   ai_generation: { aggregation: sum }
+  builds:        { aggregation: sum }
 unknown_meters: reject
 plans:
-  METERED: { meters: { api_calls: { limit: -1 }, tokens: { limit: -1 }, exports: { limit: -1 }, storage: { limit: -1 }, ai_generation: { limit: -1 } } }
+  METERED: { meters: { api_calls: { limit: -1 }, tokens: { limit: -1 }, exports: { limit: -1 }, storage: { limit: -1 }, ai_generation: { limit: -1 }, builds: { limit: -1 } } }
 default_plan: METERED
 `
 
@@ -68,6 +70,8 @@ type world struct {
 	spec       *stripespec.Spec
 	upstream   string
 	published  []schemas.UsageEvent // unique events (duplicates were published too)
+	topic      string
+	lease      string // private lease topic and group of this world's billing-sync processes
 }
 
 // TestRealPipeline publishes usage through the Go SDK into the real
@@ -117,11 +121,14 @@ func TestRealPipeline(t *testing.T) {
 	aggregator := start(t, w.dir, "usage-aggregator", w.bins.aggregator, aggEnv, "--plans", w.plansFile, "--http", "127.0.0.1:0", "run")
 	t.Cleanup(func() { consumer.stop(15 * time.Second); aggregator.stop(15 * time.Second) })
 
+	w.topic, w.lease = topic, name+".lease"
+	testenv.CreateTopic(t, w.broker, w.lease, 1)
 	w.publish(t, topic)
 	w.waitIngested(t, consumer, aggregator)
 
 	t.Run("BothModes", w.bothModes)
 	t.Run("SIGKILLMidPass", w.sigkillMidPass)
+	t.Run("TwoRunsAndReconcile", func(t *testing.T) { w.twoRunsAndReconcile(t, consumer, aggregator) })
 }
 
 // closedHour is the start of the hour h hours back, kept inside the
@@ -170,6 +177,11 @@ func (w *world) publish(t *testing.T, topic string) {
 	for i, tenant := range killTenants() {
 		for h := 1; h <= 5; h++ {
 			add(tenant, "ai_generation", fmt.Sprint(1+(i+h)%7), closedHour(h).Add(time.Duration(i)*time.Minute))
+		}
+	}
+	for i, tenant := range writersTenants() {
+		for h := 1; h <= 5; h++ {
+			add(tenant, "builds", fmt.Sprint(2+(i*h)%5), closedHour(h).Add(time.Duration(i)*time.Minute))
 		}
 	}
 	p, err := producer.New([]string{w.broker}, producer.WithTopic(topic))
@@ -296,11 +308,18 @@ stripe:
 clickhouse:
   addr: [%s]
   database: %s
+lease:
+  brokers: [%s]
+  topic: %s
+  group: %s
+  session_timeout: 6s
+  heartbeat_interval: 500ms
+  rebalance_timeout: 5s
 http:
   addr: ""
 log:
   level: info
-`, w.plansFile, meters, extra, stripeURL, w.clickhouse, w.db)
+`, w.plansFile, meters, extra, stripeURL, w.clickhouse, w.db, w.broker, w.lease, w.lease)
 	path := filepath.Join(w.dir, testenv.Name("billing")+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
