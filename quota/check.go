@@ -71,9 +71,10 @@ type Decision struct {
 	Staleness  Staleness
 	Offsets    Offsets
 
-	b   *bucket
-	qty Amount
-	lim *rate.Limiter // the token bucket, for a 429's RateLimit fields
+	b      *bucket
+	qty    Amount
+	lim    *rate.Limiter // the token bucket, for a 429's RateLimit fields
+	tokens float64       // its tokens when it refused
 }
 
 // Staleness says how fresh a decision is.
@@ -285,7 +286,8 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		if ok := (consume && v.lim.AllowN(now, n)) || (!consume && v.lim.TokensAt(now) >= float64(n)); !ok {
 			c.describe(&d, v, snap)
 			d.Reason = ReasonRate
-			d.RetryAfter = retryAfter(v.lim.TokensAt(now), n, float64(v.lim.Limit()))
+			d.tokens = v.lim.TokensAt(now)
+			d.RetryAfter = retryAfter(d.tokens, n, float64(v.lim.Limit()))
 			c.fill(&d, v, v.usage.Add(Nanos(v.b.pending.Load())))
 			return d
 		}

@@ -9,6 +9,7 @@ replace github.com/usagemeter/usagemeter/producer => ../producer
 replace github.com/usagemeter/usagemeter/testenv => ../testenv
 
 require (
+	github.com/felixge/httpsnoop v1.1.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
 	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000

@@ -4,12 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"math"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/felixge/httpsnoop"
+
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
 // TrackMode says when the middleware publishes the usage event.
@@ -27,7 +35,13 @@ const (
 	CodeRateLimited   = "RATE_LIMITED"         // 429
 	CodeStale         = "QUOTA_STATE_STALE"    // 503: stale state and a closed fail mode
 	CodeNoTenant      = "TENANT_REQUIRED"      // 401
+	CodeInvalid       = "INVALID_REQUEST"      // 400: a tenant id or meter the contract refuses
+	CodeBacklog       = "TRACKING_BACKLOG"     // 503: the outbox is full (the broker has been down long)
 )
+
+// DefaultUpgradeURL is MiddlewareConfig.UpgradeURL when none is set: a
+// 402 always says where to upgrade.
+const DefaultUpgradeURL = "/upgrade?tenant={tenant}"
 
 // MiddlewareConfig configures Middleware.
 type MiddlewareConfig struct {
@@ -40,14 +54,23 @@ type MiddlewareConfig struct {
 	// UserID and Metadata feed the published event; both optional.
 	UserID   func(*http.Request) string
 	Metadata func(*http.Request) map[string]string
-	// UpgradeURL is the link in a 402 ({tenant} is replaced by the tenant).
+	// UpgradeURL is the link in a 402 ({tenant} is replaced by the
+	// tenant, query-escaped); DefaultUpgradeURL when empty.
 	UpgradeURL string
 	Track      TrackMode // default TrackOn2xx
 	// Tracker publishes the usage event (see NewProducerTracker). Required
-	// unless Track is TrackNever.
+	// unless Track is TrackNever. Events reach it through an Outbox: the
+	// middleware never waits for the broker, and an event whose publish
+	// fails is retried, not dropped.
 	Tracker Tracker
-	// OnTrackError is told about every tracking failure (for the log); the
-	// request has already been answered and is never failed for it.
+	// Outbox is the retry path (the caller runs it; give it a Dir to keep
+	// events across restarts). Nil: the middleware makes an in-memory one
+	// with the OutboxConfig defaults around Tracker, runs it, and stops it
+	// on Close. A Tracker that is an *Outbox is used as the Outbox.
+	Outbox *Outbox
+	// OnTrackError is told about every event the outbox could not take (for
+	// the log); the request has already been answered and is never failed
+	// for it, and its usage stays pending (counted against the tenant).
 	OnTrackError func(error)
 }
 
@@ -60,40 +83,100 @@ type Tracker interface {
 type Middleware struct {
 	c     *Cache
 	cfg   MiddlewareConfig
+	out   *Outbox // nil with TrackNever
+	stop  context.CancelFunc
+	done  chan struct{}
 	stats struct {
-		allowed, limited, rateLimited, stale, tracked, trackFailures atomic.Int64
+		allowed, limited, rateLimited, stale, tracked, trackFailures, invalid, backlog atomic.Int64
 	}
 }
 
 // MiddlewareStats are counts since NewMiddleware.
 type MiddlewareStats struct {
 	Allowed, Limited, RateLimited, Stale, Tracked, TrackFailures int64
+	Invalid                                                      int64 // 400: tenant id the contract refuses
+	Backlog                                                      int64 // 503: the outbox was full
 }
 
-// NewMiddleware returns middleware for one meter.
+// NewMiddleware returns middleware for one meter. The meter must be one
+// the plans define, aggregated as sum or count: the middleware publishes
+// each request as an increment, which a gauge (max, latest) or a unique
+// count is not.
 func NewMiddleware(c *Cache, cfg MiddlewareConfig) (*Middleware, error) {
 	if cfg.Meter == "" || cfg.Tenant == nil {
 		return nil, errors.New("quota middleware: Meter and Tenant are required")
 	}
+	if err := schemas.CheckFeatureType(cfg.Meter); err != nil {
+		return nil, fmt.Errorf("quota middleware: Meter: %w", err)
+	}
+	switch agg, ok := c.Aggregation(cfg.Meter); {
+	case !ok:
+		return nil, fmt.Errorf("quota middleware: Meter %q: %w", cfg.Meter, ErrUnknownMeter)
+	case agg != plans.Sum && agg != plans.Count:
+		return nil, fmt.Errorf("quota middleware: Meter %q is aggregated as %s: a request is not an increment of it (publish its value yourself)", cfg.Meter, agg)
+	}
 	if cfg.Track == "" {
 		cfg.Track = TrackOn2xx
 	}
+	if cfg.UpgradeURL == "" {
+		cfg.UpgradeURL = DefaultUpgradeURL
+	}
+	m := &Middleware{c: c, cfg: cfg}
 	switch cfg.Track {
 	case TrackAlways, TrackOn2xx:
-		if cfg.Tracker == nil {
-			return nil, errors.New("quota middleware: a Tracker is required unless Track is never")
+		if o, ok := cfg.Tracker.(*Outbox); ok && cfg.Outbox == nil {
+			cfg.Outbox = o
+		}
+		m.out = cfg.Outbox
+		if m.out == nil {
+			if cfg.Tracker == nil {
+				return nil, errors.New("quota middleware: a Tracker is required unless Track is never")
+			}
+			o, err := NewOutbox(OutboxConfig{}, cfg.Tracker, nil)
+			if err != nil {
+				return nil, err
+			}
+			ctx, stop := context.WithCancel(context.Background())
+			m.out, m.stop, m.done = o, stop, make(chan struct{})
+			go func() {
+				defer close(m.done)
+				_ = o.Run(ctx)
+			}()
 		}
 	case TrackNever:
 	default:
 		return nil, errors.New("quota middleware: Track must be always, 2xx or never")
 	}
-	return &Middleware{c: c, cfg: cfg}, nil
+	return m, nil
+}
+
+// Close stops the outbox the middleware made (not one given in the config).
+// Events still undelivered then are lost with the process: give an Outbox
+// with a Dir to keep them.
+func (m *Middleware) Close() {
+	if m.stop != nil {
+		m.stop()
+		<-m.done
+	}
+}
+
+// Outbox returns the retry path the middleware tracks through (nil with
+// TrackNever).
+func (m *Middleware) Outbox() *Outbox { return m.out }
+
+// Requeue takes back events an async Publisher failed to deliver: pass it
+// (through a closure) as producer.WithAsync's callback.
+func (m *Middleware) Requeue(err error, events []schemas.UsageEvent) {
+	if m.out != nil {
+		m.out.Requeue(err, events)
+	}
 }
 
 // Stats returns the counts.
 func (m *Middleware) Stats() MiddlewareStats {
 	return MiddlewareStats{Allowed: m.stats.allowed.Load(), Limited: m.stats.limited.Load(), RateLimited: m.stats.rateLimited.Load(),
-		Stale: m.stats.stale.Load(), Tracked: m.stats.tracked.Load(), TrackFailures: m.stats.trackFailures.Load()}
+		Stale: m.stats.stale.Load(), Tracked: m.stats.tracked.Load(), TrackFailures: m.stats.trackFailures.Load(),
+		Invalid: m.stats.invalid.Load(), Backlog: m.stats.backlog.Load()}
 }
 
 // Wrap returns next behind the quota check.
@@ -109,19 +192,48 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 			qty = m.cfg.Quantity(r)
 		}
 		d := m.c.Check(r.Context(), tenant, m.cfg.Meter, qty)
-		SetHeaders(w.Header(), &d)
 		if !d.Allowed {
 			m.refuse(w, &d)
 			return
 		}
+		SetHeaders(w.Header(), &d)
+		// A slot in the outbox before serving: served usage always has
+		// somewhere to wait for the broker, and a full outbox refuses here.
+		if m.out != nil && !m.out.Reserve() {
+			m.c.Release(d)
+			m.stats.backlog.Add(1)
+			setRetryAfter(w.Header(), time.Second)
+			WriteJSONError(w, http.StatusServiceUnavailable, CodeBacklog, "usage tracking is backlogged, retry later", &d, "")
+			return
+		}
 		m.stats.allowed.Add(1)
-		sw := &statusWriter{ResponseWriter: w}
+		status := 0
+		final := func(code int) {
+			if status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) { // 1xx are informational
+				status = code
+			}
+		}
+		sw := httpsnoop.Wrap(w, httpsnoop.Hooks{
+			WriteHeader: func(next httpsnoop.WriteHeaderFunc) httpsnoop.WriteHeaderFunc {
+				return func(code int) { final(code); next(code) }
+			},
+			Write: func(next httpsnoop.WriteFunc) httpsnoop.WriteFunc {
+				return func(b []byte) (int, error) { final(http.StatusOK); return next(b) }
+			},
+			ReadFrom: func(next httpsnoop.ReadFromFunc) httpsnoop.ReadFromFunc {
+				return func(src io.Reader) (int64, error) { final(http.StatusOK); return next(src) }
+			},
+		})
 		next.ServeHTTP(sw, r)
-		status := sw.status
 		if status == 0 {
 			status = http.StatusOK
 		}
+		// The client has its answer before any tracking work.
+		_ = http.NewResponseController(w).Flush()
 		if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (status < 200 || status > 299)) {
+			if m.out != nil {
+				m.out.Unreserve()
+			}
 			m.c.Release(d)
 			return
 		}
@@ -129,21 +241,20 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 	})
 }
 
-func (m *Middleware) track(r *http.Request, tenant string, qty Amount, d *Decision) {
-	e := schemas.UsageEvent{TenantID: tenant, FeatureType: m.cfg.Meter, Quantity: qty.Decimal(), Timestamp: m.c.now()}
+// track queues the request's event in the outbox slot taken before
+// serving. It never gives the pending back: the usage happened, and an
+// event the outbox could not take is still counted against the tenant
+// until the period ends.
+func (m *Middleware) track(r *http.Request, tenant string, qty Amount, _ *Decision) {
+	e := schemas.UsageEvent{ID: schemas.NewID(), TenantID: tenant, FeatureType: m.cfg.Meter, Quantity: qty.Decimal(), Timestamp: m.c.now().UTC()}
 	if m.cfg.UserID != nil {
 		e.UserID = m.cfg.UserID(r)
 	}
 	if m.cfg.Metadata != nil {
 		e.Metadata = m.cfg.Metadata(r)
 	}
-	// The request is answered: tracking must not depend on the client
-	// staying connected, nor take longer than a few seconds.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
-	defer cancel()
-	if err := m.cfg.Tracker.Track(ctx, &e); err != nil {
+	if err := m.out.Put(&e, true); err != nil {
 		m.stats.trackFailures.Add(1)
-		m.c.Release(*d) // not published: the aggregator will never count it
 		if m.cfg.OnTrackError != nil {
 			m.cfg.OnTrackError(err)
 		}
@@ -156,32 +267,60 @@ func (m *Middleware) refuse(w http.ResponseWriter, d *Decision) {
 	switch d.Reason {
 	case ReasonRate:
 		m.stats.rateLimited.Add(1)
+		SetHeaders(w.Header(), d)
+		SetRateLimitHeaders(w.Header(), d)
 		setRetryAfter(w.Header(), d.RetryAfter)
 		WriteJSONError(w, http.StatusTooManyRequests, CodeRateLimited, "rate limit for "+d.Meter+" exceeded, retry later", d, "")
 	case ReasonLimit, ReasonTooLarge:
 		m.stats.limited.Add(1)
+		SetHeaders(w.Header(), d)
 		WriteJSONError(w, http.StatusPaymentRequired, CodeLimitExceeded,
 			"the "+d.Plan+" plan's "+d.Meter+" limit is reached for period "+d.Period, d, ExpandUpgradeURL(m.cfg.UpgradeURL, d.Tenant))
+	case ReasonInvalidTenant, ReasonUnknownMeter, ReasonUnsupported:
+		m.stats.invalid.Add(1)
+		msg := d.Reason
+		if err := m.c.ValidateKey(d.Tenant, d.Meter); err != nil {
+			msg = err.Error()
+		}
+		WriteJSONError(w, http.StatusBadRequest, CodeInvalid, msg, nil, "")
 	default:
 		m.stats.stale.Add(1)
+		SetHeaders(w.Header(), d)
 		setRetryAfter(w.Header(), d.RetryAfter)
 		WriteJSONError(w, http.StatusServiceUnavailable, CodeStale, "quota state unavailable, retry later", d, "")
 	}
 }
 
-// ExpandUpgradeURL replaces {tenant} in u.
-func ExpandUpgradeURL(u, tenant string) string {
-	for i := 0; i+len("{tenant}") <= len(u); i++ {
-		if u[i:i+len("{tenant}")] == "{tenant}" {
-			return u[:i] + tenant + u[i+len("{tenant}"):]
-		}
+// SetRateLimitHeaders describes, on a rate_limited refusal, the token
+// bucket that refused (the quota's fields would say the tenant has room):
+// RateLimit-Policy "<meter>-rate";q=<burst>;w=<seconds to refill it> and
+// RateLimit "<meter>-rate";r=<whole tokens left>;t=<seconds until enough>.
+func SetRateLimitHeaders(h http.Header, d *Decision) {
+	if d.lim == nil {
+		return
 	}
-	return u
+	burst := d.lim.Burst()
+	per := float64(d.lim.Limit())
+	w := int64(1)
+	if per > 0 {
+		w = max(1, int64(math.Ceil(float64(burst)/per)))
+	}
+	tokens := max(0, int64(math.Floor(d.tokens)))
+	name := `"` + d.Meter + `-rate"`
+	h["Ratelimit-Policy"] = []string{name + ";q=" + strconv.Itoa(burst) + ";w=" + strconv.FormatInt(w, 10)}
+	h["Ratelimit"] = []string{name + ";r=" + strconv.FormatInt(tokens, 10) + ";t=" + strconv.FormatInt(ceilSeconds(d.RetryAfter), 10)}
+}
+
+func ceilSeconds(d time.Duration) int64 { return max(1, int64((d+time.Second-1)/time.Second)) }
+
+// ExpandUpgradeURL replaces {tenant} in u by the query-escaped tenant
+// (tenant ids may hold @ and :).
+func ExpandUpgradeURL(u, tenant string) string {
+	return strings.ReplaceAll(u, "{tenant}", url.QueryEscape(tenant))
 }
 
 func setRetryAfter(h http.Header, d time.Duration) {
-	secs := int64((d + time.Second - 1) / time.Second)
-	h.Set("Retry-After", strconv.FormatInt(max(1, secs), 10))
+	h.Set("Retry-After", strconv.FormatInt(ceilSeconds(d), 10))
 }
 
 // SetHeaders writes the usage headers of d: X-Usage-Current, -Limit and
@@ -273,26 +412,3 @@ func WriteJSONError(w http.ResponseWriter, status int, code, msg string, d *Deci
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(body)
 }
-
-// statusWriter records the status the handler wrote.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach Flush and deadlines.
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -14,7 +14,8 @@ import (
 // ProducerTracker publishes usage events through the producer SDK. With a
 // sync Publisher (the default) Track returns once the broker acknowledged
 // the event; with producer.WithAsync it returns once queued and delivery
-// failures reach the Publisher's callback instead.
+// failures reach the Publisher's callback instead (give it
+// Outbox.Requeue, or Middleware.Requeue, so that they are retried).
 type ProducerTracker struct {
 	P *producer.Publisher
 }
@@ -34,6 +35,14 @@ func (t *ProducerTracker) Track(ctx context.Context, e *schemas.UsageEvent) erro
 	}
 	if err := t.P.Publish(ctx, *e); err != nil {
 		return fmt.Errorf("track %s/%s (id %s): %w", e.TenantID, e.FeatureType, e.ID, err)
+	}
+	return nil
+}
+
+// TrackBatch publishes events in one call (the Outbox delivers this way).
+func (t *ProducerTracker) TrackBatch(ctx context.Context, events []schemas.UsageEvent) error {
+	if err := t.P.Publish(ctx, events...); err != nil {
+		return fmt.Errorf("track %d events: %w", len(events), err)
 	}
 	return nil
 }
