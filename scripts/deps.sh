@@ -145,6 +145,7 @@ dep_examples() {
   fi
   local java_dir="$CACHE_DIR/examples-java"
   command -v mvn >/dev/null || apt_install maven
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless # java Publish.java compiles in memory
   want=$(sha256sum "$REPO_ROOT/examples/java/pom.xml" | cut -d' ' -f1)
   if [[ ! -f $java_dir/.complete || $(<"$java_dir/.complete") != "$want" ]]; then
     echo "deps: examples/java jars from Maven Central -> $java_dir/libs"

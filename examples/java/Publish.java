@@ -121,8 +121,8 @@ public class Publish {
             Set<ValidationMessage> errors = schema.validate(node);
             if (!errors.isEmpty()) {
                 ValidationMessage e = errors.iterator().next();
-                String field = e.getInstanceLocation().toString().replaceFirst("^\\$\\.?", "");
-                throw new Refused((field.isEmpty() ? "event" : field) + ": " + e.getMessage());
+                String why = e.getMessage(); // starts with the field: "/quantity: ...", ": ..." for the event
+                throw new Refused(why.startsWith(":") ? "event" + why : why);
             }
             ObjectNode event = (ObjectNode) node;
             String ts = event.get("timestamp").textValue();

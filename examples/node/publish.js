@@ -105,7 +105,11 @@ function plain(v, key) {
       const s = canonical(m[1], m[2], m[3] || "", Number(m[4] || 0));
       return s === null ? -1 : s; // null: far too large or too precise; -1 is refused too
     }
-    return v.value;
+    // A double rounds 1.0000000000000000001 to the integer 1; keep it a
+    // non-integer so that "type": "integer" judges it by value, as Go does.
+    const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(v.raw);
+    const s = canonical(m[1], m[2], m[3] || "", Number(m[4] || 0));
+    return s !== null && s.includes(".") && Number.isInteger(v.value) ? v.value + 0.5 : v.value;
   }
   if (Array.isArray(v)) return v.map((x) => plain(x));
   if (v && typeof v === "object") {
@@ -124,7 +128,7 @@ export class EventValidator {
   // names, UTF-8, future skew, years 1970-2105, fractional digits of a
   // JSON-number quantity, billing_period = the timestamp's UTC month).
   constructor(schemaPath = SCHEMA) {
-    const ajv = new Ajv2020({ allErrors: false, strict: false });
+    const ajv = new Ajv2020({ allErrors: true, strict: false });
     addFormats(ajv, ["date-time"]);
     this.check = ajv.compile(JSON.parse(readFileSync(schemaPath, "utf8")));
   }
@@ -146,9 +150,11 @@ export class EventValidator {
     }
     const event = plain(toValue(tree.body, text, "event"));
     if (!this.check(event)) {
-      const e = this.check.errors[0];
-      const field = e.instancePath.replace(/^\//, "") || "event";
-      throw new Refused(`${field}: ${e.message}`);
+      // Every message about the first failing member: a oneOf (quantity) fails
+      // in each branch, and the branch that matters is not always the first.
+      const path = this.check.errors[0].instancePath;
+      const why = this.check.errors.filter((e) => e.instancePath === path).map((e) => e.message);
+      throw new Refused(`${path.replace(/^\//, "") || "event"}: ${[...new Set(why)].join("; ")}`);
     }
     const m = /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|([+-])(\d\d):(\d\d))$/.exec(event.timestamp);
     const offsetMin = m[8] === "Z" ? 0 : (m[9] === "-" ? -1 : 1) * (Number(m[10]) * 60 + Number(m[11]));
