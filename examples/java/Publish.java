@@ -309,6 +309,8 @@ public class Publish {
     }
 
     public static void main(String[] args) throws Exception {
+        // kafka-clients logs its whole config at INFO: keep warnings and errors only.
+        System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", "warn");
         Path here = Path.of(System.getProperty("user.dir"));
         String schemaEnv = System.getenv("USAGE_SCHEMA");
         Path schema = schemaEnv != null ? Path.of(schemaEnv) : here.resolve("../../schemas/usage_event.schema.json");
