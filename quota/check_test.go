@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,6 +343,76 @@ func BenchmarkCheck(b *testing.B) {
 	b.Run("warm_rate_limited", func(b *testing.B) {
 		benchCheck(b, map[string]RateLimit{"api_calls": {PerSecond: 1e12, Burst: 1 << 40}})
 	})
+	// Every core on one tenant at its limit: each Check is refused
+	// (limit_exceeded) reading the same entry and bucket.
+	b.Run("parallel_hot_at_limit", func(b *testing.B) {
+		c, _ := warmCache(b, nil)
+		feed(b, c, "hot", "ai_generation", 50, time.Now())
+		benchParallel(b, func(ctx context.Context) bool {
+			d := c.Check(ctx, "hot", "ai_generation", Units(1))
+			return !d.Allowed && d.Reason == ReasonLimit
+		})
+	})
+	// Every core on one tenant with room: each Check is allowed and adds
+	// to the same pending counter (compare-and-swap contention).
+	b.Run("parallel_hot_allowed", func(b *testing.B) {
+		c, _ := warmCache(b, nil)
+		benchParallel(b, func(ctx context.Context) bool {
+			return c.Check(ctx, "hot", "api_calls", Nanos(1)).Allowed
+		})
+	})
+	// First lookups: every Check is a tenant the cache has never seen (its
+	// entry, view and bucket are made): the cold path, which allocates.
+	b.Run("first_lookup", func(b *testing.B) {
+		c, _ := warmCache(b, nil)
+		names := make([]string, b.N)
+		for i := range names {
+			names[i] = "new-" + strconv.Itoa(i)
+		}
+		var n atomic.Int64
+		benchParallel(b, func(ctx context.Context) bool {
+			return c.Check(ctx, names[n.Add(1)-1], "api_calls", Nanos(1)).Allowed
+		})
+	})
+}
+
+// benchParallel runs check on every core (b.RunParallel) and reports the
+// p50, p99 and p999 of single calls over all goroutines.
+func benchParallel(b *testing.B, check func(context.Context) bool) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	var all []int64
+	bufs := make(chan []int64, 256) // latency buffers made before the timer: B/op is Check's
+	for range cap(bufs) {
+		bufs <- make([]int64, 0, 1<<14)
+	}
+	all = make([]int64, 0, cap(bufs)<<14)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		lat := <-bufs
+		for pb.Next() {
+			t0 := time.Now()
+			ok := check(ctx)
+			if len(lat) < cap(lat) {
+				lat = append(lat, int64(time.Since(t0)))
+			}
+			if !ok {
+				b.Error("unexpected decision")
+				return
+			}
+		}
+		mu.Lock()
+		all = append(all, lat...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	slices.Sort(all)
+	if len(all) > 0 {
+		b.ReportMetric(float64(all[len(all)/2]), "p50-ns")
+		b.ReportMetric(float64(all[len(all)*99/100]), "p99-ns")
+		b.ReportMetric(float64(all[len(all)*999/1000]), "p999-ns")
+	}
 }
 
 // warmCache is a cache holding state for 1000 tenants, each checked once
@@ -372,6 +443,14 @@ func TestCheckAllocatesNothingWhenWarm(t *testing.T) {
 		i++
 	}); n != 0 {
 		t.Fatalf("Check allocates %.2f times per call on a warm cache", n)
+	}
+	feed(t, c, "hot", "ai_generation", 50, time.Now()) // at its limit: every Check refused
+	if n := testing.AllocsPerRun(10000, func() {
+		if c.Check(ctx, "hot", "ai_generation", Units(1)).Allowed {
+			t.Fatal("allowed past the limit")
+		}
+	}); n != 0 {
+		t.Fatalf("a refused Check allocates %.2f times per call", n)
 	}
 }
 

@@ -418,3 +418,62 @@ func do(t *testing.T, h http.Handler, tenant string) *httptest.ResponseRecorder 
 	h.ServeHTTP(res, req)
 	return res
 }
+
+// Item 1, the durable and bounded parts: events a process left in the
+// outbox's directory are delivered by the next one with their ids; a full
+// outbox refuses before serving (503 TRACKING_BACKLOG) and counts nothing.
+func TestOutboxSurvivesRestartAndRefusesWhenFull(t *testing.T) {
+	dir := t.TempDir()
+	down := &countingTracker{}
+	down.fail.Store(true)
+	o, err := NewOutbox(OutboxConfig{Dir: dir, MaxEvents: 3, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, down, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{}
+	clk.set(nov)
+	c := offline(t, clk, nil)
+	h := middlewareFor(t, c, MiddlewareConfig{Meter: "ai_generation", Tenant: func(*http.Request) string { return "t14" }, Outbox: o}, okHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = o.Run(ctx) }()
+	codes := map[int]int{}
+	for range 5 {
+		res := do(t, h, "t14")
+		codes[res.Code]++
+		if res.Code == http.StatusServiceUnavailable && !strings.Contains(res.Body.String(), CodeBacklog) {
+			t.Fatalf("503 without %s: %s", CodeBacklog, res.Body)
+		}
+	}
+	if codes[200] != 3 || codes[503] != 2 {
+		t.Fatalf("bound 3, broker down: %v, want 3 served and 2 refused", codes)
+	}
+	if d := c.Peek(context.Background(), "t14", "ai_generation"); d.Pending.Cmp(Units(3)) != 0 {
+		t.Fatalf("pending %s, want the 3 served (refused ones given back)", d.Pending)
+	}
+	cancel()
+	<-done
+	// A new process: the three events are still there and go out once.
+	up := &countingTracker{}
+	o2, err := NewOutbox(OutboxConfig{Dir: dir}, up, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o2.Len() != 3 {
+		t.Fatalf("%d events reloaded, want 3", o2.Len())
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go func() { _ = o2.Run(ctx2) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for o2.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if up.n.Load() != 3 || up.distinct() != 3 {
+		t.Fatalf("delivered %d (%d distinct ids), want 3", up.n.Load(), up.distinct())
+	}
+	o3, err := NewOutbox(OutboxConfig{Dir: dir}, up, nil)
+	if err != nil || o3.Len() != 0 {
+		t.Fatalf("after delivery a restart still finds %d events (%v)", o3.Len(), err)
+	}
+}
