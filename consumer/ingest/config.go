@@ -30,6 +30,12 @@ type Config struct {
 	// broker may hold a fetch waiting for data.
 	FetchMaxBytes int           `mapstructure:"fetch_max_bytes"`
 	FetchMaxWait  time.Duration `mapstructure:"fetch_max_wait"`
+	// OnRetentionGap is what to do when retention deleted events before
+	// they were read (svckit.OffsetGaps): "fail" stops the consumer (after
+	// committing what it read before the gap), "continue" counts them in
+	// usage_consumer_retention_gap_events_total and goes on. The
+	// aggregator has the same key.
+	OnRetentionGap string `mapstructure:"on_retention_gap"`
 }
 
 // DefaultConfig returns the defaults documented in consumer/README.md.
@@ -47,6 +53,7 @@ func DefaultConfig() Config {
 		SessionTimeout:  10 * time.Second,
 		FetchMaxBytes:   16 << 20,
 		FetchMaxWait:    250 * time.Millisecond,
+		OnRetentionGap:  "fail",
 	}
 }
 
@@ -81,6 +88,9 @@ func (c Config) Validate() error {
 	// (6 s and 30 min by default).
 	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 30*time.Minute {
 		bad("session_timeout", "must be between 6s and 30m (the broker's defaults), got %s", c.SessionTimeout)
+	}
+	if c.OnRetentionGap != "fail" && c.OnRetentionGap != "continue" {
+		bad("on_retention_gap", "must be fail or continue, got %q", c.OnRetentionGap)
 	}
 	return errors.Join(errs...)
 }

@@ -79,9 +79,16 @@ type Consumer struct {
 	m        *metrics
 	reg      prometheus.Registerer
 
-	// partitions of Topic, for the routing rule; refreshed while running
-	// so that a topic that grows is judged by its new count.
+	// partitions of Topic, for the routing rule and the re-route writer:
+	// the count at start (pinned: it must equal pinned when pinned > 0);
+	// Run stops if it changes (svckit.WatchPartitions), as the aggregator
+	// does, so the two never judge routing by different counts.
 	partitions atomic.Int64
+	pinned     int
+
+	// gaps tells records retention deleted unread from legitimate offset
+	// jumps; only Run's loop uses it.
+	gaps *svckit.OffsetGaps
 
 	// publishers are the values of the reroute metric's publisher label
 	// seen so far, capped at maxPublisherLabels; only Run's loop uses it.
@@ -117,6 +124,10 @@ func WithBeforeCommit(fn func(rerouted int) error) Option {
 	return func(c *Consumer) { c.afterWrite = func(b *batch) error { return fn(len(b.reroute)) } }
 }
 
+// WithPinnedPartitions makes Run refuse to start unless Topic has n
+// partitions (the service's topic_partitions); 0 takes the count it finds.
+func WithPinnedPartitions(n int) Option { return func(c *Consumer) { c.pinned = n } }
+
 // New returns a Consumer; Run starts it.
 func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, error) {
 	if err := cfg.Validate(); err != nil {
@@ -133,6 +144,7 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		o(c)
 	}
 	c.m = newMetrics(c.reg)
+	c.gaps = svckit.NewOffsetGaps(cfg.Brokers, cfg.Topic, cfg.GroupID)
 	c.reader = kafka.NewReader(kafka.ReaderConfig{
 		Brokers:        cfg.Brokers,
 		GroupID:        cfg.GroupID,
@@ -280,10 +292,27 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}()
 
 	// The routing rule needs the partition count before the first message.
-	if err := c.retry(ctx, "read the partition count of "+c.cfg.Topic, c.m.fetchErrors, c.refreshPartitions); err != nil {
+	var pinErr error
+	if err := c.retry(ctx, "read the partition count of "+c.cfg.Topic, c.m.fetchErrors, func(ctx context.Context) error {
+		n, err := svckit.PinPartitions(ctx, c.cfg.Brokers, c.cfg.Topic, c.pinned)
+		if errors.Is(err, svckit.ErrPartitionCountChanged) {
+			pinErr = err // not retried: a config or topic to fix
+			return nil
+		}
+		c.partitions.Store(int64(n))
+		return err
+	}); err != nil {
 		return err
 	}
-	go c.watchPartitions(ctx)
+	if pinErr != nil {
+		return pinErr
+	}
+	partsChanged := make(chan error, 1)
+	go func() {
+		if err := svckit.WatchPartitions(ctx, c.cfg.Brokers, c.cfg.Topic, int(c.partitions.Load()), 10*time.Second); err != nil {
+			partsChanged <- err
+		}
+	}()
 
 	// The fetcher feeds messages through a channel so that the loop below
 	// can also react to the flush timer and to shutdown.
@@ -366,11 +395,21 @@ loop:
 				break loop
 			}
 			c.m.consumed.Inc()
+			if err := c.checkGap(ctx, m); err != nil {
+				runErr = err
+				break loop
+			}
 			c.add(cur, m)
 			full = cur.msgs >= c.cfg.BatchSize
 		case <-tick.C:
 			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval
 		case <-ctx.Done():
+			break loop
+		case err := <-partsChanged:
+			// What was read so far was judged by the old count, as the
+			// aggregator judges it: write and commit it, then stop.
+			c.log.Error("stopping: the partition count of the events topic changed", zap.Error(err))
+			runErr = err
 			break loop
 		case err := <-writeErr:
 			return err // the writer stopped early: a test's crash hook
@@ -469,32 +508,34 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	return nil
 }
 
-func (c *Consumer) refreshPartitions(ctx context.Context) error {
-	n, err := svckit.Partitions(ctx, c.cfg.Brokers, c.cfg.Topic)
-	if err != nil {
+// checkGap reports records that retention deleted before this consumer
+// read them (kafka-go jumps to the first offset without an error, at a
+// partition's start and mid-read) and acts as OnRetentionGap says: an error
+// for "fail" (Run writes and commits what it read before the gap, then
+// stops; the next start meets the same gap), a count and a log line for
+// "continue". A broker that does not answer the check is retried.
+func (c *Consumer) checkGap(ctx context.Context, m kafka.Message) error {
+	var missed int64
+	if err := c.retry(ctx, "check the offsets of "+c.cfg.Topic+" for a retention gap", c.m.fetchErrors, func(ctx context.Context) error {
+		var err error
+		missed, err = c.gaps.Observe(ctx, m.Partition, m.Offset)
+		return err
+	}); err != nil {
 		return err
 	}
-	if old := c.partitions.Swap(int64(n)); old != 0 && old != int64(n) {
-		c.log.Warn("the topic's partition count changed: tenants now map to other partitions (see README, growing usage.events)",
-			zap.String("topic", c.cfg.Topic), zap.Int64("was", old), zap.Int("now", n))
+	if missed == 0 {
+		return nil
+	}
+	c.m.retentionGap.Add(float64(missed))
+	c.log.Error("retention deleted events before the consumer read them: they are in neither the raw table nor the aggregates; "+
+		"republish them if their publishers still can, and run the aggregator's reconcile over their time range",
+		zap.Int("partition", m.Partition), zap.Int64("first_read_after_gap", m.Offset), zap.Int64("records", missed),
+		zap.String("on_retention_gap", c.cfg.OnRetentionGap))
+	if c.cfg.OnRetentionGap == "fail" {
+		return fmt.Errorf("partition %d of %s: %d records before offset %d were deleted by retention before they were read (on_retention_gap: fail)",
+			m.Partition, c.cfg.Topic, missed, m.Offset)
 	}
 	return nil
-}
-
-// watchPartitions keeps the partition count current until ctx ends.
-func (c *Consumer) watchPartitions(ctx context.Context) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := c.refreshPartitions(ctx); err != nil && ctx.Err() == nil {
-				c.log.Debug("refresh partition count", zap.Error(err))
-			}
-		}
-	}
 }
 
 // metricLabel is the invalid-event metric's label: the tag, bounded

@@ -112,7 +112,8 @@ func serve(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 	reg := svckit.Registry()
-	opts := []ingest.Option{ingest.WithRegisterer(reg), ingest.WithDeadLetterFallback(store.Conn())}
+	opts := []ingest.Option{ingest.WithRegisterer(reg), ingest.WithDeadLetterFallback(store.Conn()),
+		ingest.WithPinnedPartitions(cfg.TopicPartitions)}
 	if os.Getenv(faultPointEnv) == "after-reroute" {
 		log.Warn(faultPointEnv + "=after-reroute: this process SIGKILLs itself after its first re-publish, before the commit")
 		opts = append(opts, ingest.WithBeforeCommit(killAfterReroute))

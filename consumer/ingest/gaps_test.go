@@ -1,0 +1,118 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/usagemeter/usagemeter/schemas"
+)
+
+// Retention deletes events after the group's commit before the consumer
+// reads them: kafka-go resumes at the first offset without a word. With
+// on_retention_gap: fail the consumer stops naming the gap (and meets it
+// again at the next start); with continue it counts the lost records and
+// goes on.
+func TestRetentionGapAfterTheCommit(t *testing.T) {
+	e := newEnv(t, "")
+	ctx := context.Background()
+	events, _ := mixed(20, time.Now().Add(-time.Hour))
+	for i := range events {
+		events[i].TenantID = "acme" // one partition
+	}
+	p := e.publisher()
+	if err := p.Publish(ctx, events[:10]...); err != nil {
+		t.Fatal(err)
+	}
+	r := e.start()
+	e.waitDedup(10, 60*time.Second)
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, events[10:]...); err != nil {
+		t.Fatal(err)
+	}
+	part := int32(schemas.PartitionFor("acme", 4))
+	deleteRecords(t, e.broker, e.cfg.Topic, part, 15) // 10..14 never read
+
+	r = e.start()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if err == nil || !strings.Contains(err.Error(), "5 records before offset 15 were deleted by retention") {
+			t.Fatalf("Run with on_retention_gap: fail returned %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the consumer did not stop at the retention gap")
+	}
+	if n := e.count("FROM usage_events"); n != 10 {
+		t.Fatalf("%d raw rows after the refused gap, want 10", n)
+	}
+
+	e.cfg.OnRetentionGap = "continue"
+	r = e.start()
+	e.waitDedup(15, 60*time.Second)
+	if got := testutil.ToFloat64(r.c.m.retentionGap); got != 5 {
+		t.Fatalf("retention gap metric %v, want 5", got)
+	}
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// deleteRecords moves the log start of topic/partition to before, as
+// retention does, with a DeleteRecords (API key 21, v0) request: kafka-go
+// has no client for it. The test broker is one node, so it leads every
+// partition. (The same helper as svckit's offsets_test.go.)
+func deleteRecords(t *testing.T, broker, topic string, partition int32, before int64) {
+	t.Helper()
+	var body bytes.Buffer
+	put := func(v any) { _ = binary.Write(&body, binary.BigEndian, v) }
+	str := func(s string) { put(int16(len(s))); body.WriteString(s) }
+	put(int16(21)) // api key DeleteRecords
+	put(int16(0))  // version
+	put(int32(1))  // correlation id
+	str("consumer-test")
+	put(int32(1)) // topics
+	str(topic)
+	put(int32(1)) // partitions
+	put(partition)
+	put(before)
+	put(int32(10000)) // timeout ms
+	conn, err := net.DialTimeout("tcp", broker, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := conn.Write(append(binary.BigEndian.AppendUint32(nil, uint32(body.Len())), body.Bytes()...)); err != nil {
+		t.Fatal(err)
+	}
+	var size int32
+	if err := binary.Read(conn, binary.BigEndian, &size); err != nil {
+		t.Fatal(err)
+	}
+	resp := make([]byte, size)
+	if _, err := io.ReadFull(conn, resp); err != nil {
+		t.Fatal(err)
+	}
+	// correlation id, throttle, topics(1), name, partitions(1), partition,
+	// low watermark, error code.
+	rd := bytes.NewReader(resp[12:])
+	var n int16
+	_ = binary.Read(rd, binary.BigEndian, &n)
+	_, _ = rd.Seek(int64(n)+8, io.SeekCurrent)
+	var low int64
+	var code int16
+	_ = binary.Read(rd, binary.BigEndian, &low)
+	if err := binary.Read(rd, binary.BigEndian, &code); err != nil || code != 0 || low != before {
+		t.Fatalf("DeleteRecords %s/%d before %d: error code %d, low watermark %d (%v)", topic, partition, before, code, low, err)
+	}
+}
