@@ -83,8 +83,9 @@ type Consumer struct {
 	// the count at start (pinned: it must equal pinned when pinned > 0);
 	// Run stops if it changes (svckit.WatchPartitions), as the aggregator
 	// does, so the two never judge routing by different counts.
-	partitions atomic.Int64
-	pinned     int
+	partitions      atomic.Int64
+	pinned          int
+	partitionsEvery time.Duration // how often the count is re-read
 
 	// gaps tells records retention deleted unread from legitimate offset
 	// jumps; only Run's loop uses it.
@@ -134,11 +135,12 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		return nil, fmt.Errorf("invalid consumer config: %w", err)
 	}
 	c := &Consumer{
-		cfg:        cfg,
-		log:        log,
-		store:      store,
-		intake:     svckit.NewIntake(),
-		publishers: map[string]bool{},
+		cfg:             cfg,
+		log:             log,
+		store:           store,
+		intake:          svckit.NewIntake(),
+		publishers:      map[string]bool{},
+		partitionsEvery: 10 * time.Second,
 	}
 	for _, o := range opts {
 		o(c)
@@ -309,7 +311,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	partsChanged := make(chan error, 1)
 	go func() {
-		if err := svckit.WatchPartitions(ctx, c.cfg.Brokers, c.cfg.Topic, int(c.partitions.Load()), 10*time.Second); err != nil {
+		if err := svckit.WatchPartitions(ctx, c.cfg.Brokers, c.cfg.Topic, int(c.partitions.Load()), c.partitionsEvery); err != nil {
 			partsChanged <- err
 		}
 	}()

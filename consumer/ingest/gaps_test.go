@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -11,8 +12,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit"
 )
 
 // Retention deletes events after the group's commit before the consumer
@@ -115,4 +118,45 @@ func deleteRecords(t *testing.T, broker, topic string, partition int32, before i
 	if err := binary.Read(rd, binary.BigEndian, &code); err != nil || code != 0 || low != before {
 		t.Fatalf("DeleteRecords %s/%d before %d: error code %d, low watermark %d (%v)", topic, partition, before, code, low, err)
 	}
+}
+
+// The consumer judges routing by the count it started with: it refuses to
+// start on a topic of another count than the pinned one, and stops, after
+// writing and committing what it read, when a partition is added.
+func TestPartitionCountPinnedAndWatched(t *testing.T) {
+	e := newEnv(t, "")
+	c, err := New(e.cfg, e.store, e.log, WithPinnedPartitions(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(context.Background()); !errors.Is(err, svckit.ErrPartitionCountChanged) {
+		t.Fatalf("Run pinned to 8 partitions on a topic of 4: %v", err)
+	}
+
+	r := e.start(func(c *Consumer) { c.partitionsEvery = 100 * time.Millisecond })
+	events, want := mixed(200, time.Now().Add(-time.Hour))
+	if err := e.publisher().Publish(context.Background(), events...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(200, 60*time.Second)
+	client := &kafka.Client{Addr: kafka.TCP(e.broker), Timeout: 10 * time.Second}
+	res, err := client.CreatePartitions(context.Background(), &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: e.cfg.Topic, Count: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Errors[e.cfg.Topic]; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.done:
+		r.done <- err
+		if !errors.Is(err, svckit.ErrPartitionCountChanged) || !strings.Contains(err.Error(), "had 4 partitions and now has 5") {
+			t.Fatalf("Run after a partition was added: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the consumer kept running after the topic grew from 4 to 5 partitions")
+	}
+	assertSums(t, e.sums(), want)
+	assertCommittedToEnd(t, e)
 }
