@@ -300,7 +300,7 @@ func TestMiddlewareHygiene(t *testing.T) {
 	}
 	_ = json.Unmarshal(res.Body.Bytes(), &body)
 	if res.Code != http.StatusPaymentRequired || body.UpgradeURL != "https://x.test/upgrade?tenant=bob%40x%3A1" {
-		t.Fatalf("402 upgrade_url %q (status %d)", body.UpgradeURL, res.Code)
+		t.Errorf("402 upgrade_url %q (status %d)", body.UpgradeURL, res.Code)
 	}
 	// No UpgradeURL configured: the 402 still names where to upgrade.
 	h2 := middlewareFor(t, c, MiddlewareConfig{Meter: "ai_generation", Tenant: func(*http.Request) string { return "bob@x:1" }, Tracker: tr}, okHandler)
@@ -308,7 +308,7 @@ func TestMiddlewareHygiene(t *testing.T) {
 	var raw map[string]any
 	_ = json.Unmarshal(res.Body.Bytes(), &raw)
 	if u, _ := raw["upgrade_url"].(string); res.Code != http.StatusPaymentRequired || u == "" {
-		t.Fatalf("402 without upgrade_url: %s", res.Body)
+		t.Errorf("402 without upgrade_url: %s", res.Body)
 	}
 
 	// 429: the RateLimit fields describe the bucket (2 tokens, 1/s), not the quota.
@@ -321,10 +321,10 @@ func TestMiddlewareHygiene(t *testing.T) {
 	res = do(t, h3, "rl")
 	if res.Code != http.StatusTooManyRequests || !strings.Contains(res.Header().Get("Ratelimit"), "r=0;t=1") ||
 		!strings.Contains(res.Header().Get("Ratelimit-Policy"), "q=2;w=2") {
-		t.Fatalf("429 headers: %d %v", res.Code, res.Header())
+		t.Errorf("429 headers: %d %v", res.Code, res.Header())
 	}
 	if d := c.Preview(ctx, "rl", "api_calls", Units(1)); d.Allowed || d.Reason != ReasonRate {
-		t.Fatalf("Preview with an empty bucket: %+v", d)
+		t.Errorf("Preview with an empty bucket: %+v", d)
 	}
 
 	// The wrapper keeps http.Flusher, and a 103 before a 200 is tracked as a 200.
@@ -346,7 +346,7 @@ func TestMiddlewareHygiene(t *testing.T) {
 	}
 	r.Body.Close()
 	if !flusher {
-		t.Fatal("the middleware's ResponseWriter is not an http.Flusher")
+		t.Error("the middleware's ResponseWriter is not an http.Flusher")
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for tr4.n.Load() == 0 && time.Now().Before(deadline) {
@@ -354,7 +354,7 @@ func TestMiddlewareHygiene(t *testing.T) {
 	}
 	time.Sleep(20 * time.Millisecond)
 	if n := tr4.n.Load(); n != 1 {
-		t.Fatalf("a 103 then 200: %d events tracked, want 1", n)
+		t.Errorf("a 103 then 200: %d events tracked, want 1", n)
 	}
 }
 
@@ -475,5 +475,59 @@ func TestOutboxSurvivesRestartAndRefusesWhenFull(t *testing.T) {
 	o3, err := NewOutbox(OutboxConfig{Dir: dir}, up, nil)
 	if err != nil || o3.Len() != 0 {
 		t.Fatalf("after delivery a restart still finds %d events (%v)", o3.Len(), err)
+	}
+}
+
+const anchoredPlans = `
+meters:
+  ai_generation: { aggregation: sum }
+plans:
+  FREE:
+    meters:
+      ai_generation: { limit: 50 }
+  TEAM:
+    meters:
+      ai_generation: { limit: 50, period: anchored }
+default_plan: FREE
+`
+
+// Item 7: a held state per period. A tenant blocked on its calendar
+// month moves to an anchored plan (the aggregator publishes the anchored
+// period's state) and back: the calendar month's state is still held, so
+// the tenant is still blocked, not given a fresh quota.
+func TestHeldStatePerPeriod(t *testing.T) {
+	p, err := plans.Parse([]byte(anchoredPlans))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{}
+	clk.set(nov)
+	c, err := New(DefaultConfig(), p, nil, WithClock(clk.now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.markSynced()
+	ctx := context.Background()
+	feed(t, c, "t15", "ai_generation", 50, nov)
+	if d := c.Check(ctx, "t15", "ai_generation", Units(1)); d.Allowed {
+		t.Fatalf("FREE at 50 allowed: %+v", d)
+	}
+	assign := func(plan string, anchor int, version int64) {
+		k, v := plans.AssignmentRecord("t15", &plans.Assignment{Plan: plan, AnchorDay: anchor, Version: version})
+		c.applyAssignment(kafka.Message{Key: k, Value: v, Offset: version, HighWaterMark: version + 1})
+	}
+	assign("TEAM", 15, 1)
+	per := plans.PeriodOf(plans.Quota{Period: plans.Anchored}, 15, nov)
+	s := schemas.QuotaState{TenantID: "t15", FeatureType: "ai_generation", Period: per.ID, Plan: "TEAM",
+		Usage: decimal.NewFromInt(5), Limit: decimal.NewFromInt(50), Remaining: decimal.NewFromInt(45),
+		OverageUsed: decimal.Zero, Percentage: decimal.NewFromInt(10), Level: "ok", PeriodStart: per.Start, PeriodEnd: per.End,
+		SourceOffsets: map[int32]int64{0: 60}, UpdatedAt: nov.Add(time.Minute)}
+	c.applyState(kafka.Message{Partition: 1, Offset: offsetSeq.Add(1), Value: s.AppendJSON(nil)})
+	if d := c.Peek(ctx, "t15", "ai_generation"); d.Period != per.ID || d.Usage.Cmp(Units(5)) != 0 {
+		t.Fatalf("anchored: %+v", d)
+	}
+	assign("FREE", 0, 2)
+	if d := c.Check(ctx, "t15", "ai_generation", Units(1)); d.Allowed || d.Period != "2026-11" || d.Usage.Cmp(Units(50)) != 0 {
+		t.Fatalf("back on the calendar month, a fresh quota: %+v", d)
 	}
 }
