@@ -501,3 +501,35 @@ func (f *Fake) meter(path string, now time.Time) (any, *apiError) {
 		"default_aggregation": map[string]any{"formula": set[0]}, "status_transitions": map[string]any{"deactivated_at": nil},
 		"value_settings": map[string]any{"event_payload_key": "value"}}, nil
 }
+
+// MeterTotal returns the customer's live events on a meter's event name
+// with timestamps in [from, to), as Stripe's meter holds them (invoiced
+// or not), ignoring the summary lag.
+func (f *Fake) MeterTotal(customer, eventName string, from, to time.Time) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, e := range f.eventOrder {
+		if !e.cancelled && e.customer == customer && e.eventName == eventName && e.ts >= from.Unix() && e.ts < to.Unix() {
+			n += e.value
+		}
+	}
+	return n
+}
+
+// Charged returns what the invoice of subscription sub for the period
+// starting at start charged on item, and whether that invoice exists and
+// is finalized.
+func (f *Fake) Charged(sub string, start time.Time, item string) (int64, bool) {
+	for _, in := range f.Invoices("") {
+		if in.Subscription == sub && in.PeriodStart.Equal(start) && in.Status != "draft" {
+			for _, l := range in.Lines {
+				if l.Item == item {
+					return l.Quantity, true
+				}
+			}
+			return 0, true
+		}
+	}
+	return 0, false
+}

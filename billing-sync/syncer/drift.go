@@ -50,6 +50,9 @@ func (s *Syncer) Drift(ctx context.Context, from, to time.Time) ([]Drift, error)
 			if err != nil {
 				return nil, err
 			}
+			if m.Mode == MeterEvents {
+				splitHours(vals, tws, ledger)
+			}
 			seen := map[int64]bool{}
 			for _, w := range tws {
 				seen[w.key.Start] = true
@@ -139,6 +142,27 @@ func (s *Syncer) classify(w window, stripe int64, lw *audit.Window, m Meter, now
 	return d, true
 }
 
+// splitHours divides Stripe's hourly value of an hour cut by a period
+// boundary between its two pieces: Stripe's hourly summaries cannot tell
+// them apart (anchors are at any second), so the earlier piece is taken
+// to hold what the ledger says (at most the hour's value) and the later
+// one the rest; a difference is attributed to the later piece.
+func splitHours(vals map[int64]int64, ws []window, ledger map[audit.WindowKey]*audit.Window) {
+	for _, w := range ws {
+		hour := w.start.Truncate(time.Hour)
+		if hour.Equal(w.start) {
+			continue
+		}
+		var first int64
+		if lw := ledger[audit.WindowKey{Tenant: w.key.Tenant, Meter: w.key.Meter, Start: hour.Unix()}]; lw != nil {
+			first = lw.Stripe
+		}
+		total := vals[hour.Unix()]
+		vals[hour.Unix()] = min(first, total)
+		vals[w.key.Start] = total - vals[hour.Unix()]
+	}
+}
+
 // invoiced compares each closed period (its invoice finalized) with what
 // that invoice actually charged on the meter's items: a meter's summary
 // counts every event, also one sent after finalization that no invoice
@@ -148,7 +172,8 @@ func (s *Syncer) classify(w window, stripe int64, lw *audit.Window, m Meter, now
 func (s *Syncer) invoiced(ctx context.Context, name string, m Meter, tgt target, ws []window, from, to time.Time) ([]Drift, error) {
 	ours := map[period]int64{}
 	for _, w := range ws {
-		if !w.per.end.IsZero() {
+		// Only periods wholly in [from, to): ws holds only the windows in it.
+		if !w.per.end.IsZero() && !w.per.start.Before(from) && !w.per.end.After(to) {
 			ours[w.per] += w.units
 		}
 	}

@@ -396,6 +396,9 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 			if stripeVals, err = s.stripeValues(ctx, m, tgt, run.ws, from, to); err != nil {
 				return err
 			}
+			if m.Mode == MeterEvents {
+				splitHours(stripeVals, run.ws, ledger)
+			}
 		}
 		var group []*job
 		for _, w := range run.ws {
