@@ -74,6 +74,38 @@ type Client struct {
 
 	calls   *prometheus.CounterVec
 	retries *prometheus.CounterVec
+	rekeys  prometheus.Counter
+}
+
+// attempt is what the transport saw of one attempt's response.
+type attempt struct {
+	shouldRetry string // Stripe-Should-Retry: "true", "false" or absent
+	replayed    bool   // Idempotent-Replayed: a stored response
+}
+
+type attemptKey struct{}
+
+// headerTransport hands the response headers stripe-go drops from its
+// errors (Stripe-Should-Retry, Idempotent-Replayed) to the attempt.
+type headerTransport struct{ base http.RoundTripper }
+
+func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(r)
+	if resp != nil {
+		if a, ok := r.Context().Value(attemptKey{}).(*attempt); ok {
+			a.shouldRetry = resp.Header.Get("Stripe-Should-Retry")
+			a.replayed = resp.Header.Get("Idempotent-Replayed") == "true"
+		}
+	}
+	return resp, err
+}
+
+// ServerError reports a 5xx answer: the request may or may not have been
+// applied, and Stripe stores it under the key (a retry under the same key
+// gets it back for 24 h).
+func ServerError(err error) bool {
+	var se *stripe.Error
+	return errors.As(err, &se) && se.HTTPStatusCode >= 500
 }
 
 // New returns a client. reg may be nil.
@@ -81,7 +113,7 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Client {
 	bc := &stripe.BackendConfig{
 		// Our own retries keep the idempotency key and respect the limiter.
 		MaxNetworkRetries: stripe.Int64(0),
-		HTTPClient:        &http.Client{Timeout: cfg.Timeout},
+		HTTPClient:        &http.Client{Timeout: cfg.Timeout, Transport: headerTransport{http.DefaultTransport}},
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	}
 	if cfg.URL != "" {
@@ -101,9 +133,11 @@ func New(cfg Config, log *zap.Logger, reg prometheus.Registerer) *Client {
 			Help: "Stripe API calls by operation and outcome (ok, retry, error)."}, []string{"op", "outcome"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_stripe_retries_total",
 			Help: "Stripe attempts retried, by operation."}, []string{"op"}),
+		rekeys: prometheus.NewCounter(prometheus.CounterOpts{Name: "billing_stripe_rekeys_total",
+			Help: "Meter events re-sent under a new idempotency key (same identifier) after a 5xx, which Stripe stores under the key."}),
 	}
 	if reg != nil {
-		reg.MustRegister(c.calls, c.retries)
+		reg.MustRegister(c.calls, c.retries, c.rekeys)
 	}
 	return c
 }
@@ -145,6 +179,13 @@ var errAttemptTimeout = errors.New("stripe attempt timed out")
 // empty, each attempt waiting for the rate limiter, retried on transient
 // errors up to MaxAttempts. Permanent errors return at once.
 func (c *Client) do(ctx context.Context, op, serial string, fn func(ctx context.Context) error) error {
+	return c.doRekey(ctx, op, serial, false, fn)
+}
+
+// doRekey is do; with rekey, a 5xx is retried even when Stripe says the key
+// should not be (fn then uses a new key: meter events, whose identifier
+// dedups a first try that was applied).
+func (c *Client) doRekey(ctx context.Context, op, serial string, rekey bool, fn func(ctx context.Context) error) error {
 	if serial != "" {
 		m, _ := c.locks.LoadOrStore(serial, &sync.Mutex{})
 		mu := m.(*sync.Mutex)
@@ -162,11 +203,25 @@ func (c *Client) do(ctx context.Context, op, serial string, fn func(ctx context.
 		}
 		actx, acancel := context.WithTimeout(ctx, c.cfg.Timeout)
 		defer acancel()
-		last = fn(actx)
+		at := &attempt{}
+		last = fn(context.WithValue(actx, attemptKey{}, at))
 		if last != nil && actx.Err() != nil && ctx.Err() == nil {
 			last = fmt.Errorf("%w: %w", errAttemptTimeout, last)
 		}
-		if last == nil || !Retryable(last) || attempts >= c.cfg.MaxAttempts {
+		retry := Retryable(last)
+		switch {
+		case last == nil:
+		case rekey && ServerError(last):
+			retry = true // under the next key
+		case at.shouldRetry == "false":
+			// Stripe says this key cannot succeed (e.g. a stored 500
+			// replayed): retrying it only burns the rate limit.
+			retry = false
+			last = fmt.Errorf("%w (Stripe-Should-Retry: false, replayed: %v)", last, at.replayed)
+		case at.shouldRetry == "true":
+			retry = true
+		}
+		if last == nil || !retry || attempts >= c.cfg.MaxAttempts {
 			cancel() // stop retrying; last says how it ended
 			return nil
 		}
@@ -201,8 +256,15 @@ type MeterEvent struct {
 
 // SendMeterEvent records e once: a retry, or a later pass re-sending the
 // same intent, is deduplicated by its idempotency key and its identifier.
+//
+// After a 5xx (which Stripe stores under the key and replays for 24 h) the
+// next attempt goes under a new key, key-r1, key-r2 ...: deterministic, so
+// another pass or process follows the same sequence, and the identifier is
+// the same, so a first try that was applied is refused as a duplicate
+// (counted as done) instead of billed twice.
 func (c *Client) SendMeterEvent(ctx context.Context, e MeterEvent) error {
-	return c.do(ctx, "meter_event", e.Customer+"/"+e.EventName, func(ctx context.Context) error {
+	rekeyed := 0
+	return c.doRekey(ctx, "meter_event", e.Customer+"/"+e.EventName, true, func(ctx context.Context) error {
 		p := &stripe.BillingMeterEventParams{
 			EventName:  stripe.String(e.EventName),
 			Identifier: stripe.String(e.Identifier),
@@ -210,10 +272,18 @@ func (c *Client) SendMeterEvent(ctx context.Context, e MeterEvent) error {
 			Timestamp:  stripe.Int64(e.Timestamp.Unix()),
 		}
 		p.Context = ctx
-		p.SetIdempotencyKey(e.IdempotencyKey)
+		key := e.IdempotencyKey
+		if rekeyed > 0 {
+			key = fmt.Sprintf("%s-r%d", e.IdempotencyKey, rekeyed)
+		}
+		p.SetIdempotencyKey(key)
 		_, err := c.api.BillingMeterEvents.New(p)
 		if DuplicateIdentifier(err) {
 			return nil
+		}
+		if ServerError(err) {
+			rekeyed++
+			c.rekeys.Inc()
 		}
 		return err
 	})

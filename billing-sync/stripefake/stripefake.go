@@ -41,6 +41,13 @@ type Fault struct {
 	// AfterWrite applies the request before failing: Stripe did it but the
 	// client does not know.
 	AfterWrite bool
+	// Store keeps the failure under the request's idempotency key, as
+	// Stripe keeps a 500 of a request that began executing: every retry
+	// under that key for 24 h gets the same 500 back (Idempotent-Replayed:
+	// true), with Stripe-Should-Retry: false (the key cannot succeed).
+	// Only a new key gets the request executed (or, for a meter event whose
+	// first try was applied, refused as a duplicate identifier).
+	Store bool
 }
 
 type stored struct {
@@ -291,6 +298,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if fault != nil && !fault.AfterWrite {
+		f.storeFault(r, form, fault)
 		f.fail(w, r, fault)
 		return
 	}
@@ -312,7 +320,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		time.Sleep(delay)
 	}
-	status, resp := f.handle(r, op, form)
+	status, resp, replayed := f.handle(r, op, form)
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+		if status >= 500 {
+			w.Header().Set("Stripe-Should-Retry", "false")
+		}
+	}
 	if serial != "" {
 		// Done processing; a delayed answer below is the network's.
 		f.mu.Lock()
@@ -320,6 +334,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 	}
 	if fault != nil {
+		f.storeFault(r, form, fault)
 		f.fail(w, r, fault) // applied, but the client sees a failure
 		return
 	}
@@ -349,11 +364,33 @@ func (f *Fake) fail(w http.ResponseWriter, r *http.Request, ft *Fault) {
 	if ft.Delay > 0 {
 		time.Sleep(ft.Delay)
 	}
-	st := ft.Status
-	if st == 0 {
-		st = http.StatusGatewayTimeout
+	if ft.Store && r.Header.Get("Idempotency-Key") != "" {
+		w.Header().Set("Stripe-Should-Retry", "false")
 	}
-	f.respond(w, r, st, (&apiError{status: st, typ: "api_error", msg: "injected fault"}).body())
+	f.respond(w, r, faultStatus(ft), faultBody(ft))
+}
+
+func faultStatus(ft *Fault) int {
+	if ft.Status == 0 {
+		return http.StatusGatewayTimeout
+	}
+	return ft.Status
+}
+
+func faultBody(ft *Fault) []byte {
+	st := faultStatus(ft)
+	return (&apiError{status: st, typ: "api_error", msg: "injected fault"}).body()
+}
+
+// storeFault keeps a Store fault's answer under the request's key.
+func (f *Fake) storeFault(r *http.Request, form url.Values, ft *Fault) {
+	key := r.Header.Get("Idempotency-Key")
+	if !ft.Store || key == "" || r.Method != http.MethodPost {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.idem[key] = stored{fingerprint: r.Method + " " + r.URL.Path + "?" + form.Encode(), status: faultStatus(ft), body: faultBody(ft), at: f.Now()}
 }
 
 func (f *Fake) takeFault(path string) *Fault {
@@ -420,7 +457,7 @@ func operation(method, path string) string {
 }
 
 // handle applies one request under the idempotency rules.
-func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte) {
+func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.Now()
@@ -430,16 +467,18 @@ func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte)
 	if r.Method == http.MethodPost && key != "" {
 		if len(key) > 255 {
 			e := invalid("idempotency_key_too_long", "Idempotency-Key longer than 255 characters")
-			return e.status, e.body()
+			return e.status, e.body(), false
 		}
+		// Keys expire 24 h after first use, by the fake's clock: the same
+		// key then executes the request again.
 		if s, ok := f.idem[key]; ok && now.Sub(s.at) < 24*time.Hour {
 			if s.fingerprint != fp {
 				f.keyReuse = append(f.keyReuse, key+": "+s.fingerprint+" | "+fp)
 				e := &apiError{status: 400, typ: "idempotency_error", msg: "Keys for idempotent requests can only be used with the same parameters they were first used with."}
-				return e.status, e.body()
+				return e.status, e.body(), false
 			}
 			f.replays[key]++
-			return s.status, s.body // replayed
+			return s.status, s.body, true // replayed
 		}
 	}
 	status, body := f.apply(r, op, form, key, now)
@@ -449,7 +488,7 @@ func (f *Fake) handle(r *http.Request, op string, form url.Values) (int, []byte)
 	if r.Method == http.MethodPost && key != "" {
 		f.idem[key] = stored{fingerprint: fp, status: status, body: body, at: now}
 	}
-	return status, body
+	return status, body, false
 }
 
 func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, now time.Time) (int, []byte) {
