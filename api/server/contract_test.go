@@ -98,6 +98,24 @@ func TestQuantityBeyondTheCapIsA400OnBoth(t *testing.T) {
 	}
 }
 
+// TestPendingFullIsNotALimit: two quantities under the cap whose sum one
+// instance cannot hold pending (2^64 nano-units) on an unlimited meter:
+// the second is never a 402 "limit is reached" (limit -1); it is allowed,
+// or 503 PENDING_FULL with Retry-After until the quota state absorbs the
+// first.
+func TestPendingFullIsNotALimit(t *testing.T) {
+	e := newEnv(t)
+	body := `{"tenant_id":"acme","feature_type":"ai_generation","quantity":"10000000000"}`
+	if a := e.do("POST", "/v1/track", keyAdmin, body); a.status != 200 {
+		t.Fatalf("first 1e10: %d %s", a.status, a.raw)
+	}
+	a := e.do("POST", "/v1/track", keyAdmin, body)
+	t.Logf("second: %d %s", a.status, a.body["code"])
+	if a.status != 200 && (a.status != 503 || a.body["code"] != "PENDING_FULL" || a.header.Get("Retry-After") == "") {
+		t.Fatalf("second 1e10 on an unlimited meter: %d %s", a.status, a.raw)
+	}
+}
+
 // TestAuthenticatesBeforeReadingTheBody: without a valid key the answer is
 // 401 whatever the body holds (malformed, oversized, invalid); the body is
 // judged only for a known key.

@@ -97,6 +97,13 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_ready", Help: "1 when /readyz answers 200: the quota cache caught up and is fresh."},
+			func() float64 {
+				if d := c.Peek(context.Background(), readyProbe, readyProbe); d.Staleness.Ready && !d.Staleness.Stale {
+					return 1
+				}
+				return 0
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "usage_api_cache_states_total", Help: "Quota states read."},
 			func() float64 { return float64(c.Stats().States) }))
 	return s
