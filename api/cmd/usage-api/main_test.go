@@ -102,6 +102,9 @@ func TestReadinessWhileTheBrokerIsDown(t *testing.T) {
 			t.Fatalf("%s while tracks get 503: %d %s", path, status, body)
 		}
 	}
+	if _, m := get(t, "http://"+addr+"/metrics"); !strings.Contains(m, "\nusage_api_ready 0\n") {
+		t.Fatal("usage_api_ready is not 0 while not ready")
+	}
 	stop(t, cmd, logs)
 }
 
@@ -131,6 +134,9 @@ func TestServeAndShutDown(t *testing.T) {
 	body := `{"tenant_id":"acme","feature_type":"ai_generation"}`
 	if status, b := post(t, "http://"+addr+"/v1/track", "k-acme", body); status != 200 || !strings.Contains(b, `"stale":false`) {
 		t.Fatalf("track once ready: %d %s", status, b)
+	}
+	if _, m := get(t, "http://"+addr+"/metrics"); !strings.Contains(m, "\nusage_api_ready 1\n") {
+		t.Fatal("usage_api_ready is not 1 once ready")
 	}
 
 	// A body that never arrives: the connection ends after read_timeout.
