@@ -366,9 +366,46 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errFatal) {
+			return err
+		}
 		s.m.writeErrors.Inc()
 		s.log.Warn("read partition; re-creating the reader", zap.Int("partition", partition), zap.Int64("offset", next), zap.Error(err))
 		sleep(ctx, pause)
+	}
+	return nil
+}
+
+// offsetJump judges a record at offset got when want was expected. Offsets
+// of usage.events are dense except where retention deleted records (or a
+// transactional publisher's markers and aborted records sit, which are
+// not events): the partition's first offset tells them apart. Records
+// below it were deleted; those after the checkpoint were never aggregated:
+// logged, counted, and with on_retention_gap: fail, the end of the service
+// (errFatal).
+func (s *Service) offsetJump(ctx context.Context, partition int, want, got, ckpt int64) error {
+	var first int64
+	if err := s.retry(ctx, "first offset after an offset jump", func(ctx context.Context) error {
+		var err error
+		first, _, err = offsetsOf(ctx, &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...)}, s.cfg.Topic, partition)
+		return err
+	}); err != nil {
+		return err
+	}
+	// Deleted: [want, min(first, got)); never aggregated: the part after ckpt.
+	missed := min(first, got) - max(want, ckpt+1)
+	if missed <= 0 {
+		s.log.Debug("offset jump without deleted events (transaction markers, or the replay range only)",
+			zap.Int("partition", partition), zap.Int64("expected", want), zap.Int64("got", got), zap.Int64("first_offset", first))
+		return nil
+	}
+	s.m.retentionGap.Add(float64(missed))
+	s.log.Error("retention deleted events the aggregator never read: run reconcile over their time range",
+		zap.Int("partition", partition), zap.Int64("expected_offset", want), zap.Int64("read_offset", got),
+		zap.Int64("first_offset", first), zap.Int64("events", missed), zap.String("on_retention_gap", s.cfg.OnRetentionGap))
+	if s.cfg.OnRetentionGap == "fail" {
+		return fmt.Errorf("%w: partition %d: offsets %d to %d were deleted before they were read (on_retention_gap: fail)",
+			errFatal, partition, max(want, ckpt+1), min(first, got)-1)
 	}
 	return nil
 }
@@ -383,6 +420,9 @@ func retentionGap(ckpt, first int64) int64 {
 }
 
 // readFrom reads from offset until an error, and returns the next offset.
+// kafka-go jumps to the partition's first offset when its position was
+// deleted, at any time, not only when a partition opens: every record is
+// checked against the offset expected next (offsetJump).
 func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs chan<- message) (int64, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
@@ -394,6 +434,11 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			return offset, err
+		}
+		if m.Offset > offset {
+			if err := s.offsetJump(ctx, partition, offset, m.Offset, ckpt); err != nil {
+				return offset, err
+			}
 		}
 		select {
 		case msgs <- message{Message: m, replay: m.Offset <= ckpt}:
