@@ -3,6 +3,8 @@ module github.com/usagemeter/usagemeter/firsthour
 go 1.26.8
 
 require (
+	github.com/shopspring/decimal v1.6.0
+	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
 )
@@ -20,7 +22,6 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.27 // indirect
 	github.com/segmentio/asm v1.2.1 // indirect
 	github.com/segmentio/kafka-go v0.4.51 // indirect
-	github.com/shopspring/decimal v1.6.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect

@@ -5,7 +5,8 @@
 // billed. Every mutating request is appended to a journal file and replayed
 // at start, so its state survives a restart. It adds a customer (and, for
 // usage_records meters, a subscription item) for every tenant with usage in
-// ClickHouse, as a sign-up would in a real account.
+// ClickHouse, with a subscription item on each billed meter's price, as a
+// sign-up would in a real account.
 //
 //	usage-stripe-fake --addr 127.0.0.1:9467 --journal .cache/run/stripe-fake.jsonl \
 //	    --billing-config billing-sync/config.demo.yaml
@@ -126,13 +127,24 @@ func loadMeters(path string) (map[string]syncer.Meter, error) {
 }
 
 func serve(ctx context.Context, cfg Config, meters map[string]syncer.Meter, log *zap.Logger) error {
+	// Meters and prices as usage-billing-sync --demo's in-process fake has
+	// them: a meter_events meter is invoiced through a price on the meter
+	// (its own, or price_<meter id>), a usage_records one through its price.
 	fake := stripefake.New()
+	prices := map[string]string{} // meter -> price of the items the demo adds
 	for name, m := range meters {
 		id := m.MeterID
 		if id == "" {
-			id = "mtr_" + name // as usage-billing-sync --demo's in-process fake
+			id = "mtr_" + name
 		}
 		fake.AddMeter(id, m.EventName)
+		prices[name] = m.Price
+		if m.Mode == syncer.MeterEvents {
+			if m.Price == "" {
+				prices[name] = "price_" + id
+			}
+			fake.AddPrice(stripefake.Price{ID: prices[name], MeterID: id})
+		}
 	}
 	reg := svckit.Registry()
 	j, err := openJournal(cfg.Journal, fake, log, reg)
@@ -148,9 +160,9 @@ func serve(ctx context.Context, cfg Config, meters map[string]syncer.Meter, log 
 	src := usage.New(conn)
 	seed := func() error {
 		// Usage within Stripe's 35 days (and a margin): every such tenant
-		// is a customer, with an item per usage_records meter.
+		// is a customer, with an item per meter it used.
 		to := time.Now()
-		for name, m := range meters {
+		for name := range meters {
 			hours, err := src.Hours(ctx, name, plans.Meter{Aggregation: plans.Sum}, to.Add(-40*24*time.Hour), to)
 			if err != nil {
 				return err
@@ -160,10 +172,8 @@ func serve(ctx context.Context, cfg Config, meters map[string]syncer.Meter, log 
 				if err := j.addCustomer(cus, h.Tenant); err != nil {
 					return err
 				}
-				if m.Mode == syncer.UsageRecords {
-					if err := j.addItem(cus, "si_"+h.Tenant+"_"+name, m.Price); err != nil {
-						return err
-					}
+				if err := j.addItem(cus, "si_"+h.Tenant+"_"+name, prices[name]); err != nil {
+					return err
 				}
 			}
 		}
