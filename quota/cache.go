@@ -59,7 +59,7 @@ type Cache struct {
 	wch    chan struct{}
 	client atomic.Pointer[kafka.Client] // for WaitFor's fresh high-water mark
 
-	stats struct{ states, assignments, invalid, staleStates atomic.Int64 }
+	stats struct{ states, assignments, invalid, staleStates, evicted atomic.Int64 }
 }
 
 // topicState tracks one topic's partitions.
@@ -253,9 +253,28 @@ func (c *Cache) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	if c.cfg.IdleEviction > 0 {
+		wg.Go(func() { c.evictor(ctx) })
+	}
 	c.poller(ctx, client)
 	wg.Wait()
 	return nil
+}
+
+// evictor drops idle entries every IdleEviction/4 (at most every minute).
+func (c *Cache) evictor(ctx context.Context) {
+	t := time.NewTicker(min(time.Minute, c.cfg.IdleEviction/4))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n := c.tab.evictIdle(c.now(), c.cfg.IdleEviction); n > 0 {
+				c.stats.evicted.Add(int64(n))
+			}
+		}
+	}
 }
 
 // start reads the partitions and the high-water marks of both topics.
@@ -521,6 +540,11 @@ func (c *Cache) applyState(m kafka.Message) {
 		partition: int32(m.Partition), offset: m.Offset, source: s.SourceOffsets, updatedAt: s.UpdatedAt}
 	e := c.tab.get(s.TenantID, s.FeatureType)
 	e.mu.Lock()
+	for e.evicted.Load() { // evicted since the lookup: the table has (or gets) a new one
+		e.mu.Unlock()
+		e = c.tab.get(s.TenantID, s.FeatureType)
+		e.mu.Lock()
+	}
 	defer e.mu.Unlock()
 	i := slices.IndexFunc(e.held, func(o *heldState) bool { return o.period == h.period })
 	switch {
@@ -621,13 +645,19 @@ func (c *Cache) refresh(e *entry, snap *plansSnapshot, a plans.Assignment, now t
 // Stats are counts since New.
 type Stats struct {
 	States, Assignments, Invalid int64
-	Lag                          int64
-	Reachable                    bool
+	// StaleStates were ignored: they reflect fewer events than the held
+	// state of their key (source offsets behind).
+	StaleStates int64
+	Evicted     int64 // idle entries dropped (IdleEviction)
+	Entries     int   // tenant and meter entries held now
+	Lag         int64
+	Reachable   bool
 }
 
 // Stats returns what the cache has read.
 func (c *Cache) Stats() Stats {
 	return Stats{States: c.stats.states.Load(), Assignments: c.stats.assignments.Load(), Invalid: c.stats.invalid.Load(),
+		StaleStates: c.stats.staleStates.Load(), Evicted: c.stats.evicted.Load(), Entries: c.tab.len(),
 		Lag: c.lag.Load(), Reachable: c.reachable.Load()}
 }
 

@@ -259,6 +259,9 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 	if e == nil {
 		return Decision{Tenant: tenant, Meter: meter, Reason: bad, Offsets: Offsets{StateOffset: -1}, Staleness: c.staleness(now)}
 	}
+	if sec := ns / int64(time.Second); e.seen.Load() != sec {
+		e.seen.Store(sec)
+	}
 	a := snap.assignment(tenant)
 	v := e.view.Load()
 	if v == nil || v.assign != a || ns < v.start || ns >= v.end {
@@ -330,6 +333,12 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		if consume {
 			if !v.b.pending.CompareAndSwap(p, np) {
 				continue
+			}
+			if e.evicted.Load() { // dropped from the table meanwhile: count it on the new entry
+				subPending(v.b, qty)
+				c.tab.mu.Lock() // the eviction pass is over: e is out of the table, or kept
+				c.tab.mu.Unlock()
+				return c.check(tenant, meter, qty, consume)
 			}
 			// The view and pending must be one consistent pair: a state
 			// applied between reading v and the swap moved usage into v's

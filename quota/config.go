@@ -67,6 +67,12 @@ type Config struct {
 	// RateLimits by meter; PlanRateLimits[plan][meter] overrides them.
 	RateLimits     map[string]RateLimit            `mapstructure:"rate_limits"`
 	PlanRateLimits map[string]map[string]RateLimit `mapstructure:"plan_rate_limits"`
+	// IdleEviction drops a tenant and meter entry nobody checked for this
+	// long when it holds nothing Check needs (no pending in its current
+	// period, no state of a period that ended less than this ago): checks
+	// of many tenants that never use anything do not grow memory for
+	// good. 0 keeps every entry. Default 1h.
+	IdleEviction time.Duration `mapstructure:"idle_eviction"`
 }
 
 // DefaultConfig is the configuration for the local engines.
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 		PollInterval:    200 * time.Millisecond,
 		FailModes:       DefaultFailModes(),
 		BeforeReady:     Closed,
+		IdleEviction:    time.Hour,
 	}
 }
 
@@ -93,6 +100,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStaleness <= 0 || c.PollInterval <= 0 {
 		errs = append(errs, errors.New("max_staleness and poll_interval must be positive"))
+	}
+	if c.IdleEviction < 0 {
+		errs = append(errs, fmt.Errorf("idle_eviction: %s, want >= 0 (0: never)", c.IdleEviction))
 	}
 	check := func(key string, f FailModes) {
 		for level, m := range map[string]Mode{"ok": f.OK, "warning": f.Warning, "at_limit": f.AtLimit, "overage": f.Overage, "blocked": f.Blocked} {

@@ -531,3 +531,52 @@ func TestHeldStatePerPeriod(t *testing.T) {
 		t.Fatalf("back on the calendar month, a fresh quota: %+v", d)
 	}
 }
+
+// Item 9: entries of tenants checked once and idle since go away; those
+// with pending usage or a state of a live period stay.
+func TestIdleEntriesAreEvicted(t *testing.T) {
+	clk := &clock{}
+	clk.set(nov)
+	c := offline(t, clk, nil)
+	ctx := context.Background()
+	for i := range 1000 {
+		c.Peek(ctx, "idle-"+decimal.NewFromInt(int64(i)).String(), "ai_generation")
+	}
+	c.Check(ctx, "busy", "ai_generation", Units(1)) // pending 1
+	feed(t, c, "stated", "ai_generation", 7, nov)
+	before := c.Stats().Entries
+	clk.advance(2 * time.Hour)
+	if n := c.tab.evictIdle(clk.now(), time.Hour); n != 1000 {
+		t.Fatalf("evicted %d, want the 1000 idle ones (entries before: %d)", n, before)
+	}
+	if d := c.Peek(ctx, "busy", "ai_generation"); d.Pending.Cmp(Units(1)) != 0 {
+		t.Fatalf("pending lost with an eviction: %+v", d)
+	}
+	if d := c.Peek(ctx, "stated", "ai_generation"); d.Usage.Cmp(Units(7)) != 0 {
+		t.Fatalf("a live state lost with an eviction: %+v", d)
+	}
+	// Evictions racing with checks never lose pending.
+	var wg sync.WaitGroup
+	var allowed atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for range 2000 {
+				if c.Check(ctx, "race", "ai_generation", Units(0)).Allowed {
+					allowed.Add(1)
+				}
+				if c.Check(ctx, "race2", "ai_generation", Nanos(1)).Allowed {
+					allowed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 200 {
+			c.tab.evictIdle(clk.now().Add(3*time.Hour), time.Hour)
+		}
+	})
+	wg.Wait()
+	if d := c.Peek(ctx, "race2", "ai_generation"); d.Pending.Cmp(Nanos(8000)) != 0 {
+		t.Fatalf("pending %s after 8000 checks racing evictions, want 0.000008", d.Pending)
+	}
+}

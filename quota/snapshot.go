@@ -190,6 +190,68 @@ func (t *table) slowGet(tenant, meter string) *entry {
 	return e
 }
 
+// evictIdle drops the entries nobody checked for idle that hold nothing
+// Check needs: no pending in the current period and no state of a period
+// that ended less than idle ago. It returns how many it dropped. The
+// evicted flag is set before pending is read again, and Check reads the
+// flag after adding to pending: one of the two sees the other, so no
+// pending is lost with an entry.
+func (t *table) evictIdle(now time.Time, idle time.Duration) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	read := *t.read.Load()
+	cut, ns := now.Add(-idle).Unix(), now.UnixNano()
+	var gone []key
+	consider := func(k key, e *entry) {
+		if e.seen.Load() > cut {
+			return
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		for _, h := range e.held {
+			if now.Sub(h.end) < idle {
+				return
+			}
+		}
+		v := e.view.Load()
+		live := v != nil && ns < v.end
+		if live && v.b.pending.Load() != 0 {
+			return
+		}
+		e.evicted.Store(true)
+		if live && v.b.pending.Load() != 0 { // a Check added meanwhile
+			e.evicted.Store(false)
+			return
+		}
+		gone = append(gone, k)
+	}
+	for k, e := range read {
+		consider(k, e)
+	}
+	for k, e := range t.dirty {
+		consider(k, e)
+	}
+	if len(gone) == 0 {
+		return 0
+	}
+	m := make(map[key]*entry, len(read)+len(t.dirty)-len(gone))
+	maps.Copy(m, read)
+	maps.Copy(m, t.dirty)
+	for _, k := range gone {
+		delete(m, k)
+	}
+	t.read.Store(&m)
+	t.dirty, t.misses = map[key]*entry{}, 0
+	return len(gone)
+}
+
+// len is the number of entries.
+func (t *table) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(*t.read.Load()) + len(t.dirty)
+}
+
 // all calls f for every entry (for GET /v1/quotas and tests).
 func (t *table) all(f func(*entry)) {
 	t.mu.Lock()
@@ -211,7 +273,12 @@ func (t *table) all(f func(*entry)) {
 type entry struct {
 	key  key
 	view atomic.Pointer[view] // what Check reads
-	mu   sync.Mutex           // serialises view rebuilds (state arrivals, plan changes, new periods)
+	// seen is the unix second of the last Check (written only when it
+	// changes: the hot path mostly reads it); evicted is set when the
+	// entry left the table (Check and applyState then look it up again).
+	seen    atomic.Int64
+	evicted atomic.Bool
+	mu      sync.Mutex // serialises view rebuilds (state arrivals, plan changes, new periods)
 	// held is the newest state read per period, newest period first, at
 	// most maxHeld (guarded by mu): a plan change that moves the tenant
 	// between calendar and anchored periods and back finds its state again.
