@@ -48,6 +48,9 @@ type Customer struct {
 type Config struct {
 	Meters    map[string]Meter `mapstructure:"meters"`
 	Customers []Customer       `mapstructure:"customers"`
+	// CustomerTTL: a customer found by search is trusted this long, then
+	// searched again (a tenant not found is searched again every pass).
+	CustomerTTL time.Duration `mapstructure:"customer_ttl"`
 	// LookupCustomers finds unmapped tenants by the Stripe customer
 	// metadata tenant_id (all customers listed once, then cached).
 	LookupCustomers bool `mapstructure:"lookup_customers"`
@@ -97,6 +100,7 @@ func DefaultConfig() Config {
 		MaxAge:           35*24*time.Hour - time.Hour,
 		UsageRecordClose: time.Hour,
 		SubscriptionTTL:  10 * time.Minute,
+		CustomerTTL:      time.Hour,
 		Workers:          16,
 		LookupCustomers:  true,
 		CheckAggregates:  true,
@@ -138,8 +142,8 @@ func (c *Config) Normalize(p *plans.Config) error {
 		}
 		switch m.Mode {
 		case MeterEvents:
-			if m.Price == "" && m.MeterID == "" {
-				bad(key, "price or meter_id is required: only a subscription item on the meter's price invoices its events")
+			if m.MeterID == "" {
+				bad(key+".meter_id", "required: the meter's settings are checked at start and its summaries read back")
 			}
 			// Hourly events add up on Stripe: only for meters whose hours add up.
 			if agg != plans.Sum && agg != plans.Count {
@@ -165,7 +169,7 @@ func (c *Config) Normalize(p *plans.Config) error {
 		seen[cu.Tenant] = true
 	}
 	for key, d := range map[string]time.Duration{"interval": c.Interval, "grace": c.Grace, "cancel_window": c.CancelWindow, "max_age": c.MaxAge,
-		"subscription_ttl": c.SubscriptionTTL} {
+		"subscription_ttl": c.SubscriptionTTL, "customer_ttl": c.CustomerTTL} {
 		if d <= 0 {
 			bad(key, "must be > 0")
 		}

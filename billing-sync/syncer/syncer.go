@@ -46,6 +46,7 @@ type Stripe interface {
 	SubscriptionItemFor(ctx context.Context, customer, priceID string) (string, error)
 	AllSubscriptions(ctx context.Context) (map[string][]stripeapi.Subscription, error)
 	FinalizedInvoices(ctx context.Context, customer string) ([]stripeapi.Invoice, error)
+	Meter(ctx context.Context, id string) (stripeapi.MeterSettings, error)
 }
 
 // Fence is the writer lease's term (lease.Term): Check is asked before

@@ -187,6 +187,9 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 	reg := svckit.Registry()
 	api := stripeapi.New(cfg.Stripe, log, reg)
 	s := syncer.New(cfg.Billing, p, src, audit.New(conn, nil), api, log, syncer.WithRegisterer(reg))
+	if err := s.CheckMeters(ctx); err != nil { // a mode the meter cannot bill right: refuse to start
+		return err
+	}
 	switch cmd {
 	case "reconcile":
 		return withLease(ctx, cfg, log, reg, s, func(ctx context.Context) error {
