@@ -87,6 +87,10 @@ type Consumer struct {
 	pinned          int
 	partitionsEvery time.Duration // how often the count is re-read
 
+	// clocked is intake once Run knows the topic keeps broker times, for
+	// the lookups metric (read from the scrape goroutine).
+	clocked atomic.Pointer[svckit.Intake]
+
 	// gaps tells records retention deleted unread from legitimate offset
 	// jumps; only Run's loop uses it.
 	gaps *svckit.OffsetGaps
@@ -188,6 +192,14 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		c.log.Error("Kafka refused DLQ records for good; written to ClickHouse dead_letters", zap.Int("records", n), zap.Error(err))
 	}
 	if c.reg != nil {
+		c.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "usage_consumer_broker_time_lookups_total", Help: "ListOffsets requests made to judge the future rule by the broker's append time (svckit.Intake.DecodeRecord)."},
+			func() float64 {
+				if in := c.clocked.Load(); in != nil {
+					return float64(in.Lookups())
+				}
+				return 0
+			}))
 		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "usage_consumer_lag", Help: "Messages behind the end of the assigned partitions, as last seen by the reader."},
 			func() float64 { return float64(c.reader.Stats().Lag) }))
@@ -219,14 +231,27 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 	}
 }
 
-// add validates m and files it as a row or a DLQ message.
-func (c *Consumer) add(b *batch, m kafka.Message) {
+// add validates m and files it as a row, a re-routed copy or a DLQ
+// message. It fails only when ctx ends while the broker does not answer
+// the future-rule lookup (the message is then not in the batch, and is read
+// again after a restart).
+func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
+	var e schemas.UsageEvent
+	var err error
+	if rerr := c.retry(ctx, "learn the broker time of a record", c.m.fetchErrors, func(ctx context.Context) error {
+		e, err = c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
+		if errors.Is(err, svckit.ErrBrokerTime) {
+			return err
+		}
+		return nil
+	}); rerr != nil {
+		return rerr
+	}
 	if b.msgs == 0 {
 		b.started = time.Now()
 	}
 	b.msgs++
 	b.last[m.Partition] = m
-	e, err := c.intake.Decode(m, int(c.partitions.Load()))
 	if reason, ok := svckit.Misrouted(err); ok {
 		// A valid event on the wrong partition or under the wrong key:
 		// its copy goes where the rule says, and is written to the raw
@@ -234,13 +259,14 @@ func (c *Consumer) add(b *batch, m kafka.Message) {
 		// the package doc).
 		b.reroute = append(b.reroute, svckit.Reroute(m, e.TenantID, reason))
 		c.m.rerouted.WithLabelValues(string(reason), c.publisherLabel(m)).Inc()
-		return
+		return nil
 	}
 	if err != nil {
 		b.invalid = append(b.invalid, c.dlqMessage(m, err))
-		return
+		return nil
 	}
 	b.rows.Append(&e, int32(m.Partition), m.Offset)
+	return nil
 }
 
 // publisherLabel is m's HeaderPublisher, or "unknown"; "other" once
@@ -308,6 +334,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	if pinErr != nil {
 		return pinErr
+	}
+	if err := c.retry(ctx, "read the timestamp type of "+c.cfg.Topic, c.m.fetchErrors, func(ctx context.Context) error {
+		tt, err := svckit.TimestampType(ctx, c.cfg.Brokers, c.cfg.Topic)
+		if err != nil {
+			return err
+		}
+		if tt == "LogAppendTime" {
+			c.intake = svckit.NewIntake(svckit.WithBrokerClock(c.cfg.Brokers, c.cfg.Topic))
+			c.clocked.Store(c.intake)
+		} else {
+			c.log.Warn("the events topic keeps the publishers' timestamps (message.timestamp.type "+tt+"): "+
+				"\"at most 5 minutes in the future\" is judged by each publisher's clock; set LogAppendTime to judge it by the broker's",
+				zap.String("topic", c.cfg.Topic))
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	partsChanged := make(chan error, 1)
 	go func() {
@@ -401,7 +444,9 @@ loop:
 				runErr = err
 				break loop
 			}
-			c.add(cur, m)
+			if err := c.add(ctx, cur, m); err != nil {
+				break loop // shutdown while the broker is away: m is read again later
+			}
 			full = cur.msgs >= c.cfg.BatchSize
 		case <-tick.C:
 			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval

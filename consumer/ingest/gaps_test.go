@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/testenv"
 )
 
 // Retention deletes events after the group's commit before the consumer
@@ -159,4 +161,52 @@ func TestPartitionCountPinnedAndWatched(t *testing.T) {
 	}
 	assertSums(t, e.sums(), want)
 	assertCommittedToEnd(t, e)
+}
+
+// On a LogAppendTime topic, a publisher whose host is 2 h ahead (its
+// records' CreateTime and event times both 2 h ahead) is refused as
+// timestamp_too_far_in_future: judged by the broker's clock, which kafka-go
+// does not report; its neighbours on the partition are counted.
+func TestFutureJudgedByTheBrokersClock(t *testing.T) {
+	e := newEnv(t, "")
+	e.cfg.Topic = testenv.Name("events-lat")
+	testenv.CreateTopic(t, e.broker, e.cfg.Topic, 4, "message.timestamp.type", "LogAppendTime")
+	r := e.start()
+	now := time.Now()
+	var msgs []kafka.Message
+	for i := range 30 {
+		ts := now.Add(time.Duration(i) * time.Millisecond)
+		msgs = append(msgs, kafka.Message{Key: []byte("acme"), Time: ts,
+			Value: fmt.Appendf(nil, `{"id":"ok-%d","tenant_id":"acme","feature_type":"api_calls","quantity":"1","timestamp":%q}`, i, ts.UTC().Format(time.RFC3339Nano))})
+		if i%3 == 0 {
+			ahead := now.Add(2 * time.Hour)
+			msgs = append(msgs, kafka.Message{Key: []byte("acme"), Time: ahead,
+				Value: fmt.Appendf(nil, `{"id":"skew-%d","tenant_id":"acme","feature_type":"api_calls","quantity":"1","timestamp":%q}`, i, ahead.UTC().Format(time.RFC3339Nano))})
+		}
+	}
+	if err := e.rawWriter().WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(30, 60*time.Second)
+	dlq := testenv.ReadN(t, e.broker, e.cfg.DLQTopic, 10)
+	for _, m := range dlq {
+		if tag := testenv.Headers(m)[schemas.HeaderError]; tag != string(schemas.CodeTimestampTooFarInFuture) || !strings.Contains(string(m.Value), `"skew-`) {
+			t.Errorf("DLQ holds %s with %q", m.Value, tag)
+		}
+	}
+	if err := r.shutdown(t); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count("FROM usage_events WHERE id LIKE 'skew-%'"); n != 0 {
+		t.Fatalf("%d events from the host 2 h ahead counted", n)
+	}
+	part := schemas.PartitionFor("acme", 4)
+	client := &kafka.Client{Addr: kafka.TCP(e.broker)}
+	off, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: e.cfg.GroupID, Topics: map[string][]int{e.cfg.Topic: {part}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := off.Topics[e.cfg.Topic][0].CommittedOffset; got != int64(len(msgs)) {
+		t.Fatalf("committed %d, want %d (the end of acme's partition)", got, len(msgs))
+	}
 }
