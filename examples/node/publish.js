@@ -197,13 +197,15 @@ function newProducer() {
   return kafka.producer({ idempotent: true });
 }
 
-// publish sends [key, value] pairs with acks=all; a failed round is sent
-// again, byte for byte (same id, so counted once), up to ATTEMPTS rounds.
-// kafkajs retries each request itself first.
+// publish sends [key, value] pairs with acks=all; a failed round (a broker
+// that cannot be reached included) is sent again, byte for byte (same id, so
+// counted once), up to ATTEMPTS rounds. kafkajs retries each request itself
+// first.
 async function publish(producer, topic, messages) {
   let lastErr;
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
     try {
+      await producer.connect(); // no-op when connected
       await producer.send({ topic, acks: -1, messages: messages.map(([key, value]) => ({ key, value, headers: HEADERS })) });
       return null;
     } catch (e) {
@@ -256,7 +258,6 @@ async function cmdSend(path, topic) {
     }
   }
   const producer = newProducer();
-  await producer.connect();
   try {
     const err = await publish(producer, topic, messages);
     console.log(JSON.stringify({ sent: err ? 0 : messages.length, refused, failed: err ? messages.length : 0 }));
@@ -277,7 +278,6 @@ async function cmdPublish(tenant, feature, quantity, topic) {
     return 2;
   }
   const producer = newProducer();
-  await producer.connect();
   try {
     const err = await publish(producer, topic, [[tenant, data]]);
     if (err) {
