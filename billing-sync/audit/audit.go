@@ -30,7 +30,10 @@ const (
 	Pending = "pending" // planned, the call may or may not have happened
 	OK      = "ok"
 	Retry   = "retry"  // transient failure after all attempts: re-sent next pass
-	Failed  = "failed" // refused by Stripe: not re-sent
+	Failed  = "failed" // not sent: an earlier write of the window was refused
+	// Refused: Stripe refused the request for good (a 4xx other than a
+	// key reuse). Not re-planned while our value and target stay the same.
+	Refused = "refused"
 	Expired = "expired"
 	// Unknown: Stripe answered idempotency_error (the key was used with
 	// other parameters, e.g. by another writer): whether anything was
@@ -164,6 +167,22 @@ func (w *Window) Unknown() []*Intent {
 		}
 	}
 	return out
+}
+
+// LastRefused returns the newest intent's row if Stripe refused it (or it
+// was not sent because an earlier write of the window was refused).
+func (w *Window) LastRefused() *Row {
+	for i := len(w.Intents) - 1; i >= 0; i-- {
+		in := w.Intents[i]
+		switch {
+		case in.Latest.Action == Observe || in.Latest.Action == Unfixable:
+			continue
+		case in.Latest.Result == Refused || in.Latest.Result == Failed:
+			return &w.Intents[i].Latest
+		}
+		return nil
+	}
+	return nil
 }
 
 // LastUnfixable returns the newest intent if it is an unfixable report.

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -163,6 +164,13 @@ func Retryable(err error) bool {
 func DuplicateIdentifier(err error) bool {
 	var se *stripe.Error
 	return errors.As(err, &se) && se.Code == "resource_already_exists"
+}
+
+// Missing reports a 404 / resource_missing: the object (a subscription
+// item replaced mid-period, a deleted customer) no longer exists.
+func Missing(err error) bool {
+	var se *stripe.Error
+	return errors.As(err, &se) && (se.HTTPStatusCode == http.StatusNotFound || se.Code == stripe.ErrorCodeResourceMissing)
 }
 
 // KeyReused reports whether Stripe refused a request because its
@@ -391,6 +399,26 @@ func (c *Client) CustomersByTenant(ctx context.Context) (map[string]string, erro
 			if t := cu.Metadata["tenant_id"]; t != "" {
 				out[t] = cu.ID
 			}
+		}
+		return it.Err()
+	})
+	return out, err
+}
+
+// CustomersForTenant searches the customers whose metadata tenant_id is
+// tenant (Stripe's search API; its index may lag a new customer by about a
+// minute). More than one is an ambiguity the caller must refuse.
+func (c *Client) CustomersForTenant(ctx context.Context, tenant string) ([]string, error) {
+	var out []string
+	err := c.do(ctx, "customers_search", "", func(ctx context.Context) error {
+		out = out[:0]
+		p := &stripe.CustomerSearchParams{}
+		p.Query = "metadata['tenant_id']:'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(tenant) + "'"
+		p.Context = ctx
+		p.Limit = stripe.Int64(10)
+		it := c.api.Customers.Search(p)
+		for it.Next() {
+			out = append(out, it.Customer().ID)
 		}
 		return it.Err()
 	})

@@ -134,7 +134,13 @@ func (s *Syncer) callAll(ctx context.Context, fence Fence, calls []audit.Row, re
 		case stripeapi.Retryable(err):
 			res.Result, res.Error = audit.Retry, err.Error()
 		default:
-			res.Result, res.Error = audit.Failed, err.Error()
+			res.Result, res.Error = audit.Refused, err.Error()
+			s.m.refused.WithLabelValues(r.Meter).Inc()
+			if stripeapi.Missing(err) {
+				// The item or customer is gone (an item replaced mid-period):
+				// re-read the subscriptions before the next write.
+				s.forgetSubscriptions()
+			}
 		}
 		s.m.writes.WithLabelValues(r.Action, res.Result).Inc()
 		results.add(res)
@@ -142,7 +148,7 @@ func (s *Syncer) callAll(ctx context.Context, fence Fence, calls []audit.Row, re
 			failed++
 			s.log.Warn("stripe write failed", zap.String("tenant", r.Tenant), zap.String("meter", r.Meter),
 				zap.Time("window", r.WindowStart), zap.String("action", r.Action), zap.String("result", res.Result), zap.Error(err))
-			if res.Result == audit.Failed || res.Result == audit.Unknown {
+			if res.Result == audit.Refused || res.Result == audit.Unknown {
 				for _, rest := range calls[i+1:] {
 					rest.Result, rest.Error, rest.At = audit.Failed, "not sent: an earlier write of the window was refused", time.Time{}
 					results.add(rest)
@@ -239,6 +245,9 @@ type metrics struct {
 	drift       *prometheus.GaugeVec
 	// noSubscription: tenant/meter pairs with usage no subscription item invoices.
 	noSubscription prometheus.Gauge
+	refused        *prometheus.CounterVec // writes Stripe refused for good, by meter
+	refusedWindows prometheus.Gauge       // windows left alone because their last write was refused
+	lookupErrors   prometheus.Counter     // tenants skipped in a pass because a Stripe look-up failed
 }
 
 func newMetrics() *metrics {
@@ -249,6 +258,12 @@ func newMetrics() *metrics {
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_writes_total",
 			Help: "Stripe writes by action (send, cancel, set) and result (ok, retry, failed)."}, []string{"action", "result"}),
 		unmapped: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_unmapped_tenants", Help: "Tenant/meter pairs with usage but no Stripe customer or item in the last pass."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_refused_writes_total",
+			Help: "Stripe writes refused for good (4xx), by meter: not re-planned until our value or the target changes."}, []string{"meter"}),
+		refusedWindows: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_refused_windows",
+			Help: "Windows whose last write Stripe refused, left alone in the last pass."}),
+		lookupErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "billing_lookup_errors_total",
+			Help: "Tenant/meter pairs skipped in a pass because a Stripe customer or subscription look-up failed."}),
 		noSubscription: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_no_subscription_tenants",
 			Help: "Tenant/meter pairs with usage in the last pass that no subscription item on the meter's price invoices."}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "billing_drift_windows",
@@ -257,5 +272,5 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift, m.noSubscription)
+	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift, m.noSubscription, m.refused, m.refusedWindows, m.lookupErrors)
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type Stripe interface {
 	MeterSummaries(ctx context.Context, meterID, customer, eventName string, from, to time.Time) (map[int64]int64, error)
 	UsageSummaries(ctx context.Context, item string) ([]stripeapi.UsageSummary, error)
 	CustomersByTenant(ctx context.Context) (map[string]string, error)
+	CustomersForTenant(ctx context.Context, tenant string) ([]string, error)
 	SubscriptionItemFor(ctx context.Context, customer, priceID string) (string, error)
 	AllSubscriptions(ctx context.Context) (map[string][]stripeapi.Subscription, error)
 	FinalizedInvoices(ctx context.Context, customer string) ([]stripeapi.Invoice, error)
@@ -73,7 +75,9 @@ type Syncer struct {
 	items      map[string]string                   // tenant/meter -> subscription item
 	subs       map[string][]stripeapi.Subscription // customer -> subscriptions (periods.go)
 	subsAt     time.Time
-	subsLooked bool // listed during this pass
+	subsLooked bool             // listed during this pass
+	found      map[string]found // tenant -> customer search (customer_ttl)
+	passStart  time.Time
 	fence      Fence
 }
 
@@ -108,7 +112,7 @@ func WithRegisterer(r prometheus.Registerer) Option {
 // New returns a Syncer; cfg must be normalized.
 func New(cfg Config, p *plans.Config, src Source, ledger Ledger, st Stripe, log *zap.Logger, opts ...Option) *Syncer {
 	s := &Syncer{cfg: cfg, plans: p, src: src, ledger: ledger, stripe: st, log: log, now: time.Now, m: newMetrics(),
-		customers: map[string]string{}, items: map[string]string{}}
+		customers: map[string]string{}, items: map[string]string{}, found: map[string]found{}}
 	for _, cu := range cfg.Customers {
 		s.customers[cu.Tenant] = cu.Customer
 		for meter, item := range cu.Items {
@@ -135,8 +139,17 @@ type Report struct {
 	// subscription item on the meter's price invoices (Stripe would record
 	// meter events for them and charge nobody): not billed, reported.
 	NoSubscription []string
-	Unfixable      []Drift
-	Planned        []audit.Row // dry run: what would be written
+	// LookupErrors lists tenant/meter pairs skipped because a Stripe
+	// look-up failed (retried next pass; the others were billed).
+	LookupErrors []string
+	// Ambiguous lists tenants refused because more than one Stripe
+	// customer carries their tenant_id ("tenant/meter: cus_a, cus_b").
+	Ambiguous []string
+	// Refused counts windows left alone because Stripe refused their last
+	// write for good and neither our value nor the target has changed.
+	Refused   int
+	Unfixable []Drift
+	Planned   []audit.Row // dry run: what would be written
 }
 
 // Drift is one window where ours and Stripe's differ.
@@ -187,6 +200,7 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	// when a tenant is not mapped.
 	s.mu.Lock()
 	s.looked, s.subsLooked = false, false
+	s.passStart = s.now()
 	s.mu.Unlock()
 	meters := make([]string, 0, len(s.cfg.Meters))
 	for name := range s.cfg.Meters {
@@ -216,6 +230,7 @@ type tenantRun struct {
 	status    string   // "" (billed), unmapped, no_subscription
 	ws        []window // windows in the subscription's periods
 	uncovered []window // usage no subscription item invoices
+	err       error    // lookup_error: why
 }
 
 // ours computes each tenant's windows of one meter starting in [from, to),
@@ -266,11 +281,13 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	var runs []*tenantRun
 	for _, tenant := range tenants {
 		tgt, status, err := s.resolve(ctx, tenant, name, m)
-		if err != nil {
-			return nil, err
-		}
 		run := &tenantRun{tenant: tenant, tgt: tgt, status: status}
 		runs = append(runs, run)
+		if err != nil {
+			// One tenant's failed look-up never stops the others.
+			run.status, run.err = "lookup_error", err
+			continue
+		}
 		if status != "" {
 			for _, h := range byTenant[tenant] {
 				if h.Start.Add(time.Hour).After(s.now().Add(-s.cfg.CloseAfter)) {
@@ -327,11 +344,14 @@ func (s *Syncer) resolve(ctx context.Context, tenant, meter string, m Meter) (ta
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cus, ok := s.customers[tenant]
-	if !ok && s.cfg.LookupCustomers && !s.looked {
-		if err := s.lookupCustomers(ctx); err != nil {
+	if !ok && s.cfg.LookupCustomers {
+		var err error
+		if cus, ok, err = s.searchCustomer(ctx, tenant); err != nil {
 			return target{}, "", err
 		}
-		cus, ok = s.customers[tenant]
+		if strings.HasPrefix(cus, "ambiguous_customer") {
+			return target{}, cus, nil
+		}
 	}
 	if !ok {
 		return target{}, "unmapped", nil
@@ -379,6 +399,16 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 	for _, run := range runs {
 		tenant := run.tenant
 		switch {
+		case run.status == "lookup_error":
+			rep.LookupErrors = append(rep.LookupErrors, tenant+"/"+name)
+			s.m.lookupErrors.Inc()
+			s.log.Warn("Stripe look-up failed: tenant skipped this pass", zap.String("tenant", tenant), zap.String("meter", name), zap.Error(run.err))
+			continue
+		case strings.HasPrefix(run.status, "ambiguous_customer"):
+			rep.Ambiguous = append(rep.Ambiguous, tenant+"/"+name+": "+strings.TrimPrefix(run.status, "ambiguous_customer: "))
+			s.log.Error("more than one Stripe customer has this tenant_id: tenant refused, not billed", zap.String("tenant", tenant),
+				zap.String("meter", name), zap.String("customers", strings.TrimPrefix(run.status, "ambiguous_customer: ")))
+			continue
 		case run.status == "unmapped":
 			rep.Unmapped = append(rep.Unmapped, tenant+"/"+name)
 			s.log.Warn("tenant has no Stripe customer: not billed", zap.String("tenant", tenant), zap.String("meter", name))
@@ -424,6 +454,7 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 		}
 	}
 	s.m.noSubscription.Set(float64(len(rep.NoSubscription)))
+	s.m.refusedWindows.Set(float64(rep.Refused))
 	return s.execute(ctx, groups, rep)
 }
 
@@ -535,6 +566,17 @@ func (s *Syncer) plan(j *job, name string, m Meter, now time.Time, rep *Report) 
 		}
 		return // nothing new until their outcome is known
 	}
+	target := m.EventName
+	if m.Mode == UsageRecords {
+		target = j.tgt.item
+	}
+	if r := lw.LastRefused(); r != nil && r.Ours == j.w.units && r.Customer == j.tgt.customer && r.Target == target {
+		// Stripe refused this very write for good: sending it again
+		// would be refused again. A new value or target re-plans it.
+		rep.Refused++
+		rep.Unfixable = append(rep.Unfixable, s.drift(j, "refused"))
+		return
+	}
 	delta := j.w.units - lw.Stripe
 	if delta == 0 {
 		return
@@ -601,6 +643,45 @@ func (s *Syncer) plan(j *job, name string, m Meter, now time.Time, rep *Report) 
 
 func (s *Syncer) drift(j *job, status string) Drift {
 	return Drift{Tenant: j.w.key.Tenant, Meter: j.w.key.Meter, Start: j.w.start, End: j.w.end, Ours: j.w.units, Stripe: j.ledger.Stripe, Status: status}
+}
+
+// found is a customer search's answer for one tenant.
+type found struct {
+	customers []string
+	at        time.Time
+}
+
+// searchCustomer finds the tenant's customer by search (metadata
+// tenant_id): one call per tenant, trusted for customer_ttl; a tenant not
+// found is searched again at most once per pass. Two customers with one
+// tenant_id return "ambiguous_customer: ..." (the tenant is refused: billing
+// either could be wrong). The caller holds s.mu.
+func (s *Syncer) searchCustomer(ctx context.Context, tenant string) (string, bool, error) {
+	f, ok := s.found[tenant]
+	fresh := ok && (len(f.customers) > 0 && s.now().Sub(f.at) < s.cfg.CustomerTTL || len(f.customers) == 0 && !f.at.Before(s.passStart))
+	if !fresh {
+		cs, err := s.stripe.CustomersForTenant(ctx, tenant)
+		if err != nil {
+			return "", false, fmt.Errorf("search the customer of tenant %q: %w", tenant, err)
+		}
+		f = found{customers: cs, at: s.now()}
+		s.found[tenant] = f
+	}
+	switch len(f.customers) {
+	case 0:
+		return "", false, nil
+	case 1:
+		return f.customers[0], true, nil
+	}
+	return "ambiguous_customer: " + strings.Join(f.customers, ", "), true, nil
+}
+
+// forgetSubscriptions drops the subscription cache (a write found an item
+// gone): the next look-up re-lists.
+func (s *Syncer) forgetSubscriptions() {
+	s.mu.Lock()
+	s.subs = nil
+	s.mu.Unlock()
 }
 
 // lookupCustomers lists Stripe's customers by metadata tenant_id once (until
