@@ -42,6 +42,9 @@ type Service struct {
 	fallback driver.Conn
 
 	partitions int // of Topic in the current generation, for the routing rule
+	// clockChecked: intake judges the future rule by the broker's clock
+	// when Topic is a LogAppendTime topic (svckit.Intake.DecodeRecord).
+	clockChecked bool
 
 	written []state.Checkpoint // the last checkpoint written
 
@@ -181,6 +184,16 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 			zap.String("topic", s.cfg.Topic), zap.Int("was", s.partitions), zap.Int("now", n))
 	}
 	s.partitions = n
+	if !s.clockChecked {
+		tt, err := svckit.TimestampType(ctx, s.cfg.Brokers, s.cfg.Topic)
+		if err != nil {
+			return err
+		}
+		if tt == "LogAppendTime" {
+			s.intake = svckit.NewIntake(svckit.WithBrokerClock(s.cfg.Brokers, s.cfg.Topic))
+		}
+		s.clockChecked = true
+	}
 	st, starts, err := s.restore(ctx, assigned)
 	if err != nil {
 		return err
@@ -238,7 +251,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	for {
 		select {
 		case m := <-msgs:
-			out, err := s.apply(st, m)
+			out, err := s.apply(wctx, st, m)
 			if err != nil {
 				return err
 			}
@@ -458,11 +471,14 @@ func sleep(ctx context.Context, d time.Duration) {
 
 // apply folds one message into st and returns the message to publish on
 // the late topic or the DLQ, if any.
-func (s *Service) apply(st *state.State, m message) (*kafka.Message, error) {
+func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka.Message, error) {
 	p, o := int32(m.Partition), m.Offset
 	// The consumer's rule, so every event is in the raw table and the
 	// aggregates, or in neither (the consumer puts it in the DLQ).
-	e, err := s.intake.Decode(m.Message, s.partitions)
+	e, err := s.intake.DecodeRecord(ctx, m.Message, s.partitions)
+	if errors.Is(err, svckit.ErrBrokerTime) {
+		return nil, err // no verdict yet: rejoin and read the record again
+	}
 	if err != nil {
 		st.Skip(p, o)
 		s.m.outcomes.WithLabelValues("invalid").Inc()
