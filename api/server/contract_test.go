@@ -51,6 +51,10 @@ func TestEveryEntryPointAppliesTheContract(t *testing.T) {
 			t.Errorf("%s: %d %s (openapi accepts: %v)", body, a.status, a.raw, e.openAPIAccepts("/v1/track", body))
 		}
 	}
+	if a := e.do("POST", "/v1/track", keyAdmin, `{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":1,"quantity":2}`); a.status != 400 ||
+		a.body["field"] != "quantity" || a.body["tag"] != "duplicate_field:quantity" {
+		t.Errorf("a member twice: %d %s", a.status, a.raw)
+	}
 	if a := e.do("GET", "/v1/quotas/bob+1@x", keyAdmin, ""); a.status != 400 || a.body["field"] != "tenant" {
 		t.Errorf("quotas of an invalid tenant: %d %s", a.status, a.raw)
 	}

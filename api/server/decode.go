@@ -76,6 +76,9 @@ func contractError(err error) *apiError {
 	return e
 }
 
+// maxMembers bounds the members of one request body.
+const maxMembers = 16
+
 // member is one top-level member of a request body, its value as sent.
 type member struct {
 	key string
@@ -102,6 +105,11 @@ func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, 
 			return nil, jsonError(err)
 		}
 		key, _ := tok.(string) // object keys are strings, or Token fails
+		if len(members) == maxMembers {
+			// A request has at most 9 members; this bounds the work a
+			// body of junk members can cause.
+			return nil, badField(codeMalformed, "", "the body has more than %d members", maxMembers)
+		}
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			return nil, jsonError(err)
