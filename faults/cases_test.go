@@ -220,3 +220,46 @@ func overflow(_ *testing.T, c *run) error {
 	}
 	return c.recovered(from, 30*time.Second, "overflow attempt")
 }
+
+// sentAtHeader carries, on a message the suite stamps itself, the suite's
+// clock when it sent it: the broker appends the record later, so an event
+// more than 5 minutes after it is more than 5 minutes after its broker
+// time too (check_test.go refuses it in the independent count).
+const sentAtHeader = "faults.sent_at"
+
+// skewedHost publishes, next to the SDK traffic, 600 events from a host
+// whose clock is 2 h ahead: the records' CreateTime and the events'
+// timestamps are both 2 h ahead, keyed and partitioned right, for the
+// tenants of acme's partition. The events topic is LogAppendTime, as the
+// services create it, so both services judge them by the broker's clock
+// and refuse them as timestamp_too_far_in_future (kafka-go reports the
+// CreateTime, which would accept them); the SDK traffic of every tenant of
+// that partition, before and after, counts exactly, in every window.
+func skewedHost(_ *testing.T, c *run) error {
+	time.Sleep(midStream())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	part := murmur2Partition("acme")
+	var neighbours []string
+	for _, tenant := range allTenants() {
+		if murmur2Partition(tenant) == part {
+			neighbours = append(neighbours, tenant)
+		}
+	}
+	from := time.Now()
+	for burst := range 3 {
+		var msgs []kafka.Message
+		for i := range 200 {
+			ev := c.load.event(neighbours[(burst*200+i)%len(neighbours)])
+			sent := time.Now().UTC()
+			ev.Timestamp = sent.Add(2 * time.Hour)
+			msgs = append(msgs, kafka.Message{Key: []byte(ev.TenantID), Value: ev.AppendJSON(nil), Time: ev.Timestamp,
+				Headers: []kafka.Header{{Key: sentAtHeader, Value: []byte(sent.Format(time.RFC3339Nano))}}})
+		}
+		if err := writeRaw(ctx, c.p.eng.broker, c.p.topic, kafka.Murmur2Balancer{}, msgs); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return c.recovered(from, 30*time.Second, fmt.Sprintf("host 2 h ahead publishing for %v", neighbours))
+}

@@ -23,6 +23,8 @@ const (
 	tagKeyMismatch     = "key_mismatch"
 	tagWrongPartition  = "wrong_partition"
 	tagInvalidQuantity = "invalid_quantity"
+	// tagFuture: more than 5 minutes after the broker appended it.
+	tagFuture = "timestamp_too_far_in_future"
 	// quantityIntDigits is the designed per-event cap: a quantity of 10^18
 	// or more is refused, so that no sum of a row can overflow Decimal(38, 9).
 	quantityIntDigits = 18
@@ -136,6 +138,8 @@ func expect(msgs []kafka.Message) (*expectation, error) {
 		switch {
 		case q.GreaterThanOrEqual(limit):
 			tag = tagInvalidQuantity
+		case aheadOfSending(m, w.Timestamp):
+			tag = tagFuture
 		}
 		if tag != "" {
 			if prev, ok := e.refused[w.ID]; ok && prev != tag {
@@ -167,6 +171,19 @@ func add(m map[key]tally, k key, q decimal.Decimal) {
 	t.events++
 	t.sum = t.sum.Add(q)
 	m[k] = t
+}
+
+// aheadOfSending reports whether an event the suite stamped with
+// sentAtHeader is more than 5 minutes (the contract's skew) after the
+// suite's clock when it sent it, which precedes the broker's append time.
+func aheadOfSending(m kafka.Message, ts time.Time) bool {
+	for _, h := range m.Headers {
+		if h.Key == sentAtHeader {
+			sent, err := time.Parse(time.RFC3339Nano, string(h.Value))
+			return err == nil && ts.After(sent.Add(5*time.Minute))
+		}
+	}
+	return false
 }
 
 // murmur2Partition is where the Java client, franz-go and the Go SDK put

@@ -288,5 +288,7 @@ func cases() []faultCase {
 		{name: "9 aggregator frozen past its session, then resumed", aggregators: 2, inject: frozenMemberPublishesNothingStale},
 		// Issue 13 item 4 (aggregator_cases_test.go).
 		{name: "10 plan change while two aggregators run", aggregators: 2, inject: planChangeWithTwoMembers},
+		// Issue 13 item 10 (cases_test.go).
+		{name: "11 host 2 h ahead (record CreateTime), LogAppendTime topic", inject: skewedHost},
 	}
 }

@@ -8,6 +8,8 @@ replace github.com/usagemeter/usagemeter/producer => ../producer
 
 replace github.com/usagemeter/usagemeter/testenv => ../testenv
 
+replace github.com/usagemeter/usagemeter/svckit => ../svckit
+
 replace github.com/usagemeter/usagemeter/quota => ../quota
 
 require (
@@ -18,6 +20,7 @@ require (
 	github.com/usagemeter/usagemeter/quota v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
+	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
 	go.uber.org/zap v1.28.0
 )
 

@@ -19,6 +19,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/segmentio/kafka-go"
 
+	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -93,7 +94,9 @@ func newPipeline(t *testing.T, bins binaries, eng engines) *pipeline {
 	}
 	compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
 	createTopics(t, eng.broker,
-		kafka.TopicConfig{Topic: p.topic, NumPartitions: partitions, ReplicationFactor: 1},
+		// As the services create it: LogAppendTime, so the future rule is
+		// judged by the broker's clock.
+		kafka.TopicConfig{Topic: p.topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: svckit.EventTopicConfig()},
 		kafka.TopicConfig{Topic: p.dlq, NumPartitions: partitions, ReplicationFactor: 1},
 		kafka.TopicConfig{Topic: p.late, NumPartitions: partitions, ReplicationFactor: 1},
 		kafka.TopicConfig{Topic: p.quota, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: compact},
