@@ -40,6 +40,7 @@ type Cache struct {
 	// "allowed, unlimited").
 	meters map[string]plans.Aggregation
 	tab    *table
+	ids    *recentIDs // event ids CheckEvent allowed recently
 
 	amu     sync.Mutex
 	private *plans.Config // assignments applied so far; copied into snapshots
@@ -94,7 +95,7 @@ func New(cfg Config, p *plans.Config, log *zap.Logger, opts ...Option) (*Cache, 
 		log = zap.NewNop()
 	}
 	c := &Cache{cfg: cfg, log: log, now: time.Now, tab: newTable(), ready: make(chan struct{}),
-		quotas: map[planMeter]*quotaInfo{}}
+		quotas: map[planMeter]*quotaInfo{}, ids: newRecentIDs(cfg.RecentIDs)}
 	for _, o := range opts {
 		o(c)
 	}

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -30,6 +32,11 @@ const (
 	// count with a limit on the tenant's plan; its usage is not the sum of
 	// what was allowed, so Check cannot decide it (Peek still reports it).
 	ReasonUnsupported = "unsupported_aggregation"
+	// ReasonTimestamp: CheckEvent's event time is further than the
+	// contract's skew (schemas.DefaultMaxFutureSkew) from now: usage of
+	// another period must not be counted against this one, or stay
+	// pending until that period ends.
+	ReasonTimestamp = "timestamp_out_of_range"
 )
 
 // Errors ValidateKey wraps.
@@ -43,10 +50,13 @@ var (
 type Decision struct {
 	Allowed bool
 	Reason  string
-	Tenant  string
-	Meter   string
-	Plan    string
-	Period  string
+	// Duplicate: CheckEvent saw this event id allowed recently; it is
+	// allowed again (a retry) and counted nothing.
+	Duplicate bool
+	Tenant    string
+	Meter     string
+	Plan      string
+	Period    string
 	// Level of Usage (ok, warning_<N>, at_limit, overage, blocked); when
 	// refused for the limit, the level the request would have reached.
 	Level string
@@ -122,6 +132,83 @@ type Position struct {
 // allocate on a warm cache.
 func (c *Cache) Check(_ context.Context, tenant, meter string, quantity Amount) Decision {
 	return c.check(tenant, meter, quantity, true)
+}
+
+// CheckEvent is Check for an event whose id and timestamp the caller chose
+// (usage-api's /v1/track): it refuses a timestamp further than the
+// contract's skew from now (ReasonTimestamp), and answers an id it allowed
+// recently (the last Config.RecentIDs) as a Duplicate, allowed and counting
+// nothing, so a retried track does not stay pending for good. Call
+// ForgetEvent when the allowed event will not be published after all.
+func (c *Cache) CheckEvent(ctx context.Context, e *schemas.UsageEvent, quantity Amount) Decision {
+	now := c.now()
+	if e.Timestamp.Before(now.Add(-schemas.DefaultMaxFutureSkew)) || e.Timestamp.After(now.Add(schemas.DefaultMaxFutureSkew)) {
+		d := c.check(e.TenantID, e.FeatureType, quantity, false)
+		d.Allowed, d.Reason, d.RetryAfter = false, ReasonTimestamp, 0
+		return d
+	}
+	if c.ids.seen(e.TenantID, e.ID) {
+		d := c.check(e.TenantID, e.FeatureType, Amount{}, false)
+		d.Duplicate = d.Allowed
+		return d
+	}
+	d := c.Check(ctx, e.TenantID, e.FeatureType, quantity)
+	if d.Allowed {
+		c.ids.add(e.TenantID, e.ID)
+	}
+	return d
+}
+
+// ForgetEvent forgets an id CheckEvent remembered (with Release, when the
+// event will not be published).
+func (c *Cache) ForgetEvent(e *schemas.UsageEvent) { c.ids.forget(e.TenantID, e.ID) }
+
+// recentIDs remembers the last n event ids CheckEvent allowed (FIFO).
+type recentIDs struct {
+	mu   sync.Mutex
+	n    int
+	set  map[string]struct{}
+	ring []string
+	next int
+}
+
+func newRecentIDs(n int) *recentIDs {
+	return &recentIDs{n: n, set: make(map[string]struct{}, min(n, 1<<16))}
+}
+
+func idKey(tenant, id string) string { return tenant + "/" + id }
+
+func (r *recentIDs) seen(tenant, id string) bool {
+	if r.n == 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.set[idKey(tenant, id)]
+	return ok
+}
+
+func (r *recentIDs) add(tenant, id string) {
+	if r.n == 0 {
+		return
+	}
+	k := idKey(tenant, id)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.ring) < r.n {
+		r.ring = append(r.ring, k)
+	} else {
+		delete(r.set, r.ring[r.next])
+		r.ring[r.next] = k
+		r.next = (r.next + 1) % r.n
+	}
+	r.set[k] = struct{}{}
+}
+
+func (r *recentIDs) forget(tenant, id string) {
+	r.mu.Lock()
+	delete(r.set, idKey(tenant, id)) // its ring slot is reused in turn
+	r.mu.Unlock()
 }
 
 // Peek is the current standing: Preview of quantity 0.

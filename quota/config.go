@@ -73,6 +73,9 @@ type Config struct {
 	// of many tenants that never use anything do not grow memory for
 	// good. 0 keeps every entry. Default 1h.
 	IdleEviction time.Duration `mapstructure:"idle_eviction"`
+	// RecentIDs is how many event ids CheckEvent remembers to answer a
+	// retried event as a duplicate (about 100 bytes each). Default 100000.
+	RecentIDs int `mapstructure:"recent_ids"`
 }
 
 // DefaultConfig is the configuration for the local engines.
@@ -86,6 +89,7 @@ func DefaultConfig() Config {
 		FailModes:       DefaultFailModes(),
 		BeforeReady:     Closed,
 		IdleEviction:    time.Hour,
+		RecentIDs:       100_000,
 	}
 }
 
@@ -100,6 +104,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStaleness <= 0 || c.PollInterval <= 0 {
 		errs = append(errs, errors.New("max_staleness and poll_interval must be positive"))
+	}
+	if c.RecentIDs < 0 {
+		errs = append(errs, fmt.Errorf("recent_ids: %d, want >= 0", c.RecentIDs))
 	}
 	if c.IdleEviction < 0 {
 		errs = append(errs, fmt.Errorf("idle_eviction: %s, want >= 0 (0: never)", c.IdleEviction))

@@ -580,3 +580,32 @@ func TestIdleEntriesAreEvicted(t *testing.T) {
 		t.Fatalf("pending %s after 8000 checks racing evictions, want 0.000008", d.Pending)
 	}
 }
+
+// Item 6 (quota side): CheckEvent refuses an event time outside now ±
+// the contract's skew and answers a retried id as a duplicate that counts
+// nothing.
+func TestCheckEventTimestampsAndRecentIDs(t *testing.T) {
+	clk := &clock{}
+	clk.set(nov)
+	c := offline(t, clk, nil)
+	ctx := context.Background()
+	e := schemas.UsageEvent{ID: "ev-1", TenantID: "t16", FeatureType: "ai_generation", Timestamp: nov}
+	if d := c.CheckEvent(ctx, &e, Units(1)); !d.Allowed || d.Duplicate {
+		t.Fatalf("first: %+v", d)
+	}
+	for range 3 {
+		if d := c.CheckEvent(ctx, &e, Units(1)); !d.Allowed || !d.Duplicate || d.Pending.Cmp(Units(1)) != 0 {
+			t.Fatalf("retry of ev-1: %+v", d)
+		}
+	}
+	for _, ts := range []time.Time{time.Unix(0, 0), nov.Add(-6 * time.Minute), nov.Add(6 * time.Minute), nov.AddDate(0, -1, 0)} {
+		old := schemas.UsageEvent{ID: "ev-2", TenantID: "t16", FeatureType: "ai_generation", Timestamp: ts}
+		if d := c.CheckEvent(ctx, &old, Units(1)); d.Allowed || d.Reason != ReasonTimestamp {
+			t.Fatalf("timestamp %s: %+v", ts, d)
+		}
+	}
+	c.ForgetEvent(&e)
+	if d := c.CheckEvent(ctx, &e, Units(1)); !d.Allowed || d.Duplicate || d.Pending.Cmp(Units(2)) != 0 {
+		t.Fatalf("after ForgetEvent: %+v", d)
+	}
+}
