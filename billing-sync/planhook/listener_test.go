@@ -37,7 +37,7 @@ func TestOwnListenerTimeoutsAndBodyLimit(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h, err := planhook.New(context.Background(), cfg, p, func(context.Context, string) (string, bool) { return "acme", true }, zap.NewNop(), nil)
+	h, err := planhook.New(context.Background(), cfg, p, func(context.Context, string) (string, bool) { return "acme", true }, nil, zap.NewNop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

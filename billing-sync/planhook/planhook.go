@@ -26,6 +26,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 	"go.uber.org/zap"
 
+	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -112,37 +113,68 @@ func Serve(cfg Config, h http.Handler, log *zap.Logger) (*http.Server, error) {
 // TenantOf finds the tenant of a Stripe customer.
 type TenantOf func(ctx context.Context, customerID string) (string, bool)
 
+// Stripe is what the handler reads back from Stripe (stripeapi.Client):
+// every subscription of the customer (status=all), and a customer's
+// metadata tenant_id when the event does not say it.
+type Stripe interface {
+	Subscriptions(ctx context.Context, customer string) ([]stripeapi.Subscription, error)
+	CustomerTenant(ctx context.Context, customer string) (string, error)
+}
+
+// entitled says which subscription statuses grant their prices' plan.
+// active, trialing: yes. past_due: yes, deliberately: Stripe is retrying
+// the payment (dunning) and the account's settings decide when it ends as
+// unpaid or canceled; cutting a paying customer off on the first failed
+// charge would be wrong. unpaid (retries exhausted), incomplete (the first
+// payment never succeeded), incomplete_expired, paused (no invoices while
+// paused) and canceled: no. A status that grants nothing never downgrades
+// by itself: the plan comes from every subscription of the customer.
+var entitled = map[stripe.SubscriptionStatus]bool{
+	stripe.SubscriptionStatusActive: true, stripe.SubscriptionStatusTrialing: true, stripe.SubscriptionStatusPastDue: true,
+}
+
 // Handler is the webhook endpoint.
 type Handler struct {
 	cfg      Config
 	plans    map[string]string
+	rank     map[string]int // lookup_key -> position in webhook.prices (later = higher plan)
 	tenantOf TenantOf
+	stripe   Stripe
 	w        *kafka.Writer
 	log      *zap.Logger
 
 	mu       sync.Mutex
-	versions map[string]int64 // newest version per tenant on the topic
+	versions map[string]int64            // newest version per tenant on the topic
+	written  map[string]plans.Assignment // the record at that version
 
-	events *prometheus.CounterVec
+	events   *prometheus.CounterVec
+	unmapped *prometheus.CounterVec
 }
 
 // New reads the assignment topic to its end (the newest version per
-// tenant) and returns the handler. Close it to flush the writer.
-func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, log *zap.Logger, reg prometheus.Registerer) (*Handler, error) {
-	h := &Handler{cfg: cfg, plans: map[string]string{}, tenantOf: tenantOf, log: log, versions: map[string]int64{},
+// tenant) and returns the handler. Close it to flush the writer. With st,
+// the plan comes from all the customer's subscriptions as Stripe holds them
+// when the event arrives; without it (tests of the event path), from the
+// event's subscription alone.
+func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, st Stripe, log *zap.Logger, reg prometheus.Registerer) (*Handler, error) {
+	h := &Handler{cfg: cfg, plans: map[string]string{}, rank: map[string]int{}, tenantOf: tenantOf, stripe: st, log: log,
+		versions: map[string]int64{}, written: map[string]plans.Assignment{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhooks_total",
-			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, too_large, timeout, error)."}, []string{"outcome"})}
-	for _, pr := range cfg.Prices {
+			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, too_large, timeout, error)."}, []string{"outcome"}),
+		unmapped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhook_unmapped_prices_total",
+			Help: "Prices on entitled subscriptions that webhook.prices does not map to a plan, by price id."}, []string{"price"})}
+	for i, pr := range cfg.Prices {
 		if _, ok := p.Plans[pr.Plan]; !ok {
 			return nil, fmt.Errorf("webhook.prices: lookup_key %q: plan %q is not defined in the plans file", pr.LookupKey, pr.Plan)
 		}
 		h.plans[pr.LookupKey] = pr.Plan
+		h.rank[pr.LookupKey] = i
 	}
 	if h.cfg.CanceledPlan == "" {
 		h.cfg.CanceledPlan = p.DefaultPlan
 	}
 	if reg != nil {
-		reg.MustRegister(h.events)
+		reg.MustRegister(h.events, h.unmapped)
 	}
 	if err := h.load(ctx); err != nil {
 		return nil, err
@@ -190,8 +222,8 @@ func (h *Handler) load(ctx context.Context) error {
 				_ = r.Close()
 				return fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, p.ID, err)
 			}
-			if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version > h.versions[tenant] {
-				h.versions[tenant] = a.Version
+			if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version >= h.versions[tenant] {
+				h.versions[tenant], h.written[tenant] = a.Version, *a
 			}
 			if m.Offset+1 >= end {
 				break
@@ -260,28 +292,86 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 			tenant = sub.Customer.Metadata["tenant_id"]
 		} else if t, ok := h.tenantOf(ctx, sub.Customer.ID); ok {
 			tenant = t
+		} else if h.stripe != nil {
+			// A customer not seen yet (its events may arrive before any
+			// pass found it): ask Stripe. A failure answers 5xx, so Stripe
+			// retries the event later instead of it being lost.
+			t, err := h.stripe.CustomerTenant(ctx, sub.Customer.ID)
+			if err != nil {
+				return "", fmt.Errorf("look up customer %s: %w", sub.Customer.ID, err)
+			}
+			tenant = t
 		}
 	}
 	if tenant == "" {
 		h.log.Warn("subscription webhook for an unknown tenant", zap.String("event", ev.ID))
 		return "ignored", nil
 	}
-	plan, anchor := h.planOf(ev, &sub)
+	var plan string
+	var anchor int
+	if h.stripe != nil && sub.Customer != nil {
+		// The plan is what all the customer's subscriptions say now, not
+		// what this one event says: cancelling an add-on, or the old
+		// subscription after an upgrade, must not downgrade the tenant,
+		// and events arriving out of order read the same truth.
+		subs, err := h.stripe.Subscriptions(ctx, sub.Customer.ID)
+		if err != nil {
+			return "", fmt.Errorf("list subscriptions of %s: %w", sub.Customer.ID, err)
+		}
+		plan, anchor = h.planFrom(subs, tenant)
+	} else {
+		plan, anchor = h.planOf(ev, &sub)
+	}
 	if plan == "" {
 		return "ignored", nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock() // one write at a time: versions stay ordered
-	if ev.Created <= h.versions[tenant] {
+	a := plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created}
+	// Older: stale. Same second (an upgrade creates the new subscription
+	// and cancels the old one in one second): written only if the truth
+	// read now differs from what that version wrote.
+	if v := h.versions[tenant]; ev.Created < v || ev.Created == v && h.written[tenant] == a {
 		return "stale", nil
 	}
-	key, value := plans.AssignmentRecord(tenant, &plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created})
+	key, value := plans.AssignmentRecord(tenant, &a)
 	if err := h.w.WriteMessages(ctx, kafka.Message{Key: key, Value: value}); err != nil {
 		return "", fmt.Errorf("write plan assignment: %w", err)
 	}
-	h.versions[tenant] = ev.Created
+	h.versions[tenant], h.written[tenant] = ev.Created, a
 	h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", ev.Created), zap.String("event", ev.ID))
 	return "assigned", nil
+}
+
+// planFrom is the plan of a customer's subscriptions: among the entitled
+// ones (see entitled), the mapped price listed last in webhook.prices (list
+// them from the lowest plan to the highest), with its subscription's anchor
+// day; none: canceled_plan. Prices not in webhook.prices are counted and
+// logged (an add-on is expected there; a new plan price missing from the
+// config is a mistake to see).
+func (h *Handler) planFrom(subs []stripeapi.Subscription, tenant string) (string, int) {
+	best, anchor := -1, 0
+	for _, sub := range subs {
+		if !entitled[stripe.SubscriptionStatus(sub.Status)] {
+			continue
+		}
+		for _, it := range sub.Items {
+			r, ok := h.rank[it.LookupKey]
+			if !ok {
+				h.unmapped.WithLabelValues(it.PriceID).Inc()
+				h.log.Info("subscription price not in webhook.prices: no plan from it", zap.String("tenant", tenant),
+					zap.String("subscription", sub.ID), zap.String("price", it.PriceID), zap.String("lookup_key", it.LookupKey))
+				continue
+			}
+			if r > best {
+				best, anchor = r, sub.Anchor.Day()
+			}
+		}
+	}
+	if best < 0 {
+		return h.cfg.CanceledPlan, 0
+	}
+	return h.cfg.Prices[best].Plan, anchor
 }
 
 // planOf maps the subscription to a plan: the canceled plan when it ended,

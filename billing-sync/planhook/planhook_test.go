@@ -82,7 +82,7 @@ func TestSignedWebhookAssignsPlanForgedRefusedStaleIgnored(t *testing.T) {
 		return map[string]string{"cus_acme": "acme"}[cus], cus == "cus_acme"
 	}
 	start := func() (*planhook.Handler, string) {
-		h, err := planhook.New(context.Background(), cfg, p, tenantOf, zap.NewNop(), nil)
+		h, err := planhook.New(context.Background(), cfg, p, tenantOf, nil, zap.NewNop(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

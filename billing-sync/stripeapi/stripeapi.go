@@ -405,6 +405,27 @@ func (c *Client) CustomersByTenant(ctx context.Context) (map[string]string, erro
 	return out, err
 }
 
+// CustomerTenant reads a customer's metadata tenant_id ("" when it has
+// none or the customer does not exist).
+func (c *Client) CustomerTenant(ctx context.Context, customer string) (string, error) {
+	var tenant string
+	err := c.do(ctx, "customer", "", func(ctx context.Context) error {
+		p := &stripe.CustomerParams{}
+		p.Context = ctx
+		cu, err := c.api.Customers.Get(customer, p)
+		if Missing(err) {
+			tenant = ""
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		tenant = cu.Metadata["tenant_id"]
+		return nil
+	})
+	return tenant, err
+}
+
 // CustomersForTenant searches the customers whose metadata tenant_id is
 // tenant (Stripe's search API; its index may lag a new customer by about a
 // minute). More than one is an ambiguity the caller must refuse.

@@ -442,6 +442,8 @@ func operation(method, path string) string {
 		return "customers"
 	case path == "/v1/customers/search":
 		return "customers_search"
+	case strings.HasPrefix(path, "/v1/customers/") && strings.Count(path, "/") == 3:
+		return method + " customer"
 	case path == "/v1/subscriptions":
 		return "subscriptions"
 	case strings.HasPrefix(path, "/v1/subscriptions/"):
@@ -511,6 +513,8 @@ func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, no
 		obj = f.listCustomers(form, now)
 	case "customers_search":
 		obj, err = f.searchCustomers(form, now)
+	case "GET customer":
+		obj, err = f.getCustomer(r.URL.Path, now)
 	case "subscriptions":
 		obj, err = f.listSubscriptions(form, now)
 	case "GET subscription":
@@ -747,6 +751,19 @@ func (f *Fake) listCustomers(form url.Values, now time.Time) any {
 			"metadata": map[string]string{"tenant_id": c.tenant}})
 	}
 	return page(data, form, "/v1/customers")
+}
+
+// getCustomer serves GET /v1/customers/{id} (a webhook for a customer the
+// handler has not seen yet looks it up).
+func (f *Fake) getCustomer(path string, now time.Time) (any, *apiError) {
+	id := strings.TrimPrefix(path, "/v1/customers/")
+	for _, c := range f.customers {
+		if c.id == id {
+			return map[string]any{"object": "customer", "id": c.id, "created": now.Unix(), "livemode": false,
+				"metadata": map[string]string{"tenant_id": c.tenant}}, nil
+		}
+	}
+	return nil, &apiError{status: 404, typ: "invalid_request_error", code: "resource_missing", msg: "No such customer: '" + id + "'"}
 }
 
 // searchCustomers serves the one query form a tenant lookup needs,

@@ -221,7 +221,7 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 				return err
 			}
 		}
-		h, err := planhook.New(ctx, cfg.Webhook, p, s.TenantOf, log, reg)
+		h, err := planhook.New(ctx, cfg.Webhook, p, s.TenantOf, api, log, reg)
 		if err != nil {
 			return err
 		}
