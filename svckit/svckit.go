@@ -1,8 +1,12 @@
 // Package svckit holds what every usage-* service's cmd shares: config
 // loading (LoadConfig: defaults, file, USAGE_* environment, flags),
 // logging (NewLogger), topic creation, the HTTP server for /metrics and
-// /healthz, dead-letter messages, and the intake rule (Intake) the
-// consumer and the aggregator both apply to usage.events. Apps never import
+// /healthz, dead-letter messages, and what the consumer and the aggregator
+// must decide alike about usage.events: the intake rule (Intake,
+// DecodeRecord: the contract, routing, and the future rule by the broker's
+// clock), re-routing a misrouted event (Misrouted, Reroute,
+// RoutingBalancer), retention gaps (OffsetGaps, RetentionGap) and the
+// partition count (PinPartitions, WatchPartitions). Apps never import
 // it (they use producer and quota); services do. Subpackages: backoff
 // (retries), chconn (the ClickHouse connection and migrations) and
 // deadletter (DLQ writes with a ClickHouse fallback).
