@@ -7,7 +7,8 @@ BIN   := .cache/bin
 
 .PHONY: run test bench lint build deps engines-start engines-stop clean
 
-## run: real Kafka + ClickHouse on 127.0.0.1, the consumer, demo traffic and the dashboard
+## run: real Kafka + ClickHouse on 127.0.0.1, every service (a fake Stripe included), demo traffic;
+## stops everything it started on Ctrl-C or SIGTERM (tested by firsthour/)
 run:
 	scripts/run-demo.sh
 
@@ -39,7 +40,9 @@ engines-start:
 engines-stop:
 	scripts/engines.sh stop
 
-## clean: stop the engines and delete their data and the build output
+## clean: stop the engines and delete their data, the demo's fake Stripe journal (it goes with
+## billing-sync's ledger in ClickHouse) and the build output
 clean:
 	scripts/engines.sh stop --purge
+	rm -f .cache/run/stripe-fake.jsonl
 	rm -rf $(BIN)

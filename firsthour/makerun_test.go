@@ -109,6 +109,14 @@ func startDemo(t *testing.T, duration string) *demo {
 		}
 		if t.Failed() {
 			t.Logf("make run output:\n%s", d.out.String())
+			logs, _ := filepath.Glob(filepath.Join(d.runDir, "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				if len(b) > 3000 {
+					b = b[len(b)-3000:]
+				}
+				t.Logf("end of %s:\n%s", filepath.Base(l), b)
+			}
 		}
 	})
 	deadline := time.Now().Add(4 * time.Minute)
@@ -270,9 +278,11 @@ func stripeHour(t *testing.T, addr, customer string, hour time.Time) (int64, err
 
 // The printed drift command talks to the Stripe that was billed: after a
 // pass it reports no drift for a tenant billed in the demo, after an
-// injected meter event it reports exactly that difference, and the fake
-// Stripe started again from its journal still holds both. Then SIGTERM to
-// make stops everything (issue 15, items 1 and 2).
+// injected meter event exactly that difference, none once it is cancelled,
+// and none from the fake Stripe started again from its journal. SIGTERM to
+// make stops everything (issue 15, items 1 and 2). The demo shares the
+// engines' usage database (billing-sync's ledger) with any other demo, so
+// it keeps the default journal that goes with it.
 func TestMakeRunDriftThenSIGTERM(t *testing.T) {
 	d := startDemo(t, "5m")
 	broker := testenv.Kafka(t)
@@ -312,20 +322,10 @@ func TestMakeRunDriftThenSIGTERM(t *testing.T) {
 	}
 
 	// A real difference: 4 more units on Stripe than we have.
-	form := url.Values{"event_name": {"api_calls"}, "identifier": {"firsthour-injected-" + tenant},
+	injected := "firsthour-injected-" + tenant
+	postStripe(t, d.stripe, "/v1/billing/meter_events", url.Values{"event_name": {"api_calls"}, "identifier": {injected},
 		"timestamp":                   {strconv.FormatInt(hour.Add(30*time.Minute).Unix(), 10)},
-		"payload[stripe_customer_id]": {customer}, "payload[value]": {"4"}}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+d.stripe+"/v1/billing/meter_events", strings.NewReader(form.Encode()))
-	req.Header.Set("Authorization", "Bearer sk_test_firsthour")
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("injecting a meter event: %d", resp.StatusCode)
-	}
+		"payload[stripe_customer_id]": {customer}, "payload[value]": {"4"}})
 	wantDiff := func(lines []string, when string) {
 		t.Helper()
 		if len(lines) != 1 {
@@ -337,13 +337,26 @@ func TestMakeRunDriftThenSIGTERM(t *testing.T) {
 		}
 	}
 	wantDiff(runDrift(t, drift, tenant), "after injecting 4 units")
+	// Cancelled (Stripe allows it within 24 h): no drift again. This also
+	// leaves the shared demo journal agreeing with the shared ledger.
+	postStripe(t, d.stripe, "/v1/billing/meter_event_adjustments", url.Values{"event_name": {"api_calls"}, "type": {"cancel"},
+		"cancel[identifier]": {injected}})
+	if lines := runDrift(t, drift, tenant); len(lines) > 0 {
+		t.Fatalf("after the injected event was cancelled, drift reports for %s:\n%s", tenant, strings.Join(lines, "\n"))
+	}
 
 	d.stop(t, syscall.SIGTERM, false)
 
-	// The fake Stripe again, from the journal make run left: same state.
+	// The fake Stripe again, from the journal make run printed: it still
+	// holds the 15 billed units (an empty one would show drift 15) and not
+	// the cancelled 4.
+	m := regexp.MustCompile(`state: (\S+)\)`).FindStringSubmatch(d.out.String())
+	if m == nil {
+		t.Fatal("make run did not print the fake Stripe's journal")
+	}
 	bin := filepath.Join(testenv.RepoRoot(t), ".cache", "bin")
 	addr := freeAddr(t)
-	fake := exec.Command(filepath.Join(bin, "usage-stripe-fake"), "--addr", addr, "--journal", filepath.Join(d.runDir, "stripe-fake.jsonl"))
+	fake := exec.Command(filepath.Join(bin, "usage-stripe-fake"), "--addr", addr, "--journal", m[1])
 	fake.Dir = testenv.RepoRoot(t)
 	fake.Env = append(os.Environ(), "USAGE_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t))
 	var fakeOut lockedBuffer
@@ -365,7 +378,30 @@ func TestMakeRunDriftThenSIGTERM(t *testing.T) {
 		r.Body.Close()
 		return r.StatusCode == 200, nil
 	})
-	wantDiff(runDrift(t, strings.Replace(drift, "http://"+d.stripe, "http://"+addr, 1), tenant), "after a restart of the fake Stripe")
+	testenv.Eventually(t, 10*time.Second, "the restarted fake Stripe holds the billed hour", func() (bool, error) {
+		v, err := stripeHour(t, addr, customer, hour)
+		return v == 15, err
+	})
+	if lines := runDrift(t, strings.Replace(drift, "http://"+d.stripe, "http://"+addr, 1), tenant); len(lines) > 0 {
+		t.Fatalf("after a restart of the fake Stripe, drift reports for %s:\n%s", tenant, strings.Join(lines, "\n"))
+	}
+}
+
+// postStripe sends a form POST to the fake Stripe as stripe-go would.
+func postStripe(t *testing.T, addr, path string, form url.Values) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Authorization", "Bearer sk_test_firsthour")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %d %s", path, resp.StatusCode, b)
+	}
 }
 
 // Ctrl-C (SIGINT to make's whole process group, as a terminal sends it)

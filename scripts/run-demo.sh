@@ -10,8 +10,11 @@
 # Every process it started is stopped on exit, and each one is listed.
 #   DEMO_RATE=2000 DEMO_DURATION=0 DASHBOARD_ADDR=127.0.0.1:9464 make run
 # Other addresses: AGGREGATOR_ADDR, BILLING_ADDR, STRIPE_FAKE_ADDR,
-# USAGE_API_ADDR, DEMO_APP_ADDR; logs and the fake Stripe's journal go to
-# DEMO_RUN_DIR (default .cache/run).
+# USAGE_API_ADDR, DEMO_APP_ADDR; logs go to DEMO_RUN_DIR (default
+# .cache/run). The fake Stripe's journal (STRIPE_FAKE_JOURNAL, default
+# .cache/run/stripe-fake.jsonl) belongs with the engines' data: billing-sync's
+# ledger in ClickHouse says what was sent to it, so keep or delete both
+# (make clean deletes both).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -27,7 +30,8 @@ api_addr=${USAGE_API_ADDR:-127.0.0.1:9470}
 app_addr=${DEMO_APP_ADDR:-127.0.0.1:9471}
 bin="$CACHE_DIR/bin"
 run_dir=${DEMO_RUN_DIR:-$CACHE_DIR/run}
-mkdir -p "$bin" "$run_dir"
+journal=${STRIPE_FAKE_JOURNAL:-$CACHE_DIR/run/stripe-fake.jsonl}
+mkdir -p "$bin" "$run_dir" "$(dirname "$journal")"
 
 # Every process started here, in start order; stopped newest first.
 pids=()
@@ -62,13 +66,27 @@ stop_one() {
   esac
 }
 stop_all() {
-  local i
+  local i pid alive
   ((stopped)) && return
   stopped=1
   trap '' INT TERM # a second Ctrl-C must not cut the clean stop short
   ((${#pids[@]})) || return 0
   echo
   echo "== stopping ${#pids[@]} processes"
+  if [[ ${caught:-} == INT ]]; then
+    # Ctrl-C reached every process of the terminal's group already: let
+    # them finish their own shutdown (up to 5 s) before any SIGTERM, which
+    # would kill one that has stopped listening for signals mid-flush.
+    for ((i = 0; i < 50; i++)); do
+      alive=0
+      for pid in "${pids[@]}"; do
+        [[ -n ${exit_status[$pid]:-} ]] && continue
+        kill -0 "$pid" 2>/dev/null && alive=1 && break
+      done
+      ((alive)) || break
+      sleep 0.1
+    done
+  fi
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     stop_one "${pids[i]}" "${names[i]}"
   done
@@ -78,14 +96,14 @@ stop_all() {
   echo "Latest quota state per tenant/meter/period (compacted topic):"
   printf '  kcat -C -b %s -t usage.quota-state -e -f "%%k %%s\\n" | tail\n' "$USAGE_TEST_KAFKA"
   echo "What Stripe was sent: start the fake Stripe again (its journal keeps it) and run drift:"
-  echo "  $bin/usage-stripe-fake --addr $stripe_addr --journal $run_dir/stripe-fake.jsonl &"
+  echo "  $bin/usage-stripe-fake --addr $stripe_addr --journal $journal &"
   echo "  $drift_cmd"
   echo "Stop the engines with: make engines-stop"
 }
 # EXIT covers errors too; on a signal, exit so that EXIT runs (once).
 trap stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'caught=INT; exit 130' INT
+trap 'caught=TERM; exit 143' TERM
 
 # start NAME COMMAND...: in the background, output to $run_dir/NAME.log
 # (NAME=usage-loadgen: to this terminal, it prints the rates).
@@ -125,8 +143,8 @@ build=$!
 trap 'kill -TERM $build 2>/dev/null; exit 130' INT
 trap 'kill -TERM $build 2>/dev/null; exit 143' TERM
 wait "$build"
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'caught=INT; exit 130' INT
+trap 'caught=TERM; exit 143' TERM
 
 echo "== starting usage-consumer (log: $run_dir/usage-consumer.log)"
 start usage-consumer env USAGE_KAFKA_BROKERS="$USAGE_TEST_KAFKA" USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$http_addr" \
@@ -136,9 +154,9 @@ echo "== starting usage-aggregator (log: $run_dir/usage-aggregator.log, plans: s
 start usage-aggregator env USAGE_AGGREGATOR_BROKERS="$USAGE_TEST_KAFKA" USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$agg_addr" \
   "$bin/usage-aggregator" --plans schemas/plans/plans.example.yaml
 wait_healthy usage-aggregator "$agg_addr"
-echo "== starting usage-stripe-fake on http://$stripe_addr (log: $run_dir/usage-stripe-fake.log, state: $run_dir/stripe-fake.jsonl)"
+echo "== starting usage-stripe-fake on http://$stripe_addr (log: $run_dir/usage-stripe-fake.log, state: $journal)"
 start usage-stripe-fake env USAGE_CLICKHOUSE_ADDR="$ch" \
-  "$bin/usage-stripe-fake" --addr "$stripe_addr" --journal "$run_dir/stripe-fake.jsonl" --billing-config billing-sync/config.demo.yaml
+  "$bin/usage-stripe-fake" --addr "$stripe_addr" --journal "$journal" --billing-config billing-sync/config.demo.yaml
 wait_healthy usage-stripe-fake "$stripe_addr"
 echo "== starting usage-billing-sync against it (log: $run_dir/usage-billing-sync.log)"
 start usage-billing-sync env USAGE_CLICKHOUSE_ADDR="$ch" \
@@ -163,7 +181,7 @@ echo "            http://$api_addr/metrics (usage-api)  http://$billing_addr/met
 echo "            http://$stripe_addr/metrics (fake Stripe)"
 echo "   Demo API keys: api/keys.example.yaml (stored hashed; the keys are demo-key-<tenant> and demo-admin-key)"
 echo "   usage-api: curl -s -H 'Authorization: Bearer demo-key-tenant-05' http://$api_addr/v1/quotas/tenant-05"
-echo "   Fake Stripe (what billing-sync sent, kept across restarts): http://$stripe_addr/v1/ (journal: $run_dir/stripe-fake.jsonl)"
+echo "   Fake Stripe (what billing-sync sent, kept across restarts): http://$stripe_addr/v1/ (journal: $journal)"
 echo "   Billing drift, ours vs that Stripe (hours are billed once they end):"
 echo "     $drift_cmd"
 echo

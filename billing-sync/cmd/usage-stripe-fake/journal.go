@@ -141,12 +141,18 @@ func (j *journaled) apply(e entry) error {
 	j.clock.pin(e.At)
 	defer j.clock.unpin()
 	switch e.Kind {
+	// A customer or item already added is skipped: two fakes started on one
+	// journal (a demo and a test at once) may both have written it.
 	case "customer":
-		j.fake.AddCustomer(e.Customer, e.Tenant)
-		j.seen["tenant:"+e.Tenant] = true
+		if !j.seen["tenant:"+e.Tenant] {
+			j.fake.AddCustomer(e.Customer, e.Tenant)
+			j.seen["tenant:"+e.Tenant] = true
+		}
 	case "item":
-		j.fake.AddSubscriptionItem(e.Customer, e.Item, e.Price)
-		j.seen["item:"+e.Item] = true
+		if !j.seen["item:"+e.Item] {
+			j.fake.AddSubscriptionItem(e.Customer, e.Item, e.Price)
+			j.seen["item:"+e.Item] = true
+		}
 	case "request":
 		req := httptest.NewRequest(e.Method, e.URI, strings.NewReader(e.Body))
 		req.Header.Set("Authorization", "Bearer sk_journal_replay")

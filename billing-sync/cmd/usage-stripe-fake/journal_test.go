@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -34,6 +35,20 @@ func post(t *testing.T, base, path, key string, form url.Values) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// customersListed counts the customers GET /v1/customers returns.
+func customersListed(t *testing.T, base string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, base+"/v1/customers?limit=100", nil)
+	req.Header.Set("Authorization", "Bearer sk_test_demo")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.Count(string(b), `"object":"customer"`)
 }
 
 func meterEvent(cus, ident string, value int, ts time.Time) url.Values {
@@ -111,6 +126,17 @@ func TestJournalSurvivesRestart(t *testing.T) {
 	}
 	if n := strings.Count(string(b), `"kind":"customer"`); n != 1 {
 		t.Fatalf("journal holds %d customer entries, want 1", n)
+	}
+	// A second writer on the same journal added the customer again: replayed once.
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteString(`{"kind":"customer","at":"2026-11-29T00:00:00Z","customer":"cus_acme","tenant":"acme"}` + "\n")
+	f.Close()
+	_, _, srv3 := open(t, path)
+	if n := customersListed(t, srv3.URL); n != 1 {
+		t.Fatalf("after replaying a repeated customer entry, %d customers listed, want 1", n)
 	}
 	// Unauthenticated requests change nothing and are not journaled.
 	req, _ := http.NewRequest(http.MethodPost, srv2.URL+"/v1/billing/meter_events", strings.NewReader(meterEvent("cus_acme", "ev9", 1, hour).Encode()))
