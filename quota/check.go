@@ -355,7 +355,9 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 		v = c.refresh(e, snap, a, now)
 	}
 	d := Decision{Tenant: tenant, Meter: meter, Plan: a.Plan, Staleness: c.staleness(now), lim: v.lim}
-	if v.q.refuse != "" && (consume || !qty.IsZero()) {
+	// An unknown meter is refused even to Peek (a typo must not read as
+	// "unlimited"); a gauge's or unique count's standing is still shown.
+	if v.q.refuse == ReasonUnknownMeter || (v.q.refuse != "" && (consume || !qty.IsZero())) {
 		c.describe(&d, v, snap)
 		d.Reason = v.q.refuse
 		c.fill(&d, v, v.usage.Add(Nanos(v.b.pending.Load())))
@@ -454,6 +456,9 @@ func (c *Cache) check(tenant, meter string, qty Amount, consume bool) Decision {
 // describe sets what d says about the view it was decided on.
 func (c *Cache) describe(d *Decision, v *view, snap *plansSnapshot) {
 	d.Period, d.ResetAt, d.Limit, d.Unlimited, d.b = v.period, v.resetAt, v.q.limit, v.q.unlimited, v.b
+	if v.q.refuse == ReasonUnknownMeter {
+		d.Unlimited = false // no plan says anything about it
+	}
 	d.Offsets = Offsets{StateOffset: -1, Assignments: snap.assignNext}
 	if h := v.held; h != nil {
 		d.Offsets = Offsets{StatePartition: h.partition, StateOffset: h.offset, Source: h.source, StateUpdatedAt: h.updatedAt,

@@ -45,6 +45,9 @@ func TestInvalidTenantOrUnknownMeterIsRefused(t *testing.T) {
 			}
 		}
 	}
+	if d := c.Peek(ctx, "t1", "ai_generaton"); d.Allowed || d.Reason != "unknown_meter" || d.Unlimited {
+		t.Fatalf("Peek of an unknown meter: %+v", d)
+	}
 	// Through the middleware: 400, nothing tracked.
 	tr := &countingTracker{}
 	h := middlewareFor(t, c, MiddlewareConfig{Meter: "ai_generation", Tenant: func(r *http.Request) string { return r.Header.Get("X-Tenant") },
