@@ -236,16 +236,17 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 // the future-rule lookup (the message is then not in the batch, and is read
 // again after a restart).
 func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
-	var e schemas.UsageEvent
-	var err error
-	if rerr := c.retry(ctx, "learn the broker time of a record", c.m.fetchErrors, func(ctx context.Context) error {
-		e, err = c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
-		if errors.Is(err, svckit.ErrBrokerTime) {
-			return err
+	e, err := c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
+	if errors.Is(err, svckit.ErrBrokerTime) { // no verdict: ask again (rare, so no retry closure per record)
+		if rerr := c.retry(ctx, "learn the broker time of a record", c.m.fetchErrors, func(ctx context.Context) error {
+			e, err = c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
+			if errors.Is(err, svckit.ErrBrokerTime) {
+				return err
+			}
+			return nil
+		}); rerr != nil {
+			return rerr
 		}
-		return nil
-	}); rerr != nil {
-		return rerr
 	}
 	if b.msgs == 0 {
 		b.started = time.Now()
@@ -562,13 +563,15 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 // stops; the next start meets the same gap), a count and a log line for
 // "continue". A broker that does not answer the check is retried.
 func (c *Consumer) checkGap(ctx context.Context, m kafka.Message) error {
-	var missed int64
-	if err := c.retry(ctx, "check the offsets of "+c.cfg.Topic+" for a retention gap", c.m.fetchErrors, func(ctx context.Context) error {
-		var err error
-		missed, err = c.gaps.Observe(ctx, m.Partition, m.Offset)
-		return err
-	}); err != nil {
-		return err
+	missed, err := c.gaps.Observe(ctx, m.Partition, m.Offset)
+	if err != nil { // the broker did not answer: ask again
+		if err := c.retry(ctx, "check the offsets of "+c.cfg.Topic+" for a retention gap", c.m.fetchErrors, func(ctx context.Context) error {
+			var err error
+			missed, err = c.gaps.Observe(ctx, m.Partition, m.Offset)
+			return err
+		}); err != nil {
+			return err
+		}
 	}
 	if missed == 0 {
 		return nil
