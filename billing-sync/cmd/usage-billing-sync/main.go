@@ -354,6 +354,15 @@ func printReport(rep *syncer.Report) {
 	for _, u := range rep.Unmapped {
 		fmt.Printf("  unmapped: %s\n", u)
 	}
+	for _, u := range rep.LookupErrors {
+		fmt.Printf("  look-up failed (retried next pass): %s\n", u)
+	}
+	for _, u := range rep.Ambiguous {
+		fmt.Printf("  refused, more than one customer has this tenant_id: %s\n", u)
+	}
+	if rep.Refused > 0 {
+		fmt.Printf("  %d windows left alone: Stripe refused their last write for good (see drift, status refused)\n", rep.Refused)
+	}
 	syncer.PrintDrift(os.Stdout, rep.Unfixable)
 }
 
