@@ -247,6 +247,7 @@ type key struct{ tenant, meter string }
 // exactly in the raw table and in usage_1m, usage_1h, usage_1d and
 // usage_period, with nothing in the DLQ or the late topic.
 func TestExamplesCountedExactly(t *testing.T) {
+	t.Parallel() // each on its own topics, database or broker
 	exs := examples(t)
 	p := startPipeline(t)
 	vecs, _ := vectorLines(t)

@@ -17,6 +17,7 @@ import (
 // a quantity the contract refuses is refused by the example, naming the
 // field, with nothing sent.
 func TestExamplesPublishOne(t *testing.T) {
+	t.Parallel() // each on its own topics, database or broker
 	exs := examples(t)
 	broker := testenv.Kafka(t)
 	topic := testenv.Name("examples_one")

@@ -21,6 +21,7 @@ import (
 // bytes), with nothing but its own ids in the topic. Duplicates are allowed
 // (at-least-once: the pipeline counts an id once).
 func TestExamplesSurviveBrokerOutage(t *testing.T) {
+	t.Parallel() // each on its own topics, database or broker
 	exs := examples(t)
 	k := testenv.StartKafka(t)
 	topic := testenv.Name("examples_outage")
