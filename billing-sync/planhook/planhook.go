@@ -67,7 +67,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Path: "/stripe/webhook", Brokers: []string{"127.0.0.1:19092"}, AssignmentTopic: "usage.plan-assignments",
-		Tolerance: webhook.DefaultTolerance, Addr: "127.0.0.1:9467", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
+		Tolerance: webhook.DefaultTolerance, Addr: "127.0.0.1:9468", ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second,
 		MaxBodyBytes: 1 << 20}
 }
 
