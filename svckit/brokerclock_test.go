@@ -2,6 +2,7 @@ package svckit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -111,6 +112,55 @@ func TestDecodeRecordJudgesByTheBrokersClock(t *testing.T) {
 		_, err = fresh.DecodeRecord(ctx, m, 1)
 		if (err == nil) != (recs[i].want == "") {
 			t.Errorf("%s read again: %v, want %q", recs[i].id, err, recs[i].want)
+		}
+	}
+}
+
+// Every shared vector, published to a LogAppendTime topic, gets the same
+// verdict from DecodeRecord as the vectors say (the Go validator, the JSON
+// Schema and the other languages' validators agree on them).
+func TestDecodeRecordAgreesWithVectors(t *testing.T) {
+	vectors, err := schemas.TestVectors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	broker := testenv.Kafka(t)
+	topic := testenv.Name("vectors")
+	testenv.CreateTopic(t, broker, topic, 1, "message.timestamp.type", "LogAppendTime")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	w := &kafka.Writer{Addr: kafka.TCP(broker), Topic: topic, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	defer w.Close()
+	var msgs []kafka.Message
+	for _, v := range vectors {
+		var probe struct {
+			TenantID string `json:"tenant_id"`
+		}
+		_ = json.Unmarshal(v.Bytes(), &probe)
+		msgs = append(msgs, kafka.Message{Key: []byte(probe.TenantID), Value: v.Bytes()})
+	}
+	if err := w.WriteMessages(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer rd.Close()
+	in := NewIntake(WithBrokerClock([]string{broker}, topic))
+	for _, v := range vectors {
+		m, err := rd.ReadMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = in.DecodeRecord(ctx, m, 1)
+		got := "ok"
+		var ve *schemas.ValidationError
+		switch {
+		case errors.As(err, &ve):
+			got = ve.Tag()
+		case err != nil:
+			got = "malformed_json"
+		}
+		if got != v.Expect {
+			t.Errorf("%s: %s, want %s", v.Name, got, v.Expect)
 		}
 	}
 }
