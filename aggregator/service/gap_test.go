@@ -13,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
 
+	"github.com/usagemeter/usagemeter/aggregator/aggstore"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -182,4 +185,108 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the aggregator did not stop on the retention gap")
 	}
+}
+
+// Issue 13 item 12: the aggregator judges routing by the count it started
+// with, as the consumer does: it refuses to start on a topic of another
+// count than the pinned one, and stops, after its final flush, when a
+// partition is added (it used to carry on with the new count at the next
+// generation, while the consumer judged by its own).
+func TestPartitionCountPinnedAndWatched(t *testing.T) {
+	e := setupEnv(t, true)
+	svc, err := New(e.cfg, e.plans, aggstore.New(e.store.Conn()), e.log, WithRegisterer(prometheus.NewRegistry()), WithPinnedPartitions(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := svc.Run(ctx); !errors.Is(err, svckit.ErrPartitionCountChanged) || !errors.Is(err, errFatal) {
+		t.Fatalf("Run pinned to 8 partitions on a topic of 4: %v", err)
+	}
+
+	svc, err = New(e.cfg, e.plans, aggstore.New(e.store.Conn()), e.log, WithRegisterer(prometheus.NewRegistry()), WithPinnedPartitions(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.partitionsEvery = 100 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(context.Background()) }()
+	msgs, _ := mixed(200, 12)
+	e.publish(msgs)
+	e.waitCaughtUp(len(msgs))
+	client := &kafka.Client{Addr: kafka.TCP(e.broker), Timeout: 10 * time.Second}
+	res, err := client.CreatePartitions(context.Background(), &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: e.cfg.Topic, Count: 5}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Errors[e.cfg.Topic]; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, svckit.ErrPartitionCountChanged) || !strings.Contains(err.Error(), "had 4 partitions and now has 5") {
+			t.Fatalf("Run after a partition was added: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the aggregator kept running after the topic grew from 4 to 5 partitions")
+	}
+}
+
+// Issue 13 item 10 (the aggregator's side): on a LogAppendTime topic, a
+// host 2 h ahead (its records' CreateTime and its event times) cannot move
+// its partition's watermark: the aggregator refuses its event as the
+// consumer does, by the broker's clock, and the other tenant of the
+// partition is counted, not late. A host 4 minutes ahead is within the
+// contract's skew: counted, and the watermark stays within 5 minutes of
+// the broker's clock. Every aggregate equals the raw table.
+func TestSkewedHostCannotMakeItsPartitionLate(t *testing.T) {
+	e := setupEnv(t, true)
+	e.cfg.Topic = testenv.Name("events-lat")
+	testenv.CreateTopic(t, e.broker, e.cfg.Topic, 4, "message.timestamp.type", "LogAppendTime")
+	e.startRawConsumer()
+	honest := "acme"
+	part := schemas.PartitionFor(honest, 4)
+	skewed := ""
+	for i := 0; skewed == ""; i++ {
+		if name := fmt.Sprint("fast-clock-", i); schemas.PartitionFor(name, 4) == part {
+			skewed = name
+		}
+	}
+	r := e.startAggregator(nil)
+	now := time.Now().UTC()
+	event := func(tenant, id string, at time.Time) kafka.Message {
+		m := eventMsg(&schemas.UsageEvent{ID: id, TenantID: tenant, UserID: "u1", FeatureType: "api_calls",
+			Quantity: decimal.RequireFromString("1.5"), Timestamp: at})
+		m.Time = at // the publisher's clock, as its client stamps CreateTime
+		return m
+	}
+	e.publish([]kafka.Message{
+		event(honest, "h1", now),
+		event(skewed, "s1", now.Add(2*time.Hour)),   // 2 h ahead: refused by both services
+		event(skewed, "s2", now.Add(4*time.Minute)), // within the skew: counted
+		event(honest, "h2", now.Add(-time.Minute)),  // a minute old: counted, not late
+		// 4 minutes old: the watermark is 4 minutes ahead, still within
+		// the allowed lateness (10m) minus the contract's skew (5m).
+		event(honest, "h3", now.Add(-4*time.Minute)),
+	})
+	e.waitRaw(4)
+	e.waitCaughtUp(5)
+	if late := testutil.ToFloat64(r.svc.m.outcomes.WithLabelValues("late")); late != 0 {
+		t.Fatalf("%v events late after a skewed host's event", late)
+	}
+	if invalid := testutil.ToFloat64(r.svc.m.outcomes.WithLabelValues("invalid")); invalid != 1 {
+		t.Fatalf("%v events refused, want the one 2 h ahead", invalid)
+	}
+	e.assertTablesMatchRaw()
+	cps, err := aggstore.New(e.store.Conn()).Checkpoints(context.Background(), e.cfg.GroupID, e.cfg.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cps {
+		if int(c.Partition) == part && c.Watermark.After(time.Now().Add(schemas.DefaultMaxFutureSkew)) {
+			t.Fatalf("partition %d watermark %s is more than the contract's skew ahead of the broker's clock", part, c.Watermark)
+		}
+	}
+	r.shutdown(t)
 }

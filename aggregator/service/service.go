@@ -41,10 +41,13 @@ type Service struct {
 	side     *deadletter.Writer // sideW, falling back to ClickHouse dead_letters
 	fallback driver.Conn
 
-	partitions int // of Topic in the current generation, for the routing rule
-	// clockChecked: intake judges the future rule by the broker's clock
-	// when Topic is a LogAppendTime topic (svckit.Intake.DecodeRecord).
-	clockChecked bool
+	// partitions of Topic, for the routing rule: the count at start, which
+	// must equal pinned when pinned > 0 (topic_partitions). Run stops when
+	// it changes (svckit.WatchPartitions), as the consumer does, so the two
+	// never judge routing by different counts.
+	partitions      int
+	pinned          int
+	partitionsEvery time.Duration
 
 	written []state.Checkpoint // the last checkpoint written
 
@@ -64,6 +67,10 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(s *Service) { s.m = newMetrics(reg) }
 }
 
+// WithPinnedPartitions makes Run refuse to start unless Topic has n
+// partitions (the service's topic_partitions); 0 takes the count it finds.
+func WithPinnedPartitions(n int) Option { return func(s *Service) { s.pinned = n } }
+
 // WithDeadLetterFallback writes late and DLQ records that Kafka refuses for
 // good (too large for the topic, topic missing) to the ClickHouse table
 // dead_letters on conn, instead of retrying them for ever.
@@ -77,7 +84,7 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 		return nil, fmt.Errorf("invalid aggregator config: %w", err)
 	}
 	s := &Service{cfg: cfg, plans: p, store: store, log: log, intake: svckit.NewIntake(),
-		latest: make(map[string]schemas.QuotaState)}
+		latest: make(map[string]schemas.QuotaState), partitionsEvery: 10 * time.Second}
 	for _, o := range opts {
 		o(s)
 	}
@@ -100,6 +107,20 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 func (s *Service) Run(ctx context.Context) error {
 	defer s.quotaW.Close()
 	defer s.sideW.Close()
+	if err := s.intakeRules(ctx); err != nil {
+		return err
+	}
+	// A change of the partition count ends Run, after the final flush:
+	// every event read so far was judged by the old count (see README,
+	// growing usage.events).
+	ctx, stopOnChange := context.WithCancelCause(ctx)
+	defer stopOnChange(nil)
+	go func() {
+		if err := svckit.WatchPartitions(ctx, s.cfg.Brokers, s.cfg.Topic, s.partitions, s.partitionsEvery); err != nil {
+			s.log.Error("stopping", zap.Error(err))
+			stopOnChange(err)
+		}
+	}()
 	assignments := make(chan assignment, 64)
 	if err := s.followAssignments(ctx, assignments); err != nil {
 		return err
@@ -123,8 +144,48 @@ func (s *Service) Run(ctx context.Context) error {
 		sleep(ctx, pause)
 		pause = min(pause*2, s.cfg.RetryMax)
 	}
+	if cause := context.Cause(ctx); errors.Is(cause, svckit.ErrPartitionCountChanged) {
+		return fmt.Errorf("%w: %w", errFatal, cause)
+	}
 	s.log.Info("stopped cleanly: every event read is aggregated and checkpointed")
 	return nil
+}
+
+// intakeRules reads, once at start, what the intake rule depends on, as
+// the consumer does, so that both decide alike on every record: the
+// partition count (pinned to topic_partitions), and whether the topic
+// keeps the broker's append times (then "at most 5 minutes in the future"
+// is judged by the broker's clock, svckit.Intake.DecodeRecord).
+func (s *Service) intakeRules(ctx context.Context) error {
+	var pinErr error
+	if err := s.retry(ctx, "read the partition count of "+s.cfg.Topic, func(ctx context.Context) error {
+		n, err := svckit.PinPartitions(ctx, s.cfg.Brokers, s.cfg.Topic, s.pinned)
+		if errors.Is(err, svckit.ErrPartitionCountChanged) {
+			pinErr = err // not retried: a config or topic to fix
+			return nil
+		}
+		s.partitions = n
+		return err
+	}); err != nil {
+		return err
+	}
+	if pinErr != nil {
+		return fmt.Errorf("%w: %w", errFatal, pinErr)
+	}
+	return s.retry(ctx, "read the timestamp type of "+s.cfg.Topic, func(ctx context.Context) error {
+		tt, err := svckit.TimestampType(ctx, s.cfg.Brokers, s.cfg.Topic)
+		if err != nil {
+			return err
+		}
+		if tt == "LogAppendTime" {
+			s.intake = svckit.NewIntake(svckit.WithBrokerClock(s.cfg.Brokers, s.cfg.Topic))
+		} else {
+			s.log.Warn("the events topic keeps the publishers' timestamps (message.timestamp.type "+tt+"): "+
+				"\"at most 5 minutes in the future\" is judged by each publisher's clock; set LogAppendTime to judge it by the broker's",
+				zap.String("topic", s.cfg.Topic))
+		}
+		return nil
+	})
 }
 
 // errFatal marks errors that rejoining cannot fix (on_retention_gap: fail).
@@ -175,25 +236,6 @@ type message struct {
 func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assignments <-chan assignment) error {
 	assigned := gen.Assignments[s.cfg.Topic]
 	s.written = nil
-	n, err := svckit.Partitions(ctx, s.cfg.Brokers, s.cfg.Topic)
-	if err != nil {
-		return err
-	}
-	if s.partitions != 0 && s.partitions != n {
-		s.log.Warn("the topic's partition count changed: tenants now map to other partitions (see README, growing usage.events)",
-			zap.String("topic", s.cfg.Topic), zap.Int("was", s.partitions), zap.Int("now", n))
-	}
-	s.partitions = n
-	if !s.clockChecked {
-		tt, err := svckit.TimestampType(ctx, s.cfg.Brokers, s.cfg.Topic)
-		if err != nil {
-			return err
-		}
-		if tt == "LogAppendTime" {
-			s.intake = svckit.NewIntake(svckit.WithBrokerClock(s.cfg.Brokers, s.cfg.Topic))
-		}
-		s.clockChecked = true
-	}
 	st, starts, err := s.restore(ctx, assigned)
 	if err != nil {
 		return err
@@ -389,36 +431,23 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan
 	return nil
 }
 
-// offsetJump judges a record at offset got when want was expected. Offsets
-// of usage.events are dense except where retention deleted records (or a
-// transactional publisher's markers and aborted records sit, which are
-// not events): the partition's first offset tells them apart. Records
-// below it were deleted; those after the checkpoint were never aggregated:
-// logged, counted, and with on_retention_gap: fail, the end of the service
-// (errFatal).
-func (s *Service) offsetJump(ctx context.Context, partition int, want, got, ckpt int64) error {
-	var first int64
-	if err := s.retry(ctx, "first offset after an offset jump", func(ctx context.Context) error {
-		var err error
-		first, _, err = offsetsOf(ctx, &kafka.Client{Addr: kafka.TCP(s.cfg.Brokers...)}, s.cfg.Topic, partition)
-		return err
-	}); err != nil {
-		return err
-	}
-	// Deleted: [want, min(first, got)); never aggregated: the part after ckpt.
-	missed := min(first, got) - max(want, ckpt+1)
+// retentionGapWhileReading acts on `deleted` records from offset `from` on
+// that retention deleted before they were read. Those at or before the
+// checkpoint were only to be re-read (dedup warm-up); the others were never
+// aggregated: logged, counted, and with on_retention_gap: fail, the end of
+// the service (errFatal).
+func (s *Service) retentionGapWhileReading(partition int, from, deleted, ckpt int64) error {
+	missed := from + deleted - max(from, ckpt+1)
 	if missed <= 0 {
-		s.log.Debug("offset jump without deleted events (transaction markers, or the replay range only)",
-			zap.Int("partition", partition), zap.Int64("expected", want), zap.Int64("got", got), zap.Int64("first_offset", first))
 		return nil
 	}
 	s.m.retentionGap.Add(float64(missed))
 	s.log.Error("retention deleted events the aggregator never read: run reconcile over their time range",
-		zap.Int("partition", partition), zap.Int64("expected_offset", want), zap.Int64("read_offset", got),
-		zap.Int64("first_offset", first), zap.Int64("events", missed), zap.String("on_retention_gap", s.cfg.OnRetentionGap))
+		zap.Int("partition", partition), zap.Int64("from_offset", max(from, ckpt+1)), zap.Int64("events", missed),
+		zap.String("on_retention_gap", s.cfg.OnRetentionGap))
 	if s.cfg.OnRetentionGap == "fail" {
 		return fmt.Errorf("%w: partition %d: offsets %d to %d were deleted before they were read (on_retention_gap: fail)",
-			errFatal, partition, max(want, ckpt+1), min(first, got)-1)
+			errFatal, partition, max(from, ckpt+1), from+deleted-1)
 	}
 	return nil
 }
@@ -434,8 +463,9 @@ func retentionGap(ckpt, first int64) int64 {
 
 // readFrom reads from offset until an error, and returns the next offset.
 // kafka-go jumps to the partition's first offset when its position was
-// deleted, at any time, not only when a partition opens: every record is
-// checked against the offset expected next (offsetJump).
+// deleted, at any time, not only when a partition opens: every record goes
+// through svckit.OffsetGaps, the consumer's rule, which tells records
+// retention deleted unread from offsets that hold no event.
 func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs chan<- message) (int64, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
@@ -443,13 +473,19 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 	if err := r.SetOffset(offset); err != nil {
 		return offset, err
 	}
+	gaps := svckit.NewOffsetGaps(s.cfg.Brokers, s.cfg.Topic, "")
+	gaps.Expect(partition, offset)
 	for {
 		m, err := r.FetchMessage(ctx)
 		if err != nil {
 			return offset, err
 		}
-		if m.Offset > offset {
-			if err := s.offsetJump(ctx, partition, offset, m.Offset, ckpt); err != nil {
+		deleted, err := gaps.Observe(ctx, partition, m.Offset)
+		if err != nil {
+			return offset, err // the reader is re-created at offset and asks again
+		}
+		if deleted > 0 {
+			if err := s.retentionGapWhileReading(partition, offset, deleted, ckpt); err != nil {
 				return offset, err
 			}
 		}
@@ -484,12 +520,11 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 		s.m.outcomes.WithLabelValues("invalid").Inc()
 		return nil, nil
 	}
-	recorded := recordTime(m.Message)
 	if m.replay {
-		st.Remember(&e, p, recorded)
+		st.Remember(&e, p)
 		return nil, nil
 	}
-	out, err := st.ApplyAt(&e, p, o, recorded)
+	out, err := st.Apply(&e, p, o)
 	if err != nil {
 		return nil, err
 	}
@@ -512,16 +547,6 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 		}
 	}
 	return nil, nil
-}
-
-// recordTime is the time a record was appended at, the bound of how far
-// its event may move the partition's watermark (state.ApplyAt); zero for a
-// record without a timestamp.
-func recordTime(m kafka.Message) time.Time {
-	if m.Time.Unix() <= 0 {
-		return time.Time{}
-	}
-	return m.Time
 }
 
 func (s *Service) sideMessage(topic string, m message, code, reason string) *kafka.Message {

@@ -80,16 +80,9 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 	}
 }
 
-// Apply is ApplyAt without a record time: the watermark follows event
-// times alone (reconcile, which applies every event of its range).
+// Apply folds one event read at (partition, offset) into every row it
+// belongs to.
 func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Outcome, error) {
-	return s.ApplyAt(e, partition, offset, time.Time{})
-}
-
-// ApplyAt folds one event read at (partition, offset) into every row it
-// belongs to. recorded is the record's time as the broker judged it (zero:
-// unknown); see advance for how it bounds the watermark.
-func (s *State) ApplyAt(e *schemas.UsageEvent, partition int32, offset int64, recorded time.Time) (Outcome, error) {
 	s.processed[partition] = offset
 	meter, known := s.cfg.Plans.MeterFor(e.FeatureType)
 	if !known && s.cfg.Plans.UnknownMeters == "reject" {
@@ -102,7 +95,7 @@ func (s *State) ApplyAt(e *schemas.UsageEvent, partition int32, offset int64, re
 	if e.Timestamp.Before(wm.Add(-s.cfg.AllowedLateness)) {
 		return Late, nil
 	}
-	s.advance(partition, e.Timestamp, recorded)
+	s.advance(partition, e.Timestamp)
 	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
 	period := plans.PeriodOf(quota, assignment.AnchorDay, e.Timestamp)
 	subject := subjectOf(meter, e)
@@ -160,27 +153,21 @@ func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offse
 }
 
 // Remember records an event that is already reflected in storage (read
-// again before the checkpoint to warm the dedup set) without applying it;
-// recorded as in ApplyAt.
-func (s *State) Remember(e *schemas.UsageEvent, partition int32, recorded time.Time) {
+// again before the checkpoint to warm the dedup set) without applying it.
+func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
 	s.remember(e, partition)
-	s.advance(partition, e.Timestamp, recorded)
+	s.advance(partition, e.Timestamp)
 }
 
-// advance moves a partition's watermark to the event time, but never past
-// the time the broker recorded the event at: a publisher whose clock runs
-// hours ahead gets its own events into their (future) windows, but cannot
-// make every other tenant of the partition late. Both times are in the log
-// (event time in the value, record time in the batch), so a replay moves
-// the watermark exactly as the first read did, and lateness decisions stay
-// reproducible. recorded zero means unknown: the event time alone.
-func (s *State) advance(partition int32, eventTime, recorded time.Time) {
-	t := eventTime
-	if !recorded.IsZero() && t.After(recorded) {
-		t = recorded
-	}
-	if t.After(s.watermark[partition]) {
-		s.watermark[partition] = t
+// advance moves a partition's watermark to the event time. How far one
+// event can move it is bounded before it gets here: the intake rule
+// (svckit.Intake.DecodeRecord) refuses, in both services alike, an event
+// more than the contract's future skew (5 minutes) ahead of the time the
+// broker appended its record, so the watermark never runs more than that
+// ahead of the broker's clock, whatever a publisher's clock says.
+func (s *State) advance(partition int32, eventTime time.Time) {
+	if eventTime.After(s.watermark[partition]) {
+		s.watermark[partition] = eventTime
 	}
 }
 

@@ -125,7 +125,8 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 		}
 	}
 	reg := svckit.Registry()
-	svc, err := service.New(cfg.Aggregator, p, aggstore.New(conn), log, service.WithRegisterer(reg), service.WithDeadLetterFallback(conn))
+	svc, err := service.New(cfg.Aggregator, p, aggstore.New(conn), log, service.WithRegisterer(reg), service.WithDeadLetterFallback(conn),
+		service.WithPinnedPartitions(cfg.TopicPartitions))
 	if err != nil {
 		return err
 	}
