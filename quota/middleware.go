@@ -237,7 +237,7 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 			m.c.Release(d)
 			return
 		}
-		m.track(r, tenant, qty, &d)
+		m.track(r, tenant, qty)
 	})
 }
 
@@ -245,7 +245,7 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 // serving. It never gives the pending back: the usage happened, and an
 // event the outbox could not take is still counted against the tenant
 // until the period ends.
-func (m *Middleware) track(r *http.Request, tenant string, qty Amount, _ *Decision) {
+func (m *Middleware) track(r *http.Request, tenant string, qty Amount) {
 	e := schemas.UsageEvent{ID: schemas.NewID(), TenantID: tenant, FeatureType: m.cfg.Meter, Quantity: qty.Decimal(), Timestamp: m.c.now().UTC()}
 	if m.cfg.UserID != nil {
 		e.UserID = m.cfg.UserID(r)
