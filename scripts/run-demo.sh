@@ -130,6 +130,15 @@ wait_healthy() {
   die "$name did not answer on http://$addr/healthz within 20 s"
 }
 
+# A port already taken (another make run?) would make wait_healthy below
+# talk to someone else's service: refuse at once, naming it.
+for spec in "DASHBOARD_ADDR=$http_addr" "AGGREGATOR_ADDR=$agg_addr" "BILLING_ADDR=$billing_addr" \
+  "STRIPE_FAKE_ADDR=$stripe_addr" "USAGE_API_ADDR=$api_addr" "DEMO_APP_ADDR=$app_addr"; do
+  addr=${spec#*=}
+  (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null &&
+    die "${spec%%=*}: $addr is already in use (another make run?); stop it or set ${spec%%=*} to a free address"
+done
+
 "$SCRIPTS_DIR/deps.sh" kafka clickhouse kcat
 env_lines=$("$SCRIPTS_DIR/engines.sh" start)
 eval "$env_lines"
