@@ -2,6 +2,8 @@ package scenario_test
 
 import (
 	"errors"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -91,4 +93,54 @@ func TestScenarioStoredServerError(t *testing.T) {
 	if dups := w.fake.DuplicateIdentifiers(); len(dups) != 1 {
 		t.Errorf("duplicate identifiers %v: want the one re-sent after its first try was applied", dups)
 	}
+}
+
+// A subscription item replaced mid-period (a new item on the price, the old
+// one deleted) while the syncer's subscription cache still names the old
+// one: the write to the old item is refused (resource_missing), the cache
+// is dropped, and the very next pass writes the period to the new item;
+// the old item receives nothing more.
+func TestScenarioItemReplacedMidPeriod(t *testing.T) {
+	w := newWorld(t, anchor)
+	w.cfg.SubscriptionTTL = 24 * time.Hour // the cache outlives the change
+	w.subscribe("acme", "sub_acme", "", anchor, "price_storage")
+	old := item("acme", "price_storage")
+	p2 := anchor.AddDate(0, 1, 0)
+	w.insert("acme", "storage", "300", anchor.Add(2*time.Hour))
+	s := w.syncer()
+	w.clock.Set(anchor.Add(4 * time.Hour))
+	w.pass(s)
+	if got := w.fake.UsageTotal(old); got != 300 {
+		t.Fatalf("old item holds %d, want 300", got)
+	}
+	// The item is replaced through the API, as a dashboard change would.
+	call := func(method, path, form string) {
+		req := httptest.NewRequest(method, path, strings.NewReader(form))
+		req.Header.Set("Authorization", "Bearer sk_test_123")
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		w.fake.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, rec.Code, rec.Body.String())
+		}
+	}
+	call("POST", "/v1/subscription_items", "subscription=sub_acme&price=price_storage")
+	call("DELETE", "/v1/subscription_items/"+old, "")
+	w.insert("acme", "storage", "450", anchor.Add(5*time.Hour))
+	w.clock.Set(anchor.Add(7 * time.Hour))
+	rep, err := s.Sync(w.ctx)
+	if err != nil || rep.Failed != 1 {
+		t.Fatalf("the pass with a stale cache: %v, %d failed; want the old item's write refused", err, rep.Failed)
+	}
+	w.clock.Advance(time.Minute)
+	rep = w.pass(s)
+	newItem := "si_sub_acme_1" // the fake's id of the first item created through the API
+	if got := w.fake.UsageTotal(newItem); got != 450 || rep.Writes != 1 {
+		t.Fatalf("new item holds %d after %d writes, want the period's 450 at once", got, rep.Writes)
+	}
+	if got := w.fake.UsageTotal(old); got != 300 {
+		t.Fatalf("the old item changed after it was deleted: %d", got)
+	}
+	w.runTo(s, p2.Add(3*time.Hour), 48*time.Hour, p2.Add(20*time.Minute))
+	w.equal("invoiced storage (max) on the new item", w.charged("sub_acme", anchor, newItem), w.chMax("acme", "storage", anchor, p2))
 }
