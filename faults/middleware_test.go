@@ -123,8 +123,10 @@ func TestMiddlewareBrokerDown(t *testing.T) {
 	stopped := time.Now()
 	time.Sleep(12 * time.Second)
 	maxQueued := out.Len()
+	down := time.Since(stopped)
 	k.Start()
-	t.Logf("broker down for %s s; outbox held %d events (bound %d) when it came back", seconds(time.Since(stopped)), maxQueued, outboxBound)
+	t.Logf("broker stopped for %s s, then answering again after %s s; outbox held %d events (bound %d) before the restart",
+		seconds(down), seconds(time.Since(stopped)-down), maxQueued, outboxBound)
 	time.Sleep(3 * time.Second)
 	stop.Store(true)
 	traffic.Wait()
