@@ -210,3 +210,53 @@ func TestFutureJudgedByTheBrokersClock(t *testing.T) {
 		t.Fatalf("committed %d, want %d (the end of acme's partition)", got, len(msgs))
 	}
 }
+
+// Mid-read: ClickHouse is down, so the consumer stops fetching partway
+// through acme's partition; retention deletes records ahead of its
+// position; when ClickHouse returns, kafka-go jumps to the first offset
+// without an error. With on_retention_gap: continue the consumer counts
+// exactly the records it never read (end offset minus the rows it wrote)
+// and goes on to the end.
+func TestRetentionGapMidRead(t *testing.T) {
+	ch := testenv.StartClickHouse(t)
+	e := newEnv(t, ch.Addr)
+	e.cfg.BatchSize = 100
+	e.cfg.FetchMaxBytes = 16 << 10 // small fetches: the reader stays behind while ClickHouse is down
+	e.cfg.OnRetentionGap = "continue"
+	r := e.start()
+	events, _ := mixed(20200, time.Now().Add(-time.Hour))
+	for i := range events {
+		events[i].TenantID = "acme" // one partition
+	}
+	p := e.publisher()
+	if err := p.Publish(context.Background(), events[:200]...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(200, 60*time.Second)
+	ch.Stop()
+	if err := p.Publish(context.Background(), events[200:]...); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "insert errors while ClickHouse is down", func() (bool, error) {
+		return testutil.ToFloat64(r.c.m.insertErrors) >= 1, nil
+	})
+	time.Sleep(2 * time.Second) // the reader's queue fills and it stops fetching
+	part := schemas.PartitionFor("acme", 4)
+	end := int64(len(events))
+	deleteRecords(t, e.broker, e.cfg.Topic, int32(part), end-1000)
+	ch.Start()
+	testenv.Eventually(t, 90*time.Second, "the consumer at the end of acme's partition", func() (bool, error) {
+		client := &kafka.Client{Addr: kafka.TCP(e.broker)}
+		off, err := client.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: e.cfg.GroupID, Topics: map[string][]int{e.cfg.Topic: {part}}})
+		if err != nil {
+			return false, err
+		}
+		return off.Topics[e.cfg.Topic][0].CommittedOffset == end, nil
+	})
+	rows := e.count("FROM usage_events FINAL")
+	missed := testutil.ToFloat64(r.c.m.retentionGap)
+	t.Logf("%d rows written, %v records deleted unread, of %d", rows, missed, end)
+	if missed <= 0 || int64(missed) != end-int64(rows) {
+		t.Fatalf("retention gap metric %v, want %d (end offset %d minus %d rows written)", missed, end-int64(rows), end, rows)
+	}
+}
