@@ -145,6 +145,22 @@ func TestQuotaStateChecks(t *testing.T) {
 	if hour := e.windows["usage_1h"]; len(hour) != 1 || hour[key{"acme", "api_calls", fmt.Sprint("1h@", at.Truncate(time.Hour).Unix())}].events != 3 {
 		t.Errorf("1h windows: %v", hour)
 	}
+	// Per window, not only per tenant: the right total in the wrong minute
+	// is a difference.
+	shifted := map[key]tally{}
+	for k, v := range minute {
+		k.window = fmt.Sprint("1m@", at.Truncate(time.Minute).Unix())
+		t := shifted[k]
+		t.events += v.events
+		t.sum = t.sum.Add(v.sum)
+		shifted[k] = t
+	}
+	if g := gapOf(minute, shifted, true); g.zero() {
+		t.Error("three minutes' events in one minute row passed the per-window check")
+	}
+	if g := gapOf(minute, minute, true); !g.zero() {
+		t.Errorf("equal windows differ: %s", g.first)
+	}
 	period := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	state := func(off int64, usage string, when time.Time) published {
 		return published{at: when, QuotaState: schemas.QuotaState{TenantID: "acme", FeatureType: "api_calls", Period: "2026-11",
