@@ -132,10 +132,17 @@ func New() *Fake {
 // AddMeter registers a meter id and its event name.
 func (f *Fake) AddMeter(id, eventName string) { f.mu.Lock(); f.Meters[id] = eventName; f.mu.Unlock() }
 
-// AddCustomer adds a customer whose metadata tenant_id is tenant.
+// AddCustomer adds a customer whose metadata tenant_id is tenant (again:
+// updates it; ids are unique).
 func (f *Fake) AddCustomer(id, tenant string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	for i, c := range f.customers {
+		if c.id == id { // ids are unique on Stripe: adding it again updates it
+			f.customers[i].tenant = tenant
+			return
+		}
+	}
 	f.customers = append(f.customers, customer{id, tenant})
 }
 
