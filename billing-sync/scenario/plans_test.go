@@ -86,7 +86,7 @@ func TestScenarioAddOnCancelAndUpgradeBySubscription(t *testing.T) {
 	s := w.syncer()
 
 	w.runTo(s, cancelAddon, 48*time.Hour)
-	must(t, w.fake.CancelSubscription("sub_addon"))
+	noErr(t, w.fake.CancelSubscription("sub_addon"))
 	event("customer.subscription.deleted", "sub_addon")
 	planNow("add-on cancelled", "PRO")
 
@@ -94,7 +94,7 @@ func TestScenarioAddOnCancelAndUpgradeBySubscription(t *testing.T) {
 	w.fake.AddSubscription(stripefake.Subscription{ID: "sub_ent", Customer: "cus_acme", Anchor: upgrade, Created: upgrade,
 		Items: []stripefake.Item{{ID: "si_acme_ent", Price: "price_ent"}, {ID: "si_acme_ent_api", Price: "price_api"}}})
 	event("customer.subscription.created", "sub_ent")
-	must(t, w.fake.CancelSubscription("sub_base"))
+	noErr(t, w.fake.CancelSubscription("sub_base"))
 	event("customer.subscription.deleted", "sub_base")
 	planNow("upgraded by a new subscription, the old one cancelled", "ENTERPRISE")
 
@@ -108,7 +108,7 @@ func TestScenarioAddOnCancelAndUpgradeBySubscription(t *testing.T) {
 		w.chSum("acme", "api_calls", upgrade, entEnd))
 }
 
-func must(t *testing.T, err error) {
+func noErr(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
