@@ -172,3 +172,29 @@ func TestPreemptingMemberTakesLeaseAndGivesItBack(t *testing.T) {
 		t.Fatal("the run did not get the lease back after reconcile left")
 	}
 }
+
+// BenchmarkCheck measures the fence: one offset commit under the
+// generation, a round trip to the group coordinator (before every write).
+func BenchmarkCheck(b *testing.B) {
+	broker := testenv.Kafka(b)
+	cfg := lease.DefaultConfig()
+	cfg.Brokers, cfg.Topic, cfg.Group = []string{broker}, testenv.Name("lease"), testenv.Name("lease_group")
+	testenv.CreateTopic(b, broker, cfg.Topic, 1)
+	ctx := context.Background()
+	l, err := lease.Join(ctx, cfg, zaptest.NewLogger(b), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	term, err := l.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer term.End()
+	b.ResetTimer()
+	for range b.N {
+		if err := term.Check(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

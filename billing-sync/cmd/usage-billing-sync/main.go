@@ -269,6 +269,11 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 	if !cfg.Lease.Enabled || cfg.Billing.DryRun {
 		return passes(ctx) // a dry run writes nothing: no lease needed
 	}
+	if once {
+		// One pass, like reconcile: take the lease from a running `run`
+		// (bounded by lease.wait) rather than stand by behind it forever.
+		return withLease(ctx, cfg, log, reg, s, passes)
+	}
 	l, err := joinLease(ctx, cfg, log, reg)
 	if err != nil {
 		return err
@@ -290,11 +295,11 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 		lost := errors.Is(err, lease.ErrLost) || term.Context().Err() != nil
 		s.SetFence(nil)
 		term.End()
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return nil
-		case !lost:
-			return err // --once finished
+		}
+		if !lost {
+			return err
 		}
 		log.Warn("billing lease lost: standing by", zap.Int32("generation", term.Generation()), zap.Error(err))
 	}
