@@ -214,6 +214,7 @@ type Term struct {
 	cancel context.CancelFunc
 	ended  chan struct{}
 	once   sync.Once
+	check  sync.Mutex // one commit at a time on the generation's coordinator connection
 }
 
 // Acquire blocks until this member holds the lease (or ctx ends). Call
@@ -299,7 +300,9 @@ func (t *Term) Check(ctx context.Context) error {
 	// Always ask the coordinator: a process frozen past its session may
 	// not have noticed locally. The commit is one round trip to one
 	// partition; its value is irrelevant, the generation is what counts.
+	t.check.Lock()
 	err := t.gen.CommitOffsets(map[string]map[int]int64{t.l.cfg.Topic: {0: 0}})
+	t.check.Unlock()
 	if err == nil && t.ctx.Err() != nil {
 		err = errors.New("the generation ended")
 	}
