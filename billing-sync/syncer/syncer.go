@@ -219,7 +219,8 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	s.log.Info("billing pass done", zap.String("pass", rep.PassID), zap.Bool("reconcile", reconcile), zap.Bool("dry_run", s.cfg.DryRun),
 		zap.Int("windows", rep.Windows), zap.Int("writes", rep.Writes), zap.Int("failed", rep.Failed), zap.Int("resent", rep.Resent),
 		zap.Int("observed", rep.Observed), zap.Int("unsettled", rep.Unsettled), zap.Int("unmapped", len(rep.Unmapped)),
-		zap.Int("unfixable", len(rep.Unfixable)), zap.Duration("took", time.Since(start)))
+		zap.Int("unfixable", len(rep.Unfixable)), zap.Int("refused", rep.Refused), zap.Int("lookup_errors", len(rep.LookupErrors)),
+		zap.Int("ambiguous", len(rep.Ambiguous)), zap.Duration("took", time.Since(start)))
 	return rep, nil
 }
 
