@@ -59,6 +59,7 @@ type demo struct {
 	marker string
 	runDir string
 	stripe string // the fake Stripe's address
+	consum string // usage-consumer's dashboard and /metrics address
 	done   chan error
 }
 
@@ -84,7 +85,8 @@ func port(t *testing.T, addr string) string {
 func startDemo(t *testing.T, duration string) *demo {
 	t.Helper()
 	kafkaAddr, chAddr := testenv.Kafka(t), testenv.ClickHouseAddr(t)
-	d := &demo{out: &lockedBuffer{}, marker: testenv.Name("firsthour"), runDir: t.TempDir(), stripe: freeAddr(t), done: make(chan error, 1)}
+	d := &demo{out: &lockedBuffer{}, marker: testenv.Name("firsthour"), runDir: t.TempDir(), stripe: freeAddr(t), consum: freeAddr(t),
+		done: make(chan error, 1)}
 	d.cmd = exec.Command("make", "run")
 	d.cmd.Dir = testenv.RepoRoot(t)
 	d.cmd.Env = append(os.Environ(),
@@ -92,7 +94,7 @@ func startDemo(t *testing.T, duration string) *demo {
 		// make test started.
 		"KAFKA_PORT="+port(t, kafkaAddr), "CH_TCP_PORT="+port(t, chAddr),
 		"DEMO_RATE=200", "DEMO_DURATION="+duration, "DEMO_RUN_DIR="+d.runDir,
-		"DASHBOARD_ADDR="+freeAddr(t), "AGGREGATOR_ADDR="+freeAddr(t), "BILLING_ADDR="+freeAddr(t),
+		"DASHBOARD_ADDR="+d.consum, "AGGREGATOR_ADDR="+freeAddr(t), "BILLING_ADDR="+freeAddr(t),
 		"STRIPE_FAKE_ADDR="+d.stripe, "USAGE_API_ADDR="+freeAddr(t), "DEMO_APP_ADDR="+freeAddr(t),
 		"FIRSTHOUR_MARKER="+d.marker)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
@@ -112,10 +114,16 @@ func startDemo(t *testing.T, duration string) *demo {
 			logs, _ := filepath.Glob(filepath.Join(d.runDir, "*.log"))
 			for _, l := range logs {
 				b, _ := os.ReadFile(l)
+				var errs []string
+				for _, line := range strings.Split(string(b), "\n") {
+					if strings.Contains(line, `"level":"error"`) || strings.Contains(line, `"level":"fatal"`) || strings.HasPrefix(line, "panic") {
+						errs = append(errs, line)
+					}
+				}
 				if len(b) > 3000 {
 					b = b[len(b)-3000:]
 				}
-				t.Logf("end of %s:\n%s", filepath.Base(l), b)
+				t.Logf("%s: errors:\n%s\nend:\n%s", filepath.Base(l), strings.Join(errs, "\n"), b)
 			}
 		}
 	})
@@ -142,6 +150,19 @@ func startDemo(t *testing.T, duration string) *demo {
 			}
 		}
 		return true, nil
+	})
+	// ... and past its start-up: the consumer has flushed a batch. (A
+	// consumer signalled during its start-up offset checks exits 1 with
+	// "context canceled": a consumer issue, not what this test is about.)
+	testenv.Eventually(t, 60*time.Second, "usage-consumer flushed a batch", func() (bool, error) {
+		r, err := http.Get("http://" + d.consum + "/metrics")
+		if err != nil {
+			return false, nil
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		m := regexp.MustCompile(`(?m)^usage_consumer_batches_total (\d+)`).FindSubmatch(b)
+		return m != nil && string(m[1]) != "0", nil
 	})
 	return d
 }
