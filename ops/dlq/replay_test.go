@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -29,6 +30,7 @@ import (
 type pipeline struct {
 	broker, events, dlqTopic, db string
 	conn                         driver.Conn
+	aggregator, consumerGroup    string // the usage-aggregator binary; the consumer's group
 }
 
 func startPipeline(t *testing.T) pipeline {
@@ -43,18 +45,13 @@ func startPipeline(t *testing.T) pipeline {
 	// A small max.message.bytes on the DLQ: the one large letter (25 KB) is refused
 	// by Kafka for good and lands in dead_letters, the consumer's fallback.
 	testenv.CreateTopic(t, broker, p.dlqTopic, 4, "max.message.bytes", "20000")
-	bins, err := testenv.BuildCommands(t.TempDir(), "./consumer/cmd/usage-consumer")
+	bins, err := testenv.BuildCommands(t.TempDir(), "./consumer/cmd/usage-consumer", "./aggregator/cmd/usage-aggregator")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "USAGE_") {
-			env = append(env, kv)
-		}
-	}
-	env = append(env, "USAGE_KAFKA_BROKERS="+broker, "USAGE_KAFKA_TOPIC="+p.events, "USAGE_KAFKA_DLQ_TOPIC="+p.dlqTopic,
-		"USAGE_KAFKA_GROUP_ID="+testenv.Name("consumer"), "USAGE_KAFKA_FLUSH_INTERVAL=200ms",
+	p.aggregator, p.consumerGroup = bins[1], testenv.Name("consumer")
+	env := append(cleanEnv(), "USAGE_KAFKA_BROKERS="+broker, "USAGE_KAFKA_TOPIC="+p.events, "USAGE_KAFKA_DLQ_TOPIC="+p.dlqTopic,
+		"USAGE_KAFKA_GROUP_ID="+p.consumerGroup, "USAGE_KAFKA_FLUSH_INTERVAL=200ms",
 		"USAGE_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t), "USAGE_CLICKHOUSE_DATABASE="+db, "USAGE_HTTP_ADDR=127.0.0.1:0",
 		"USAGE_CREATE_TOPICS=false")
 	logf, err := os.Create(filepath.Join(t.TempDir(), "consumer.log"))
@@ -82,6 +79,36 @@ func startPipeline(t *testing.T) pipeline {
 		}
 	})
 	return p
+}
+
+// cleanEnv is the environment without the caller's USAGE_* variables.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "USAGE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// reconcile runs the documented procedure after a replay: `usage-aggregator
+// reconcile` over the replayed days rebuilds the aggregates from the raw
+// table and publishes the repaired quota states to quotaTopic.
+func (p pipeline) reconcile(t *testing.T, quotaTopic string) string {
+	t.Helper()
+	day := time.Now().UTC().Format(time.DateOnly)
+	cmd := exec.Command(p.aggregator, "--plans", filepath.Join(testenv.RepoRoot(t), "schemas/plans/plans.example.yaml"),
+		"reconcile", "--from", day, "--to", day, "--raw-group", p.consumerGroup)
+	cmd.Env = append(cleanEnv(), "USAGE_AGGREGATOR_BROKERS="+p.broker, "USAGE_AGGREGATOR_TOPIC="+p.events,
+		"USAGE_AGGREGATOR_GROUP_ID="+testenv.Name("aggregator"), "USAGE_AGGREGATOR_QUOTA_TOPIC="+quotaTopic,
+		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+testenv.Name("no-assignments"),
+		"USAGE_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t), "USAGE_CLICKHOUSE_DATABASE="+p.db)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("usage-aggregator reconcile: %v\n%s", err, out)
+	}
+	return string(out)
 }
 
 func eventJSON(id, tenantField, tenant string, qty int, extra string) []byte {
@@ -252,6 +279,43 @@ func TestReplayCountsOnceAndTwiceChangesNothing(t *testing.T) {
 	}
 	if replays != 21 {
 		t.Fatalf("%d replayed messages on the events topic, want 21", replays)
+	}
+
+	// Reprocessing: reconcile folds the replayed events into the
+	// aggregates and the quota states, per tenant equal to the raw table.
+	quotaTopic := testenv.Name("quota")
+	testenv.CreateTopic(t, p.broker, quotaTopic, 4, "cleanup.policy", "compact")
+	out := p.reconcile(t, quotaTopic)
+	sums := map[string]string{}
+	for _, q := range []string{"SELECT tenant_id, sum(quantity) AS total FROM usage_events FINAL GROUP BY tenant_id",
+		"SELECT tenant_id, sum(value) AS total FROM usage_1d FINAL GROUP BY tenant_id",
+		"SELECT tenant_id, sum(value) AS total FROM usage_period FINAL GROUP BY tenant_id"} {
+		var rows []struct {
+			Tenant string          `ch:"tenant_id"`
+			Total  decimal.Decimal `ch:"total"`
+		}
+		if err := p.conn.Select(ctx, &rows, q); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			sums[r.Tenant] += " " + r.Total.String()
+		}
+	}
+	// acme: 15 good + 10 repaired x 10 + the big one's 100; globex: 15 + 100.
+	// Raw, usage_1d and usage_period agree.
+	if got := fmt.Sprint(sums); got != "map[acme: 215 215 215 globex: 115 115 115]" {
+		t.Fatalf("raw, usage_1d and usage_period per tenant: %s\nreconcile: %s", got, out)
+	}
+	usage := map[string]string{}
+	for _, m := range testenv.ReadN(t, p.broker, quotaTopic, 2) {
+		var st schemas.QuotaState
+		if err := json.Unmarshal(m.Value, &st); err != nil {
+			t.Fatal(err)
+		}
+		usage[st.TenantID] = st.Usage.String()
+	}
+	if got := fmt.Sprint(usage); got != "map[acme:215 globex:115]" {
+		t.Fatalf("quota states after reconcile: %s", got)
 	}
 
 	// Twice: nothing published, nothing counted. The second copy of each
