@@ -69,7 +69,8 @@ type pipeline struct {
 	aggregators                  []*proc // every usage-aggregator started, oldest first
 }
 
-// plansYAML meters everything as an unlimited sum, so that a quota
+// plansYAML meters everything as a sum, unlimited (LIMITED, for case 10's
+// plan change, has limits the traffic never reaches), so that a quota
 // state's usage is the exact total of its tenant, meter and period, and
 // rejects unknown meters (the suite publishes none).
 const plansYAML = `meters:
