@@ -642,10 +642,10 @@ type owner struct {
 	topic      string
 	partitions map[int32]bool
 	starts     map[int]int64 // checkpointed offset per owned partition at the start (-1: none)
-	// A fence proves the generation current when it was sent; it is
-	// trusted for every (the heartbeat interval), on the monotonic clock,
-	// which keeps running while the process is frozen: a member resumed
-	// after SIGSTOP always asks again before it publishes.
+	// A fence proves the generation current when it was sent; the proof
+	// is trusted for `every` (the heartbeat interval) on the monotonic
+	// clock, which keeps running while the process is frozen: a member
+	// resumed after SIGSTOP always asks again before it publishes.
 	every  time.Duration
 	fenced time.Time
 }
