@@ -88,31 +88,41 @@ type member struct {
 // readObject reads one JSON object of at most limit bytes, nothing after
 // it, and returns its members in order. Values are kept as sent so that
 // the event members reach the contract's decoder byte for byte (a null
-// metadata value, a duplicate inside metadata, invalid UTF-8).
+// metadata value, a duplicate inside metadata, invalid UTF-8). The body is
+// checked with json.Valid and then split by hand: encoding/json's Token
+// API cost 30 allocations per /v1/check.
 func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, *apiError) {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
-	tok, err := dec.Token()
-	if err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
 		return nil, jsonError(err)
+	} else if err != nil { // the client went away, or read_timeout passed
+		return nil, badField(codeMalformed, "", "the body could not be read: %v", err)
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, jsonError(io.EOF)
+	}
+	if !json.Valid(body) {
+		var v any
+		return nil, jsonError(json.Unmarshal(body, &v)) // the syntax error, with its offset
+	}
+	i := skipSpace(body, 0)
+	if body[i] != '{' {
 		return nil, badField(codeMalformed, "", "the body must be a JSON object")
 	}
 	var members []member
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, jsonError(err)
+	for i = skipSpace(body, i+1); body[i] != '}'; i = skipSpace(body, i+1) {
+		if body[i] == ',' {
+			i = skipSpace(body, i+1)
 		}
-		key, _ := tok.(string) // object keys are strings, or Token fails
+		end := skipValue(body, i) // the key: a string, as the body is valid JSON
+		key := string(body[i+1 : end-1])
+		if bytes.IndexByte(body[i:end], '\\') >= 0 {
+			_ = json.Unmarshal(body[i:end], &key) // valid: cannot fail
+		}
 		if len(members) == maxMembers {
 			// A request has at most 9 members; this bounds the work a
 			// body of junk members can cause.
 			return nil, badField(codeMalformed, "", "the body has more than %d members", maxMembers)
-		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, jsonError(err)
 		}
 		for _, m := range members {
 			if m.key == key {
@@ -122,20 +132,50 @@ func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, 
 				return nil, e
 			}
 		}
-		members = append(members, member{key: key, raw: raw})
-	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, jsonError(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if err != nil {
-			if e := jsonError(err); e.status != http.StatusBadRequest {
-				return nil, e
-			}
-		}
-		return nil, badField(codeMalformed, "", "unexpected data after the JSON object")
+		i = skipSpace(body, skipSpace(body, end)+1) // past the colon
+		end = skipValue(body, i)
+		members = append(members, member{key: key, raw: body[i:end]})
+		i = skipSpace(body, end) - 1 // the loop steps onto ',' or '}'
 	}
 	return members, nil
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the value starting at b[i]; b is valid JSON.
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		for i++; b[i] != '"'; i++ {
+			if b[i] == '\\' {
+				i++
+			}
+		}
+		return i + 1
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch b[i] {
+			case '"':
+				i = skipValue(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	}
+	for i < len(b) && b[i] != ',' && b[i] != '}' && b[i] != ']' && b[i] != ' ' && b[i] != '\t' && b[i] != '\n' && b[i] != '\r' {
+		i++
+	}
+	return i
 }
 
 func jsonError(err error) *apiError {
