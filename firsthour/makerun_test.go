@@ -431,7 +431,37 @@ func postStripe(t *testing.T, addr, path string, form url.Values) {
 
 // Ctrl-C (SIGINT to make's whole process group, as a terminal sends it)
 // stops every process, and the summary names each one (issue 15, item 1).
+// Before that: every /metrics address make run printed answers, those of
+// usage-api and billing-sync among them, and the demo API keys it points
+// to are there (item 7).
 func TestMakeRunSIGINT(t *testing.T) {
 	d := startDemo(t, "5m")
+	out := d.out.String()
+	urls := regexp.MustCompile(`http://127\.0\.0\.1:\d+/metrics \(([A-Za-z -]+)\)`).FindAllStringSubmatch(out, -1)
+	names := map[string]bool{}
+	for _, u := range urls {
+		names[u[1]] = true
+		r, err := http.Get(strings.Fields(u[0])[0])
+		if err != nil {
+			t.Errorf("%s: %v", u[0], err)
+			continue
+		}
+		b, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if r.StatusCode != 200 || !bytes.Contains(b, []byte("# TYPE go_goroutines gauge")) {
+			t.Errorf("%s: status %d, not Prometheus metrics", u[0], r.StatusCode)
+		}
+	}
+	for _, n := range []string{"consumer", "aggregator", "usage-api", "billing-sync", "fake Stripe"} {
+		if !names[n] {
+			t.Errorf("make run printed no /metrics address for %s", n)
+		}
+	}
+	m := regexp.MustCompile(`Demo API keys: (\S+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Error("make run does not say where the demo API keys are")
+	} else if b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), m[1])); err != nil || !bytes.Contains(b, []byte("tenant-05:")) {
+		t.Errorf("the demo API keys file %s: %v (or no tenant-05 key)", m[1], err)
+	}
 	d.stop(t, syscall.SIGINT, true)
 }
