@@ -22,7 +22,11 @@ type Config struct {
 	} `mapstructure:"kafka"`
 	ClickHouse chconn.Config    `mapstructure:"clickhouse"`
 	Retention  retention.Config `mapstructure:"retention"`
-	Log        struct {
+	HTTP       struct {
+		// Addr is where `usage-ops exporter` serves /metrics and /healthz.
+		Addr string `mapstructure:"addr"`
+	} `mapstructure:"http"`
+	Log struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
 	} `mapstructure:"log"`
@@ -33,6 +37,7 @@ func defaultConfig() Config {
 	c.Kafka.Brokers = []string{"127.0.0.1:19092"}
 	c.Kafka.Topic = "usage.events"
 	c.Kafka.DLQTopic = "usage.events.dlq"
+	c.HTTP.Addr = "127.0.0.1:9472"
 	c.Log.Level = "warn" // a CLI: its output is the answer, logs are for trouble
 	c.Log.Format = "console"
 	return c
@@ -41,7 +46,7 @@ func defaultConfig() Config {
 func loadConfig(flags *pflag.FlagSet) (Config, map[string]any, error) {
 	c := defaultConfig()
 	settings, err := svckit.LoadConfig(flags, map[string]string{"brokers": "kafka.brokers", "clickhouse": "clickhouse.addr",
-		"log-level": "log.level", "every": "retention.every"}, &c)
+		"log-level": "log.level", "every": "retention.every", "http": "http.addr"}, &c)
 	if err != nil {
 		return Config{}, nil, err
 	}

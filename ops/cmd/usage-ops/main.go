@@ -7,6 +7,7 @@
 //	usage-ops dlq replay [filters] [--id ID]... [--rename old=new]... [--set field=value]... [--dry-run]
 //	usage-ops retention plan|apply [--every 24h]
 //	usage-ops backfill offsets --group G --at RFC3339 [--apply]
+//	usage-ops exporter [--http 127.0.0.1:9472]   /metrics for the alert rules, until SIGTERM
 //	usage-ops migrate | config
 package main
 
@@ -30,6 +31,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/ops/backfill"
 	"github.com/usagemeter/usagemeter/ops/dlq"
+	"github.com/usagemeter/usagemeter/ops/exporter"
 	"github.com/usagemeter/usagemeter/ops/retention"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/svckit"
@@ -42,7 +44,7 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage-ops dlq list|count|show|replay, retention plan|apply, backfill offsets, migrate, config (see ops/README.md)`
+const usage = `usage-ops dlq list|count|show|replay, retention plan|apply, backfill offsets, exporter, migrate, config (see ops/README.md)`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := newFlags()
@@ -82,6 +84,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = a.retentionApply(ctx)
 	case cmd == "backfill offsets":
 		err = a.backfillOffsets(ctx)
+	case cmd == "exporter":
+		err = a.exporter(ctx)
 	default:
 		fmt.Fprintf(stderr, "usage-ops: unknown command %q\n%s\n", cmd, usage)
 		return 2
@@ -108,6 +112,7 @@ func newFlags() *pflag.FlagSet {
 	f.StringSlice("brokers", nil, "Kafka brokers host:port (kafka.brokers)")
 	f.StringSlice("clickhouse", nil, "ClickHouse native addresses host:port (clickhouse.addr)")
 	f.String("log-level", "", "debug, info, warn or error (log.level)")
+	f.String("http", "", "exporter: /metrics and /healthz address (http.addr)")
 	// dlq
 	f.String("tag", "", "only letters with this tag, or this code (missing_field matches missing_field:tenant_id)")
 	f.String("tenant", "", "only letters of this tenant (tenant_id of the value, else the key)")
@@ -399,4 +404,23 @@ func (a *app) backfillOffsets(ctx context.Context) error {
 	}
 	fmt.Fprintf(a.out, "committed %d partitions of %s for %s\n", len(plan), topic, group)
 	return nil
+}
+
+// exporter serves the metrics only ClickHouse knows (checkpoint ages, the
+// dead_letters backlog) until SIGTERM.
+func (a *app) exporter(ctx context.Context) error {
+	conn, err := a.clickhouse(ctx)
+	if err != nil {
+		return err
+	}
+	reg := svckit.Registry()
+	reg.MustRegister(exporter.New(conn, a.log, 10*time.Second))
+	srv, err := svckit.ServeHTTP(a.cfg.HTTP.Addr, reg, a.log, nil)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
 }
