@@ -247,6 +247,16 @@ $shards        </usage>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
 </yandex>
 EOF
+  # Merged into clickhouse.sh's users.xml: an insert into a Distributed
+  # table returns once the shard holds the rows, not once they are queued
+  # on the server the client wrote to (see schemas/migrations Variant).
+  mkdir -p "$DIR/clickhouse-$n/users.d"
+  cat >"$DIR/clickhouse-$n/users.d/cluster.xml" <<'EOF'
+<?xml version="1.0"?>
+<yandex>
+    <profiles><default><insert_distributed_sync>1</insert_distributed_sync></default></profiles>
+</yandex>
+EOF
 }
 
 clickhouse_start() {

@@ -96,6 +96,10 @@ type applied struct {
 // Statements are idempotent (IF NOT EXISTS), so two processes racing here
 // both succeed.
 func Apply(ctx context.Context, conn Conn) ([]uint32, error) {
+	return apply(ctx, conn, Variant{})
+}
+
+func apply(ctx context.Context, conn Conn, v Variant) ([]uint32, error) {
 	ms, err := All()
 	if err != nil {
 		return nil, err
@@ -119,8 +123,14 @@ func Apply(ctx context.Context, conn Conn) ([]uint32, error) {
 			}
 			continue
 		}
-		if err := conn.Exec(ctx, m.SQL); err != nil {
-			return ran, fmt.Errorf("apply migration %04d_%s: %w", m.Version, m.Name, err)
+		stmts, err := v.Statements(m)
+		if err != nil {
+			return ran, err
+		}
+		for _, sql := range stmts {
+			if err := conn.Exec(ctx, sql); err != nil {
+				return ran, fmt.Errorf("apply migration %04d_%s: %w", m.Version, m.Name, err)
+			}
 		}
 		if err := conn.Exec(ctx, insertApplied, m.Version, m.Name, m.Checksum); err != nil {
 			return ran, fmt.Errorf("record migration %04d_%s: %w", m.Version, m.Name, err)

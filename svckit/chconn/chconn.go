@@ -25,6 +25,13 @@ type Config struct {
 	Password    string        `mapstructure:"password"`
 	DialTimeout time.Duration `mapstructure:"dial_timeout"`
 	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+	// Cluster selects the replicated schema: the remote_servers name of a
+	// ClickHouse cluster (Replicated*MergeTree local tables behind
+	// Distributed tables sharded by tenant, see migrations.Variant). Empty
+	// (the default) is the single-server schema. Addr then lists the
+	// cluster's servers: the client uses the first that answers, and
+	// migrations run on every one.
+	Cluster string `mapstructure:"cluster"`
 }
 
 // DefaultConfig points at the server scripts/clickhouse.sh starts.
@@ -47,17 +54,45 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse.database: %w", err)
 	}
-	// The database must exist before a connection can select it.
-	admin, err := open(ctx, cfg, "default")
-	if err != nil {
-		return nil, err
+	// The database must exist before a connection can select it; on a
+	// cluster, on every server (each holds local tables in it).
+	for _, one := range servers(cfg) {
+		admin, err := open(ctx, one, "default")
+		if err != nil {
+			return nil, err
+		}
+		err = admin.Exec(ctx, createDB)
+		_ = admin.Close()
+		if err != nil {
+			return nil, fmt.Errorf("create database %s on %v: %w", cfg.Database, one.Addr, err)
+		}
 	}
-	err = admin.Exec(ctx, createDB)
-	_ = admin.Close()
-	if err != nil {
-		return nil, fmt.Errorf("create database %s: %w", cfg.Database, err)
+	conn, err := open(ctx, cfg, cfg.Database)
+	if err != nil || cfg.Cluster == "" {
+		return conn, err
 	}
-	return open(ctx, cfg, cfg.Database)
+	return clusterConn{Conn: conn, cfg: cfg}, nil
+}
+
+// clusterConn is a connection to a cluster: Migrate needs the config to
+// reach every server.
+type clusterConn struct {
+	driver.Conn
+	cfg Config
+}
+
+// servers returns cfg itself for one server, or one config per address of
+// a cluster.
+func servers(cfg Config) []Config {
+	if cfg.Cluster == "" {
+		return []Config{cfg}
+	}
+	out := make([]Config, len(cfg.Addr))
+	for i, a := range cfg.Addr {
+		out[i] = cfg
+		out[i].Addr = []string{a}
+	}
+	return out
 }
 
 func open(ctx context.Context, cfg Config, db string) (driver.Conn, error) {
@@ -77,14 +112,31 @@ func open(ctx context.Context, cfg Config, db string) (driver.Conn, error) {
 	return conn, nil
 }
 
-// Migrate applies the embedded migrations that are not applied yet.
+// Migrate applies the embedded migrations that are not applied yet: on a
+// connection Open made to a cluster, the cluster schema on every server.
 func Migrate(ctx context.Context, conn driver.Conn, log *zap.Logger) error {
-	ran, err := migrations.Apply(ctx, conn)
-	if err != nil {
+	cc, ok := conn.(clusterConn)
+	if !ok {
+		ran, err := migrations.Apply(ctx, conn)
+		for _, v := range ran {
+			log.Info("applied migration", zap.Uint32("version", v))
+		}
 		return err
 	}
-	for _, v := range ran {
-		log.Info("applied migration", zap.Uint32("version", v))
+	v := migrations.Variant{Cluster: cc.cfg.Cluster, Database: cc.cfg.Database}
+	for _, one := range servers(cc.cfg) {
+		c, err := open(ctx, one, one.Database)
+		if err != nil {
+			return err
+		}
+		ran, err := migrations.ApplyVariant(ctx, c, v)
+		_ = c.Close()
+		for _, ver := range ran {
+			log.Info("applied migration", zap.Uint32("version", ver), zap.Strings("server", one.Addr), zap.String("cluster", v.Cluster))
+		}
+		if err != nil {
+			return fmt.Errorf("migrate %v: %w", one.Addr, err)
+		}
 	}
 	return nil
 }

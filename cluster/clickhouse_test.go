@@ -1,0 +1,79 @@
+package cluster
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/usagemeter/usagemeter/testenv"
+)
+
+// TestReplicatedClickHouse: the pipeline (a consumer and an aggregator
+// member, the real binaries, clickhouse.cluster=usage, both servers in
+// clickhouse.addr) writes through the cluster schema; server 2 is
+// SIGKILLed mid-stream and restarted; the totals are exact read from
+// either server (each reads both shards through the Distributed tables),
+// and each server holds only its shard's tenants locally.
+func TestReplicatedClickHouse(t *testing.T) {
+	e := need(t)
+	p := newPipeline(t, e, e.clickhouse, "usage")
+	conns := map[string]driver.Conn{}
+	for i, addr := range e.clickhouse {
+		conns["server "+strconv.Itoa(i+1)] = testenv.Open(t, addr, p.db)
+	}
+	// The schema is the cluster one on both servers.
+	for name, conn := range conns {
+		var engine string
+		if err := conn.QueryRow(t.Context(), "SELECT engine FROM system.tables WHERE database = ? AND name = 'usage_events'", p.db).Scan(&engine); err != nil {
+			t.Fatalf("%s: engine of usage_events: %v", name, err)
+		}
+		var local string
+		if err := conn.QueryRow(t.Context(), "SELECT engine FROM system.tables WHERE database = ? AND name = 'usage_events_local'", p.db).Scan(&local); err != nil {
+			t.Fatalf("%s: engine of usage_events_local: %v", name, err)
+		}
+		if engine != "Distributed" || local != "ReplicatedReplacingMergeTree" {
+			t.Fatalf("%s: usage_events is %s over %s, want Distributed over ReplicatedReplacingMergeTree", name, engine, local)
+		}
+	}
+	p.startConsumer("consumer-0")
+	p.startAggregator("aggregator-0")
+	s, err := startStream(p.brokers, p.topic, testenv.Name("ch"), 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleep(4 * time.Second)
+	e.run(t, "kill", "clickhouse", "2")
+	sleep(5 * time.Second)
+	e.run(t, "start", "clickhouse")
+	sleep(3 * time.Second)
+	if err := s.finish(); err != nil {
+		t.Fatal(err)
+	}
+	acked, _ := s.counts()
+	t.Logf("published %d events", acked)
+	p.converge(90*time.Second, conns)
+	// Sharded by tenant: every tenant's raw rows live on exactly one server.
+	where := map[string]int{}
+	for name, conn := range conns {
+		rows, err := conn.Query(t.Context(), "SELECT DISTINCT tenant_id FROM usage_events_local")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var tenant string
+			if err := rows.Scan(&tenant); err != nil {
+				t.Fatal(err)
+			}
+			where[tenant]++
+			t.Logf("%s holds %s", name, tenant)
+		}
+		rows.Close()
+	}
+	for tenant, n := range where {
+		if n != 1 {
+			t.Errorf("tenant %s is on %d servers, want 1", tenant, n)
+		}
+	}
+}
