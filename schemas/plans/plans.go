@@ -57,7 +57,24 @@ type Quota struct {
 	// GracePeriod is how long after a period ends late events may still
 	// change it; after that the period is final (and billed).
 	GracePeriod time.Duration `mapstructure:"grace_period"`
+	// Alerts adds alert lines to the warning thresholds (which always
+	// alert, once per period each): see AlertThresholds.
+	Alerts AlertThresholds `mapstructure:"alerts"`
 }
+
+// AlertThresholds are extra lines usage-alerts reports once per tenant,
+// meter and period. They never change the quota level or the decision.
+type AlertThresholds struct {
+	// Percent are percentages of the limit, 1..MaxAlertPercent: above 100
+	// warns about overage. Ignored for an unlimited meter.
+	Percent []int `mapstructure:"percent"`
+	// Absolute are usage amounts (> 0), for limited and unlimited meters.
+	Absolute []decimal.Decimal `mapstructure:"absolute"`
+}
+
+// MaxAlertPercent bounds alerts.percent (1000 times the limit); it equals
+// schemas.MaxAlertPercent, the bound of the UsageAlert contract.
+const MaxAlertPercent = 100_000
 
 // Plan maps meters to quotas. A meter a plan does not list is unlimited.
 type Plan struct {
@@ -154,6 +171,20 @@ func (c *Config) Normalize() error {
 			for i, t := range q.WarningThresholds {
 				if t < 1 || t > 100 || (i > 0 && t == q.WarningThresholds[i-1]) {
 					bad(key+".warning_thresholds", "need distinct percentages in 1..100, got %v", q.WarningThresholds)
+					break
+				}
+			}
+			sort.Ints(q.Alerts.Percent)
+			for i, t := range q.Alerts.Percent {
+				if t < 1 || t > MaxAlertPercent || (i > 0 && t == q.Alerts.Percent[i-1]) {
+					bad(key+".alerts.percent", "need distinct percentages in 1..%d, got %v", MaxAlertPercent, q.Alerts.Percent)
+					break
+				}
+			}
+			slices.SortFunc(q.Alerts.Absolute, decimal.Decimal.Cmp)
+			for i, a := range q.Alerts.Absolute {
+				if a.Sign() <= 0 || !a.Equal(a.Truncate(9)) || (i > 0 && a.Equal(q.Alerts.Absolute[i-1])) {
+					bad(key+".alerts.absolute", "need distinct amounts > 0 with at most 9 decimals, got %v", q.Alerts.Absolute)
 					break
 				}
 			}

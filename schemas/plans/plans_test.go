@@ -1,8 +1,10 @@
 package plans
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -50,6 +52,10 @@ func TestInvalidConfigNamesTheKey(t *testing.T) {
 		"plans: {P: {meters: {api_calls: {limit: lots}}}}\ndefault_plan: P":                             "lots",
 		"unknown_meters: reject\nplans: {P: {meters: {api_calls: {limit: 5}}}}\ndefault_plan: P":        "plans.P.meters.api_calls",
 		"meters: {u: {aggregation: unique_count, unique_by: email}}\nplans: {P: {}}\ndefault_plan: P":   "meters.u.unique_by",
+		"plans: {P: {meters: {api_calls: {limit: 5, alerts: {percent: [150, 0]}}}}}\ndefault_plan: P":   "plans.P.meters.api_calls.alerts.percent",
+		"plans: {P: {meters: {api_calls: {limit: 5, alerts: {percent: [120, 120]}}}}}\ndefault_plan: P": "plans.P.meters.api_calls.alerts.percent",
+		"plans: {P: {meters: {api_calls: {limit: 5, alerts: {absolute: [10, -1]}}}}}\ndefault_plan: P":  "plans.P.meters.api_calls.alerts.absolute",
+		"plans: {P: {meters: {api_calls: {limit: 5, alerts: {absolute: [lots]}}}}}\ndefault_plan: P":    "lots",
 	}
 	for yaml, key := range cases {
 		f := filepath.Join(t.TempDir(), "p.yaml")
@@ -153,5 +159,31 @@ func TestAssignOverridesAndReverts(t *testing.T) {
 	}
 	if err := c.Assign("x", &Assignment{Plan: "GOLD"}); err == nil || !strings.Contains(err.Error(), "GOLD") {
 		t.Fatalf("unknown plan accepted: %v", err)
+	}
+}
+
+// alerts: percentages above 100 and absolute amounts load, sorted and
+// exact; a file without them loads as before (no extra lines).
+func TestAlertThresholdsLoad(t *testing.T) {
+	c, err := Parse([]byte("plans: {P: {meters: {api_calls: {limit: 5, alerts: {percent: [200, 110], absolute: [\"1000.5\", 20, 0.1]}}}}}\ndefault_plan: P"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := c.Plans["P"].Meters["api_calls"]
+	if !slices.Equal(q.Alerts.Percent, []int{110, 200}) {
+		t.Errorf("percent %v", q.Alerts.Percent)
+	}
+	if got := fmt.Sprint(q.Alerts.Absolute); got != "[0.1 20 1000.5]" {
+		t.Errorf("absolute %s", got)
+	}
+	if !slices.Equal(q.WarningThresholds, []int{50, 75, 90, 100}) {
+		t.Errorf("warning thresholds %v", q.WarningThresholds)
+	}
+	seed, err := Load("plans.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, q, _ := seed.QuotaFor("someone", "ai_generation"); len(q.Alerts.Percent)+len(q.Alerts.Absolute) != 0 {
+		t.Errorf("seed plan has alert lines %+v", q.Alerts)
 	}
 }
