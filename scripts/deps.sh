@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local engines and SQL checks need, skipping what is present.
-#   scripts/deps.sh [kafka] [clickhouse] [chdb] [kcat] [examples] ...   (no argument = all)
+#   scripts/deps.sh [kafka] [clickhouse] [chdb] [kcat] [examples] [promtool] ...   (no argument = all)
 # Prints one line per thing it installs; silent when everything is there.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
@@ -34,7 +34,7 @@ apt_install() {
     APT_UPDATED=1
   fi
   echo "deps: apt-get install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$aptlog" 2>&1 \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q ${APT_NO_RECOMMENDS:+--no-install-recommends} "${missing[@]}" >>"$aptlog" 2>&1 \
     || { tail -n 30 "$aptlog" >&2; die "apt-get install ${missing[*]} failed"; }
 }
 
@@ -68,6 +68,20 @@ dep_kcat() {
 
 dep_wrk() { # HTTP load generator for usage-api in make bench
   apt_install wrk
+}
+
+# promtool checks and unit-tests deploy/prometheus/rules.yml (ops/deploycheck). Debian ships
+# it in the prometheus package: only the tool is wanted, so no recommended node exporter, and
+# the server the package enables stays off.
+dep_promtool() {
+  command -v promtool >/dev/null && return 0
+  APT_NO_RECOMMENDS=1 apt_install prometheus
+  if command -v systemctl >/dev/null; then
+    systemctl disable prometheus >/dev/null 2>&1 || true
+  fi
+  if [[ -d /run/systemd/system ]]; then
+    systemctl stop prometheus >/dev/null 2>&1 || true
+  fi
 }
 
 dep_kafka() {
@@ -158,11 +172,11 @@ dep_examples() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples promtool)
 for part in "${parts[@]}"; do
   case $part in
-    kafka | clickhouse | chdb | kcat | wrk | examples) "dep_$part" ;;
+    kafka | clickhouse | chdb | kcat | wrk | examples | promtool) "dep_$part" ;;
     stripe-mock) dep_stripe_mock ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples)" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples promtool)" ;;
   esac
 done
