@@ -5,8 +5,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -98,6 +100,42 @@ func TestQuantityBeyondTheCapIsA400OnBoth(t *testing.T) {
 		}
 		if a.status != 200 || d["allowed"] != true || d["limit"] != "-1" {
 			t.Errorf("%s 1.8e10: %d %s", path, a.status, a.raw)
+		}
+	}
+}
+
+// TestTrackTakesTheCachesEventRules: /v1/track goes through
+// quota.CheckEvent: a timestamp 2 hours back is a 400 naming timestamp
+// (it would stay pending for good), a retried id is answered as a
+// duplicate that counts nothing, and a limit Check cannot enforce (a max
+// gauge) is a 400 naming feature_type on check and track.
+func TestTrackTakesTheCachesEventRules(t *testing.T) {
+	p, err := plans.Parse([]byte(`
+meters: { ai_generation: { aggregation: sum }, storage: { aggregation: max } }
+plans: { FREE: { meters: { ai_generation: { limit: 50 }, storage: { limit: 1000 } } } }
+default_plan: FREE
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvPlans(t, p)
+	old := time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339)
+	if a := e.do("POST", "/v1/track", keyA, `{"tenant_id":"tenant-a","feature_type":"ai_generation","timestamp":"`+old+`"}`); a.status != 400 ||
+		a.body["field"] != "timestamp" || a.body["tag"] != "timestamp_out_of_range" {
+		t.Errorf("2 hours back: %d %s", a.status, a.raw)
+	}
+	body := `{"id":"retry-me-1","tenant_id":"tenant-a","feature_type":"ai_generation","quantity":"3"}`
+	first := e.do("POST", "/v1/track", keyA, body)
+	second := e.do("POST", "/v1/track", keyA, body)
+	d1, _ := first.body["decision"].(map[string]any)
+	d2, _ := second.body["decision"].(map[string]any)
+	if first.status != 200 || d1["usage"] != "3" || second.status != 200 || second.body["duplicate"] != true || d2["usage"] != "3" {
+		t.Errorf("a retried id: %d %s then %d %s", first.status, first.raw, second.status, second.raw)
+	}
+	for _, path := range []string{"/v1/check", "/v1/track"} {
+		if a := e.do("POST", path, keyA, `{"tenant_id":"tenant-a","feature_type":"storage","quantity":"10"}`); a.status != 400 ||
+			a.body["field"] != "feature_type" || a.body["tag"] != "unsupported_aggregation" {
+			t.Errorf("%s of a limited max meter: %d %s", path, a.status, a.raw)
 		}
 	}
 }

@@ -280,9 +280,7 @@ func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[
 	if req.event, err = s.validator.Decode(ev); err != nil {
 		return request{}, contractError(err)
 	}
-	if !s.meters[req.event.FeatureType] {
-		e := badField(codeInvalidField, "feature_type", "feature_type %q is not a meter of the plans file (%s)", req.event.FeatureType, s.meterList)
-		e.Tag = tagUnknownMeter
+	if e := s.validKey(req.event.TenantID, req.event.FeatureType); e != nil {
 		return request{}, e
 	}
 	// The contract bounds a quantity to 18 integer and 9 fractional digits,
@@ -315,6 +313,28 @@ func decodePosition(raw json.RawMessage) (*position, *apiError) {
 		return nil, badField(codeInvalidField, "min_position.offset", "min_position.offset must be an integer >= 0")
 	}
 	return &p, nil
+}
+
+// validKey answers what quota.Check would refuse for the tenant and meter
+// whatever the quantity (the cache's own rule, so the two cannot differ):
+// a meter the plans file does not know (a typo must never be "allowed,
+// unlimited") and a limit Check cannot enforce (a gauge or unique count).
+func (s *Server) validKey(tenant, meter string) *apiError {
+	err := s.cache.ValidateKey(tenant, meter)
+	var e *apiError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, quota.ErrUnknownMeter):
+		e = badField(codeInvalidField, "feature_type", "feature_type %q is not a meter of the plans file (%s)", meter, s.meterList)
+		e.Tag = tagUnknownMeter
+	case errors.Is(err, quota.ErrUnsupportedAggregation):
+		e = badField(codeInvalidField, "feature_type", "%v", err)
+		e.Tag = quota.ReasonUnsupported
+	default:
+		e = contractError(err)
+	}
+	return e
 }
 
 // validTenant applies the contract's tenant_id rules to a tenant named

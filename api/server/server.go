@@ -47,8 +47,7 @@ type Server struct {
 	tracker   quota.Tracker
 	log       *zap.Logger
 	validator *schemas.Validator // the contract's, as the consumer applies it
-	meters    map[string]bool    // the plans file's meters: the only ones usage-api checks
-	meterList string             // for errors
+	meterList string             // the plans file's meters, for errors
 
 	answers          *prometheus.CounterVec
 	checkOK, trackOK prometheus.Counter // answers{route, "200"}, resolved once: the hot paths
@@ -60,7 +59,7 @@ type Server struct {
 // New returns a server for the meters of p (the plans file c was built
 // from); tracker publishes /v1/track's events.
 func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.Tracker, log *zap.Logger, reg prometheus.Registerer) *Server {
-	s := &Server{cfg: cfg, cache: c, keys: keys, tracker: tracker, log: log, validator: schemas.NewValidator(), meters: map[string]bool{},
+	s := &Server{cfg: cfg, cache: c, keys: keys, tracker: tracker, log: log, validator: schemas.NewValidator(),
 		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "usage_api_answers_total",
 			Help: "Answers by route and status code."}, []string{"route", "code"}),
 		trackFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_track_failures_total",
@@ -69,19 +68,18 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 			Help: "Time to answer /v1/check and /v1/track, from body read to response written.", Buckets: prometheus.ExponentialBuckets(5e-6, 4, 8)}),
 	}
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
-	// A meter is known when the plans file defines it or a plan limits it;
-	// anything else is a typo or a meter no quota applies to, and answering
-	// "allowed, unlimited" for it would serve free usage.
+	// The meters quota knows: those the plans file defines or a plan limits.
+	known := map[string]bool{}
 	for m := range p.Meters {
-		s.meters[m] = true
+		known[m] = true
 	}
 	for _, pl := range p.Plans {
 		for m := range pl.Meters {
-			s.meters[m] = true
+			known[m] = true
 		}
 	}
-	names := make([]string, 0, len(s.meters))
-	for m := range s.meters {
+	names := make([]string, 0, len(known))
+	for m := range known {
 		names = append(names, m)
 	}
 	slices.Sort(names)
@@ -253,7 +251,11 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	if !s.actsFor(w, route, p, ev.TenantID) || !s.waitFor(w, r, route, req.minPosition, req.waitMS) {
 		return
 	}
-	d := s.cache.Check(r.Context(), ev.TenantID, ev.FeatureType, req.qty)
+	// CheckEvent, not Check: it refuses event times outside now +/- the
+	// contract's skew (pending for another period would never be absorbed)
+	// and answers a retried id it allowed recently as a duplicate that
+	// counts nothing.
+	d := s.cache.CheckEvent(r.Context(), &ev, req.qty)
 	quota.SetHeaders(w.Header(), &d)
 	if !d.Allowed {
 		s.refuse(w, route, &d)
@@ -265,7 +267,10 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	err := s.tracker.Track(ctx, &ev)
 	cancel()
 	if err != nil {
-		s.cache.Release(d)
+		if !d.Duplicate { // a duplicate counted nothing; its first attempt may have been published
+			s.cache.Release(d)
+			s.cache.ForgetEvent(&ev)
+		}
 		s.trackFailed.Inc()
 		var ve *schemas.ValidationError
 		if errors.As(err, &ve) { // cannot happen: the contract already accepted it
@@ -282,6 +287,9 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	buf := s.bufs.Get().(*[]byte)
 	b := append((*buf)[:0], `{"event_id":`...)
 	b = appendString(b, ev.ID)
+	if d.Duplicate {
+		b = append(b, `,"duplicate":true`...)
+	}
 	b = append(b, `,"decision":`...)
 	b = append(appendDecision(b, &d), "}\n"...)
 	writeRaw(w, http.StatusOK, b)
@@ -309,6 +317,19 @@ func (s *Server) refuse(w http.ResponseWriter, route string, d *quota.Decision) 
 		status, code, msg = http.StatusTooManyRequests, quota.CodeRateLimited, "rate limit for "+d.Meter+" exceeded, retry later"
 	case quota.ReasonTooLarge:
 		code, msg = codePendingFull, "this usage-api instance holds all the pending "+d.Meter+" usage it can count ("+maxQuantity.String()+") until the quota state absorbs it; retry later"
+	case quota.ReasonTimestamp:
+		e := badField(codeInvalidField, "timestamp", "timestamp is more than %s from now: usage of another time is not checked against this period's quota (publish it with the producer SDK)",
+			schemas.DefaultMaxFutureSkew)
+		e.Tag = quota.ReasonTimestamp
+		s.fail(w, route, e)
+		return
+	case quota.ReasonInvalidTenant, quota.ReasonUnknownMeter, quota.ReasonUnsupported:
+		// validKey ran first; the plan changed since (a tenant moved to a
+		// plan that limits a gauge, say).
+		if e := s.validKey(d.Tenant, d.Meter); e != nil {
+			s.fail(w, route, e)
+			return
+		}
 	}
 	if status != http.StatusPaymentRequired {
 		w.Header().Set("Retry-After", strconv.FormatInt(max(1, int64((d.RetryAfter+time.Second-1)/time.Second)), 10))

@@ -50,18 +50,25 @@ const (
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	p, err := plans.Load(filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnvPlans(t, p)
+}
+
+// newEnvPlans is newEnv with the meters and plans p.
+func newEnvPlans(t testing.TB, p *plans.Config) *env {
+	t.Helper()
 	broker := testenv.Kafka(t)
 	e := &env{t: t, broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
 	testenv.CreateTopic(t, broker, e.events, 4)
 	testenv.CreateTopic(t, broker, e.state, 2, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, e.assign, 1, "cleanup.policy", "compact")
 
-	p, err := plans.Load(filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	qc := quota.DefaultConfig()
 	qc.Brokers, qc.StateTopic, qc.AssignmentTopic, qc.PollInterval = []string{broker}, e.state, e.assign, 50*time.Millisecond
+	var err error
 	e.cache, err = quota.New(qc, p, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
