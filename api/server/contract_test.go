@@ -3,10 +3,12 @@ package server_test
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/testenv"
@@ -137,6 +139,30 @@ default_plan: FREE
 			a.body["field"] != "feature_type" || a.body["tag"] != "unsupported_aggregation" {
 			t.Errorf("%s of a limited max meter: %d %s", path, a.status, a.raw)
 		}
+	}
+}
+
+// TestRateLimitedSaysWhichBucket: a 429 carries the token bucket's
+// RateLimit fields ("<meter>-rate", none left), not the period quota's,
+// which still has room.
+func TestRateLimitedSaysWhichBucket(t *testing.T) {
+	p, err := plans.Load(filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvPlans(t, p, func(c *quota.Config) {
+		c.RateLimits = map[string]quota.RateLimit{"ai_generation": {PerSecond: 0.01, Burst: 2}}
+	})
+	body := `{"tenant_id":"tenant-a","feature_type":"ai_generation"}`
+	for i := range 2 {
+		if a := e.do("POST", "/v1/track", keyA, body); a.status != 200 {
+			t.Fatalf("track %d: %d %s", i, a.status, a.raw)
+		}
+	}
+	a := e.do("POST", "/v1/track", keyA, body)
+	if a.status != 429 || a.header.Get("Retry-After") == "" || !strings.HasPrefix(a.header.Get("RateLimit"), `"ai_generation-rate";r=0;`) ||
+		!strings.HasPrefix(a.header.Get("RateLimit-Policy"), `"ai_generation-rate";q=2;`) {
+		t.Fatalf("third track: %d RateLimit %q Policy %q %s", a.status, a.header.Get("RateLimit"), a.header.Get("RateLimit-Policy"), a.raw)
 	}
 }
 

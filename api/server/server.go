@@ -315,6 +315,9 @@ func (s *Server) refuse(w http.ResponseWriter, route string, d *quota.Decision) 
 		upgrade = quota.ExpandUpgradeURL(s.cfg.UpgradeURL, d.Tenant)
 	case quota.ReasonRate:
 		status, code, msg = http.StatusTooManyRequests, quota.CodeRateLimited, "rate limit for "+d.Meter+" exceeded, retry later"
+		// The RateLimit fields describe the bucket that refused, not the
+		// period's quota (which has room), as the middleware's do.
+		quota.SetRateLimitHeaders(w.Header(), d)
 	case quota.ReasonTooLarge:
 		code, msg = codePendingFull, "this usage-api instance holds all the pending "+d.Meter+" usage it can count ("+maxQuantity.String()+") until the quota state absorbs it; retry later"
 	case quota.ReasonTimestamp:

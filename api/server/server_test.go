@@ -57,8 +57,9 @@ func newEnv(t testing.TB) *env {
 	return newEnvPlans(t, p)
 }
 
-// newEnvPlans is newEnv with the meters and plans p.
-func newEnvPlans(t testing.TB, p *plans.Config) *env {
+// newEnvPlans is newEnv with the meters and plans p, and the quota
+// config changed by opts.
+func newEnvPlans(t testing.TB, p *plans.Config, opts ...func(*quota.Config)) *env {
 	t.Helper()
 	broker := testenv.Kafka(t)
 	e := &env{t: t, broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
@@ -68,6 +69,9 @@ func newEnvPlans(t testing.TB, p *plans.Config) *env {
 
 	qc := quota.DefaultConfig()
 	qc.Brokers, qc.StateTopic, qc.AssignmentTopic, qc.PollInterval = []string{broker}, e.state, e.assign, 50*time.Millisecond
+	for _, o := range opts {
+		o(&qc)
+	}
 	var err error
 	e.cache, err = quota.New(qc, p, zap.NewNop())
 	if err != nil {
