@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/schemas/migrations"
+	"github.com/usagemeter/usagemeter/svckit"
 )
 
 // Config locates the ClickHouse server.
@@ -32,6 +33,9 @@ type Config struct {
 	// cluster's servers: the client uses the first that answers, and
 	// migrations run on every one.
 	Cluster string `mapstructure:"cluster"`
+	// TLS to the server's secure native port (tcp_port_secure); the user
+	// and password above authenticate either way.
+	TLS svckit.TLSConfig `mapstructure:"tls"`
 }
 
 // DefaultConfig points at the server scripts/clickhouse.sh starts.
@@ -96,9 +100,14 @@ func servers(cfg Config) []Config {
 }
 
 func open(ctx context.Context, cfg Config, db string) (driver.Conn, error) {
+	tc, err := cfg.TLS.Config("clickhouse.tls")
+	if err != nil {
+		return nil, err
+	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Addr:        cfg.Addr,
 		Auth:        clickhouse.Auth{Database: db, Username: cfg.Username, Password: cfg.Password},
+		TLS:         tc,
 		DialTimeout: cfg.DialTimeout,
 		ReadTimeout: cfg.ReadTimeout,
 	})

@@ -1,0 +1,133 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/usagemeter/svckit"
+)
+
+// TestSCRAM runs a private broker with a SCRAM-SHA-512 listener
+// (scripts/kafka.sh KAFKA_SASL_PORT) and checks svckit.KafkaSecurity
+// against it: with the user's credentials a topic is created, written and
+// read back through the SASL listener; without SASL, or with a wrong
+// password, the broker refuses the connection.
+func TestSCRAM(t *testing.T) {
+	e := need(t)
+	base, err := freeBase()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	password := hex.EncodeToString(b)
+	dir := t.TempDir()
+	env := append(os.Environ(), "KAFKA_PORT="+strconv.Itoa(base+1), "KAFKA_CONTROLLER_PORT="+strconv.Itoa(base+11),
+		"KAFKA_SASL_PORT="+strconv.Itoa(base+2), "KAFKA_SCRAM_PASSWORD="+password, "KAFKA_DIR="+dir)
+	script := func(args ...string) {
+		cmd := exec.Command(filepath.Join(e.root, "scripts", "kafka.sh"), args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kafka.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	script("start")
+	t.Cleanup(func() { script("stop", "--purge") })
+	saslAddr := "127.0.0.1:" + strconv.Itoa(base+2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	sec := svckit.KafkaSecurity{}
+	sec.SASL.Mechanism, sec.SASL.Username, sec.SASL.Password = "SCRAM-SHA-512", "usage", password
+	tr, err := sec.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer, err := sec.Dialer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &kafka.Client{Addr: kafka.TCP(saslAddr), Transport: tr, Timeout: 20 * time.Second}
+	res, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{Topic: "scram", NumPartitions: 1, ReplicationFactor: 1}}})
+	if err != nil || res.Errors["scram"] != nil {
+		t.Fatalf("create topic with SCRAM: %v %v", err, res)
+	}
+	w := &kafka.Writer{Addr: kafka.TCP(saslAddr), Topic: "scram", Transport: tr, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	var werr error
+	for range 50 { // the new partition may answer NOT_LEADER for a moment
+		if werr = w.WriteMessages(ctx, kafka.Message{Key: []byte("acme"), Value: []byte("hello")}); werr == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	_ = w.Close()
+	if werr != nil {
+		t.Fatalf("write with SCRAM: %v", werr)
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{saslAddr}, Topic: "scram", Partition: 0, Dialer: dialer, MaxWait: 100 * time.Millisecond})
+	m, err := r.ReadMessage(ctx)
+	_ = r.Close()
+	if err != nil || string(m.Value) != "hello" {
+		t.Fatalf("read with SCRAM: %q, %v", m.Value, err)
+	}
+
+	// Refused: no SASL at all, and the right user with a wrong password.
+	refused := func(what string, tr kafka.RoundTripper) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := &kafka.Client{Addr: kafka.TCP(saslAddr), Transport: tr, Timeout: 5 * time.Second}
+		if _, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{"scram"}}); err == nil {
+			t.Errorf("%s: the SASL listener answered metadata", what)
+		} else {
+			t.Logf("%s: refused: %v", what, err)
+		}
+	}
+	refused("no SASL", &kafka.Transport{DialTimeout: 5 * time.Second})
+	bad := sec
+	bad.SASL.Password = "wrong"
+	badTr, err := bad.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused("wrong password", badTr)
+}
+
+// TestKafkaSecurityConfig: bad settings are refused naming the key.
+func TestKafkaSecurityConfig(t *testing.T) {
+	for _, c := range []struct {
+		mech, user, want string
+		tls              bool
+	}{
+		{"SCRAM-SHA-1", "u", "kafka.security.sasl.mechanism", false},
+		{"SCRAM-SHA-512", "", "kafka.security.sasl.username", false},
+		{"PLAIN", "u", "clear text", false},
+	} {
+		var s svckit.KafkaSecurity
+		s.SASL.Mechanism, s.SASL.Username, s.TLS.Enabled = c.mech, c.user, c.tls
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s/%q: %v, want an error naming %s", c.mech, c.user, err, c.want)
+		}
+	}
+	var s svckit.KafkaSecurity
+	s.TLS.CAFile = "/nonexistent"
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.security.tls.enabled") {
+		t.Errorf("files without TLS: %v", err)
+	}
+	s.TLS.Enabled = true
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.security.tls.ca_file") {
+		t.Errorf("missing CA file: %v", err)
+	}
+	if tr, err := (svckit.KafkaSecurity{}).Transport(); tr != nil || err != nil {
+		t.Errorf("zero value: %v, %v; want kafka-go's default transport", tr, err)
+	}
+}
