@@ -37,13 +37,18 @@ func main() {
 		plansFile = flag.String("plans", "schemas/plans/plans.example.yaml", "meters and plans YAML")
 		events    = flag.String("events-topic", producer.DefaultTopic, "usage events topic")
 		upgrade   = flag.String("upgrade-url", "https://billing.example.com/upgrade?tenant={tenant}", "link in 402 answers")
+		state     = flag.String("state-topic", quota.DefaultConfig().StateTopic, "quota state topic")
+		assign    = flag.String("assignment-topic", quota.DefaultConfig().AssignmentTopic, "plan assignments topic")
+		timeout   = flag.Duration("read-timeout", 10*time.Second, "the longest a request may take to arrive, body included")
 	)
 	flag.Parse()
 	log, _ := zap.NewProduction()
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *addr, strings.Split(*brokers, ","), *plansFile, *events, *upgrade, log); err != nil {
+	cfg := quota.DefaultConfig()
+	cfg.Brokers, cfg.StateTopic, cfg.AssignmentTopic = strings.Split(*brokers, ","), *state, *assign
+	if err := run(ctx, *addr, cfg, *plansFile, *events, *upgrade, *timeout, log); err != nil {
 		log.Error("usage-demo-app failed", zap.Error(err))
 		os.Exit(1)
 	}
@@ -84,13 +89,12 @@ type statusRecorder struct {
 
 func (s *statusRecorder) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
 
-func run(ctx context.Context, addr string, brokers []string, plansFile, events, upgrade string, log *zap.Logger) error {
+func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, upgrade string, readTimeout time.Duration, log *zap.Logger) error {
 	p, err := plans.Load(plansFile)
 	if err != nil {
 		return err
 	}
-	cfg := quota.DefaultConfig()
-	cfg.Brokers = brokers
+	brokers := cfg.Brokers
 	cache, err := quota.New(cfg, p, log.Named("quota"))
 	if err != nil {
 		return err
@@ -141,7 +145,7 @@ func run(ctx context.Context, addr string, brokers []string, plansFile, events, 
 	// Every connection is bounded; the write timeout leaves room for the
 	// middleware's tracking (up to 10 s), which runs before the handler
 	// returns and its buffered answer is flushed.
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: readTimeout,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
