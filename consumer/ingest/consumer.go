@@ -331,7 +331,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.partitions.Store(int64(n))
 		return err
 	}); err != nil {
-		return err
+		return c.startErr(ctx, err)
 	}
 	if pinErr != nil {
 		return pinErr
@@ -351,7 +351,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		return nil
 	}); err != nil {
-		return err
+		return c.startErr(ctx, err)
 	}
 	partsChanged := make(chan error, 1)
 	go func() {
@@ -442,7 +442,9 @@ loop:
 			}
 			c.m.consumed.Inc()
 			if err := c.checkGap(ctx, m); err != nil {
-				runErr = err
+				if ctx.Err() == nil { // a shutdown mid-check is no error: m is read again later
+					runErr = err
+				}
 				break loop
 			}
 			if err := c.add(ctx, cur, m); err != nil {
@@ -554,6 +556,17 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	c.log.Debug("batch committed", zap.Int("rows", b.rows.Len()), zap.Int("invalid", len(b.invalid)), zap.Int("rerouted", len(b.reroute)),
 		zap.Duration("took", time.Since(start)))
 	return nil
+}
+
+// startErr is what Run returns when a start-up step failed: nothing, when
+// the step only failed because ctx ended (a SIGTERM during start-up is a
+// clean stop: nothing was read, so nothing is left uncommitted).
+func (c *Consumer) startErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		c.log.Info("stopped during start-up: nothing was read")
+		return nil
+	}
+	return err
 }
 
 // checkGap reports records that retention deleted before this consumer

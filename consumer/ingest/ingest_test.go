@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
@@ -486,5 +487,23 @@ func TestKcatPublishedEventIsConsumed(t *testing.T) {
 	}
 	if partition != sdkPart {
 		t.Fatalf("kcat put tenant globex on partition %d, the SDK on %d", partition, sdkPart)
+	}
+}
+
+// A SIGTERM while the consumer is still starting (here: the broker never
+// answers the partition-count read) is a clean stop, not an exit 1: make
+// run's shutdown met this (issue 15).
+func TestShutdownDuringStartUpIsClean(t *testing.T) {
+	e := newEnv(t, "")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.Brokers = []string{l.Addr().String()}
+	_ = l.Close() // nothing listens there now
+	r := e.start()
+	time.Sleep(500 * time.Millisecond) // inside the start-up retries
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("Run after a shutdown during start-up: %v, want nil", err)
 	}
 }
