@@ -34,12 +34,13 @@ type Config struct {
 
 // DefaultConfig: raw events 13 months (a year and the month compared with
 // it), one-minute windows 35 days, hours 400 days, days, periods and the
-// billing ledger for ever, the DLQ fallback and replay records a year.
+// billing ledger for ever, the DLQ fallback, replay records and webhook
+// deliveries a year.
 func DefaultConfig() Config {
 	return Config{
 		Keep: map[string]int{
 			"usage_events": 396, "usage_1m": 35, "usage_1h": 400, "usage_1d": 0, "usage_period": 0,
-			"dead_letters": 365, "dlq_replays": 365, "billing_audit": 0,
+			"dead_letters": 365, "dlq_replays": 365, "alert_deliveries": 365, "billing_audit": 0,
 		},
 		BillingCloseAfter: 31*24*time.Hour + time.Hour,
 	}
@@ -50,7 +51,7 @@ func DefaultConfig() Config {
 // period start, and its period ends up to a month later.
 var partitioned = map[string]time.Duration{
 	"usage_events": 0, "usage_1m": 0, "usage_1h": 0, "usage_1d": 0, "usage_period": 31 * 24 * time.Hour,
-	"dead_letters": 0, "dlq_replays": 0, "billing_audit": 0,
+	"dead_letters": 0, "dlq_replays": 0, "alert_deliveries": 0, "billing_audit": 0,
 }
 
 // Validate names the key at fault.
