@@ -13,6 +13,7 @@ replace github.com/usagemeter/usagemeter/svckit => ../svckit
 replace github.com/usagemeter/usagemeter/testenv => ../testenv
 
 require (
+	github.com/felixge/httpsnoop v1.1.0
 	github.com/pb33f/libopenapi v0.42.5
 	github.com/pb33f/libopenapi-validator v0.16.3
 	github.com/prometheus/client_golang v1.25.0

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"html/template"
+	"io"
 	"net/http"
 	"os"
 	"os/signal"
@@ -21,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/felixge/httpsnoop"
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/api/server"
@@ -82,12 +84,36 @@ func (t *tally) add(tenant string, status int) {
 	}
 }
 
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
+// record wraps w to learn the answer's final status (1xx are
+// informational; a later, superfluous WriteHeader changes nothing) while
+// keeping every optional interface of w (http.Flusher and the rest, which
+// the middleware uses to answer before tracking), with httpsnoop as the
+// middleware does. status is 200 when the handler wrote nothing.
+func record(w http.ResponseWriter) (_ http.ResponseWriter, status func() int) {
+	code := 0
+	final := func(c int) {
+		if code == 0 && (c >= 200 || c == http.StatusSwitchingProtocols) {
+			code = c
+		}
+	}
+	sw := httpsnoop.Wrap(w, httpsnoop.Hooks{
+		WriteHeader: func(next httpsnoop.WriteHeaderFunc) httpsnoop.WriteHeaderFunc {
+			return func(c int) { final(c); next(c) }
+		},
+		Write: func(next httpsnoop.WriteFunc) httpsnoop.WriteFunc {
+			return func(b []byte) (int, error) { final(http.StatusOK); return next(b) }
+		},
+		ReadFrom: func(next httpsnoop.ReadFromFunc) httpsnoop.ReadFromFunc {
+			return func(src io.Reader) (int64, error) { final(http.StatusOK); return next(src) }
+		},
+	})
+	return sw, func() int {
+		if code == 0 {
+			return http.StatusOK
+		}
+		return code
+	}
 }
-
-func (s *statusRecorder) WriteHeader(code int) { s.status = code; s.ResponseWriter.WriteHeader(code) }
 
 func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, upgrade string, readTimeout time.Duration, log *zap.Logger) error {
 	p, err := plans.Load(plansFile)
@@ -129,9 +155,9 @@ func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, 
 	}))
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/generate", func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		rec, status := record(w)
 		generate.ServeHTTP(rec, r)
-		t.add(r.Header.Get("X-Tenant"), rec.status)
+		t.add(r.Header.Get("X-Tenant"), status())
 	})
 	// Liveness and readiness as usage-api's (api/README.md).
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"live":true}` + "\n")) })
