@@ -17,7 +17,10 @@ func TestRecordKeepsFlusherAndFinalStatus(t *testing.T) {
 		want    int
 	}{
 		{"103 then 201", func(w http.ResponseWriter) { w.WriteHeader(http.StatusEarlyHints); w.WriteHeader(http.StatusCreated) }, 201},
-		{"write then 500", func(w http.ResponseWriter) { _, _ = w.Write([]byte("x")); w.WriteHeader(http.StatusInternalServerError) }, 200},
+		{"write then 500", func(w http.ResponseWriter) {
+			_, _ = w.Write([]byte("x"))
+			w.WriteHeader(http.StatusInternalServerError)
+		}, 200},
 		{"nothing", func(http.ResponseWriter) {}, 200},
 	} {
 		rec := httptest.NewRecorder()
