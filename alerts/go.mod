@@ -9,6 +9,7 @@ replace github.com/usagemeter/usagemeter/testenv => ../testenv
 replace github.com/usagemeter/usagemeter/svckit => ../svckit
 
 require (
+	github.com/ClickHouse/clickhouse-go/v2 v2.50.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
@@ -20,7 +21,6 @@ require (
 
 require (
 	github.com/ClickHouse/ch-go v0.75.0 // indirect
-	github.com/ClickHouse/clickhouse-go/v2 v2.50.0 // indirect
 	github.com/andybalholm/brotli v1.2.7 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
