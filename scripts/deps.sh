@@ -66,6 +66,10 @@ dep_kcat() {
   apt_install kcat
 }
 
+dep_compose() { # reads and validates docker-compose.yml (no Docker engine needed): cluster/ tests
+  command -v docker-compose >/dev/null || APT_NO_RECOMMENDS=1 apt_install docker-compose
+}
+
 dep_wrk() { # HTTP load generator for usage-api in make bench
   apt_install wrk
 }
@@ -172,11 +176,11 @@ dep_examples() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples promtool)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples promtool compose)
 for part in "${parts[@]}"; do
   case $part in
-    kafka | clickhouse | chdb | kcat | wrk | examples | promtool) "dep_$part" ;;
+    kafka | clickhouse | chdb | kcat | wrk | examples | promtool | compose) "dep_$part" ;;
     stripe-mock) dep_stripe_mock ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples promtool)" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples promtool compose)" ;;
   esac
 done
