@@ -229,4 +229,3 @@ func exitStderr(err error) string {
 	}
 	return ""
 }
-
