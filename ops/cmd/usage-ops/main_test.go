@@ -91,8 +91,41 @@ func TestCommandsAgainstTheEngines(t *testing.T) {
 	if code, _, stderr := runOps("dlq", "show", "kafka:"+topic+"/0/9"); code != 2 || !strings.Contains(stderr, "not found") {
 		t.Fatalf("dlq show of a missing letter: exit %d %s", code, stderr)
 	}
+	// Replay through the command: a dry run publishes nothing; the real run
+	// publishes the repairable letter once, with its key, and records all three.
+	events := testenv.Name("events")
+	testenv.CreateTopic(t, broker, events, 4)
+	t.Setenv("USAGE_KAFKA_TOPIC", events)
+	fixable := letter(`{"id":"r1","tenant":"acme","feature_type":"api_calls","quantity":"2","timestamp":"`+
+		time.Now().UTC().Format(time.RFC3339)+`"}`, "unknown_field")
+	if err := w.WriteMessages(context.Background(), fixable); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = runOps("dlq", "replay", "--rename", "tenant=tenant_id", "--dry-run")
+	if code != 0 || !strings.Contains(out, "would_replay 1 still_invalid 3") {
+		t.Fatalf("dlq replay --dry-run: exit %d\n%s\n%s", code, out, stderr)
+	}
+	code, out, stderr = runOps("dlq", "replay", "--rename", "tenant=tenant_id")
+	if code != 0 || !strings.Contains(out, "replayed 1 still_invalid 3") {
+		t.Fatalf("dlq replay: exit %d\n%s\n%s", code, out, stderr)
+	}
+	m := testenv.ReadN(t, broker, events, 1)[0]
+	if string(m.Key) != "acme" || !strings.Contains(string(m.Value), `"tenant_id":"acme"`) {
+		t.Fatalf("replayed %q %s", m.Key, m.Value)
+	}
+	var sum uint64
+	for _, o := range testenv.EndOffsets(t, broker, events, 4) {
+		sum += uint64(o)
+	}
+	if sum != 1 {
+		t.Fatalf("%d messages on the events topic, want 1", sum)
+	}
 	code, out, stderr = runOps("retention", "plan")
-	if code != 0 || !strings.HasPrefix(out, "TABLE  PARTITION  ROWS  BYTES  ACTION  WHY") {
+	// The replay's four decisions are this month's dlq_replays partition, kept.
+	month := time.Now().UTC().Format("200601")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "TABLE PARTITION ROWS BYTES ACTION WHY" ||
+		!strings.HasPrefix(strings.Join(strings.Fields(lines[1]), " "), "dlq_replays "+month+" 4 ") || strings.Fields(lines[1])[4] != "keep" {
 		t.Fatalf("retention plan: exit %d\n%s\n%s", code, out, stderr)
 	}
 }
