@@ -8,6 +8,10 @@ run in file order in one throw-away chdb session and database, so later files ma
 use tables created by earlier ones. `--` and `/* */` comments are stripped and
 statements are split on `;` outside quotes. Exits 1 naming the file, line and
 statement of the first failure. (scripts/deps.sh chdb installs the venv.)
+
+--parse-only parses each statement with the engine's own parser (formatQuery) instead
+of running it: for the cluster schema (schemas/migrations Variant), whose Replicated*
+and Distributed engines need ZooKeeper, macros and a cluster an embedded engine lacks.
 """
 
 import argparse
@@ -91,6 +95,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+", help=".sql files or directories")
     ap.add_argument("-v", "--verbose", action="store_true", help="print each statement as it runs")
+    ap.add_argument("--parse-only", action="store_true", help="parse with formatQuery instead of running")
     args = ap.parse_args()
 
     try:
@@ -115,7 +120,11 @@ def main():
                     if args.verbose:
                         print(f"{path}:{line}: {stmt.splitlines()[0][:100]}")
                     try:
-                        sess.query(stmt)
+                        if args.parse_only:
+                            quoted = stmt.replace("\\", "\\\\").replace("'", "\\'")
+                            sess.query(f"SELECT formatQuery('{quoted}')")
+                        else:
+                            sess.query(stmt)
                     except Exception as e:  # chdb raises ChdbError (a RuntimeError) on SQL errors
                         print(f"FAIL {path}:{line}\n--- statement ---\n{stmt}\n--- error ---\n{e}", file=sys.stderr)
                         return 1

@@ -1,6 +1,9 @@
 package migrations
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -54,4 +57,45 @@ func TestClusterVariant(t *testing.T) {
 	if s, _ := (Variant{}).Statements(ms[0]); len(s) != 1 || s[0] != ms[0].SQL {
 		t.Errorf("single-server variant changed the SQL: %q", s)
 	}
+}
+
+// The cluster variant parses on a current ClickHouse engine (chdb, with
+// scripts/check_sql_chdb.py --parse-only: an embedded engine has no
+// ZooKeeper, macros or cluster to create the tables with). The 18.16 server
+// runs it for real in cluster/ (TestReplicatedClickHouse).
+func TestClusterVariantOnCurrentEngine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs chdb")
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	py := filepath.Join(root, ".cache", "venv", "bin", "python")
+	if _, err := os.Stat(py); err != nil {
+		t.Fatalf("%s: %v (scripts/deps.sh chdb installs it)", py, err)
+	}
+	ms, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, m := range ms {
+		stmts, err := (Variant{Cluster: "usage", Database: "usage"}).Statements(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range stmts {
+			b.WriteString(s + ";\n")
+		}
+	}
+	file := filepath.Join(t.TempDir(), "cluster.sql")
+	if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(py, filepath.Join(root, "scripts", "check_sql_chdb.py"), "--parse-only", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("chdb: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
 }
