@@ -23,6 +23,9 @@ const (
 	Set       = "set"       // a usage record (action=set) of Stripe units
 	Observe   = "observe"   // reconcile read a different value on Stripe (no call)
 	Unfixable = "unfixable" // a difference Stripe no longer lets us fix (no call)
+	// Checkpoint is not a window's row: a period's running totals at an
+	// edge (see Checkpoints). Load skips it.
+	Checkpoint = "checkpoint"
 )
 
 // Results.
@@ -228,6 +231,9 @@ func (s *Store) Load(ctx context.Context, meter string, from, to time.Time) (map
 			&r.PassID, &r.At, &atNs); err != nil {
 			return nil, fmt.Errorf("scan billing_audit: %w", err)
 		}
+		if r.Action == Checkpoint {
+			continue
+		}
 		r.At = time.Unix(0, atNs).UTC()
 		r.WindowStart, r.WindowEnd = r.WindowStart.UTC(), r.WindowEnd.UTC()
 		k := WindowKey{r.Tenant, r.Meter, r.WindowStart.Unix()}
@@ -267,4 +273,82 @@ func (s *Store) Load(ctx context.Context, meter string, from, to time.Time) (map
 		out[k] = w
 	}
 	return out, nil
+}
+
+// checkpointsQuery reads the checkpoint rows of one meter with edges in
+// [From, To].
+type checkpointsQuery struct {
+	From, To time.Time
+	Meter    string
+}
+
+func (q checkpointsQuery) toSQL() (string, []any) {
+	return `SELECT tenant_id, window_start, window_end, quantity, ours, stripe, at_ns FROM billing_audit
+WHERE meter = ? AND action = ? AND window_start >= ? AND window_start <= ?`, []any{q.Meter, Checkpoint, q.From.UTC(), q.To.UTC()}
+}
+
+// PeriodTotals is one tenant's period as of an edge: the running total of
+// the meter's quantity from the period start to the edge, and what the
+// ledger says Stripe holds for the windows before the edge.
+type PeriodTotals struct {
+	Tenant                 string
+	PeriodStart, PeriodEnd time.Time
+	Quantity               decimal.Decimal
+	Held                   int64
+}
+
+// CheckpointRow encodes totals at edge as a ledger row: window_start is
+// the edge (so a read of a few days finds it), window_end the period
+// start, ours the period end (unix seconds).
+func CheckpointRow(meter, mode, passID string, edge time.Time, t PeriodTotals) Row {
+	return Row{Tenant: t.Tenant, Meter: meter, Mode: mode, WindowStart: edge, WindowEnd: t.PeriodStart, Action: Checkpoint,
+		Quantity: t.Quantity, Ours: t.PeriodEnd.Unix(), Stripe: t.Held, Result: OK, PassID: passID}
+}
+
+// Checkpoints returns the newest edge in [from, to] holding checkpoints of
+// the meter, and its totals per tenant and period start (the newest row
+// of each wins: a reconcile's full read rewrites them).
+func (s *Store) Checkpoints(ctx context.Context, meter string, from, to time.Time) (time.Time, map[string]map[int64]PeriodTotals, error) {
+	sql, args := checkpointsQuery{From: from, To: to, Meter: meter}.toSQL()
+	rs, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return time.Time{}, nil, fmt.Errorf("read checkpoints: %w", err)
+	}
+	defer rs.Close()
+	type row struct {
+		t    PeriodTotals
+		edge time.Time
+		atNs int64
+	}
+	var rows []row
+	var edge time.Time
+	for rs.Next() {
+		var r row
+		var end int64
+		if err := rs.Scan(&r.t.Tenant, &r.edge, &r.t.PeriodStart, &r.t.Quantity, &end, &r.t.Held, &r.atNs); err != nil {
+			return time.Time{}, nil, fmt.Errorf("scan checkpoints: %w", err)
+		}
+		r.edge, r.t.PeriodStart, r.t.PeriodEnd = r.edge.UTC(), r.t.PeriodStart.UTC(), time.Unix(end, 0).UTC()
+		if r.edge.After(edge) {
+			edge = r.edge
+		}
+		rows = append(rows, r)
+	}
+	if err := rs.Err(); err != nil {
+		return time.Time{}, nil, fmt.Errorf("read checkpoints: %w", err)
+	}
+	out := map[string]map[int64]PeriodTotals{}
+	newest := map[string]map[int64]int64{}
+	for _, r := range rows {
+		if !r.edge.Equal(edge) {
+			continue
+		}
+		if out[r.t.Tenant] == nil {
+			out[r.t.Tenant], newest[r.t.Tenant] = map[int64]PeriodTotals{}, map[int64]int64{}
+		}
+		if k := r.t.PeriodStart.Unix(); r.atNs >= newest[r.t.Tenant][k] {
+			out[r.t.Tenant][k], newest[r.t.Tenant][k] = r.t, r.atNs
+		}
+	}
+	return edge, out, nil
 }

@@ -94,3 +94,98 @@ func BenchmarkPass10kTenants(b *testing.B) {
 		srv.Close()
 	}
 }
+
+// fullReads hides the ledger's checkpoints: every pass reads 32 days.
+type fullReads struct{ syncer.Ledger }
+
+// BenchmarkPassHistory (issue 12 item 8): a `run` pass over 10,000
+// tenants of a meter_events meter when their Stripe periods began a day
+// ago and a month ago, with a ledger that already billed every hour (one
+// event per tenant every 6 hours). The first pass reads everything and
+// writes the checkpoint; the pass measured an hour later reads only from
+// the checkpoint edge. full_pass_s is the same pass with checkpoints
+// hidden (what every pass cost before). Prints raw rows per pass.
+//
+//	go test -run '^$' -bench BenchmarkPassHistory -benchtime 1x -timeout 30m ./billing-sync/syncer/
+func BenchmarkPassHistory(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		days int
+	}{{"day", 1}, {"month", 30}} {
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				benchHistory(b, c.days)
+			}
+		})
+	}
+}
+
+func benchHistory(b *testing.B, days int) {
+	b.StopTimer()
+	const tenants = 10_000
+	e := newEnv(b)
+	now := time.Date(2027, 3, 9, 12, 30, 0, 0, time.UTC)
+	clock := stripefake.NewClock(now)
+	fake := stripefake.New()
+	fake.Now = clock.Now
+	fake.AddMeter("mtr_api", "api_calls")
+	fake.AddPrice(stripefake.Price{ID: "price_api", MeterID: "mtr_api"})
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	anchor := now.Add(-time.Duration(days)*24*time.Hour - 30*time.Minute)
+	cfg := e.cfg
+	cfg.Meters = map[string]syncer.Meter{"api_calls": e.cfg.Meters["api_calls"]}
+	cfg.Customers, cfg.LookupCustomers, cfg.Workers = nil, false, 32
+	var evs []ev
+	var rows []audit.Row
+	for i := range tenants {
+		t := fmt.Sprintf("tenant-%05d", i)
+		cfg.Customers = append(cfg.Customers, syncer.Customer{Tenant: t, Customer: "cus_" + t})
+		fake.AddSubscription(stripefake.Subscription{ID: "sub_" + t, Customer: "cus_" + t, Anchor: anchor, Created: anchor,
+			Items: []stripefake.Item{{ID: "si_" + t, Price: "price_api"}}})
+		for at := anchor.Add(10 * time.Minute); at.Before(now.Add(-time.Hour)); at = at.Add(6 * time.Hour) {
+			evs = append(evs, ev{t, "api_calls", "3", at})
+			h := at.Truncate(time.Hour)
+			rows = append(rows, audit.Row{Tenant: t, Meter: "api_calls", Mode: syncer.MeterEvents, WindowStart: h, WindowEnd: h.Add(time.Hour),
+				Customer: "cus_" + t, Target: "api_calls", Action: audit.Send, Ours: 3, Stripe: 3, Delta: 3, Result: audit.OK, At: at.Add(time.Hour)})
+		}
+	}
+	e.insert(evs...)
+	ledger := audit.New(e.conn, clock.Now)
+	for len(rows) > 0 {
+		n := min(len(rows), 200_000)
+		if err := ledger.Write(context.Background(), rows[:n]); err != nil {
+			b.Fatal(err)
+		}
+		rows = rows[n:]
+	}
+	apiCfg := e.apiCf
+	apiCfg.URL, apiCfg.Rate, apiCfg.Burst = srv.URL, 3000, 50
+	api := stripeapi.New(apiCfg, zap.NewNop(), nil)
+	ctx := context.Background()
+	pass := func(l syncer.Ledger) (time.Duration, *syncer.Report) {
+		s := syncer.New(cfg, e.plans, usage.New(e.conn), l, api, zap.NewNop(), syncer.WithClock(clock.Now))
+		start := time.Now()
+		rep, err := s.Sync(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start), rep
+	}
+	first, rep := pass(ledger) // reads everything, writes the checkpoint
+	if rep.Writes != 0 || len(rep.NoSubscription) != 0 {
+		b.Fatalf("first pass: %d writes, no_subscription %d: the seeded ledger should hold everything", rep.Writes, len(rep.NoSubscription))
+	}
+	clock.Advance(time.Hour)
+	full, _ := pass(fullReads{ledger})
+	b.StartTimer()
+	took, rep := pass(ledger)
+	b.StopTimer()
+	if rep.Writes != 0 {
+		b.Fatalf("measured pass wrote %d", rep.Writes)
+	}
+	b.ReportMetric(took.Seconds(), "pass_s")
+	b.ReportMetric(full.Seconds(), "full_pass_s")
+	b.ReportMetric(first.Seconds(), "first_pass_s")
+	b.ReportMetric(float64(len(evs)), "raw_events")
+}

@@ -29,7 +29,7 @@ func (s *Syncer) Drift(ctx context.Context, from, to time.Time) ([]Drift, error)
 		if err != nil {
 			return nil, err
 		}
-		runs, err := s.ours(ctx, name, m, from, to, ledger)
+		runs, err := s.ours(ctx, name, m, from, to, ledger, nil) // a full read: drift sees every late event
 		if err != nil {
 			return nil, err
 		}

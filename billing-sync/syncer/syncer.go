@@ -230,6 +230,7 @@ type tenantRun struct {
 	tgt       target
 	status    string   // "" (billed), unmapped, no_subscription
 	ws        []window // windows in the subscription's periods
+	all       []window // meter_events: every window read, also before from (checkpoints)
 	uncovered []window // usage no subscription item invoices
 	err       error    // lookup_error: why
 }
@@ -239,7 +240,7 @@ type tenantRun struct {
 // from far enough back to carry remainders from the start of each period.
 // Windows the ledger holds but we no longer have (usage removed) are
 // included with 0 units.
-func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.Time, ledger map[audit.WindowKey]*audit.Window) ([]*tenantRun, error) {
+func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.Time, ledger map[audit.WindowKey]*audit.Window, inc *incremental) ([]*tenantRun, error) {
 	pm := s.plansMeter(name)
 	// Period windows need their hours up to the closed edge. The hour
 	// being closed is read too: its piece before a period boundary closes
@@ -251,6 +252,9 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 		readTo = closed
 	}
 	readFrom := from.Add(-32 * 24 * time.Hour).Truncate(24 * time.Hour)
+	if inc != nil { // what came before is in the checkpoint
+		readFrom = inc.edge
+	}
 	hours, err := s.src.Hours(ctx, name, pm, readFrom, readTo)
 	if err != nil {
 		return nil, err
@@ -263,8 +267,13 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 		}
 		byTenant[h.Tenant] = append(byTenant[h.Tenant], h)
 	}
+	ledgerOf := map[string][]audit.WindowKey{} // the ledger's windows still in range, by tenant
 	for k, lw := range ledger {
-		if _, ok := byTenant[k.Tenant]; !ok && len(lw.Intents) > 0 && lw.Intents[0].First.WindowEnd.After(from) {
+		if len(lw.Intents) == 0 || !lw.Intents[0].First.WindowEnd.After(from) {
+			continue
+		}
+		ledgerOf[k.Tenant] = append(ledgerOf[k.Tenant], k)
+		if _, ok := byTenant[k.Tenant]; !ok {
 			byTenant[k.Tenant] = nil
 			tenants = append(tenants, k.Tenant)
 		}
@@ -305,7 +314,8 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 			return nil, err
 		}
 		if m.Mode == MeterEvents {
-			run.ws, run.uncovered = s.hourWindows(ps, m, tgt.cov, ledger)
+			run.ws, run.uncovered = s.hourWindows(ps, m, tgt.cov, ledger, inc.of(tenant))
+			run.all = append([]window(nil), run.ws...)
 		} else {
 			run.ws, run.uncovered = periodWindows(ps, pm.Aggregation, m, tgt.cov)
 		}
@@ -314,8 +324,9 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 		for _, w := range run.ws {
 			have[w.key] = true
 		}
-		for k, lw := range ledger {
-			if k.Tenant != tenant || have[k] || len(lw.Intents) == 0 || !lw.Intents[0].First.WindowEnd.After(from) {
+		for _, k := range ledgerOf[tenant] {
+			lw := ledger[k]
+			if have[k] {
 				continue
 			}
 			st := time.Unix(k.Start, 0).UTC()
@@ -387,12 +398,23 @@ type job struct {
 
 func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to time.Time, reconcile bool, rep *Report) error {
 	now := s.now()
-	ledger, err := s.ledger.Load(ctx, name, ledgerFrom(from), to)
+	inc, err := s.incremental(ctx, name, m, from, reconcile)
 	if err != nil {
 		return err
 	}
-	runs, err := s.ours(ctx, name, m, from, to, ledger)
+	lf := ledgerFrom(from)
+	if inc != nil {
+		lf = inc.edge
+	}
+	ledger, err := s.ledger.Load(ctx, name, lf, to)
 	if err != nil {
+		return err
+	}
+	runs, err := s.ours(ctx, name, m, from, to, ledger, inc)
+	if err != nil {
+		return err
+	}
+	if err := s.checkpoint(ctx, name, m, from, runs, ledger, inc, rep.PassID); err != nil {
 		return err
 	}
 	// One group per tenant (one customer, one meter: one in-flight call).

@@ -99,7 +99,8 @@ func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours 
 // events can still be cancelled. The period's last window shows what
 // could not be billed. Pieces outside every subscription are returned
 // apart (no_subscription).
-func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit.WindowKey]*audit.Window) (ws, uncovered []window) {
+// pre holds the periods' totals before the first piece (a checkpoint).
+func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit.WindowKey]*audit.Window, pre map[int64]audit.PeriodTotals) (ws, uncovered []window) {
 	now := s.now()
 	held := func(w window) int64 {
 		if lw := ledger[w.key]; lw != nil {
@@ -111,7 +112,7 @@ func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit
 		if len(per) == 0 {
 			return
 		}
-		var planned int64
+		planned := pre[per[0].per.start.Unix()].Held
 		for _, w := range per {
 			planned += held(w)
 		}
@@ -151,7 +152,7 @@ func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit
 		}
 		if p != cur {
 			flush(per, cums)
-			cur, per, cums, cum = p, nil, nil, decimal.Zero
+			cur, per, cums, cum = p, nil, nil, pre[p.start.Unix()].Quantity
 		}
 		w.per = p
 		cum = cum.Add(h.Value)
