@@ -106,17 +106,22 @@ WHERE active AND database = currentDatabase() AND has(?, table) GROUP BY table, 
 		[]any{q.Tables}
 }
 
-// openBillingQuery finds months holding a billing window whose latest
+// openBillingQuery finds months a billing window overlaps whose latest
 // ledger row is not final: billing-sync will still write it (pending:
 // the call may have happened; retry: it re-sends next pass; unknown:
-// reconcile resolves it from Stripe), so its usage must stay.
+// reconcile resolves it from Stripe), so its usage must stay. A window is
+// an hour (meter events) or a whole Stripe period (usage records, at most
+// a month, so it touches at most two calendar months): both its first and
+// its last month count.
 type openBillingQuery struct{}
 
 func (openBillingQuery) toSQL() (string, []any) {
-	return `SELECT toString(toYYYYMM(window_start)) AS month, count() AS open FROM (
-  SELECT tenant_id, meter, window_start, seq, argMax(result, at_ns) AS latest FROM billing_audit
-  WHERE action != 'checkpoint' GROUP BY tenant_id, meter, window_start, seq)
-WHERE latest IN ('pending', 'retry', 'unknown') GROUP BY month`, nil
+	return `SELECT toString(arrayJoin(if(first = last, [first], [first, last]))) AS month, count() AS open FROM (
+  SELECT toYYYYMM(window_start) AS first, toYYYYMM(greatest(window_start, window_end - 1)) AS last FROM (
+    SELECT tenant_id, meter, window_start, seq, any(window_end) AS window_end, argMax(result, at_ns) AS latest FROM billing_audit
+    WHERE action != 'checkpoint' GROUP BY tenant_id, meter, window_start, seq)
+  WHERE latest IN ('pending', 'retry', 'unknown'))
+GROUP BY month`, nil
 }
 
 // Planner decides which partitions to drop.

@@ -62,13 +62,18 @@ func insertWindows(t *testing.T, conn driver.Conn, table string, at time.Time) {
 
 func insertLedger(t *testing.T, conn driver.Conn, window time.Time, results ...string) {
 	t.Helper()
+	insertLedgerWindow(t, conn, window, window.Add(time.Hour), results...)
+}
+
+func insertLedgerWindow(t *testing.T, conn driver.Conn, window, end time.Time, results ...string) {
+	t.Helper()
 	b, err := conn.PrepareBatch(context.Background(), `INSERT INTO billing_audit (tenant_id, meter, window_start, window_end, seq, action, result, at, at_ns)`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, r := range results { // one intent, its rows in order: the last is its state
 		at := time.Now().Add(time.Duration(i) * time.Second)
-		if err := b.Append("acme", "api_calls", window, window.Add(time.Hour), uint32(0), "send", r, at, at.UnixNano()); err != nil {
+		if err := b.Append("acme", "api_calls", window, end, uint32(0), "send", r, at, at.UnixNano()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -109,7 +114,7 @@ func TestApplyDropsOldPartitionsAndKeepsOpenPeriods(t *testing.T) {
 	now := time.Now().UTC()
 	id := func(add int) string { return monthStart(now, add).Format("200601") }
 	// Raw events: 10 per month.
-	for _, m := range []int{-25, -14, -3, 0} {
+	for _, m := range []int{-25, -20, -14, -3, 0} {
 		insertEvents(t, conn, monthStart(now, m).Add(time.Hour), 10)
 	}
 	for _, m := range []int{-3, -1, 0} {
@@ -121,6 +126,9 @@ func TestApplyDropsOldPartitionsAndKeepsOpenPeriods(t *testing.T) {
 	insertLedger(t, conn, monthStart(now, -25).Add(time.Hour), "pending", "ok")   // billed: closed
 	insertLedger(t, conn, monthStart(now, -14).Add(time.Hour), "pending")         // may have been sent: open
 	insertLedger(t, conn, monthStart(now, -14).Add(2*time.Hour), "pending", "ok") // (one open window is enough)
+	// A usage record's window is a whole Stripe period: one from the 20th of
+	// month -21 to the 20th of month -20, still pending, keeps month -20.
+	insertLedgerWindow(t, conn, monthStart(now, -21).AddDate(0, 0, 19), monthStart(now, -20).AddDate(0, 0, 19), "pending")
 
 	cfg := retention.DefaultConfig()
 	cfg.Keep = map[string]int{"usage_events": 365, "usage_1m": 7, "usage_period": 1, "billing_audit": 0}
@@ -158,7 +166,7 @@ func TestApplyDropsOldPartitionsAndKeepsOpenPeriods(t *testing.T) {
 	if got := partitions(t, conn); got != strings.Join(want, " ") {
 		t.Fatalf("partitions after apply:\n%s\nwant\n%s", got, strings.Join(want, " "))
 	}
-	for table, rows := range map[string]uint64{"usage_events": 30, "usage_1m": 2, "usage_period": 1, "billing_audit": 5} {
+	for table, rows := range map[string]uint64{"usage_events": 40, "usage_1m": 2, "usage_period": 1, "billing_audit": 6} {
 		if n, err := testenv.CountRows(ctx, conn, "FROM "+table); err != nil || n != rows {
 			t.Errorf("%s: %d rows (%v), want %d", table, n, err, rows)
 		}
