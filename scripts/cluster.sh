@@ -160,7 +160,7 @@ kafka_start() {
   local deadline=$((SECONDS + START_TIMEOUT))
   for n in "${NODES[@]}"; do
     until kafka_answering "$n"; do
-      kafka_pid "$n" >/dev/null || { show_log_tail "$(kdir "$n")/server.log"; die "kafka node $n exited during start-up"; }
+      kill -0 "$(<"$(kdir "$n")/kafka.pid")" 2>/dev/null || { show_log_tail "$(kdir "$n")/server.log"; die "kafka node $n exited during start-up"; }
       ((SECONDS < deadline)) || { show_log_tail "$(kdir "$n")/server.log"; die "kafka node $n did not answer within ${START_TIMEOUT}s"; }
       sleep 0.5
     done
@@ -202,7 +202,9 @@ EOF
   echo $! >"$d/zk.pid"
   local deadline=$((SECONDS + 60))
   until zk_answering; do
-    zk_pid >/dev/null || { show_log_tail "$d/zk.log"; die "zookeeper exited during start-up"; }
+    # kill -0, not zk_pid: until the forked shell has exec'd java its
+    # command line does not name zoo.cfg yet.
+    kill -0 "$(<"$d/zk.pid")" 2>/dev/null || { show_log_tail "$d/zk.log"; die "zookeeper exited during start-up"; }
     ((SECONDS < deadline)) || die "zookeeper did not answer on 127.0.0.1:$ZK_PORT"
     sleep 0.3
   done
