@@ -15,6 +15,11 @@ type Config struct {
 	LateTopic       string   `mapstructure:"late_topic"`
 	DLQTopic        string   `mapstructure:"dlq_topic"`
 	AssignmentTopic string   `mapstructure:"assignment_topic"`
+	// PositionTopic (compacted) receives, per owned partition, the offset
+	// through which every quota state is published (schemas.QuotaPosition):
+	// quota caches expire pending usage the states should have absorbed.
+	// Empty: none is published (caches fall back to their max pending age).
+	PositionTopic string `mapstructure:"position_topic"`
 	// FlushInterval is how often aggregate rows and the checkpoint are
 	// written to ClickHouse.
 	FlushInterval time.Duration `mapstructure:"flush_interval"`
@@ -48,6 +53,7 @@ func DefaultConfig() Config {
 		LateTopic:       "usage.events.late",
 		DLQTopic:        "usage.events.dlq",
 		AssignmentTopic: "usage.plan-assignments",
+		PositionTopic:   "usage.quota-positions",
 		FlushInterval:   time.Second,
 		QuotaCoalesce:   250 * time.Millisecond,
 		AllowedLateness: 10 * time.Minute,

@@ -17,6 +17,8 @@ type metrics struct {
 	groupErrors        prometheus.Counter
 	// quotaFenced: publications refused because the generation had ended.
 	quotaFenced prometheus.Counter
+	// positions published and failed (schemas.QuotaPosition).
+	positionsPublished, positionErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,6 +38,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Consumer-group and generation errors the aggregator recovered from by rejoining."}),
 		quotaFenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_quota_fenced_total",
 			Help: "Quota-state publications withheld because the member's group generation had ended (frozen past its session, rebalanced)."}),
+		positionsPublished: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_quota_positions_published_total",
+			Help: "QuotaPosition records published (per partition: the offset through which every quota state is published)."}),
+		positionErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_quota_position_errors_total",
+			Help: "Failed QuotaPosition publications (retried after a pause; caches keep the pending usage meanwhile)."}),
 		rowsWritten: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_rows_written_total",
 			Help: "Aggregate rows written to ClickHouse."}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_aggregator_write_errors_total",
@@ -51,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.outcomes, m.unknownMeters, m.rowsWritten, m.writeErrors, m.flushSeconds, m.quotaPublished, m.quotaErrors, m.assignErrors,
-			m.retentionGap, m.deadLetterFallback, m.groupErrors, m.quotaFenced)
+			m.retentionGap, m.deadLetterFallback, m.groupErrors, m.quotaFenced, m.positionsPublished, m.positionErrors)
 	}
 	return m
 }

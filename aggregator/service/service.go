@@ -37,6 +37,7 @@ type Service struct {
 	intake   *svckit.Intake
 	m        *metrics
 	quotaW   *kafka.Writer
+	posW     *kafka.Writer      // PositionTopic; nil when none
 	sideW    *kafka.Writer      // late events and rejected ones
 	side     *deadletter.Writer // sideW, falling back to ClickHouse dead_letters
 	fallback driver.Conn
@@ -50,6 +51,8 @@ type Service struct {
 	partitionsEvery time.Duration
 
 	written []state.Checkpoint // the last checkpoint written
+	// statesPublished: the last publishStates left nothing due unpublished.
+	statesPublished bool
 
 	mu     sync.Mutex
 	latest map[string]schemas.QuotaState // last published state per key, for the status page
@@ -93,6 +96,12 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 	}
 	s.quotaW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.QuotaTopic, Balancer: kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000}
+	if cfg.PositionTopic != "" {
+		// One attempt, short timeout: the write runs on the apply loop's
+		// goroutine, and a missed position is only sent again later.
+		s.posW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.PositionTopic, Balancer: kafka.Murmur2Balancer{},
+			RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, MaxAttempts: 1, WriteTimeout: 2 * time.Second}
+	}
 	s.sideW = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Balancer: kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, BatchSize: 10000, MaxAttempts: 3}
 	s.side = deadletter.New(s.sideW, s.fallback)
@@ -106,6 +115,9 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 // Run aggregates until ctx is cancelled, then flushes and returns nil.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.quotaW.Close()
+	if s.posW != nil {
+		defer s.posW.Close()
+	}
 	defer s.sideW.Close()
 	if err := s.intakeRules(ctx); err != nil {
 		return err
@@ -648,6 +660,19 @@ type owner struct {
 	// resumed after SIGSTOP always asks again before it publishes.
 	every  time.Duration
 	fenced time.Time
+	// Positions (schemas.QuotaPosition): snaps are the applied offsets of
+	// the owned partitions taken at each publish tick; one becomes
+	// publishable once a quota_coalesce has passed (every quota dirty
+	// when it was taken has been due since). sent is what was published;
+	// posRetry pauses publishing after a failure.
+	snaps    []posSnap
+	sent     map[int32]int64
+	posRetry time.Time
+}
+
+type posSnap struct {
+	at      time.Time
+	offsets map[int32]int64
 }
 
 // errFenced: the group no longer recognises this member's generation (it
@@ -693,7 +718,87 @@ func (o *owner) fence(written []state.Checkpoint) error {
 // current, so that no member publishes a tenant's state from a copy the
 // tenant's owner has since moved past.
 func (s *Service) publishQuotas(ctx context.Context, st *state.State, own *owner) error {
-	due := st.DueQuotas(time.Now(), s.cfg.QuotaCoalesce)
+	now := time.Now()
+	if s.posW != nil {
+		own.snapshot(now, st.Checkpoints())
+	}
+	if err := s.publishStates(ctx, st, own, now); err != nil || !s.statesPublished {
+		return err
+	}
+	return s.publishPositions(ctx, own, now)
+}
+
+// snapshot records the applied offsets of the owned partitions at now.
+func (o *owner) snapshot(now time.Time, cps []state.Checkpoint) {
+	offs := make(map[int32]int64, len(cps))
+	for _, c := range cps {
+		if o.partitions[c.Partition] && c.Offset >= 0 {
+			offs[c.Partition] = c.Offset
+		}
+	}
+	o.snaps = append(o.snaps, posSnap{at: now, offsets: offs})
+}
+
+// publishPositions publishes, for each owned partition, the offsets of the
+// newest snapshot taken at least quota_coalesce ago. Why that is a true
+// promise: a quota changed by an event up to the snapshot's offset was
+// dirty (or already published) when the snapshot was taken, its last
+// publication was no later, so DueQuotas has returned it at every tick
+// since a coalesce passed, and this tick's states were acknowledged
+// (publishQuotas calls this only then; a failed write requeues them as due
+// at once). It runs under the same generation fence as the states.
+func (s *Service) publishPositions(ctx context.Context, own *owner, now time.Time) error {
+	i := -1
+	for j, sn := range own.snaps {
+		if now.Sub(sn.at) >= s.cfg.QuotaCoalesce {
+			i = j
+		}
+	}
+	if i < 0 || now.Before(own.posRetry) {
+		return nil
+	}
+	snap := own.snaps[i]
+	own.snaps = own.snaps[i+1:]
+	if own.sent == nil {
+		own.sent = map[int32]int64{}
+	}
+	var msgs []kafka.Message
+	for p, off := range snap.offsets {
+		if sent, ok := own.sent[p]; ok && sent >= off {
+			continue
+		}
+		qp := schemas.QuotaPosition{Topic: s.cfg.Topic, Partition: p, AppliedThrough: off, PublishedAt: now.UTC(),
+			SchemaVersion: schemas.QuotaPositionSchemaVersion}
+		msgs = append(msgs, kafka.Message{Key: []byte(qp.Key()), Value: qp.AppendJSON(nil)})
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := own.fence(s.written); err != nil {
+		s.m.quotaFenced.Inc()
+		return err
+	}
+	if err := s.posW.WriteMessages(ctx, msgs...); err != nil {
+		// Caches keep the pending usage meanwhile (conservative); pause so
+		// that a missing topic does not cost the apply loop a round trip
+		// per tick.
+		s.m.positionErrors.Inc()
+		own.posRetry = now.Add(10 * time.Second)
+		s.log.Warn("publish quota positions failed; retrying in 10s", zap.String("topic", s.cfg.PositionTopic), zap.Error(err))
+		return nil
+	}
+	for p, off := range snap.offsets {
+		own.sent[p] = max(own.sent[p], off)
+	}
+	s.m.positionsPublished.Add(float64(len(msgs)))
+	return nil
+}
+
+// publishStates publishes the due quota states and sets statesPublished
+// when every due state was acknowledged (or none was due).
+func (s *Service) publishStates(ctx context.Context, st *state.State, own *owner, now time.Time) error {
+	s.statesPublished = false
+	due := st.DueQuotas(now, s.cfg.QuotaCoalesce)
 	kept := due[:0]
 	for _, q := range due {
 		if q.Offset >= 0 && own.partitions[q.Partition] {
@@ -701,6 +806,7 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State, own *owner
 		}
 	}
 	if due = kept; len(due) == 0 {
+		s.statesPublished = true
 		return nil
 	}
 	if err := own.fence(s.written); err != nil {
@@ -711,9 +817,8 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State, own *owner
 	}
 	msgs := make([]kafka.Message, len(due))
 	states := make([]schemas.QuotaState, len(due))
-	now := time.Now().UTC()
 	for i, q := range due {
-		states[i] = s.quotaState(q, now)
+		states[i] = s.quotaState(q, now.UTC())
 		msgs[i] = kafka.Message{Key: []byte(states[i].Key()), Value: states[i].AppendJSON(nil)}
 	}
 	if err := s.quotaW.WriteMessages(ctx, msgs...); err != nil {
@@ -723,6 +828,7 @@ func (s *Service) publishQuotas(ctx context.Context, st *state.State, own *owner
 		return nil
 	}
 	s.m.quotaPublished.Add(float64(len(due)))
+	s.statesPublished = true
 	s.mu.Lock()
 	for _, qs := range states {
 		if qs.Final {

@@ -110,6 +110,7 @@ func setupEnv(t testing.TB, fast bool) *env {
 	cfg.LateTopic = cfg.Topic + ".late"
 	cfg.DLQTopic = cfg.Topic + ".dlq"
 	cfg.AssignmentTopic = cfg.Topic + ".plans"
+	cfg.PositionTopic = cfg.Topic + ".positions"
 	quotaConfig := []string{"cleanup.policy", "compact"}
 	if fast {
 		cfg.FlushInterval = 200 * time.Millisecond
@@ -122,6 +123,7 @@ func setupEnv(t testing.TB, fast bool) *env {
 	testenv.CreateTopic(t, broker, cfg.LateTopic, 1)
 	testenv.CreateTopic(t, broker, cfg.AssignmentTopic, 1, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, cfg.DLQTopic, 1)
+	testenv.CreateTopic(t, broker, cfg.PositionTopic, 1, "cleanup.policy", "compact")
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	chCfg := chconn.DefaultConfig()
 	chCfg.Addr = []string{testenv.ClickHouseAddr(t)}

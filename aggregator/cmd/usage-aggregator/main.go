@@ -115,12 +115,16 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, log *zap.Logger) er
 	if cfg.CreateTopics {
 		a, n, rf := cfg.Aggregator, cfg.TopicPartitions, cfg.TopicReplicationFactor
 		compact := []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}
-		if err := svckit.CreateTopics(ctx, a.Brokers,
-			kafka.TopicConfig{Topic: a.Topic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: svckit.EventTopicConfig()},
-			kafka.TopicConfig{Topic: a.DLQTopic, NumPartitions: n, ReplicationFactor: rf},
-			kafka.TopicConfig{Topic: a.LateTopic, NumPartitions: n, ReplicationFactor: rf},
-			kafka.TopicConfig{Topic: a.QuotaTopic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: compact},
-			kafka.TopicConfig{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: rf, ConfigEntries: compact}); err != nil {
+		topics := []kafka.TopicConfig{
+			{Topic: a.Topic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: svckit.EventTopicConfig()},
+			{Topic: a.DLQTopic, NumPartitions: n, ReplicationFactor: rf},
+			{Topic: a.LateTopic, NumPartitions: n, ReplicationFactor: rf},
+			{Topic: a.QuotaTopic, NumPartitions: n, ReplicationFactor: rf, ConfigEntries: compact},
+			{Topic: a.AssignmentTopic, NumPartitions: 1, ReplicationFactor: rf, ConfigEntries: compact}}
+		if a.PositionTopic != "" { // one record per events partition: one partition is plenty
+			topics = append(topics, kafka.TopicConfig{Topic: a.PositionTopic, NumPartitions: 1, ReplicationFactor: rf, ConfigEntries: compact})
+		}
+		if err := svckit.CreateTopics(ctx, a.Brokers, topics...); err != nil {
 			return err
 		}
 	}
