@@ -187,9 +187,28 @@ func (s Source) kafkaLetters(ctx context.Context, f Filter) ([]Letter, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Selected by id: read only the partitions named, from the lowest
+	// offset named (`dlq show` does not scan the whole topic).
+	from := map[int]int64{}
+	for _, id := range f.IDs {
+		store, topic, p, off, _ := ParseID(id)
+		if store == StoreKafka && topic == s.Topic && p < n {
+			if o, ok := from[p]; !ok || off < o {
+				from[p] = off
+			}
+		}
+	}
 	var out []Letter
 	for p := range n {
-		ls, err := s.readPartition(ctx, p, first[p], end[p], f)
+		start := first[p]
+		if len(f.IDs) > 0 {
+			o, ok := from[p]
+			if !ok {
+				continue
+			}
+			start = max(start, o)
+		}
+		ls, err := s.readPartition(ctx, p, start, end[p], f)
 		if err != nil {
 			return nil, err
 		}
@@ -219,6 +238,9 @@ func offsets(ctx context.Context, c *kafka.Client, topic string, n int, at func(
 	return out, nil
 }
 
+// idleRead bounds a wait for the next record below the end offset.
+const idleRead = 10 * time.Second
+
 func (s Source) readPartition(ctx context.Context, partition int, first, end int64, f Filter) ([]Letter, error) {
 	if first >= end {
 		return nil, nil
@@ -231,8 +253,15 @@ func (s Source) readPartition(ctx context.Context, partition int, first, end int
 	}
 	var out []Letter
 	for {
-		m, err := r.FetchMessage(ctx)
+		// The end offset can sit past the last record (a transaction
+		// marker): a read that waits this long has nothing left to give.
+		fctx, cancel := context.WithTimeout(ctx, idleRead)
+		m, err := r.FetchMessage(fctx)
+		cancel()
 		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return out, nil
+			}
 			return nil, fmt.Errorf("read %s/%d: %w", s.Topic, partition, err)
 		}
 		l := fromMessage(m)
