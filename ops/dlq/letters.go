@@ -64,7 +64,7 @@ func ParseID(id string) (store, topic string, partition int, offset int64, err e
 	}
 	i := strings.LastIndex(rest, "/")
 	j := strings.LastIndex(rest[:max(i, 0)], "/")
-	if i < 0 || j < 0 {
+	if i < 0 || j < 1 {
 		return "", "", 0, 0, fmt.Errorf("letter id %q: want <store>:<topic>/<partition>/<offset>", id)
 	}
 	p, perr := strconv.Atoi(rest[j+1 : i])
