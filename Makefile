@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PKGS  := $(shell source scripts/common.sh && workspace_pkgs)
 BIN   := .cache/bin
 
-.PHONY: run test bench lint build deps engines-start engines-stop clean
+.PHONY: run test bench lint build deps engines-start engines-stop cluster-start cluster-stop clean
 
 ## run: real Kafka + ClickHouse on 127.0.0.1, every service (a fake Stripe included), demo traffic;
 ## stops everything it started on Ctrl-C or SIGTERM (tested by firsthour/)
@@ -29,7 +29,7 @@ lint:
 ## build: the service binaries into .cache/bin
 build:
 	go build -o $(BIN)/ ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./billing-sync/cmd/usage-billing-sync \
-		./api/cmd/usage-api ./api/cmd/usage-demo-app
+		./api/cmd/usage-api ./api/cmd/usage-demo-app ./ops/cmd/usage-ops
 
 deps:
 	scripts/deps.sh
@@ -39,6 +39,14 @@ engines-start:
 
 engines-stop:
 	scripts/engines.sh stop
+
+## cluster-start: 3 Kafka brokers (RF 3, min ISR 2), ZooKeeper and 2 ClickHouse servers on
+## 127.0.0.1, the setup of cluster/README.md; prints their addresses
+cluster-start:
+	scripts/cluster.sh start
+
+cluster-stop:
+	scripts/cluster.sh stop
 
 ## clean: stop the engines and delete their data, the demo's fake Stripe journal (it goes with
 ## billing-sync's ledger in ClickHouse) and the build output
