@@ -35,7 +35,7 @@ type composeFile struct {
 // configCommand says, per binary, whether it has a `config` command that
 // prints its effective settings, and the subcommand it would run instead.
 var configCommand = map[string]bool{
-	"usage-consumer": true, "usage-aggregator": true, "usage-billing-sync": true, "usage-api": true,
+	"usage-consumer": true, "usage-aggregator": true, "usage-billing-sync": true, "usage-api": true, "usage-alerts": true,
 }
 
 // TestComposeFile validates docker-compose.yml with docker-compose (the
@@ -71,7 +71,7 @@ func TestComposeFile(t *testing.T) {
 	}
 	// Every command of the workspace that is a long-running service.
 	wantBuilt := []string{"./consumer/cmd/usage-consumer", "./aggregator/cmd/usage-aggregator", "./billing-sync/cmd/usage-billing-sync",
-		"./billing-sync/cmd/usage-stripe-fake", "./api/cmd/usage-api", "./api/cmd/usage-demo-app"}
+		"./billing-sync/cmd/usage-stripe-fake", "./api/cmd/usage-api", "./api/cmd/usage-demo-app", "./alerts/cmd/usage-alerts"}
 	byCmd := map[string]string{}
 	for name, s := range cf.Services {
 		if c := s.Build.Args["CMD"]; c != "" {

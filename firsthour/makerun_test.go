@@ -28,7 +28,7 @@ import (
 )
 
 // Every process make run starts, as its summary names them.
-var demoProcesses = []string{"usage-consumer", "usage-aggregator", "usage-stripe-fake", "usage-billing-sync",
+var demoProcesses = []string{"usage-consumer", "usage-aggregator", "usage-alerts", "usage-stripe-fake", "usage-billing-sync",
 	"usage-api", "usage-demo-app", "usage-loadgen"}
 
 // lockedBuffer collects make run's output while it runs.
@@ -95,7 +95,7 @@ func startDemo(t *testing.T, duration string) *demo {
 		"KAFKA_PORT="+port(t, kafkaAddr), "CH_TCP_PORT="+port(t, chAddr),
 		"DEMO_RATE=200", "DEMO_DURATION="+duration, "DEMO_RUN_DIR="+d.runDir,
 		"DASHBOARD_ADDR="+d.consum, "AGGREGATOR_ADDR="+freeAddr(t), "BILLING_ADDR="+freeAddr(t),
-		"STRIPE_FAKE_ADDR="+d.stripe, "USAGE_API_ADDR="+freeAddr(t), "DEMO_APP_ADDR="+freeAddr(t),
+		"STRIPE_FAKE_ADDR="+d.stripe, "USAGE_API_ADDR="+freeAddr(t), "DEMO_APP_ADDR="+freeAddr(t), "ALERTS_ADDR="+freeAddr(t),
 		"FIRSTHOUR_MARKER="+d.marker)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a terminal's foreground group

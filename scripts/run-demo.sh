@@ -10,7 +10,7 @@
 # Every process it started is stopped on exit, and each one is listed.
 #   DEMO_RATE=2000 DEMO_DURATION=0 DASHBOARD_ADDR=127.0.0.1:9464 make run
 # Other addresses: AGGREGATOR_ADDR, BILLING_ADDR, STRIPE_FAKE_ADDR,
-# USAGE_API_ADDR, DEMO_APP_ADDR; logs go to DEMO_RUN_DIR (default
+# USAGE_API_ADDR, DEMO_APP_ADDR, ALERTS_ADDR; logs go to DEMO_RUN_DIR (default
 # .cache/run). The fake Stripe's journal (STRIPE_FAKE_JOURNAL, default
 # .cache/run/stripe-fake.jsonl) belongs with the engines' data: billing-sync's
 # ledger in ClickHouse says what was sent to it, so keep or delete both
@@ -28,6 +28,7 @@ billing_addr=${BILLING_ADDR:-127.0.0.1:9466}
 stripe_addr=${STRIPE_FAKE_ADDR:-127.0.0.1:9467}
 api_addr=${USAGE_API_ADDR:-127.0.0.1:9470}
 app_addr=${DEMO_APP_ADDR:-127.0.0.1:9471}
+alerts_addr=${ALERTS_ADDR:-127.0.0.1:9473}
 bin="$CACHE_DIR/bin"
 run_dir=${DEMO_RUN_DIR:-$CACHE_DIR/run}
 journal=${STRIPE_FAKE_JOURNAL:-$CACHE_DIR/run/stripe-fake.jsonl}
@@ -147,7 +148,7 @@ drift_cmd="USAGE_CLICKHOUSE_ADDR=$ch $bin/usage-billing-sync --config billing-sy
 echo "== building"
 # In the background, so that a signal is handled at once, not after the build.
 go build -o "$bin/" ./consumer/cmd/usage-consumer ./producer/cmd/usage-loadgen ./aggregator/cmd/usage-aggregator \
-  ./api/cmd/usage-api ./api/cmd/usage-demo-app ./billing-sync/cmd/usage-billing-sync ./billing-sync/cmd/usage-stripe-fake &
+  ./alerts/cmd/usage-alerts ./api/cmd/usage-api ./api/cmd/usage-demo-app ./billing-sync/cmd/usage-billing-sync ./billing-sync/cmd/usage-stripe-fake &
 build=$!
 trap 'kill -TERM $build 2>/dev/null; exit 130' INT
 trap 'kill -TERM $build 2>/dev/null; exit 143' TERM
@@ -163,6 +164,13 @@ echo "== starting usage-aggregator (log: $run_dir/usage-aggregator.log, plans: s
 start usage-aggregator env USAGE_AGGREGATOR_BROKERS="$USAGE_TEST_KAFKA" USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$agg_addr" \
   "$bin/usage-aggregator" --plans schemas/plans/plans.example.yaml
 wait_healthy usage-aggregator "$agg_addr"
+# Threshold alerts to usage.alerts; webhooks too when ALERTS_WEBHOOK_URL and
+# ALERTS_WEBHOOK_SECRET are set (see alerts/README.md).
+echo "== starting usage-alerts (log: $run_dir/usage-alerts.log)"
+start usage-alerts env USAGE_EMITTER_BROKERS="$USAGE_TEST_KAFKA" USAGE_WEBHOOK_BROKERS="$USAGE_TEST_KAFKA" \
+  USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$alerts_addr" USAGE_WEBHOOK_URL="${ALERTS_WEBHOOK_URL:-}" \
+  USAGE_WEBHOOK_SECRET="${ALERTS_WEBHOOK_SECRET:-}" "$bin/usage-alerts" --plans schemas/plans/plans.example.yaml
+wait_healthy usage-alerts "$alerts_addr"
 echo "== starting usage-stripe-fake on http://$stripe_addr (log: $run_dir/usage-stripe-fake.log, state: $journal)"
 start usage-stripe-fake env USAGE_CLICKHOUSE_ADDR="$ch" \
   "$bin/usage-stripe-fake" --addr "$stripe_addr" --journal "$journal" --billing-config billing-sync/config.demo.yaml
@@ -187,7 +195,8 @@ echo "   Usage dashboard: http://$http_addr/     Quota state: http://$agg_addr/"
 echo "   Enforcement (served and refused per tenant): http://$app_addr/"
 echo "   Metrics: http://$http_addr/metrics (consumer)  http://$agg_addr/metrics (aggregator)"
 echo "            http://$api_addr/metrics (usage-api)  http://$billing_addr/metrics (billing-sync)"
-echo "            http://$stripe_addr/metrics (fake Stripe)"
+echo "            http://$stripe_addr/metrics (fake Stripe)  http://$alerts_addr/metrics (usage-alerts)"
+echo "   Threshold alerts (once per tenant, meter, period and line): kcat -C -b $USAGE_TEST_KAFKA -t usage.alerts -e"
 echo "   Demo API keys: api/keys.example.yaml (stored hashed; the keys are demo-key-<tenant> and demo-admin-key)"
 echo "   usage-api: curl -s -H 'Authorization: Bearer demo-key-tenant-05' http://$api_addr/v1/quotas/tenant-05"
 echo "   Fake Stripe (what billing-sync sent, kept across restarts): http://$stripe_addr/v1/ (journal: $journal)"
