@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# make bench: starts the engines and prints events/s for SDK -> Kafka and for
-# Kafka -> ClickHouse through the consumer, then the codec micro-benchmarks.
-# BENCH_EVENTS sets the event count per benchmark (default 500000).
+# make bench: starts the engines, then
+#  1. usage-bench (bench/): the whole pipeline as processes (SDK -> Kafka ->
+#     usage-consumer + usage-aggregator -> a private ClickHouse server + quota
+#     state), then ClickHouse's own Kafka engine on the same events; one JSON
+#     record per mode is appended to $BENCH_OUT (.cache/bench/runs.jsonl);
+#  2. unless BENCH_STAGES=0, the stage benchmarks (go test -bench) and wrk.
+# BENCH_EVENTS sets the event count per benchmark (default 500000);
+# BENCH_MODES the usage-bench modes (default pipeline,chkafka);
+# BENCH_TENANTS the tenants the events spread over (default 50).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -12,6 +18,24 @@ set -a
 eval "$env_lines"
 set +a
 n=${BENCH_EVENTS:-500000}
+
+# A private ClickHouse server: usage-bench restarts it, and its CPU is then
+# only this benchmark's work (the shared engines serve everyone's tests).
+export CH_TCP_PORT=${BENCH_CH_PORT:-19310} CH_HTTP_PORT=${BENCH_CH_HTTP_PORT:-18330} \
+  CH_INTERSERVER_PORT=${BENCH_CH_INTERSERVER_PORT:-19319} CH_DIR="$CACHE_DIR/run/clickhouse-bench"
+"$SCRIPTS_DIR/clickhouse.sh" start
+trap '"$SCRIPTS_DIR/clickhouse.sh" stop --purge >/dev/null 2>&1 || true' EXIT
+go build -o "$CACHE_DIR/bin/" ./consumer/cmd/usage-consumer ./aggregator/cmd/usage-aggregator
+go build -o "$CACHE_DIR/bin/usage-bench" ./bench
+echo "== the whole pipeline as processes, then ClickHouse's Kafka engine, $n events each (JSON: ${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl})"
+"$CACHE_DIR/bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-50}" --modes "${BENCH_MODES:-pipeline,chkafka}" \
+  --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
+  --clickhouse "127.0.0.1:$CH_TCP_PORT" --clickhouse-pidfile "$CH_DIR/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
+  --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
+  --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$CACHE_DIR/run/bench-logs"
+unset CH_TCP_PORT CH_HTTP_PORT CH_INTERSERVER_PORT CH_DIR
+if [[ ${BENCH_STAGES:-1} == 0 ]]; then exit 0; fi
+
 echo "== SDK -> Kafka ($n events, acks=all, 4 partitions)"
 go test -run '^$' -bench 'Publish' -benchtime "${n}x" ./producer/
 echo "== Kafka -> consumer -> ClickHouse, then SDK -> Kafka -> consumer -> ClickHouse at once ($n events)"
