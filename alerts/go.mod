@@ -14,6 +14,7 @@ require (
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
 	github.com/spf13/pflag v1.0.10
+	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
@@ -57,3 +58,5 @@ require (
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/usagemeter/usagemeter/producer => ../producer

@@ -23,7 +23,9 @@ import (
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
-var binary string
+// binary is usage-alerts; aggregatorBinary runs in front of it in
+// TestWithRealAggregator (as a process: no aggregator package is imported).
+var binary, aggregatorBinary string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "usage-alerts-bin")
@@ -31,12 +33,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bins, err := testenv.BuildCommands(dir, "./alerts/cmd/usage-alerts")
+	bins, err := testenv.BuildCommands(dir, "./alerts/cmd/usage-alerts", "./aggregator/cmd/usage-aggregator")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = bins[0]
+	binary, aggregatorBinary = bins[0], bins[1]
 	code := m.Run()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
@@ -118,7 +120,7 @@ func TestBinaryRestartEmitsNoneAgain(t *testing.T) {
 	defer srv.Close()
 	root := testenv.RepoRoot(t)
 	env := func(group, addr string) []string {
-		return append(os.Environ(),
+		return cleanEnv(
 			"USAGE_EMITTER_BROKERS="+broker, "USAGE_EMITTER_STATE_TOPIC="+states, "USAGE_EMITTER_ALERT_TOPIC="+alerts,
 			"USAGE_EMITTER_GROUP_ID="+group, "USAGE_EMITTER_SESSION_TIMEOUT=6s",
 			"USAGE_WEBHOOK_BROKERS="+broker, "USAGE_WEBHOOK_ALERT_TOPIC="+alerts, "USAGE_WEBHOOK_GROUP_ID="+group+"-wh",
