@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/usagemeter/usagemeter/api/usageread"
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
@@ -54,6 +55,8 @@ type Server struct {
 	bufs             sync.Pool          // *[]byte response buffers
 	trackFailed      prometheus.Counter
 	checkLatency     prometheus.Histogram
+	usageFailed      prometheus.Counter
+	usage            *usageread.Reader // nil: usage reads not configured
 }
 
 // New returns a server for the meters of p (the plans file c was built
@@ -67,6 +70,8 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 		checkLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "usage_api_decision_seconds",
 			Help: "Time to answer /v1/check and /v1/track, from body read to response written.", Buckets: prometheus.ExponentialBuckets(5e-6, 4, 8)}),
 	}
+	s.usageFailed = prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_usage_read_failures_total",
+		Help: "GET /v1/usage and usage pages whose ClickHouse read failed (answered 503)."})
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
 	// The meters quota knows: those the plans file defines or a plan limits.
 	known := map[string]bool{}
@@ -85,7 +90,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 	slices.Sort(names)
 	s.meterList = strings.Join(names, ", ")
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
-	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency,
+	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency, s.usageFailed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
 			func() float64 { return float64(c.Stats().Lag) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_broker_reachable", Help: "1 when the last high-water-mark poll reached the broker."},
@@ -116,6 +121,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/check", s.check)
 	mux.HandleFunc("POST /v1/track", s.track)
 	mux.HandleFunc("GET /v1/quotas/{tenant}", s.quotas)
+	mux.HandleFunc("GET /v1/usage/{tenant}", s.usageRows)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { writeRaw(w, http.StatusOK, []byte(`{"live":true}`+"\n")) })
 	ready := Readiness(s.cache)
 	mux.HandleFunc("GET /readyz", ready)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/api"
 	"github.com/usagemeter/usagemeter/api/server"
+	"github.com/usagemeter/usagemeter/api/usageread"
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas"
@@ -61,6 +62,12 @@ func newEnv(t testing.TB) *env {
 // config changed by opts.
 func newEnvPlans(t testing.TB, p *plans.Config, opts ...func(*quota.Config)) *env {
 	t.Helper()
+	return newEnvUsage(t, p, nil, opts...)
+}
+
+// newEnvUsage is newEnvPlans with usage reads from rd (nil: none).
+func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...func(*quota.Config)) *env {
+	t.Helper()
 	broker := testenv.Kafka(t)
 	e := &env{t: t, broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
 	testenv.CreateTopic(t, broker, e.events, 4)
@@ -97,7 +104,11 @@ func newEnvPlans(t testing.TB, p *plans.Config, opts ...func(*quota.Config)) *en
 	cfg := server.DefaultConfig()
 	cfg.MaxBodyBytes = 1024
 	mux := http.NewServeMux()
-	server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry()).Register(mux)
+	srv := server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry())
+	if rd != nil {
+		srv.WithUsage(rd)
+	}
+	srv.Register(mux)
 	e.srv = httptest.NewServer(mux)
 	t.Cleanup(e.srv.Close)
 

@@ -26,10 +26,12 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/usagemeter/api/server"
+	"github.com/usagemeter/usagemeter/api/usageread"
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/quota"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 )
 
 // Config: defaults, then the YAML file (--config), then USAGE_* environment
@@ -46,6 +48,10 @@ type Config struct {
 		Level string `mapstructure:"level"`
 	} `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+	// ClickHouse serves GET /v1/usage and the usage pages (read-only
+	// queries of the aggregates). Empty clickhouse.addr (the default)
+	// leaves them off: checks and tracks never need ClickHouse.
+	ClickHouse chconn.Config `mapstructure:"clickhouse"`
 }
 
 // HTTPConfig is the listener and its timeouts: every connection is bounded
@@ -150,6 +156,17 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 
 	reg := svckit.Registry()
 	api := server.New(cfg.API, cache, p, keys, quota.NewProducerTracker(pub), log, reg)
+	if len(cfg.ClickHouse.Addr) > 0 {
+		// Opened without migrating: usage-api only reads what the
+		// consumer and the aggregator create.
+		conn, err := chconn.Open(ctx, cfg.ClickHouse)
+		if err != nil {
+			stopCache()
+			return fmt.Errorf("clickhouse: %w", err)
+		}
+		defer func() { _ = conn.Close() }()
+		api.WithUsage(usageread.NewReader(conn, p))
+	}
 	srv, err := listen(cfg.HTTP, reg, api, log)
 	if err != nil {
 		stopCache()
@@ -207,6 +224,8 @@ func load(flags *pflag.FlagSet, demo bool) (Config, map[string]any, error) {
 	c.HTTP = HTTPConfig{Addr: "127.0.0.1:9470", ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	c.Log.Level = "info"
+	c.ClickHouse = chconn.DefaultConfig()
+	c.ClickHouse.Addr = nil // off unless configured
 	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"}, &c)
 	if err != nil {
 		return Config{}, nil, err
