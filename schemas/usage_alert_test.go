@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -172,4 +173,175 @@ func TestAlertID(t *testing.T) {
 			t.Errorf("id %d: %s (base %s)", i, id, base)
 		}
 	}
+}
+
+// alertCorpus mutates the valid vectors field by field (and a few fields
+// at once), re-deriving alert_id in a copy of each so that the other rules
+// are reached too.
+func alertCorpus(t testing.TB) [][]byte {
+	var bases []object
+	for _, vec := range loadUsageAlertVectors(t) {
+		if !vec.Valid() || vec.Event == nil {
+			continue
+		}
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(vec.Event, &raw); err != nil {
+			t.Fatal(err)
+		}
+		var o object
+		for _, f := range usageAlertFields {
+			if val, ok := raw[f]; ok {
+				var compact bytes.Buffer
+				_ = json.Compact(&compact, val)
+				o = append(o, member{f, compact.String()})
+			}
+		}
+		bases = append(bases, o)
+	}
+	amounts := []string{jstr("0"), jstr("-1"), jstr("1.5"), jstr("1.1234567890"), jstr(strings.Repeat("9", 29)),
+		jstr(strings.Repeat("9", 30)), jstr("1\n"), jstr("1e3"), "5", jstr("")}
+	times := []string{jstr("2026-11-01T00:00:00Z"), jstr("2026-12-01T00:00:00Z"), jstr("2026-11-01T00:00:00+01:00"),
+		jstr("2026-02-30T00:00:00Z"), jstr("2026-10-01T00:00:00Z"), jstr("2026-11-01T00:00:00Z\n")}
+	values := map[string][]string{
+		"alert_id":       {jstr(strings.Repeat("a", 32)), jstr(strings.Repeat("A", 32)), jstr("abc"), jstr(strings.Repeat("a", 32) + "\n")},
+		"tenant_id":      {jstr("a/b"), jstr("acme\n"), jstr(strings.Repeat("a", 129)), jstr("globex")},
+		"feature_type":   {jstr("API"), jstr("api_calls"), jstr(strings.Repeat("a", 65))},
+		"period":         {jstr("2026-12"), jstr("2026-13"), jstr("2026-11-15"), jstr("2026-02-30")},
+		"plan":           {jstr("FREE\n"), jstr("PRO"), jstr("a\x7f")},
+		"kind":           {jstr("percent"), jstr("absolute"), jstr("overage"), jstr("warning"), jstr("percent\n")},
+		"threshold":      {jstr("0"), jstr("1"), jstr("50"), jstr("100.5"), jstr("100000"), jstr("100001"), jstr("0.000000001"), "50", jstr("-5")},
+		"usage":          amounts,
+		"limit":          amounts,
+		"percentage":     {jstr("0"), jstr("1.005"), jstr("100"), jstr("-1"), jstr("1\n")},
+		"level":          {jstr("ok"), jstr("warning_99"), jstr("warning_100"), jstr("overage"), jstr("red")},
+		"period_start":   times,
+		"period_end":     times,
+		"source_offsets": {`{}`, `{"0":0}`, `{"01":1}`, `{"1":-1}`, `{"1":1.5}`, `{"1":"1"}`},
+		"detected_at":    times,
+		"schema_version": {"1", "1.0", "2", `"1"`},
+	}
+	for f, vs := range values {
+		values[f] = append(vs, types()...)
+	}
+	var out [][]byte
+	add := func(o object) { out = append(out, o.bytes(), withDerivedID(o).bytes()) }
+	for _, b := range bases {
+		out = append(out, b.bytes())
+		for _, f := range usageAlertFields {
+			add(b.with(f, ""))
+			for _, v := range values[f] {
+				add(b.with(f, v))
+			}
+		}
+		out = append(out, append(slices.Clone(b), member{"x", "1"}).bytes())
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 300 {
+		o := bases[r.IntN(len(bases))]
+		for range 2 + r.IntN(2) {
+			f := usageAlertFields[r.IntN(len(usageAlertFields))]
+			o = o.with(f, values[f][r.IntN(len(values[f]))])
+		}
+		add(o)
+	}
+	return out
+}
+
+// withDerivedID sets alert_id from the object's other members when they
+// are strings.
+func withDerivedID(o object) object {
+	get := func(name string) (string, bool) {
+		for _, m := range o {
+			if m.name == name {
+				var s string
+				return s, json.Unmarshal([]byte(m.value), &s) == nil
+			}
+		}
+		return "", false
+	}
+	var parts []string
+	for _, f := range []string{"tenant_id", "feature_type", "period", "kind", "threshold"} {
+		s, ok := get(f)
+		if !ok {
+			return o
+		}
+		parts = append(parts, s)
+	}
+	th, err := decimal.NewFromString(parts[4])
+	if err != nil {
+		return o
+	}
+	return o.with("alert_id", jstr(AlertID(parts[0], parts[1], parts[2], parts[3], th)))
+}
+
+// alertInexpressible names the UsageAlert rule outside the schema that data
+// breaks, or "". It restates the rules independently of checkConsistency.
+func alertInexpressible(data []byte) string {
+	switch {
+	case badEncoding(data):
+		return "not UTF-8, or an unpaired surrogate"
+	case hasDuplicateNames(data):
+		return "duplicate member names"
+	}
+	var obj map[string]any
+	if json.Unmarshal(data, &obj) != nil {
+		return ""
+	}
+	str := func(k string) string { s, _ := obj[k].(string); return s }
+	kind, limit := str("kind"), str("limit")
+	if th, err := decimal.NewFromString(str("threshold")); err == nil {
+		switch {
+		case kind == "percent" && (!th.IsInteger() || th.Sign() <= 0 || th.GreaterThan(decimal.NewFromInt(100000))):
+			return "percent threshold not an integer in 1..100000"
+		case kind == "absolute" && th.Sign() <= 0:
+			return "absolute threshold not > 0"
+		case kind == "overage" && !th.IsZero():
+			return "overage threshold not 0"
+		}
+		if id := AlertID(str("tenant_id"), str("feature_type"), str("period"), kind, th); str("alert_id") != id {
+			return "alert_id not derived from the crossing"
+		}
+	}
+	if limit == "-1" && (kind == "percent" || kind == "overage") {
+		return "percent or overage alert without a limit"
+	}
+	if p, err := decimal.NewFromString(str("percentage")); err == nil && limit == "-1" && !p.IsZero() {
+		return "percentage not 0 when unlimited"
+	}
+	s, err1 := time.Parse(time.RFC3339Nano, str("period_start"))
+	e, err2 := time.Parse(time.RFC3339Nano, str("period_end"))
+	if err1 == nil && err2 == nil && !e.After(s) {
+		return "period_end not after period_start"
+	}
+	return ""
+}
+
+// The Go decoder, the JSON Schema (Go and Python validators) agree on
+// every generated alert, except where a rule the schema cannot express
+// applies, and there Go refuses.
+func TestUsageAlertDifferential(t *testing.T) {
+	sch := compileUsageAlertSchema(t)
+	corpus := alertCorpus(t)
+	for _, vec := range loadUsageAlertVectors(t) {
+		corpus = append(corpus, vec.Bytes())
+	}
+	verdict := func(data []byte) error { _, err := DecodeUsageAlert(data); return err }
+	var accepted, refused int
+	for _, data := range corpus {
+		goErr := verdict(data)
+		if msg := agree(data, goErr, schemaVerdict(sch, data), alertInexpressible(data), "JSON Schema"); msg != "" {
+			t.Errorf("%s\ninput: %.400q", msg, data)
+		}
+		if goErr == nil {
+			accepted++
+		} else {
+			refused++
+		}
+	}
+	if accepted < 30 || refused < 300 {
+		t.Errorf("the corpus does not exercise both sides: %d accepted, %d refused", accepted, refused)
+	}
+	checkWithPython(t, "usage_alert.schema.json", corpus, func(data []byte) (error, string) {
+		return verdict(data), alertInexpressible(data)
+	})
 }
