@@ -61,6 +61,7 @@ type Cache struct {
 	client atomic.Pointer[kafka.Client] // for WaitFor's fresh high-water mark
 
 	stats struct{ states, assignments, invalid, staleStates, evicted atomic.Int64 }
+	pend  pendingEvents // tracked events whose pending can expire (expire.go)
 }
 
 // topicState tracks one topic's partitions.
@@ -96,6 +97,7 @@ func New(cfg Config, p *plans.Config, log *zap.Logger, opts ...Option) (*Cache, 
 	}
 	c := &Cache{cfg: cfg, log: log, now: time.Now, tab: newTable(), ready: make(chan struct{}),
 		quotas: map[planMeter]*quotaInfo{}, ids: newRecentIDs(cfg.RecentIDs)}
+	c.pend.byKey, c.pend.covered = map[string]*pendingEvent{}, map[int32]int64{}
 	for _, o := range opts {
 		o(c)
 	}
@@ -256,6 +258,10 @@ func (c *Cache) Run(ctx context.Context) error {
 	}
 	if c.cfg.IdleEviction > 0 {
 		wg.Go(func() { c.evictor(ctx) })
+	}
+	wg.Go(func() { c.pendingLoop(ctx, client) })
+	if c.cfg.PositionTopic != "" {
+		wg.Go(func() { c.readPositions(ctx, client) })
 	}
 	c.poller(ctx, client)
 	wg.Wait()
@@ -573,7 +579,7 @@ func (c *Cache) applyState(m kafka.Message) {
 	// compare-and-swap and retries.
 	e.view.Store(&nv)
 	if delta := h.usage.Sub(v.usage); !delta.IsZero() {
-		subPending(v.b, delta)
+		absorb(v.b, delta)
 	}
 }
 
@@ -600,13 +606,13 @@ func newerState(s, old *heldState) bool {
 	return !s.updatedAt.Before(old.updatedAt) // the same events (a plan change's republish), or unordered
 }
 
-// subPending takes d off b's pending, not below 0.
-func subPending(b *bucket, d Amount) {
+// subPending takes d off b's pending, not below 0, and returns what it took.
+func subPending(b *bucket, d Amount) Amount {
 	for {
 		p := b.pending.Load()
 		np := Nanos(p).Sub(d)
 		if b.pending.CompareAndSwap(p, np.lo) {
-			return
+			return Nanos(p).Sub(np)
 		}
 	}
 }

@@ -76,6 +76,20 @@ type Config struct {
 	// RecentIDs is how many event ids CheckEvent remembers to answer a
 	// retried event as a duplicate (about 100 bytes each). Default 100000.
 	RecentIDs int `mapstructure:"recent_ids"`
+	// EventsTopic is the topic tracked events go to (usage.events): the
+	// cache reads its high-water marks to bound the offset of an event the
+	// broker acknowledged.
+	EventsTopic string `mapstructure:"events_topic"`
+	// PositionTopic carries the aggregator's positions
+	// (schemas.QuotaPosition): a tracked event's pending expires once the
+	// position of its partition covers it (it is in a state, or never will
+	// be: DLQ, duplicate id, late). Empty: by MaxPendingAge only.
+	PositionTopic string `mapstructure:"position_topic"`
+	// MaxPendingAge expires a tracked event's pending this long after the
+	// broker acknowledged it even when no position covers it (positions
+	// not published, aggregator stopped). Undelivered events never expire.
+	// 0: never. Default 10m.
+	MaxPendingAge time.Duration `mapstructure:"max_pending_age"`
 }
 
 // DefaultConfig is the configuration for the local engines.
@@ -90,6 +104,9 @@ func DefaultConfig() Config {
 		BeforeReady:     Closed,
 		IdleEviction:    time.Hour,
 		RecentIDs:       100_000,
+		EventsTopic:     "usage.events",
+		PositionTopic:   schemas.QuotaPositionTopic,
+		MaxPendingAge:   10 * time.Minute,
 	}
 }
 
@@ -107,6 +124,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RecentIDs < 0 {
 		errs = append(errs, fmt.Errorf("recent_ids: %d, want >= 0", c.RecentIDs))
+	}
+	if c.MaxPendingAge < 0 {
+		errs = append(errs, fmt.Errorf("max_pending_age: %s, want >= 0 (0: never)", c.MaxPendingAge))
 	}
 	if c.IdleEviction < 0 {
 		errs = append(errs, fmt.Errorf("idle_eviction: %s, want >= 0 (0: never)", c.IdleEviction))

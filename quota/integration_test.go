@@ -32,14 +32,17 @@ import (
 // topics are one test's private topics.
 type topics struct {
 	broker, events, state, assign string
+	positions                     string // the aggregator's QuotaPositions
 }
 
 func newTopics(t testing.TB, broker string) topics {
 	t.Helper()
-	tp := topics{broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
+	tp := topics{broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign"),
+		positions: testenv.Name("qpos")}
 	testenv.CreateTopic(t, broker, tp.events, 4)
 	testenv.CreateTopic(t, broker, tp.state, 4, "cleanup.policy", "compact")
 	testenv.CreateTopic(t, broker, tp.assign, 1, "cleanup.policy", "compact")
+	testenv.CreateTopic(t, broker, tp.positions, 1, "cleanup.policy", "compact")
 	return tp
 }
 
@@ -56,8 +59,15 @@ func plansFile(t testing.TB) (*plans.Config, string) {
 func startCache(t testing.TB, tp topics, log *zap.Logger, mut func(*quota.Config), opts ...quota.Option) *quota.Cache {
 	t.Helper()
 	p, _ := plansFile(t)
+	return startCacheWith(t, tp, p, log, mut, opts...)
+}
+
+// startCacheWith is startCache with plans p.
+func startCacheWith(t testing.TB, tp topics, p *plans.Config, log *zap.Logger, mut func(*quota.Config), opts ...quota.Option) *quota.Cache {
+	t.Helper()
 	cfg := quota.DefaultConfig()
 	cfg.Brokers, cfg.StateTopic, cfg.AssignmentTopic = []string{tp.broker}, tp.state, tp.assign
+	cfg.EventsTopic, cfg.PositionTopic = tp.events, tp.positions
 	cfg.PollInterval = 50 * time.Millisecond
 	if mut != nil {
 		mut(&cfg)
@@ -189,6 +199,7 @@ func startAggregator(t testing.TB, tp topics, extraEnv ...string) {
 		"USAGE_AGGREGATOR_GROUP_ID="+testenv.Name("agg"), "USAGE_AGGREGATOR_QUOTA_TOPIC="+tp.state,
 		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+tp.assign, "USAGE_AGGREGATOR_LATE_TOPIC="+tp.events+".late",
 		"USAGE_AGGREGATOR_DLQ_TOPIC="+tp.events+".dlq", "USAGE_CREATE_TOPICS=true", "USAGE_TOPIC_PARTITIONS=4",
+		"USAGE_AGGREGATOR_POSITION_TOPIC="+tp.positions,
 		"USAGE_CLICKHOUSE_ADDR="+testenv.ClickHouseAddr(t), "USAGE_CLICKHOUSE_DATABASE="+db,
 		"USAGE_HTTP_ADDR=127.0.0.1:0", "USAGE_PLANS_FILE="+plansPath, "USAGE_LOG_LEVEL=warn")
 	if len(extraEnv) == 0 { // the tests want states quickly

@@ -147,6 +147,11 @@ func NewMiddleware(c *Cache, cfg MiddlewareConfig) (*Middleware, error) {
 	default:
 		return nil, errors.New("quota middleware: Track must be always, 2xx or never")
 	}
+	if m.out != nil {
+		// Acknowledged events' pending expires once the aggregator's
+		// position covers them (expire.go).
+		m.out.OnDelivered(m.c.Acknowledged)
+	}
 	return m, nil
 }
 
@@ -237,7 +242,7 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 			m.c.Release(d)
 			return
 		}
-		m.track(r, tenant, qty)
+		m.track(r, &d, qty)
 	})
 }
 
@@ -245,15 +250,17 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 // serving. It never gives the pending back: the usage happened, and an
 // event the outbox could not take is still counted against the tenant
 // until the period ends.
-func (m *Middleware) track(r *http.Request, tenant string, qty Amount) {
-	e := schemas.UsageEvent{ID: schemas.NewID(), TenantID: tenant, FeatureType: m.cfg.Meter, Quantity: qty.Decimal(), Timestamp: m.c.now().UTC()}
+func (m *Middleware) track(r *http.Request, d *Decision, qty Amount) {
+	e := schemas.UsageEvent{ID: schemas.NewID(), TenantID: d.Tenant, FeatureType: m.cfg.Meter, Quantity: qty.Decimal(), Timestamp: m.c.now().UTC()}
 	if m.cfg.UserID != nil {
 		e.UserID = m.cfg.UserID(r)
 	}
 	if m.cfg.Metadata != nil {
 		e.Metadata = m.cfg.Metadata(r)
 	}
+	m.c.Hold(*d, &e) // before Put: the outbox may deliver it at once
 	if err := m.out.Put(&e, true); err != nil {
+		m.c.Unhold(&e)
 		m.stats.trackFailures.Add(1)
 		if m.cfg.OnTrackError != nil {
 			m.cfg.OnTrackError(err)

@@ -93,6 +93,9 @@ type Outbox struct {
 	delivered int64                // lines of the file already delivered (the cursor)
 	wake      chan struct{}
 	v         *schemas.Validator
+	// delivered are told of every batch the broker acknowledged
+	// (OnDelivered); never called for an async tracker.
+	onDelivered []func([]schemas.UsageEvent)
 
 	stats struct{ queued, delivered, failures, full, requeued atomic.Int64 }
 }
@@ -315,6 +318,20 @@ func (o *Outbox) Requeue(err error, events []schemas.UsageEvent) {
 	o.signal()
 }
 
+// OnDelivered registers f to be told of every batch the broker
+// acknowledged (the middleware passes Cache.Acknowledged, so that pending
+// usage can expire once the aggregator's position covers it). A tracker
+// whose Track returns before the broker answers (ProducerTracker with
+// Async set) acknowledges nothing: f is never called then.
+func (o *Outbox) OnDelivered(f func([]schemas.UsageEvent)) {
+	o.mu.Lock()
+	o.onDelivered = append(o.onDelivered, f)
+	o.mu.Unlock()
+}
+
+// asyncTracker is a Tracker that may return before the broker acknowledged.
+type asyncTracker interface{ IsAsync() bool }
+
 // Len is the number of undelivered events.
 func (o *Outbox) Len() int {
 	o.mu.Lock()
@@ -361,6 +378,14 @@ func (o *Outbox) Run(ctx context.Context) error {
 			continue
 		}
 		delay = o.cfg.RetryMin
+		if at, ok := o.t.(asyncTracker); !ok || !at.IsAsync() {
+			o.mu.Lock()
+			fs := o.onDelivered
+			o.mu.Unlock()
+			for _, f := range fs {
+				f(batch)
+			}
+		}
 		o.done(len(batch))
 	}
 }

@@ -313,6 +313,10 @@ type heldState struct {
 // views of the same period share it.
 type bucket struct {
 	pending atomic.Uint64 // nano-units
+	// events are the held events (Hold) with a part still pending, oldest
+	// first: a state's usage increase is taken off them in that order.
+	mu     sync.Mutex
+	events []*pendingEvent
 }
 
 // view is what one Check needs, immutable but for bucket and limiter.

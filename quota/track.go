@@ -18,7 +18,14 @@ import (
 // Outbox.Requeue, or Middleware.Requeue, so that they are retried).
 type ProducerTracker struct {
 	P *producer.Publisher
+	// Async: P was made with producer.WithAsync, so a nil error means
+	// queued, not acknowledged. The outbox then reports no acknowledgement
+	// and tracked pending does not expire before its period ends.
+	Async bool
 }
+
+// IsAsync reports Async (the outbox asks).
+func (t *ProducerTracker) IsAsync() bool { return t.Async }
 
 // NewProducerTracker wraps p.
 func NewProducerTracker(p *producer.Publisher) *ProducerTracker { return &ProducerTracker{P: p} }
