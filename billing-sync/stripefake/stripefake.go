@@ -103,6 +103,8 @@ type Fake struct {
 	items         map[string]*subItem
 	itemSeq       int
 	invoices      []*Invoice
+	rolled        bool      // invoices are up to date until nextRoll
+	nextRoll      time.Time // the next period end or finalization
 	faults        []*Fault
 	inflight      map[string]bool
 	requests      []time.Time

@@ -3,6 +3,7 @@ package stripefake
 import (
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -173,6 +174,7 @@ func (f *Fake) AddSubscription(sub Subscription) {
 	s.invoicedTo, _ = s.periodAt(s.created)
 	f.subs[s.id] = s
 	f.subOrder = append(f.subOrder, s.id)
+	f.rolled = false
 	for _, it := range sub.Items {
 		f.addItemLocked(s, it.ID, it.Price, s.created)
 	}
@@ -206,6 +208,7 @@ func (f *Fake) SetStatus(subID, status string) error {
 	}
 	f.rollLocked(f.Now())
 	s.status = status
+	f.rolled = false
 	return nil
 }
 
@@ -230,6 +233,11 @@ func (f *Fake) Invoices(customer string) []Invoice {
 // the period end and then records what it charged. Called on every
 // request and accessor, so a clock moved by hours or months is caught up.
 func (f *Fake) rollLocked(now time.Time) {
+	if f.rolled && now.Before(f.nextRoll) {
+		return // nothing ends or finalizes before nextRoll
+	}
+	next := now.Add(365 * 24 * time.Hour)
+	defer func() { f.rolled, f.nextRoll = true, next }()
 	for _, id := range f.subOrder {
 		s := f.subs[id]
 		for {
@@ -242,6 +250,9 @@ func (f *Fake) rollLocked(now time.Time) {
 				end = s.canceledAt // the final invoice of a canceled subscription
 			}
 			if end.After(now) {
+				if end.Before(next) {
+					next = end
+				}
 				break
 			}
 			s.invoicedTo = end
@@ -253,11 +264,18 @@ func (f *Fake) rollLocked(now time.Time) {
 		}
 	}
 	for _, in := range f.invoices {
-		if in.Status == "draft" && !now.Before(in.Created.Add(f.InvoiceGrace)) {
-			in.FinalizedAt = in.Created.Add(f.InvoiceGrace)
-			in.Status = "open"
-			in.Lines = f.chargedLocked(f.subs[in.Subscription], in.PeriodStart, in.PeriodEnd, in.FinalizedAt)
+		if in.Status != "draft" {
+			continue
 		}
+		if at := in.Created.Add(f.InvoiceGrace); now.Before(at) {
+			if at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		in.FinalizedAt = in.Created.Add(f.InvoiceGrace)
+		in.Status = "open"
+		in.Lines = f.chargedLocked(f.subs[in.Subscription], in.PeriodStart, in.PeriodEnd, in.FinalizedAt)
 	}
 }
 
@@ -342,7 +360,7 @@ func (f *Fake) itemJSON(it *subItem, now time.Time) map[string]any {
 // (Stripe's default leaves canceled ones out; status=all includes them).
 func (f *Fake) listSubscriptions(form url.Values, now time.Time) (any, *apiError) {
 	cus, status := form.Get("customer"), form.Get("status")
-	var data []any
+	var match []*subscription
 	for _, id := range f.subOrder {
 		s := f.subs[id]
 		if cus != "" && s.customer != cus {
@@ -366,9 +384,30 @@ func (f *Fake) listSubscriptions(form url.Values, now time.Time) (any, *apiError
 				continue
 			}
 		}
+		match = append(match, s)
+	}
+	// Page before rendering: a listing of 10k subscriptions renders each
+	// once, not once per page.
+	if after := form.Get("starting_after"); after != "" {
+		for i, s := range match {
+			if s.id == after {
+				match = match[i+1:]
+				break
+			}
+		}
+	}
+	limit := 10
+	if l, err := strconv.Atoi(form.Get("limit")); err == nil && l > 0 {
+		limit = min(l, 100)
+	}
+	data := []any{}
+	for i, s := range match {
+		if i > limit {
+			break
+		}
 		data = append(data, f.subscriptionJSON(s, now))
 	}
-	return page(data, form, "/v1/subscriptions"), nil
+	return page(data, url.Values{"limit": {strconv.Itoa(limit)}}, "/v1/subscriptions"), nil
 }
 
 func (f *Fake) subscriptionByPath(path string) (*subscription, *apiError) {
@@ -388,6 +427,7 @@ func (f *Fake) cancelLocked(s *subscription, now time.Time) {
 	}
 	f.rollLocked(now)
 	s.status, s.canceledAt = Canceled, now
+	f.rolled = false
 }
 
 // CancelSubscription cancels a subscription now (as DELETE does).
