@@ -36,6 +36,7 @@ type options struct {
 	modes                      []string
 	out                        string
 	workDir                    string
+	perfDir                    string
 }
 
 // Record is one run of one mode: the line written to --out.
@@ -88,6 +89,7 @@ func main() {
 	flag.StringVar(&modes, "modes", "pipeline,chkafka", "comma-separated: pipeline (ours), chkafka (ClickHouse's Kafka engine)")
 	flag.StringVar(&o.out, "out", ".cache/bench/runs.jsonl", "JSON lines file the records are appended to")
 	flag.StringVar(&o.workDir, "dir", "", "directory for logs and plans (default: a temporary one)")
+	flag.StringVar(&o.perfDir, "perf", "", "pipeline mode: record `perf record -g` of usage-consumer and usage-aggregator during the throughput phase into this directory")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
 	if err := o.validate(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -157,6 +158,22 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		{"clickhouse-server", chPid, "private to this run"}, {"kafka broker", brokerPid, "shared with other users of the machine"},
 		{"publisher (SDK, this process)", 0, "also polls ClickHouse and the broker"}})
 	evs := w.next(o.events, o.tenants, tenantFmt, "")
+	var perfs []*proc
+	if o.perfDir != "" {
+		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
+			return fmt.Errorf("perf dir: %w", err)
+		}
+		// The real processes' profiles: perf samples the Go binaries
+		// (symbols included) without any change to the services.
+		for _, p := range []*proc{cons, agg} {
+			pr, err := startProc(o.perfDir, "perf-"+p.name, "perf", os.Environ(), "record", "-F", "499", "-g",
+				"-p", strconv.Itoa(p.cmd.Process.Pid), "-o", filepath.Join(o.perfDir, p.name+".perf.data"))
+			if err != nil {
+				return err
+			}
+			perfs = append(perfs, pr)
+		}
+	}
 	start := time.Now()
 	if err := pub.publish(ctx, evs); err != nil {
 		return err
@@ -167,6 +184,10 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	}
 	elapsed := time.Since(start)
 	rec.Processes = m.finish(o.events)
+	for _, pr := range perfs {
+		pr.stop()
+		rec.Notes = append(rec.Notes, "perf profile: "+filepath.Join(o.perfDir, strings.TrimPrefix(pr.name, "perf-")+".perf.data")+" (perf CPU is in the figures)")
+	}
 	rec.Seconds = round(elapsed.Seconds(), 2)
 	rec.EventsPerS = round(float64(o.events)/elapsed.Seconds(), 0)
 	rec.CPUPerEvent = round(rec.Processes["usage-consumer"].CPUUsPerEvent+rec.Processes["usage-aggregator"].CPUUsPerEvent+
