@@ -132,6 +132,16 @@ func (e *Emitter) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The aggregator creates the compacted state topic; joining a group on
+	// a missing topic could let the broker auto-create it uncompacted.
+	if err := backoff.Retry(ctx, backoff.Policy{Min: e.cfg.RetryMin, Max: e.cfg.RetryMax}, func(ctx context.Context) error {
+		_, err := svckit.Partitions(ctx, e.cfg.Brokers, e.cfg.StateTopic)
+		return err
+	}, func(attempt int, _ time.Duration, err error) {
+		e.log.Warn("waiting for the quota-state topic", zap.String("topic", e.cfg.StateTopic), zap.Int("attempt", attempt), zap.Error(err))
+	}); err != nil {
+		return ignoreCancel(err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

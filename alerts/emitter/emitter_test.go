@@ -14,6 +14,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/alerts/internal/alerttest"
 	"github.com/usagemeter/usagemeter/schemas/plans"
+	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -181,4 +182,31 @@ func TestEachCrossingOnce(t *testing.T) {
 	if n := len(slices.Collect(maps.Keys(want))); n != 21 {
 		t.Fatalf("want table has %d lines", n)
 	}
+}
+
+// Started before the aggregator has created the quota-state topic, the
+// emitter waits for it rather than letting the broker auto-create it
+// (uncompacted), then works as usual.
+func TestWaitsForStateTopic(t *testing.T) {
+	broker := testenv.Kafka(t)
+	states, alerts := testenv.Name("qs"), testenv.Name("alerts")
+	testenv.CreateTopic(t, broker, alerts, 1, "cleanup.policy", "compact")
+	p, err := plans.Parse([]byte(testPlans))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Brokers, cfg.StateTopic, cfg.AlertTopic, cfg.GroupID = []string{broker}, states, alerts, testenv.Name("g")
+	cfg.SessionTimeout, cfg.RetryMax = 6*time.Second, 200*time.Millisecond
+	r := start(t, cfg, p)
+	time.Sleep(2 * time.Second)
+	if n, err := svckit.Partitions(context.Background(), []string{broker}, states); err == nil {
+		t.Fatalf("the state topic exists with %d partitions: created by the emitter's reader", n)
+	}
+	testenv.CreateTopic(t, broker, states, 4, "cleanup.policy", "compact")
+	alerttest.PublishStates(t, broker, states, alerttest.State("late-1", "ai_generation", "FREE", "40", "50"))
+	waitStates(t, 1, r)
+	testenv.Eventually(t, 30*time.Second, "two alerts", func() (bool, error) {
+		return len(alerttest.ReadAlerts(t, broker, alerts, 1)) == 2, nil
+	})
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/usagemeter/usagemeter/alerts/deliveries"
 	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/svckit/backoff"
 )
 
@@ -148,6 +149,16 @@ func NewSender(cfg Config, store Store, log *zap.Logger, reg prometheus.Register
 // Run sends until ctx ends; it returns nil then. An offset is committed
 // only after its alert's outcome is recorded.
 func (s *Sender) Run(ctx context.Context) error {
+	// A group reader on a missing topic could let the broker auto-create it
+	// uncompacted: wait for the emitter (or create_topics) to make it.
+	if err := backoff.Retry(ctx, backoff.Policy{Min: s.cfg.RetryMin, Max: s.cfg.RetryMax}, func(ctx context.Context) error {
+		_, err := svckit.Partitions(ctx, s.cfg.Brokers, s.cfg.AlertTopic)
+		return err
+	}, func(attempt int, _ time.Duration, err error) {
+		s.log.Warn("waiting for the alert topic", zap.String("topic", s.cfg.AlertTopic), zap.Int("attempt", attempt), zap.Error(err))
+	}); err != nil {
+		return ignoreCancel(err)
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, GroupID: s.cfg.GroupID, Topic: s.cfg.AlertTopic,
 		StartOffset: kafka.FirstOffset, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond,
 		SessionTimeout: s.cfg.SessionTimeout, HeartbeatInterval: s.cfg.SessionTimeout / 5})

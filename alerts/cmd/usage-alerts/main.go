@@ -104,17 +104,23 @@ func run(args []string) int {
 func serve(ctx context.Context, cmd string, cfg Config, log *zap.Logger) error {
 	reg := svckit.Registry()
 	var tasks []func(context.Context) error
+	// Both halves need the compacted alert topic; a reader on a missing
+	// topic could let the broker auto-create it uncompacted.
+	if cfg.CreateTopics {
+		brokers, topic := cfg.Emitter.Brokers, cfg.Emitter.AlertTopic
+		if cmd == "deliver" {
+			brokers, topic = cfg.Webhook.Brokers, cfg.Webhook.AlertTopic
+		}
+		if err := svckit.CreateTopics(ctx, brokers, kafka.TopicConfig{Topic: topic,
+			NumPartitions: cfg.AlertPartitions, ReplicationFactor: cfg.TopicReplicationFactor,
+			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}}); err != nil {
+			return err
+		}
+	}
 	if cmd != "deliver" {
 		p, err := plans.Load(cfg.PlansFile)
 		if err != nil {
 			return err
-		}
-		if cfg.CreateTopics {
-			if err := svckit.CreateTopics(ctx, cfg.Emitter.Brokers, kafka.TopicConfig{Topic: cfg.Emitter.AlertTopic,
-				NumPartitions: cfg.AlertPartitions, ReplicationFactor: cfg.TopicReplicationFactor,
-				ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}}); err != nil {
-				return err
-			}
 		}
 		em, err := emitter.New(cfg.Emitter, p, log.Named("emitter"), reg)
 		if err != nil {
