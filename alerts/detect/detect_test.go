@@ -86,3 +86,17 @@ func TestQuotaByPlanName(t *testing.T) {
 		t.Errorf("unknown plan: %+v %v", q, known)
 	}
 }
+
+// BenchmarkCrossings: the work per quota state read, for a FREE state at
+// 90 % (three lines reached).
+func BenchmarkCrossings(b *testing.B) {
+	q := plans.Quota{WarningThresholds: []int{50, 75, 90, 100}}
+	s := state("45", "50")
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(Crossings(s, q, now)) != 3 {
+			b.Fatal("want 3")
+		}
+	}
+}
