@@ -18,4 +18,9 @@
 // aggregator refuses, as aggregate_overflow, an event that would). On the wire a quantity may be a JSON string ("1.25", preferred,
 // because JSON parsers in other languages turn numbers into floats) or a
 // JSON number (1.25), which is read from its text, not through a float.
+//
+// The other contracts follow the same pattern (JSON Schema, decoder with the
+// same error tags, shared vectors): QuotaState on usage.quota-state
+// (quota_state.go) and UsageAlert on usage.alerts (usage_alert.go), whose
+// deterministic AlertID makes each threshold crossing one message key.
 package schemas
