@@ -90,7 +90,15 @@ func main() {
 	flag.StringVar(&o.out, "out", ".cache/bench/runs.jsonl", "JSON lines file the records are appended to")
 	flag.StringVar(&o.workDir, "dir", "", "directory for logs and plans (default: a temporary one)")
 	flag.StringVar(&o.perfDir, "perf", "", "pipeline mode: record `perf record -g` of usage-consumer and usage-aggregator during the throughput phase into this directory")
+	table := flag.String("table", "", "print the README's markdown table from this results file and exit")
 	flag.Parse()
+	if *table != "" {
+		if err := printTable(*table, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "usage-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.modes = strings.Split(modes, ",")
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "usage-bench:", err)
