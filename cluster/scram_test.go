@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/shopspring/decimal"
 
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/svckit"
+	"github.com/usagemeter/usagemeter/testenv"
 )
 
 // TestSCRAM runs a private broker with a SCRAM-SHA-512 listener
@@ -100,6 +103,45 @@ func TestSCRAM(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused("wrong password", badTr)
+
+	// The real usage-consumer with kafka_security set: it creates its
+	// topics, reads and writes every event over SCRAM; the same service
+	// without the setting is refused and writes nothing.
+	topic := testenv.Name("scram") + ".events"
+	events := make([]kafka.Message, 40)
+	for i := range events {
+		ev := schemas.UsageEvent{ID: "scram-" + strconv.Itoa(i), TenantID: tenants()[i%len(tenants())], FeatureType: "api_calls",
+			Quantity: decimal.NewFromInt(int64(i + 1)), Timestamp: time.Now().UTC()}
+		events[i] = kafka.Message{Key: []byte(ev.TenantID), Value: ev.AppendJSON(nil)}
+	}
+	conn, db := testenv.ClickHouseAt(t, e.clickhouse[0])
+	consumerEnv := func(group string, settings ...string) []string {
+		return serviceEnv(append([]string{"USAGE_KAFKA_BROKERS=" + saslAddr, "USAGE_KAFKA_TOPIC=" + topic,
+			"USAGE_KAFKA_DLQ_TOPIC=" + topic + ".dlq", "USAGE_KAFKA_GROUP_ID=" + group, "USAGE_TOPIC_PARTITIONS=4",
+			"USAGE_CLICKHOUSE_ADDR=" + e.clickhouse[0], "USAGE_CLICKHOUSE_DATABASE=" + db}, settings...)...)
+	}
+	plain := startProc(t, "consumer-plain", e.consumer, consumerEnv(testenv.Name("plain")), "run", "--http", "127.0.0.1:0")
+	select {
+	case <-plain.done:
+		t.Logf("usage-consumer without kafka_security exited: %v", plain.cmd.ProcessState)
+		if plain.cmd.ProcessState.Success() {
+			t.Error("usage-consumer without kafka_security exited 0 against the SCRAM listener")
+		}
+	case <-time.After(60 * time.Second):
+		t.Error("usage-consumer without kafka_security still runs against the SCRAM listener after 60 s")
+	}
+	startProc(t, "consumer-scram", e.consumer, consumerEnv(testenv.Name("scram"), "USAGE_KAFKA_SECURITY_SASL_MECHANISM=SCRAM-SHA-512",
+		"USAGE_KAFKA_SECURITY_SASL_USERNAME=usage", "USAGE_KAFKA_SECURITY_SASL_PASSWORD="+password), "run", "--http", "127.0.0.1:0")
+	ew := &kafka.Writer{Addr: kafka.TCP(saslAddr), Topic: topic, Transport: tr, Balancer: kafka.Murmur2Balancer{}, RequiredAcks: kafka.RequireAll,
+		BatchTimeout: time.Millisecond}
+	testenv.Eventually(t, 60*time.Second, "the consumer created "+topic, func() (bool, error) {
+		return ew.WriteMessages(ctx, events...) == nil, nil
+	})
+	_ = ew.Close()
+	testenv.Eventually(t, 60*time.Second, "40 events in usage_events through SCRAM", func() (bool, error) {
+		n, err := testenv.CountRows(ctx, conn, "FROM usage_events FINAL")
+		return n == 40, err
+	})
 }
 
 // TestKafkaSecurityConfig: bad settings are refused naming the key.
@@ -108,8 +150,8 @@ func TestKafkaSecurityConfig(t *testing.T) {
 		mech, user, want string
 		tls              bool
 	}{
-		{"SCRAM-SHA-1", "u", "kafka.security.sasl.mechanism", false},
-		{"SCRAM-SHA-512", "", "kafka.security.sasl.username", false},
+		{"SCRAM-SHA-1", "u", "kafka_security.sasl.mechanism", false},
+		{"SCRAM-SHA-512", "", "kafka_security.sasl.username", false},
 		{"PLAIN", "u", "clear text", false},
 	} {
 		var s svckit.KafkaSecurity
@@ -120,11 +162,11 @@ func TestKafkaSecurityConfig(t *testing.T) {
 	}
 	var s svckit.KafkaSecurity
 	s.TLS.CAFile = "/nonexistent"
-	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.security.tls.enabled") {
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka_security.tls.enabled") {
 		t.Errorf("files without TLS: %v", err)
 	}
 	s.TLS.Enabled = true
-	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka.security.tls.ca_file") {
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "kafka_security.tls.ca_file") {
 		t.Errorf("missing CA file: %v", err)
 	}
 	if tr, err := (svckit.KafkaSecurity{}).Transport(); tr != nil || err != nil {

@@ -66,8 +66,8 @@ func (c TLSConfig) Config(prefix string) (*tls.Config, error) {
 
 // KafkaSecurity is how a service authenticates to the brokers: TLS and
 // SASL (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN). Every service's config
-// holds one under kafka.security (the zero value: plain text, no SASL, as
-// the local broker of make run).
+// holds one under kafka_security (USAGE_KAFKA_SECURITY_SASL_MECHANISM, ...;
+// the zero value: plain text, no SASL, as the local broker of make run).
 type KafkaSecurity struct {
 	TLS  TLSConfig `mapstructure:"tls"`
 	SASL struct {
@@ -84,8 +84,11 @@ func (s KafkaSecurity) mechanism() (sasl.Mechanism, error) {
 	if m == "" {
 		return nil, nil
 	}
+	if m != "SCRAM-SHA-512" && m != "SCRAM-SHA-256" && m != "PLAIN" {
+		return nil, fmt.Errorf("kafka_security.sasl.mechanism: %q is not SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN", s.SASL.Mechanism)
+	}
 	if s.SASL.Username == "" {
-		return nil, fmt.Errorf("kafka.security.sasl.username: required with mechanism %s", m)
+		return nil, fmt.Errorf("kafka_security.sasl.username: required with mechanism %s", m)
 	}
 	switch m {
 	case "SCRAM-SHA-512", "SCRAM-SHA-256":
@@ -95,21 +98,21 @@ func (s KafkaSecurity) mechanism() (sasl.Mechanism, error) {
 		}
 		mech, err := scram.Mechanism(algo, s.SASL.Username, s.SASL.Password)
 		if err != nil {
-			return nil, fmt.Errorf("kafka.security.sasl: %w", err)
+			return nil, fmt.Errorf("kafka_security.sasl: %w", err)
 		}
 		return mech, nil
 	case "PLAIN":
 		if s.TLS.Enabled {
 			return plain.Mechanism{Username: s.SASL.Username, Password: s.SASL.Password}, nil
 		}
-		return nil, fmt.Errorf("kafka.security.sasl.mechanism: PLAIN sends the password in clear text; enable kafka.security.tls or use SCRAM-SHA-512")
+		return nil, fmt.Errorf("kafka_security.sasl.mechanism: PLAIN sends the password in clear text; enable kafka_security.tls or use SCRAM-SHA-512")
 	}
-	return nil, fmt.Errorf("kafka.security.sasl.mechanism: %q is not SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN", s.SASL.Mechanism)
+	return nil, fmt.Errorf("kafka_security.sasl.mechanism: %q is not SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN", s.SASL.Mechanism)
 }
 
 // Validate reports the first setting that cannot work.
 func (s KafkaSecurity) Validate() error {
-	if _, err := s.TLS.Config("kafka.security.tls"); err != nil {
+	if _, err := s.TLS.Config("kafka_security.tls"); err != nil {
 		return err
 	}
 	_, err := s.mechanism()
@@ -120,7 +123,7 @@ func (s KafkaSecurity) Validate() error {
 // (their Transport field): nil (kafka-go's default) when neither TLS nor
 // SASL is on.
 func (s KafkaSecurity) Transport() (kafka.RoundTripper, error) {
-	tc, err := s.TLS.Config("kafka.security.tls")
+	tc, err := s.TLS.Config("kafka_security.tls")
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +140,7 @@ func (s KafkaSecurity) Transport() (kafka.RoundTripper, error) {
 // Dialer is the kafka-go dialer for kafka.Reader (ReaderConfig.Dialer):
 // nil (kafka-go's default) when neither TLS nor SASL is on.
 func (s KafkaSecurity) Dialer() (*kafka.Dialer, error) {
-	tc, err := s.TLS.Config("kafka.security.tls")
+	tc, err := s.TLS.Config("kafka_security.tls")
 	if err != nil {
 		return nil, err
 	}
@@ -149,4 +152,25 @@ func (s KafkaSecurity) Dialer() (*kafka.Dialer, error) {
 		return nil, nil
 	}
 	return &kafka.Dialer{Timeout: 10 * time.Second, DualStack: true, TLS: tc, SASLMechanism: mech}, nil
+}
+
+// Install makes s the way every kafka-go connection of this process is
+// made: it sets kafka-go's DefaultTransport (kafka.Client, kafka.Writer
+// without a Transport) and DefaultDialer (kafka.Reader, consumer groups
+// without a Dialer). A service's main calls it once, before any Kafka
+// connection, so the service's packages and svckit's own helpers, which
+// take only broker addresses, need no security parameter. The zero value
+// installs nothing: kafka-go's plain-text defaults stay.
+func (s KafkaSecurity) Install() error {
+	tr, err := s.Transport()
+	if err != nil {
+		return err
+	}
+	d, err := s.Dialer()
+	if err != nil || tr == nil {
+		return err
+	}
+	kafka.DefaultTransport = tr
+	kafka.DefaultDialer = d
+	return nil
 }

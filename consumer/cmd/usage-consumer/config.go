@@ -34,6 +34,9 @@ type Config struct {
 	// TopicReplicationFactor for created topics; -1 takes the cluster's
 	// default.replication.factor (use 3 on a real cluster).
 	TopicReplicationFactor int `mapstructure:"topic_replication_factor"`
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
 }
 
 func defaultConfig() Config {
