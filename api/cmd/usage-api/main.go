@@ -52,6 +52,9 @@ type Config struct {
 	// queries of the aggregates). Empty clickhouse.addr (the default)
 	// leaves them off: checks and tracks never need ClickHouse.
 	ClickHouse chconn.Config `mapstructure:"clickhouse"`
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
 }
 
 // HTTPConfig is the listener and its timeouts: every connection is bounded
@@ -132,6 +135,10 @@ func run(args []string) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	if err := cfg.KafkaSecurity.Install(); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-api:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, p, keys, log); err != nil {

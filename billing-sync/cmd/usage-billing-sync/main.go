@@ -57,6 +57,9 @@ type Config struct {
 	} `mapstructure:"log"`
 	MigrateOnStart bool `mapstructure:"migrate_on_start"`
 	CreateTopics   bool `mapstructure:"create_topics"`
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
 }
 
 func defaultConfig() Config {
@@ -121,6 +124,10 @@ func run(args []string) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	if err := cfg.KafkaSecurity.Install(); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-billing-sync:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cmd, cfg, p, log, *demo, *once, fromT, toT); err != nil {
