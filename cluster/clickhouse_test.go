@@ -45,6 +45,11 @@ func TestReplicatedClickHouse(t *testing.T) {
 	}
 	sleep(4 * time.Second)
 	e.run(t, "kill", "clickhouse", "2")
+	// The outage is real: server 1 cannot read shard 2 now (and the
+	// consumer's inserts for shard 2's tenants fail and are retried).
+	if _, err := testenv.CountRows(t.Context(), conns["server 1"], "FROM usage_events"); err == nil {
+		t.Error("server 1 read every shard with server 2 killed")
+	}
 	sleep(5 * time.Second)
 	e.run(t, "start", "clickhouse")
 	sleep(3 * time.Second)

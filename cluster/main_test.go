@@ -40,7 +40,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		if e != nil {
-			e.script(context.Background(), "stop", "--purge")
+			_, _ = e.script(context.Background(), "stop", "--purge")
+			_ = os.RemoveAll(e.dir)
 		}
 		os.Exit(1)
 	}
