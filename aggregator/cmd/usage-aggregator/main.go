@@ -46,6 +46,9 @@ type Config struct {
 	// TopicReplicationFactor for created topics; -1 takes the cluster's
 	// default.replication.factor (use 3 on a real cluster).
 	TopicReplicationFactor int `mapstructure:"topic_replication_factor"`
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -83,6 +86,10 @@ func run(args []string) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	if err := cfg.KafkaSecurity.Install(); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-aggregator:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if flags.NArg() > 0 && flags.Arg(0) == "reconcile" {
