@@ -30,7 +30,7 @@ func (s *Server) WithUsage(rd *usageread.Reader) *Server {
 func (s *Server) usageRows(w http.ResponseWriter, r *http.Request) {
 	const route = "usage"
 	tenant := r.PathValue("tenant")
-	p, ok := s.authenticate(w, r, route)
+	p, ok := s.pageAuth(w, r, route) // the page's CSV links carry its cookie
 	if !ok {
 		return
 	}
