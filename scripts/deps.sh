@@ -74,6 +74,10 @@ dep_wrk() { # HTTP load generator for usage-api in make bench
   apt_install wrk
 }
 
+dep_chromium() { # headless browser for usage-api's page tests (chromedp drives it)
+  APT_NO_RECOMMENDS=1 apt_install chromium
+}
+
 # promtool checks and unit-tests deploy/prometheus/rules.yml (ops/deploycheck). Debian ships
 # it in the prometheus package: only the tool is wanted, so no recommended node exporter, and
 # the server the package enables stays off.
@@ -176,11 +180,11 @@ dep_examples() {
 }
 
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples promtool compose)
+[[ ${#parts[@]} -gt 0 ]] || parts=(kcat clickhouse kafka chdb stripe-mock wrk examples promtool compose chromium)
 for part in "${parts[@]}"; do
   case $part in
-    kafka | clickhouse | chdb | kcat | wrk | examples | promtool | compose) "dep_$part" ;;
+    kafka | clickhouse | chdb | kcat | wrk | examples | promtool | compose | chromium) "dep_$part" ;;
     stripe-mock) dep_stripe_mock ;;
-    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples promtool compose)" ;;
+    *) die "unknown part '$part' (want: kafka clickhouse chdb kcat stripe-mock wrk examples promtool compose chromium)" ;;
   esac
 done
