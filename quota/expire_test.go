@@ -32,6 +32,9 @@ import (
 //     twice: every decision sampled while the states and positions arrive
 //     says at least 40, and the end is exactly the published state (30)
 //     plus the 10.
+//   - a retried id the aggregator counted before, held and delivered
+//     through an outbox, is a duplicate downstream: its pending expires and
+//     the published state stays 1.
 func TestPendingTheStateShouldHaveAbsorbedExpires(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs Kafka, ClickHouse and the aggregator")
@@ -87,14 +90,18 @@ func TestPendingTheStateShouldHaveAbsorbedExpires(t *testing.T) {
 		t.Fatalf("after expiry: %d, want 200", res.StatusCode)
 	}
 	// The independent source: the aggregator put them in the DLQ.
+	// (age-co's 5 go there too, and dlq-co's 6th may be read among the 10.)
 	dlq := 0
-	for _, m := range testenv.ReadN(t, broker, tp.events+".dlq", 5) {
-		if string(m.Key) == "dlq-co" && testenv.Headers(m)[schemas.HeaderError] == "unknown_meter" {
+	for _, m := range testenv.ReadN(t, broker, tp.events+".dlq", 10) {
+		if tag := testenv.Headers(m)[schemas.HeaderError]; tag != "unknown_meter" {
+			t.Errorf("DLQ record of %s tagged %q, want unknown_meter", m.Key, tag)
+		}
+		if string(m.Key) == "dlq-co" {
 			dlq++
 		}
 	}
 	if dlq < 5 {
-		t.Errorf("%d of the first 5 DLQ records are dlq-co's with unknown_meter, want 5", dlq)
+		t.Errorf("%d of dlq-co's events in the DLQ, want >= 5", dlq)
 	}
 
 	// 2. No positions: the age bound, not earlier.
@@ -150,6 +157,45 @@ func TestPendingTheStateShouldHaveAbsorbedExpires(t *testing.T) {
 		t.Errorf("expiries %+v, want 36 by position (6 DLQ'd + 30 counted), none held", s)
 	}
 	t.Logf("%d samples of the counted tenant, %d below 40", samples, low)
+
+	// 4. A retried id the aggregator counted already (usage-api's track
+	// path after its recent ids are forgotten): held through the outbox,
+	// acknowledged, a duplicate downstream: its pending expires.
+	first := schemas.UsageEvent{ID: schemas.NewID(), TenantID: "retry-co", FeatureType: "ai_generation", Quantity: quota.Units(1).Decimal(),
+		Timestamp: time.Now().UTC()}
+	if err := pub.Publish(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "the first copy counted", func() (bool, error) {
+		return c.Peek(ctx, "retry-co", "ai_generation").Usage.Cmp(quota.Units(1)) == 0, nil
+	})
+	out, err := quota.NewOutbox(quota.OutboxConfig{}, quota.NewProducerTracker(pub), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.OnDelivered(c.Acknowledged)
+	octx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = out.Run(octx) }()
+	d = c.Check(ctx, "retry-co", "ai_generation", quota.Units(1))
+	retry := first
+	c.Hold(d, &retry)
+	if err := out.Put(&retry, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Peek(ctx, "retry-co", "ai_generation").Usage; got.Cmp(quota.Units(2)) != 0 {
+		t.Fatalf("retry pending: usage %s, want 2", got)
+	}
+	testenv.Eventually(t, 20*time.Second, "the retried id's pending expired", func() (bool, error) {
+		d := c.Peek(ctx, "retry-co", "ai_generation")
+		return d.Usage.Cmp(quota.Units(1)) == 0 && d.Pending.IsZero(), nil
+	})
+	if got := publishedUsage(t, broker, tp.state, schemas.QuotaStateKey("retry-co", "ai_generation", d.Period)); got != "1" {
+		t.Errorf("published state of retry-co: %s, want 1 (the retry is a duplicate)", got)
+	}
+	if s := c.ExpiryStats(); s.ByPosition != 37 {
+		t.Errorf("expiries %+v, want 37 by position", s)
+	}
 }
 
 // publishedUsage reads the latest state of key from the quota-state topic.
