@@ -39,6 +39,10 @@ type pendingEvent struct {
 	bound     int64
 }
 
+// maxHeldEvents bounds the registry (about 150 bytes each) when positions
+// stop and max_pending_age is 0 or long: beyond it events are not held.
+const maxHeldEvents = 1 << 20
+
 // pendingEvents is the cache's registry of tracked events.
 type pendingEvents struct {
 	mu      sync.Mutex
@@ -54,12 +58,14 @@ type pendingEvents struct {
 // pending amount can expire once the aggregator's position covers it.
 // Call Acknowledged when the broker took it.
 func (c *Cache) Hold(d Decision, e *schemas.UsageEvent) {
-	if !d.Allowed || d.b == nil || d.qty.IsZero() || e.ID == "" {
-		return
+	if !d.Allowed || d.b == nil || d.qty.IsZero() || e.ID == "" || (c.cfg.PositionTopic == "" && c.cfg.MaxPendingAge == 0) {
+		return // nothing could ever expire it
 	}
 	pe := &pendingEvent{key: idKey(e.TenantID, e.ID), tenant: e.TenantID, b: d.b, rem: d.qty, partition: -1, bound: -1}
 	c.pend.mu.Lock()
-	if _, dup := c.pend.byKey[pe.key]; dup {
+	if _, dup := c.pend.byKey[pe.key]; dup || len(c.pend.byKey) >= maxHeldEvents {
+		// Not held: its amount stays pending until the period ends
+		// (refused early, never free).
 		c.pend.mu.Unlock()
 		return
 	}

@@ -84,6 +84,7 @@ type Middleware struct {
 	c     *Cache
 	cfg   MiddlewareConfig
 	out   *Outbox // nil with TrackNever
+	hold  bool    // tracked events are held for expiry (the outbox acknowledges)
 	stop  context.CancelFunc
 	done  chan struct{}
 	stats struct {
@@ -147,10 +148,12 @@ func NewMiddleware(c *Cache, cfg MiddlewareConfig) (*Middleware, error) {
 	default:
 		return nil, errors.New("quota middleware: Track must be always, 2xx or never")
 	}
-	if m.out != nil {
+	if m.out != nil && m.out.acknowledges() {
 		// Acknowledged events' pending expires once the aggregator's
-		// position covers them (expire.go).
+		// position covers them (expire.go). An async tracker acknowledges
+		// nothing: its events are not held (they would never leave).
 		m.out.OnDelivered(m.c.Acknowledged)
+		m.hold = true
 	}
 	return m, nil
 }
@@ -258,9 +261,13 @@ func (m *Middleware) track(r *http.Request, d *Decision, qty Amount) {
 	if m.cfg.Metadata != nil {
 		e.Metadata = m.cfg.Metadata(r)
 	}
-	m.c.Hold(*d, &e) // before Put: the outbox may deliver it at once
+	if m.hold {
+		m.c.Hold(*d, &e) // before Put: the outbox may deliver it at once
+	}
 	if err := m.out.Put(&e, true); err != nil {
-		m.c.Unhold(&e)
+		if m.hold {
+			m.c.Unhold(&e)
+		}
 		m.stats.trackFailures.Add(1)
 		if m.cfg.OnTrackError != nil {
 			m.cfg.OnTrackError(err)

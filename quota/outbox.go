@@ -332,6 +332,13 @@ func (o *Outbox) OnDelivered(f func([]schemas.UsageEvent)) {
 // asyncTracker is a Tracker that may return before the broker acknowledged.
 type asyncTracker interface{ IsAsync() bool }
 
+// acknowledges reports whether OnDelivered hears of deliveries (the
+// tracker answers after the broker's acks).
+func (o *Outbox) acknowledges() bool {
+	at, ok := o.t.(asyncTracker)
+	return !ok || !at.IsAsync()
+}
+
 // Len is the number of undelivered events.
 func (o *Outbox) Len() int {
 	o.mu.Lock()
@@ -378,7 +385,7 @@ func (o *Outbox) Run(ctx context.Context) error {
 			continue
 		}
 		delay = o.cfg.RetryMin
-		if at, ok := o.t.(asyncTracker); !ok || !at.IsAsync() {
+		if o.acknowledges() {
 			o.mu.Lock()
 			fs := o.onDelivered
 			o.mu.Unlock()
