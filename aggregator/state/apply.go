@@ -61,7 +61,6 @@ type State struct {
 	processed  map[int32]int64
 	loadedFrom time.Time // every row of a window starting at or after this is in rows
 	fetch      Fetcher
-	max        decimal.Decimal // MaxValue
 }
 
 // New returns an empty State. Rows of windows that start before loadedFrom
@@ -76,7 +75,6 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 		processed:  make(map[int32]int64),
 		loadedFrom: loadedFrom,
 		fetch:      fetch,
-		max:        decimal.RequireFromString(MaxValue),
 	}
 }
 
@@ -116,10 +114,17 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		if err != nil {
 			return 0, err
 		}
+		if r.badValue {
+			return 0, fmt.Errorf("%s row %s/%s/%s@%d holds %s, not a Decimal(38, 9) amount >= 0", g, k.Tenant, k.Meter, k.Subject, k.Start, r.Value)
+		}
 		rows[g] = r
 	}
-	if meter.Aggregation == plans.Sum && s.overflows(rows[Period], e.Quantity, partition, offset) {
-		return Overflow, nil
+	var qf fixed
+	if meter.Aggregation == plans.Sum {
+		var over bool
+		if qf, over = s.overflows(rows[Period], e.Quantity, partition, offset); over {
+			return Overflow, nil
+		}
 	}
 	outcome := Replayed
 	for _, g := range Grains {
@@ -127,29 +132,39 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		if r.Offset >= offset && r.Partition == partition {
 			continue // the row already reflects this event
 		}
-		oldValue, oldEvents := r.Value, r.Events
-		r.apply(e.Quantity, tsNs, partition, offset)
+		oldAcc, oldEvents := r.acc, r.Events
+		r.apply(e.Quantity, qf, tsNs, partition, offset)
 		if g == Period {
-			s.fold(r, oldValue, oldEvents)
+			s.fold(r, oldAcc, oldEvents)
 		}
 		outcome = Applied
 	}
 	return outcome, nil
 }
 
-// overflows reports whether adding q to the period row (the largest of an
-// event's rows) or to its quota total would pass MaxValue. A replayed event
-// that the row already reflects never overflows: it was checked the first
-// time, in the same order.
-func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offset int64) bool {
+// overflows converts q to fixed units and reports whether adding it to the
+// period row (the largest of an event's rows) or to its quota total would
+// pass MaxValue; a quantity that is no Decimal(38, 9) amount >= 0 (the
+// contract refuses those upstream) overflows too. A replayed event that
+// the row already reflects never overflows: it was checked the first time,
+// in the same order.
+func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offset int64) (fixed, bool) {
 	if period.Offset >= offset && period.Partition == partition {
-		return false
+		return fixed{}, false
 	}
-	if period.Value.Add(q).GreaterThan(s.max) {
-		return true
+	qf, ok := fixedOf(q)
+	if !ok {
+		return qf, true
+	}
+	if sum, ok := period.acc.add(qf); !ok || maxFixed.less(sum) {
+		return qf, true
 	}
 	total, ok := s.quotas[QuotaKey{period.Tenant, period.Meter, period.PeriodID}]
-	return ok && total.Usage.Add(q).GreaterThan(s.max)
+	if !ok {
+		return qf, false
+	}
+	sum, ok := total.acc.add(qf)
+	return qf, !ok || maxFixed.less(sum)
 }
 
 // Remember records an event that is already reflected in storage (read
@@ -219,10 +234,15 @@ func (s *State) row(k Key, agg plans.Aggregation, p plans.Period, plan string) (
 // Load puts a row read from storage into memory (at start-up, or through
 // the Fetcher).
 func (s *State) Load(r *Row) {
-	r.dirty = false
+	r.dirty, r.stale = false, false
+	if accumulates(r.Aggregation) {
+		var ok bool
+		r.acc, ok = fixedOf(r.Value)
+		r.badValue = !ok
+	}
 	s.rows[r.Key] = r
 	if r.Grain == Period {
-		s.fold(r, decimal.Zero, 0)
+		s.fold(r, fixed{}, 0)
 		s.quotas[QuotaKey{r.Tenant, r.Meter, r.PeriodID}].dirty = false
 	}
 }
@@ -255,6 +275,7 @@ func (s *State) Dirty() [len(Grains)][]*Row {
 	var out [len(Grains)][]*Row
 	for _, r := range s.rows {
 		if r.dirty {
+			r.sync()
 			out[r.Grain] = append(out[r.Grain], r)
 		}
 	}

@@ -28,11 +28,23 @@ type Quota struct {
 
 	dirty     bool
 	published time.Time
+	// acc is Usage in fixed units for sum, count and unique_count totals;
+	// Usage is brought up to date (sync) when the quota is handed out.
+	acc   fixed
+	stale bool
+}
+
+// sync brings Usage up to date with acc.
+func (q *Quota) sync() {
+	if q.stale {
+		q.Usage, q.stale = q.acc.decimal(), false
+	}
 }
 
 // fold updates the quota total from a period row that changed from
-// (oldValue, oldEvents) to its current value.
-func (s *State) fold(r *Row, oldValue decimal.Decimal, oldEvents uint64) {
+// (oldAcc, oldEvents) to its current value (oldAcc: its fixed value before,
+// for sum and count rows).
+func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
 	k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
 	q, ok := s.quotas[k]
 	if !ok {
@@ -42,7 +54,9 @@ func (s *State) fold(r *Row, oldValue decimal.Decimal, oldEvents uint64) {
 	}
 	switch r.Aggregation {
 	case plans.Sum, plans.Count:
-		q.Usage = q.Usage.Add(r.Value.Sub(oldValue))
+		// The row only grows, and overflows checked the quota's sum.
+		q.acc, _ = q.acc.add(r.acc.sub(oldAcc))
+		q.stale = true
 	case plans.Max:
 		if q.Events == 0 || r.Value.GreaterThan(q.Usage) {
 			q.Usage = r.Value
@@ -53,7 +67,8 @@ func (s *State) fold(r *Row, oldValue decimal.Decimal, oldEvents uint64) {
 		}
 	case plans.UniqueCount:
 		if oldEvents == 0 && r.Events > 0 {
-			q.Usage = q.Usage.Add(one)
+			q.acc, _ = q.acc.add(fixedOne)
+			q.stale = true
 		}
 	}
 	q.Events += r.Events - oldEvents
@@ -73,6 +88,7 @@ func (s *State) DueQuotas(now time.Time, coalesce time.Duration) []Quota {
 			continue
 		}
 		q.dirty, q.published = false, now
+		q.sync()
 		out = append(out, *q)
 		if q.Final {
 			delete(s.quotas, k)
@@ -88,6 +104,9 @@ func (s *State) Requeue(qs []Quota) {
 			cur.dirty, cur.published = true, time.Time{}
 		} else if q.Final {
 			q.dirty = true
+			if q.Aggregation != plans.Max && q.Aggregation != plans.Latest {
+				q.acc, _ = fixedOf(q.Usage) // a copy handed out holds the same total
+			}
 			s.quotas[q.QuotaKey] = &q
 		}
 	}
@@ -99,6 +118,7 @@ func (s *State) QuotaOf(k QuotaKey) (Quota, bool) {
 	if !ok {
 		return Quota{}, false
 	}
+	q.sync()
 	return *q, true
 }
 

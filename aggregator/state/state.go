@@ -68,17 +68,39 @@ type Row struct {
 	Plan      string
 
 	dirty bool
+	// acc is the value of a sum or count row in fixed units; Value is
+	// brought up to date from it (sync) when the row is handed out, so the
+	// fold itself never allocates.
+	acc   fixed
+	stale bool
+	// badValue: a row read from storage whose value is not a Decimal(38, 9)
+	// amount >= 0; events of it fail loudly instead of folding into a
+	// value that could not be represented.
+	badValue bool
+}
+
+// accumulates reports whether a row of this aggregation folds in acc.
+func accumulates(a plans.Aggregation) bool { return a == plans.Sum || a == plans.Count }
+
+// sync brings Value up to date with acc.
+func (r *Row) sync() {
+	if r.stale {
+		r.Value, r.stale = r.acc.decimal(), false
+	}
 }
 
 var one = decimal.NewFromInt(1)
 
-// apply folds one event into the row.
-func (r *Row) apply(q decimal.Decimal, tsNs int64, partition int32, offset int64) {
+// apply folds one event into the row; qf is q in fixed units (sum meters).
+// A sum's overflow was checked before (State.overflows).
+func (r *Row) apply(q decimal.Decimal, qf fixed, tsNs int64, partition int32, offset int64) {
 	switch r.Aggregation {
 	case plans.Sum:
-		r.Value = r.Value.Add(q)
+		r.acc, _ = r.acc.add(qf)
+		r.stale = true
 	case plans.Count:
-		r.Value = r.Value.Add(one)
+		r.acc, _ = r.acc.add(fixedOne)
+		r.stale = true
 	case plans.Max:
 		if r.Events == 0 || q.GreaterThan(r.Value) {
 			r.Value = q

@@ -1,0 +1,111 @@
+package state
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+func TestFixedBounds(t *testing.T) {
+	if got := maxFixed.decimal(); !got.Equal(decimal.RequireFromString(MaxValue)) {
+		t.Fatalf("maxFixed = %s, want MaxValue %s", got, MaxValue)
+	}
+	for _, c := range []struct {
+		in   string
+		ok   bool
+		want string
+	}{
+		{MaxValue, true, MaxValue},
+		{"100000000000000000000000000000", false, ""}, // MaxValue + 10^-9
+		{"-1", false, ""},
+		{"0.0000000001", false, ""},                              // 10 fractional digits
+		{"1.50000000000", true, "1.5"},                           // trailing zeros past 9 digits
+		{"12E+3", true, "12000"},                                 // positive exponent
+		{"999999999999999999", true, "999999999999999999"},       // the largest contract quantity
+		{"60000000000000000000000000000", true, "6E+28"},         // wide coefficient: the big.Int path
+		{"18446744073.709551616", true, "18446744073.709551616"}, // 2^64 units: the carry into hi
+		{"0", true, "0"},
+	} {
+		f, ok := fixedOf(decimal.RequireFromString(c.in))
+		if ok != c.ok {
+			t.Errorf("fixedOf(%s): ok %v, want %v", c.in, ok, c.ok)
+			continue
+		}
+		if ok && !f.decimal().Equal(decimal.RequireFromString(c.want)) {
+			t.Errorf("fixedOf(%s) = %s, want %s", c.in, f.decimal(), c.want)
+		}
+	}
+	if _, ok := maxFixed.add(maxFixed); !ok {
+		t.Error("MaxValue + MaxValue must not carry out of 128 bits")
+	}
+	if _, ok := (fixed{hi: 1 << 63}).add(fixed{hi: 1 << 63}); ok {
+		t.Error("a carry out of 128 bits must be reported")
+	}
+}
+
+// Sums in fixed units equal shopspring/decimal's sums (the independent
+// source the aggregator used before), for random quantities of every
+// scale, across the 64-bit carry.
+func TestFixedSumsEqualDecimalSums(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 1))
+	for round := range 200 {
+		var f fixed
+		d := decimal.Zero
+		for range 500 {
+			q := decimal.New(r.Int64N(1_000_000_000_000_000_000), -int32(r.IntN(10)))
+			if round%3 == 0 {
+				q = q.Shift(int32(r.IntN(10))) // wide coefficients now and then
+			}
+			qf, ok := fixedOf(q)
+			if !ok {
+				t.Fatalf("fixedOf(%s) refused", q)
+			}
+			var carry bool
+			if f, carry = f.add(qf); !carry {
+				t.Fatal("carry")
+			}
+			d = d.Add(q)
+		}
+		if !f.decimal().Equal(d) {
+			t.Fatalf("round %d: fixed %s, decimal %s", round, f.decimal(), d)
+		}
+		if back, _ := fixedOf(d); back != f {
+			t.Fatalf("round %d: %s does not round-trip", round, d)
+		}
+	}
+}
+
+// The per-event fold of a sum meter allocates only for the dedup key and
+// its set, not per row (big.Int: 20 allocations per event before).
+func TestApplySumAllocations(t *testing.T) {
+	s := newState(t)
+	for i := range 100 {
+		if _, err := s.Apply(ev(fmt.Sprint("t", i%5), "tokens", "u", "1.5", t0, fmt.Sprint("w", i)), 0, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := 100
+	e := ev("t1", "tokens", "u", "2.125", t0.Add(time.Second), "")
+	ids := make([]string, 2000)
+	for i := range ids {
+		ids[i] = fmt.Sprint("a", i)
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		e.ID = ids[next-100]
+		if out, err := s.Apply(e, 0, int64(next)); err != nil || out != Applied {
+			t.Fatalf("%s, %v", out, err)
+		}
+		next++
+	})
+	if allocs > 3 {
+		t.Fatalf("%.1f allocations per applied sum event, want <= 3", allocs)
+	}
+	q, _ := s.QuotaOf(QuotaKey{"t1", "tokens", "2026-11"})
+	// t1 had 20 warm-up events of 1.5, then 1001 of 2.125 (AllocsPerRun runs once more).
+	if want := decimal.RequireFromString("1.5").Mul(decimal.NewFromInt(20)).Add(decimal.RequireFromString("2.125").Mul(decimal.NewFromInt(1001))); !q.Usage.Equal(want) {
+		t.Fatalf("usage %s, want %s", q.Usage, want)
+	}
+}
