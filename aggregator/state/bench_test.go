@@ -29,7 +29,7 @@ func benchEvents(n int) []schemas.UsageEvent {
 //
 //	go test -run '^$' -bench Apply -benchmem ./aggregator/state/
 func BenchmarkApply(b *testing.B) {
-	s := New(Config{Plans: seedPlans(&testing.T{}), AllowedLateness: 1 << 62, DedupHorizon: 200_000}, t0, nil)
+	s := New(Config{Plans: seedPlans(b), AllowedLateness: 1 << 62, DedupHorizon: 200_000}, t0, nil)
 	evs := benchEvents(b.N + 1000) // every id new: no duplicates
 	for i := range evs[:1000] {    // the rows exist
 		if _, err := s.Apply(&evs[i], 0, int64(i)); err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
-func seedPlans(t *testing.T) *plans.Config {
+func seedPlans(t testing.TB) *plans.Config {
 	t.Helper()
 	c, err := plans.Load("../../schemas/plans/plans.example.yaml")
 	if err != nil {
