@@ -736,6 +736,9 @@ func (o *owner) snapshot(now time.Time, cps []state.Checkpoint) {
 			offs[c.Partition] = c.Offset
 		}
 	}
+	if len(o.snaps) >= 1024 { // states failing for long: keep the newest (the ones publishable first)
+		o.snaps = o.snaps[1:]
+	}
 	o.snaps = append(o.snaps, posSnap{at: now, offsets: offs})
 }
 
