@@ -736,7 +736,7 @@ func (o *owner) snapshot(now time.Time, cps []state.Checkpoint) {
 			offs[c.Partition] = c.Offset
 		}
 	}
-	if len(o.snaps) >= 1024 { // states failing for long: keep the newest (the ones publishable first)
+	if len(o.snaps) >= 1024 { // states failing for long: drop the oldest (a newer one promises more, a little later)
 		o.snaps = o.snaps[1:]
 	}
 	o.snaps = append(o.snaps, posSnap{at: now, offsets: offs})
