@@ -275,10 +275,17 @@ clickhouse_start() {
 cmd_stop() {
   local n pid rc=0
   for n in "${CH_NODES[@]}"; do ch_script "$n" stop >&2 || rc=1; done
+  # All brokers at once: one by one, each waits for the others to take its
+  # partitions over (up to a minute on 2 cores).
+  local waits=()
   for n in "${NODES[@]}"; do
-    if pid=$(kafka_pid "$n"); then stop_pid "$pid" "kafka node $n" 30; fi
-    rm -f "$(kdir "$n")/kafka.pid"
+    if pid=$(kafka_pid "$n"); then
+      stop_pid "$pid" "kafka node $n" 30 &
+      waits+=($!)
+    fi
   done
+  for pid in "${waits[@]}"; do wait "$pid" || rc=1; done
+  for n in "${NODES[@]}"; do rm -f "$(kdir "$n")/kafka.pid"; done
   if pid=$(zk_pid); then stop_pid "$pid" zookeeper 15; fi
   if [[ ${1:-} == --purge ]]; then
     rm -rf "$DIR"
