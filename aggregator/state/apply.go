@@ -53,8 +53,12 @@ type Fetcher func(Key) (*Row, error)
 // State is the aggregator's memory. It is not safe for concurrent use: the
 // service calls it from one goroutine.
 type State struct {
-	cfg        Config
-	rows       map[Key]*Row
+	cfg  Config
+	rows map[Key]*Row
+	// series caches, per tenant, meter and subject, the rows its last
+	// event touched; it only ever points at rows that are in rows (Load
+	// and Evict, which replace or drop rows, clear it).
+	series     map[seriesKey]*[len(Grains)]*Row
 	quotas     map[QuotaKey]*Quota
 	dedup      map[int32]*dedup
 	watermark  map[int32]time.Time
@@ -69,6 +73,7 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 	return &State{
 		cfg:        cfg,
 		rows:       make(map[Key]*Row),
+		series:     make(map[seriesKey]*[len(Grains)]*Row),
 		quotas:     make(map[QuotaKey]*Quota),
 		dedup:      make(map[int32]*dedup),
 		watermark:  make(map[int32]time.Time),
@@ -102,17 +107,30 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		return NoSubject, nil
 	}
 	tsNs := e.Timestamp.UnixNano()
+	// One look-up for the series' current rows instead of one per grain:
+	// most events land in the windows the previous event of the series did.
+	sk := seriesKey{e.TenantID, e.FeatureType, subject}
+	cur := s.series[sk]
+	if cur == nil {
+		cur = new([len(Grains)]*Row)
+		s.series[sk] = cur
+	}
 	var rows [len(Grains)]*Row
 	for _, g := range Grains {
-		k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g}
+		var start int64
 		if g == Period {
-			k.Start = period.Start.Unix()
+			start = period.Start.Unix()
 		} else {
-			k.Start = windowStart(g, e.Timestamp).Unix()
+			start = windowStart(g, e.Timestamp).Unix()
 		}
-		r, err := s.row(k, meter.Aggregation, period, plan)
-		if err != nil {
-			return 0, err
+		k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g, Start: start}
+		r := cur[g]
+		if r == nil || r.Start != start {
+			var err error
+			if r, err = s.row(k, meter.Aggregation, period, plan); err != nil {
+				return 0, err
+			}
+			cur[g] = r
 		}
 		if r.badValue {
 			return 0, fmt.Errorf("%s row %s/%s/%s@%d holds %s, not a Decimal(38, 9) amount >= 0", g, k.Tenant, k.Meter, k.Subject, k.Start, r.Value)
@@ -234,6 +252,7 @@ func (s *State) row(k Key, agg plans.Aggregation, p plans.Period, plan string) (
 // Load puts a row read from storage into memory (at start-up, or through
 // the Fetcher).
 func (s *State) Load(r *Row) {
+	clear(s.series)
 	r.dirty, r.stale = false, false
 	if accumulates(r.Aggregation) {
 		var ok bool
@@ -318,6 +337,9 @@ func (s *State) Evict() int {
 		}
 		delete(s.rows, k)
 		n++
+	}
+	if n > 0 {
+		clear(s.series)
 	}
 	return n
 }

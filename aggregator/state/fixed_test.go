@@ -109,3 +109,27 @@ func TestApplySumAllocations(t *testing.T) {
 		t.Fatalf("usage %s, want %s", q.Usage, want)
 	}
 }
+
+// The per-series row cache never serves a row that Load replaced: the
+// event after the load folds into the loaded row.
+func TestSeriesCacheFollowsLoad(t *testing.T) {
+	s := newState(t)
+	if out, err := s.Apply(ev("acme", "tokens", "u", "1", t0, "e1"), 0, 1); err != nil || out != Applied {
+		t.Fatalf("%s, %v", out, err)
+	}
+	var period *Row
+	for _, r := range s.Dirty()[Period] {
+		period = r
+	}
+	loaded := *period
+	loaded.Value, loaded.Events, loaded.Offset = decimal.NewFromInt(100), 5, 10
+	loaded.acc, loaded.stale = fixed{}, false
+	s.Load(&loaded)
+	if out, err := s.Apply(ev("acme", "tokens", "u", "2", t0.Add(time.Second), "e2"), 0, 11); err != nil || out != Applied {
+		t.Fatalf("%s, %v", out, err)
+	}
+	got := s.Dirty()[Period]
+	if len(got) != 1 || got[0] != &loaded || !got[0].Value.Equal(decimal.NewFromInt(102)) || got[0].Events != 6 {
+		t.Fatalf("period rows after the load: %+v, want the loaded row at 102 with 6 events", got)
+	}
+}

@@ -49,6 +49,9 @@ type Key struct {
 	Start   int64 // window or period start, unix seconds UTC
 }
 
+// seriesKey is a row's key without its window: one series of rows.
+type seriesKey struct{ Tenant, Meter, Subject string }
+
 // Row is one aggregate: the full value of its window, never a delta.
 type Row struct {
 	Key
