@@ -17,7 +17,7 @@ func printTable(path string, w io.Writer) error {
 		return fmt.Errorf("results: %w", err)
 	}
 	defer f.Close()
-	fmt.Fprintln(w, "| run (UTC) | what | events | events/s | CPU µs/event: consumer / aggregator / ClickHouse (work total) | broker, publisher µs/event | RSS max MB: consumer / aggregator / ClickHouse | freshness p50 / p99 at 10k/s | exact after duplicates and a server restart | load avg (1 min) start → end |")
+	fmt.Fprintln(w, "| run (UTC) | what | events / tenants | events/s | CPU µs/event: consumer / aggregator / ClickHouse (work total) | broker, publisher µs/event | RSS max MB: consumer / aggregator / ClickHouse | freshness p50 / p99 at 10k/s | exact after duplicates and a server restart | load avg (1 min) start → end |")
 	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -39,8 +39,8 @@ func printTable(path string, w io.Writer) error {
 		if r.Freshness != nil {
 			fresh = fmt.Sprintf("%.0f / %.0f ms", r.Freshness.P50ms, r.Freshness.P99ms)
 		}
-		fmt.Fprintf(w, "| %s | %s | %d | %.0fk | %s | %.2f, %.2f | %s | %s | %s | %.1f → %.1f |\n",
-			strings.TrimSuffix(strings.Replace(r.Time, "T", " ", 1), "Z"), what, r.Events, r.EventsPerS/1000, cpu,
+		fmt.Fprintf(w, "| %s | %s | %d / %d | %.0fk | %s | %.2f, %.2f | %s | %s | %s | %.1f → %.1f |\n",
+			strings.TrimSuffix(strings.Replace(r.Time, "T", " ", 1), "Z"), what, r.Events, r.Tenants, r.EventsPerS/1000, cpu,
 			p["kafka broker"].CPUUsPerEvent, p["publisher (SDK, this process)"].CPUUsPerEvent, rss, fresh, exactness(r.Exactness),
 			r.LoadStart[0], r.LoadEnd[0])
 	}

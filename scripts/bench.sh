@@ -7,7 +7,8 @@
 #  2. unless BENCH_STAGES=0, the stage benchmarks (go test -bench) and wrk.
 # BENCH_EVENTS sets the event count per benchmark (default 500000);
 # BENCH_MODES the usage-bench modes (default pipeline,chkafka);
-# BENCH_TENANTS the tenants the events spread over (default 50).
+# BENCH_TENANTS the tenants the events spread over (default 50);
+# BENCH_TENANT_CURVE a list of tenant counts for the memory curve (default none).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -33,6 +34,17 @@ echo "== the whole pipeline as processes, then ClickHouse's Kafka engine, $n eve
   --clickhouse "127.0.0.1:$CH_TCP_PORT" --clickhouse-pidfile "$CH_DIR/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
   --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
   --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$CACHE_DIR/run/bench-logs"
+# Memory and cost curve: BENCH_TENANT_CURVE="1000 10000 100000 1000000" runs the pipeline once
+# per tenant count (at least 2 events per tenant, so every tenant has rows of both meters).
+for tenants in ${BENCH_TENANT_CURVE:-}; do
+  echo "== the whole pipeline over $tenants tenants (JSON: $CACHE_DIR/bench/tenants.jsonl)"
+  "$CACHE_DIR/bin/usage-bench" --events "$((2 * tenants > n ? 2 * tenants : n))" --tenants "$tenants" --modes pipeline \
+    --freshness 0 --duplicates 0 --restart=false \
+    --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
+    --clickhouse "127.0.0.1:$CH_TCP_PORT" --clickhouse-pidfile "$CH_DIR/clickhouse.pid" \
+    --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
+    --out "$CACHE_DIR/bench/tenants.jsonl" --dir "$CACHE_DIR/run/bench-logs"
+done
 unset CH_TCP_PORT CH_HTTP_PORT CH_INTERSERVER_PORT CH_DIR
 if [[ ${BENCH_STAGES:-1} == 0 ]]; then exit 0; fi
 
