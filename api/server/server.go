@@ -57,6 +57,9 @@ type Server struct {
 	checkLatency     prometheus.Histogram
 	usageFailed      prometheus.Counter
 	usage            *usageread.Reader // nil: usage reads not configured
+	auditFailed      prometheus.Counter
+	assign           *Assigner // nil: no plan changes from the admin page
+	plans            *plans.Config
 }
 
 // New returns a server for the meters of p (the plans file c was built
@@ -72,6 +75,9 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 	}
 	s.usageFailed = prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_usage_read_failures_total",
 		Help: "GET /v1/usage and usage pages whose ClickHouse read failed (answered 503)."})
+	s.auditFailed = prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_plan_change_audit_failures_total",
+		Help: "Plan changes published from the admin page whose plan_changes audit row could not be written."})
+	s.plans = p
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
 	// The meters quota knows: those the plans file defines or a plan limits.
 	known := map[string]bool{}
@@ -90,7 +96,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 	slices.Sort(names)
 	s.meterList = strings.Join(names, ", ")
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
-	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency, s.usageFailed,
+	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency, s.usageFailed, s.auditFailed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
 			func() float64 { return float64(c.Stats().Lag) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_broker_reachable", Help: "1 when the last high-water-mark poll reached the broker."},
@@ -124,6 +130,8 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/usage/{tenant}", s.usageRows)
 	mux.HandleFunc("GET /usage/{tenant}", s.tenantPage)
 	mux.HandleFunc("GET /login", s.login)
+	mux.HandleFunc("GET /admin", s.adminPage)
+	mux.HandleFunc("POST /admin/plan", s.changePlan)
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { writeRaw(w, http.StatusOK, []byte(`{"live":true}`+"\n")) })
 	ready := Readiness(s.cache)

@@ -106,7 +106,7 @@ func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...fu
 	mux := http.NewServeMux()
 	srv := server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry())
 	if rd != nil {
-		srv.WithUsage(rd)
+		srv.WithUsage(rd).WithAdmin(&server.Assigner{Client: &kafka.Client{Addr: kafka.TCP(broker)}, Topic: e.assign})
 	}
 	srv.Register(mux)
 	e.srv = httptest.NewServer(mux)
