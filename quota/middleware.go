@@ -261,10 +261,11 @@ func (m *Middleware) track(r *http.Request, d *Decision, qty Amount) {
 	if m.cfg.Metadata != nil {
 		e.Metadata = m.cfg.Metadata(r)
 	}
+	var hold func()
 	if m.hold {
-		m.c.Hold(*d, &e) // before Put: the outbox may deliver it at once
+		hold = func() { m.c.Hold(*d, &e) } // in queue order, before Run can deliver it
 	}
-	if err := m.out.Put(&e, true); err != nil {
+	if err := m.out.put(&e, true, hold); err != nil {
 		if m.hold {
 			m.c.Unhold(&e)
 		}

@@ -243,7 +243,13 @@ func (o *Outbox) Track(_ context.Context, e *schemas.UsageEvent) error { return 
 
 // Put queues e, in a slot taken by Reserve when reserved (then it never
 // fails for lack of room). It returns once e is in the file (with Dir).
-func (o *Outbox) Put(e *schemas.UsageEvent, reserved bool) error {
+func (o *Outbox) Put(e *schemas.UsageEvent, reserved bool) error { return o.put(e, reserved, nil) }
+
+// put is Put calling queued (when not nil) under the outbox's lock once e
+// will be queued, just before it is: the middleware holds the event there,
+// so held events are in queue order, which is their offset order on the
+// partition (a state's increase is taken off them in that order).
+func (o *Outbox) put(e *schemas.UsageEvent, reserved bool, queued func()) error {
 	if e.ID == "" {
 		e.ID = schemas.NewID()
 	}
@@ -264,6 +270,9 @@ func (o *Outbox) Put(e *schemas.UsageEvent, reserved bool) error {
 	} else if len(o.queue)+o.reserved >= o.cfg.MaxEvents {
 		o.stats.full.Add(1)
 		return fmt.Errorf("event %s: %w", e.ID, ErrOutboxFull)
+	}
+	if queued != nil {
+		queued()
 	}
 	if err := o.append(line); err != nil {
 		return fmt.Errorf("quota outbox: event %s not stored: %w", e.ID, err)
