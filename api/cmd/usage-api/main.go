@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/segmentio/kafka-go"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
@@ -48,9 +49,10 @@ type Config struct {
 		Level string `mapstructure:"level"`
 	} `mapstructure:"log"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
-	// ClickHouse serves GET /v1/usage and the usage pages (read-only
-	// queries of the aggregates). Empty clickhouse.addr (the default)
-	// leaves them off: checks and tracks never need ClickHouse.
+	// ClickHouse serves GET /v1/usage, the usage and admin pages (reads of
+	// the aggregates, billing_audit; inserts into plan_changes only). Empty
+	// clickhouse.addr (the default) leaves them off: checks and tracks
+	// never need ClickHouse.
 	ClickHouse chconn.Config `mapstructure:"clickhouse"`
 	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
 	// connection of the process (svckit.KafkaSecurity.Install).
@@ -172,7 +174,8 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 			return fmt.Errorf("clickhouse: %w", err)
 		}
 		defer func() { _ = conn.Close() }()
-		api.WithUsage(usageread.NewReader(conn, p))
+		api.WithUsage(usageread.NewReader(conn, p)).WithAdmin(&server.Assigner{
+			Client: &kafka.Client{Addr: kafka.TCP(cfg.Quota.Brokers...), Timeout: server.PublishTimeout}, Topic: cfg.Quota.AssignmentTopic})
 	}
 	srv, err := listen(cfg.HTTP, reg, api, log)
 	if err != nil {
