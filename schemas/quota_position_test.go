@@ -1,9 +1,12 @@
 package schemas
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
 )
 
 func TestQuotaPositionVectors(t *testing.T) {
@@ -52,5 +55,40 @@ func TestQuotaPositionDuplicateAndMalformed(t *testing.T) {
 	p := QuotaPosition{Topic: "usage.events", Partition: 2, AppliedThrough: 9, PublishedAt: time.Now(), SchemaVersion: 1}
 	if p.Key() != "usage.events/2" {
 		t.Errorf("key %q", p.Key())
+	}
+}
+
+// The JSON Schema agrees with DecodeQuotaPosition on every vector:
+// readers in other languages rely on the file.
+func TestQuotaPositionVectorsJSONSchema(t *testing.T) {
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(QuotaPositionJSONSchema()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddResource("quota_position.schema.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	sch, err := c.Compile("quota_position.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := QuotaPositionTestVectors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(v.Message))
+		if err != nil {
+			t.Fatalf("%s: %v", v.Name, err)
+		}
+		err = sch.Validate(inst)
+		if v.Error == "" && err != nil {
+			t.Errorf("%s: the schema rejects a valid vector: %v", v.Name, err)
+		}
+		if v.Error != "" && err == nil {
+			t.Errorf("%s: the schema accepts what DecodeQuotaPosition refuses (%s)", v.Name, v.Error)
+		}
 	}
 }
