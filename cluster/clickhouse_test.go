@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +13,8 @@ import (
 
 // TestReplicatedClickHouse: the pipeline (a consumer and an aggregator
 // member, the real binaries, clickhouse.cluster=usage, both servers in
-// clickhouse.addr) writes through the cluster schema; server 2 is
+// clickhouse.addr, logged in as a user with a password; a wrong password
+// is refused) writes through the cluster schema; server 2 is
 // SIGKILLed mid-stream and restarted; the totals are exact read from
 // either server (each reads both shards through the Distributed tables),
 // and each server holds only its shard's tenants locally.
@@ -36,6 +38,11 @@ func TestReplicatedClickHouse(t *testing.T) {
 		if engine != "Distributed" || local != "ReplicatedReplacingMergeTree" {
 			t.Fatalf("%s: usage_events is %s over %s, want Distributed over ReplicatedReplacingMergeTree", name, engine, local)
 		}
+	}
+	// The same command with a wrong password is refused by the server.
+	if out, err := p.command(t.Context(), e.consumer, append(p.consumerEnv(), "USAGE_CLICKHOUSE_PASSWORD=wrong"), "migrate"); err == nil ||
+		!strings.Contains(out, "Wrong password") {
+		t.Errorf("usage-consumer migrate with a wrong ClickHouse password: %v\n%s", err, out)
 	}
 	p.startConsumer("consumer-0")
 	p.startAggregator("aggregator-0")

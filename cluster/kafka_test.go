@@ -123,7 +123,9 @@ func (p *pipeline) common() []string {
 	env := []string{"USAGE_CLICKHOUSE_ADDR=" + p.clickhouse, "USAGE_CLICKHOUSE_DATABASE=" + p.db,
 		"USAGE_TOPIC_PARTITIONS=" + strconv.Itoa(partitions)}
 	if p.schema != "" {
-		env = append(env, "USAGE_CLICKHOUSE_CLUSTER="+p.schema)
+		// On the cluster the services log in as a user with a password.
+		env = append(env, "USAGE_CLICKHOUSE_CLUSTER="+p.schema, "USAGE_CLICKHOUSE_USERNAME="+p.e.chUser,
+			"USAGE_CLICKHOUSE_PASSWORD="+p.e.chPass)
 	}
 	return env
 }

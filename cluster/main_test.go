@@ -25,6 +25,7 @@ type engines struct {
 	root, dir, base string
 	kafka           []string // the 3 brokers
 	clickhouse      []string // the 2 ClickHouse servers
+	chUser, chPass  string   // the services' ClickHouse user (a password set)
 	consumer, agg   string   // binaries
 }
 
@@ -86,6 +87,10 @@ func startEngines() (*engines, error) {
 			e.kafka = strings.Split(v, ",")
 		case "USAGE_TEST_CLUSTER_CLICKHOUSE":
 			e.clickhouse = strings.Split(v, ",")
+		case "USAGE_TEST_CLUSTER_CLICKHOUSE_USER":
+			e.chUser = v
+		case "USAGE_TEST_CLUSTER_CLICKHOUSE_PASSWORD":
+			e.chPass = v
 		}
 	}
 	if len(e.kafka) != 3 || len(e.clickhouse) != 2 {

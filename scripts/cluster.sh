@@ -11,7 +11,8 @@
 # its data); `kill` SIGKILLs one node, as a crash or a node loss would. Knobs: CLUSTER_BASE_PORT (29090; broker i listens on base+i,
 # its controller on base+10+i, ZooKeeper on base+20, ClickHouse i on base+30+i
 # (native), base+40+i (http), base+50+i (interserver)), CLUSTER_DIR
-# (.cache/run/cluster-$CLUSTER_BASE_PORT), CLUSTER_KAFKA_HEAP (-Xmx384m -Xms64m).
+# (.cache/run/cluster-$CLUSTER_BASE_PORT), CLUSTER_KAFKA_HEAP (-Xmx384m -Xms64m),
+# CLUSTER_CH_PASSWORD (usage-cluster: the password of ClickHouse user "usage").
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,6 +24,9 @@ START_TIMEOUT="${CLUSTER_START_TIMEOUT:-120}"
 NODES=(1 2 3)
 CH_NODES=(1 2)
 ZK_PORT=$((BASE + 20))
+# Password of the ClickHouse user "usage" the services log in as.
+CH_PASSWORD="${CLUSTER_CH_PASSWORD:-usage-cluster}"
+[[ $CH_PASSWORD =~ ^[A-Za-z0-9._-]+$ ]] || die "CLUSTER_CH_PASSWORD: letters, digits, . _ - only (it goes into XML)"
 
 broker_port() { echo $((BASE + $1)); }
 controller_port() { echo $((BASE + 10 + $1)); }
@@ -37,6 +41,8 @@ bootstrap() {
 env_lines() {
   echo "USAGE_TEST_CLUSTER_KAFKA=$(bootstrap)"
   echo "USAGE_TEST_CLUSTER_CLICKHOUSE=127.0.0.1:$(ch_port 1),127.0.0.1:$(ch_port 2)"
+  echo "USAGE_TEST_CLUSTER_CLICKHOUSE_USER=usage"
+  echo "USAGE_TEST_CLUSTER_CLICKHOUSE_PASSWORD=$CH_PASSWORD"
   echo "USAGE_TEST_CLUSTER_DIR=$DIR"
 }
 
@@ -253,10 +259,19 @@ EOF
   # table returns once the shard holds the rows, not once they are queued
   # on the server the client wrote to (see schemas/migrations Variant).
   mkdir -p "$DIR/clickhouse-$n/users.d"
-  cat >"$DIR/clickhouse-$n/users.d/cluster.xml" <<'EOF'
+  cat >"$DIR/clickhouse-$n/users.d/cluster.xml" <<EOF
 <?xml version="1.0"?>
 <yandex>
     <profiles><default><insert_distributed_sync>1</insert_distributed_sync></default></profiles>
+    <!-- The services' user: a password, as outside a laptop (clickhouse.username/password). -->
+    <users>
+        <usage>
+            <password>$CH_PASSWORD</password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </usage>
+    </users>
 </yandex>
 EOF
 }
