@@ -183,7 +183,7 @@ wait_healthy usage-billing-sync "$billing_addr"
 # quota.Middleware answers 402 from a FREE tenant's 51st; usage-api serves
 # the same decisions over HTTP.
 echo "== starting usage-api on $api_addr and usage-demo-app on $app_addr (logs: $run_dir/usage-api.log, $run_dir/usage-demo-app.log)"
-start usage-api env USAGE_QUOTA_BROKERS="$USAGE_TEST_KAFKA" USAGE_HTTP_ADDR="$api_addr" "$bin/usage-api" --demo
+start usage-api env USAGE_QUOTA_BROKERS="$USAGE_TEST_KAFKA" USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$api_addr" "$bin/usage-api" --demo
 wait_healthy usage-api "$api_addr"
 start usage-demo-app "$bin/usage-demo-app" -addr "$app_addr" -brokers "$USAGE_TEST_KAFKA"
 wait_healthy usage-demo-app "$app_addr"
@@ -193,6 +193,7 @@ printf 'tenant-01|{"plan":"PRO"}\ntenant-02|{"plan":"ENTERPRISE","anchor_day":1}
 echo
 echo "   Usage dashboard: http://$http_addr/     Quota state: http://$agg_addr/"
 echo "   Enforcement (served and refused per tenant): http://$app_addr/"
+echo "   Tenant usage pages: http://$api_addr/usage/tenant-05 (sign in with demo-key-tenant-05)   Admin: http://$api_addr/admin (demo-admin-key)"
 echo "   Metrics: http://$http_addr/metrics (consumer)  http://$agg_addr/metrics (aggregator)"
 echo "            http://$api_addr/metrics (usage-api)  http://$billing_addr/metrics (billing-sync)"
 echo "            http://$stripe_addr/metrics (fake Stripe)  http://$alerts_addr/metrics (usage-alerts)"
