@@ -2,8 +2,15 @@ package cluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,12 +27,13 @@ import (
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
-// TestSCRAM runs a private broker with a SCRAM-SHA-512 listener
+// TestKafkaSCRAMAndTLS runs a private broker with a SCRAM-SHA-512 listener
+// and a TLS listener
 // (scripts/kafka.sh KAFKA_SASL_PORT) and checks svckit.KafkaSecurity
 // against it: with the user's credentials a topic is created, written and
 // read back through the SASL listener; without SASL, or with a wrong
 // password, the broker refuses the connection.
-func TestSCRAM(t *testing.T) {
+func TestKafkaSCRAMAndTLS(t *testing.T) {
 	e := need(t)
 	base, err := freeBase()
 	if err != nil {
@@ -35,8 +43,10 @@ func TestSCRAM(t *testing.T) {
 	_, _ = rand.Read(b)
 	password := hex.EncodeToString(b)
 	dir := t.TempDir()
+	keystore, caFile := selfSigned(t)
 	env := append(os.Environ(), "KAFKA_PORT="+strconv.Itoa(base+1), "KAFKA_CONTROLLER_PORT="+strconv.Itoa(base+11),
-		"KAFKA_SASL_PORT="+strconv.Itoa(base+2), "KAFKA_SCRAM_PASSWORD="+password, "KAFKA_DIR="+dir)
+		"KAFKA_SASL_PORT="+strconv.Itoa(base+2), "KAFKA_SCRAM_PASSWORD="+password, "KAFKA_DIR="+dir,
+		"KAFKA_SSL_PORT="+strconv.Itoa(base+3), "KAFKA_SSL_KEYSTORE="+keystore)
 	script := func(args ...string) {
 		cmd := exec.Command(filepath.Join(e.root, "scripts", "kafka.sh"), args...)
 		cmd.Env = env
@@ -103,6 +113,38 @@ func TestSCRAM(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused("wrong password", badTr)
+
+	// TLS (the SSL listener): svckit.TLSConfig with the server's CA
+	// connects; without TLS, or without that CA, the connection fails.
+	sslAddr := "127.0.0.1:" + strconv.Itoa(base+3)
+	var tlsSec svckit.KafkaSecurity
+	tlsSec.TLS.Enabled, tlsSec.TLS.CAFile = true, caFile
+	tlsTr, err := tlsSec.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &kafka.Client{Addr: kafka.TCP(sslAddr), Transport: tlsTr, Timeout: 10 * time.Second}
+	if _, err := tc.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{"scram"}}); err != nil {
+		t.Errorf("metadata over TLS with the CA: %v", err)
+	}
+	refusedAt := func(what string, tr kafka.RoundTripper) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := &kafka.Client{Addr: kafka.TCP(sslAddr), Transport: tr, Timeout: 5 * time.Second}
+		if _, err := c.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{"scram"}}); err == nil {
+			t.Errorf("%s: the TLS listener answered metadata", what)
+		} else {
+			t.Logf("%s: refused: %v", what, err)
+		}
+	}
+	refusedAt("TLS listener, no TLS", &kafka.Transport{DialTimeout: 5 * time.Second})
+	var noCA svckit.KafkaSecurity
+	noCA.TLS.Enabled = true
+	noCATr, err := noCA.Transport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedAt("TLS without the server's CA", noCATr)
 
 	// The real usage-consumer with kafka_security set: it creates its
 	// topics, reads and writes every event over SCRAM; the same service
@@ -172,4 +214,37 @@ func TestKafkaSecurityConfig(t *testing.T) {
 	if tr, err := (svckit.KafkaSecurity{}).Transport(); tr != nil || err != nil {
 		t.Errorf("zero value: %v, %v; want kafka-go's default transport", tr, err)
 	}
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key:
+// the broker's keystore (PKCS#8 key, then the certificate, PEM) and the
+// certificate alone as the clients' CA file.
+func selfSigned(t *testing.T) (keystore, ca string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	dir := t.TempDir()
+	keystore, ca = filepath.Join(dir, "broker.pem"), filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(keystore, append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk}), certPEM...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ca, certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return keystore, ca
 }
