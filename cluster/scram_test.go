@@ -28,11 +28,12 @@ import (
 )
 
 // TestKafkaSCRAMAndTLS runs a private broker with a SCRAM-SHA-512 listener
-// and a TLS listener
-// (scripts/kafka.sh KAFKA_SASL_PORT) and checks svckit.KafkaSecurity
-// against it: with the user's credentials a topic is created, written and
-// read back through the SASL listener; without SASL, or with a wrong
-// password, the broker refuses the connection.
+// and a TLS listener (scripts/kafka.sh KAFKA_SASL_PORT, KAFKA_SSL_PORT) and
+// checks svckit.KafkaSecurity against it: with the user's credentials a
+// topic is created, written and read back through the SASL listener;
+// without SASL, or with a wrong password, the broker refuses the
+// connection; TLS works with the server's CA and fails without it; the
+// real usage-consumer ingests over SCRAM only with kafka_security set.
 func TestKafkaSCRAMAndTLS(t *testing.T) {
 	e := need(t)
 	base, err := freeBase()
