@@ -68,6 +68,9 @@ type adminView struct {
 	Note           string
 	SuggestRule    string
 	CacheLag       int64
+	Lags           []GroupLag
+	DLQ            *DLQTags
+	OpsErr         string
 	CacheReachable bool
 }
 
@@ -133,6 +136,21 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		if v.Changes, err = s.usage.RecentPlanChanges(r.Context(), 20); err != nil {
 			s.log.Warn("read plan changes", zap.Error(err))
 		}
+	}
+	if s.ops != nil {
+		octx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		var err error
+		if v.Lags, err = s.ops.Lag(octx); err != nil {
+			v.OpsErr = "lag could not be read"
+			s.log.Warn("read lag", zap.Error(err))
+		}
+		if d, err := s.ops.DLQCounts(octx); err != nil {
+			v.OpsErr = "lag or DLQ counts could not be read"
+			s.log.Warn("read DLQ counts", zap.Error(err))
+		} else {
+			v.DLQ = &d
+		}
+		cancel()
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'")

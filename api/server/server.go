@@ -59,6 +59,7 @@ type Server struct {
 	usage            *usageread.Reader // nil: usage reads not configured
 	auditFailed      prometheus.Counter
 	assign           *Assigner // nil: no plan changes from the admin page
+	ops              *Ops      // nil: no lag or DLQ counts on the admin page
 	plans            *plans.Config
 }
 

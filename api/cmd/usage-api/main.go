@@ -57,6 +57,17 @@ type Config struct {
 	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
 	// connection of the process (svckit.KafkaSecurity.Install).
 	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
+	// Admin names what the admin page reads from Kafka.
+	Admin AdminConfig `mapstructure:"admin"`
+}
+
+// AdminConfig: the groups whose lag the admin page shows on events_topic,
+// and the DLQ whose newest DLQScan records per partition it counts by tag.
+type AdminConfig struct {
+	ConsumerGroup   string `mapstructure:"consumer_group"`
+	AggregatorGroup string `mapstructure:"aggregator_group"`
+	DLQTopic        string `mapstructure:"dlq_topic"`
+	DLQScan         int64  `mapstructure:"dlq_scan"`
 }
 
 // HTTPConfig is the listener and its timeouts: every connection is bounded
@@ -174,8 +185,10 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 			return fmt.Errorf("clickhouse: %w", err)
 		}
 		defer func() { _ = conn.Close() }()
-		api.WithUsage(usageread.NewReader(conn, p)).WithAdmin(&server.Assigner{
-			Client: &kafka.Client{Addr: kafka.TCP(cfg.Quota.Brokers...), Timeout: server.PublishTimeout}, Topic: cfg.Quota.AssignmentTopic})
+		kc := &kafka.Client{Addr: kafka.TCP(cfg.Quota.Brokers...), Timeout: server.PublishTimeout}
+		api.WithUsage(usageread.NewReader(conn, p)).WithAdmin(&server.Assigner{Client: kc, Topic: cfg.Quota.AssignmentTopic}).
+			WithOps(&server.Ops{Client: kc, EventsTopic: cfg.EventsTopic, DLQTopic: cfg.Admin.DLQTopic, DLQScan: cfg.Admin.DLQScan,
+				Groups: []string{cfg.Admin.ConsumerGroup, cfg.Admin.AggregatorGroup}})
 	}
 	srv, err := listen(cfg.HTTP, reg, api, log)
 	if err != nil {
@@ -236,12 +249,16 @@ func load(flags *pflag.FlagSet, demo bool) (Config, map[string]any, error) {
 	c.Log.Level = "info"
 	c.ClickHouse = chconn.DefaultConfig()
 	c.ClickHouse.Addr = nil // off unless configured
+	c.Admin = AdminConfig{ConsumerGroup: "usage-consumer", AggregatorGroup: "usage-aggregator", DLQTopic: "usage.events.dlq", DLQScan: 10000}
 	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"}, &c)
 	if err != nil {
 		return Config{}, nil, err
 	}
 	if err := c.Quota.Validate(); err != nil {
 		return Config{}, nil, fmt.Errorf("quota: %w", err)
+	}
+	if c.Admin.DLQScan <= 0 {
+		return Config{}, nil, fmt.Errorf("admin.dlq_scan must be > 0 (got %d): the newest records per DLQ partition the admin page counts", c.Admin.DLQScan)
 	}
 	if c.API.MaxBodyBytes <= 0 || c.API.MaxWait < 0 {
 		return Config{}, nil, errors.New("api.max_body_bytes must be > 0 and api.max_wait >= 0")
