@@ -8,6 +8,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/usagemeter/usagemeter/svckit/chconn"
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
@@ -86,6 +87,36 @@ func TestReplicatedClickHouse(t *testing.T) {
 	for tenant, n := range where {
 		if n != 1 {
 			t.Errorf("tenant %s is on %d servers, want 1", tenant, n)
+		}
+	}
+}
+
+// TestClickHouseTLS: chconn with clickhouse.tls (the server's CA), user and
+// password connects to server 1's TLS native port; without TLS, or without
+// that CA, it fails.
+func TestClickHouseTLS(t *testing.T) {
+	e := need(t)
+	cfg := chconn.DefaultConfig()
+	cfg.Addr, cfg.Username, cfg.Password, cfg.Database = e.chTLS[:1], e.chUser, e.chPass, testenv.Name("tls")
+	cfg.DialTimeout = 3 * time.Second
+	cfg.TLS.Enabled, cfg.TLS.CAFile = true, e.tls.cert
+	conn, err := chconn.Open(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("TLS with the CA: %v", err)
+	}
+	var n uint8
+	if err := conn.QueryRow(t.Context(), "SELECT 1").Scan(&n); err != nil || n != 1 {
+		t.Errorf("SELECT 1 over TLS: %d, %v", n, err)
+	}
+	_ = conn.Exec(t.Context(), "DROP DATABASE IF EXISTS `"+cfg.Database+"`")
+	_ = conn.Close()
+	for what, c := range map[string]chconn.Config{"no TLS": func() chconn.Config { c := cfg; c.TLS.Enabled, c.TLS.CAFile = false, ""; return c }(),
+		"TLS without the CA": func() chconn.Config { c := cfg; c.TLS.CAFile = ""; return c }()} {
+		if conn, err := chconn.Open(t.Context(), c); err == nil {
+			_ = conn.Close()
+			t.Errorf("%s: connected to the TLS port", what)
+		} else {
+			t.Logf("%s: refused: %v", what, err)
 		}
 	}
 }

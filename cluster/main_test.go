@@ -26,7 +26,9 @@ type engines struct {
 	kafka           []string // the 3 brokers
 	clickhouse      []string // the 2 ClickHouse servers
 	chUser, chPass  string   // the services' ClickHouse user (a password set)
-	consumer, agg   string   // binaries
+	chTLS           []string // each server's TLS native port
+	tls             certFiles
+	consumer, agg   string // binaries
 }
 
 var suite *engines
@@ -73,7 +75,11 @@ func startEngines() (*engines, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &engines{root: root, dir: dir, base: strconv.Itoa(base), consumer: bins[0], agg: bins[1]}
+	e := &engines{root: root, dir: dir, base: strconv.Itoa(base), consumer: bins[0], agg: bins[1],
+		chTLS: []string{"127.0.0.1:" + strconv.Itoa(base+61), "127.0.0.1:" + strconv.Itoa(base+62)}}
+	if e.tls, err = writeSelfSigned(dir); err != nil {
+		return e, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	out, err := e.script(ctx, "start")
@@ -105,7 +111,7 @@ func startEngines() (*engines, error) {
 // shared engines (19000-19093) and the fault suite (which uses the same
 // kind of random ports, one at a time).
 func freeBase() (int, error) {
-	offsets := []int{1, 2, 3, 11, 12, 13, 20, 31, 32, 41, 42, 51, 52}
+	offsets := []int{1, 2, 3, 11, 12, 13, 20, 31, 32, 41, 42, 51, 52, 61, 62}
 	for range 200 {
 		base := 20000 + rand.IntN(12000)
 		ok := true
@@ -127,7 +133,8 @@ func freeBase() (int, error) {
 // script runs scripts/cluster.sh on this run's ports and directory.
 func (e *engines) script(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(e.root, "scripts", "cluster.sh"), args...)
-	cmd.Env = append(os.Environ(), "CLUSTER_BASE_PORT="+e.base, "CLUSTER_DIR="+filepath.Join(e.dir, "engines"))
+	cmd.Env = append(os.Environ(), "CLUSTER_BASE_PORT="+e.base, "CLUSTER_DIR="+filepath.Join(e.dir, "engines"),
+		"CLUSTER_CH_TLS_CERT="+e.tls.cert, "CLUSTER_CH_TLS_KEY="+e.tls.key)
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

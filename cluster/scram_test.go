@@ -222,9 +222,20 @@ func TestKafkaSecurityConfig(t *testing.T) {
 // certificate alone as the clients' CA file.
 func selfSigned(t *testing.T) (keystore, ca string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := writeSelfSigned(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c.keystore, c.cert
+}
+
+// certFiles are PEM files of one self-signed certificate.
+type certFiles struct{ key, cert, keystore string }
+
+func writeSelfSigned(dir string) (certFiles, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return certFiles{}, err
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
@@ -232,20 +243,19 @@ func selfSigned(t *testing.T) (keystore, ca string) {
 		IsCA: true, BasicConstraintsValid: true}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return certFiles{}, err
 	}
 	pk, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return certFiles{}, err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	dir := t.TempDir()
-	keystore, ca = filepath.Join(dir, "broker.pem"), filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(keystore, append(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk}), certPEM...), 0o600); err != nil {
-		t.Fatal(err)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})
+	c := certFiles{key: filepath.Join(dir, "key.pem"), cert: filepath.Join(dir, "cert.pem"), keystore: filepath.Join(dir, "keystore.pem")}
+	for path, b := range map[string][]byte{c.key: keyPEM, c.cert: certPEM, c.keystore: append(append([]byte(nil), keyPEM...), certPEM...)} {
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return certFiles{}, err
+		}
 	}
-	if err := os.WriteFile(ca, certPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return keystore, ca
+	return c, nil
 }

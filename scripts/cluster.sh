@@ -12,7 +12,8 @@
 # its controller on base+10+i, ZooKeeper on base+20, ClickHouse i on base+30+i
 # (native), base+40+i (http), base+50+i (interserver)), CLUSTER_DIR
 # (.cache/run/cluster-$CLUSTER_BASE_PORT), CLUSTER_KAFKA_HEAP (-Xmx384m -Xms64m),
-# CLUSTER_CH_PASSWORD (usage-cluster: the password of ClickHouse user "usage").
+# CLUSTER_CH_PASSWORD (usage-cluster: the password of ClickHouse user "usage"),
+# CLUSTER_CH_TLS_CERT + CLUSTER_CH_TLS_KEY (PEM; TLS native port base+60+i).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -26,6 +27,12 @@ CH_NODES=(1 2)
 ZK_PORT=$((BASE + 20))
 # Password of the ClickHouse user "usage" the services log in as.
 CH_PASSWORD="${CLUSTER_CH_PASSWORD:-usage-cluster}"
+# With both set (PEM files), each ClickHouse server also serves TLS on base+60+i.
+CH_TLS_CERT="${CLUSTER_CH_TLS_CERT:-}"
+CH_TLS_KEY="${CLUSTER_CH_TLS_KEY:-}"
+if [[ -n $CH_TLS_CERT$CH_TLS_KEY && ! ( -s $CH_TLS_CERT && -s $CH_TLS_KEY ) ]]; then
+  die "CLUSTER_CH_TLS_CERT and CLUSTER_CH_TLS_KEY: both must name PEM files"
+fi
 [[ $CH_PASSWORD =~ ^[A-Za-z0-9._-]+$ ]] || die "CLUSTER_CH_PASSWORD: letters, digits, . _ - only (it goes into XML)"
 
 broker_port() { echo $((BASE + $1)); }
@@ -255,6 +262,27 @@ $shards        </usage>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
 </yandex>
 EOF
+  if [[ -n $CH_TLS_CERT ]]; then
+    # TLS on the native protocol (clickhouse.tls in the services).
+    cat >"$d/tls.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+    <tcp_port_secure>$((BASE + 60 + n))</tcp_port_secure>
+    <openSSL>
+        <server>
+            <certificateFile>$CH_TLS_CERT</certificateFile>
+            <privateKeyFile>$CH_TLS_KEY</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>
+</yandex>
+EOF
+  else
+    rm -f "$d/tls.xml"
+  fi
   # Merged into clickhouse.sh's users.xml: an insert into a Distributed
   # table returns once the shard holds the rows, not once they are queued
   # on the server the client wrote to (see schemas/migrations Variant).
