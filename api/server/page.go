@@ -78,6 +78,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 
 type meterView struct {
 	Meter, Aggregation, Usage, Limit, Remaining, Percent string
+	Stored                                               string // usage_period by the meter's own aggregation, when it differs from the cache's
 	Unlimited                                            bool
 	Color                                                string // ok, amber, red
 	Width                                                float64
@@ -166,6 +167,11 @@ func (s *Server) tenantPage(w http.ResponseWriter, r *http.Request) {
 		d := decisions[i]
 		agg, _ := s.cache.Aggregation(m)
 		mv := meterView{Meter: m, Aggregation: string(agg), Usage: d.Usage.String(), Level: d.Level, Unlimited: d.Unlimited, Color: "ok"}
+		for _, row := range daily {
+			if row.Group == "period" && row.Meter == m && row.Value != mv.Usage {
+				mv.Stored = row.Value
+			}
+		}
 		pct := float64(d.Percentage) / 100
 		if !d.Unlimited {
 			mv.Limit, mv.Remaining = d.Limit.String(), d.Remaining.String()
@@ -192,7 +198,7 @@ func (s *Server) tenantPage(w http.ResponseWriter, r *http.Request) {
 				vals[j] = "0"
 			}
 			for _, row := range daily {
-				if row.Meter == m {
+				if row.Meter == m && row.Group == "" {
 					if j := int(row.Window.Sub(start).Hours() / 24); j >= 0 && j < elapsed {
 						f, _ := decimal.RequireFromString(row.Value).Float64() // plotted only
 						series[j], vals[j] = f, row.Value
@@ -250,6 +256,18 @@ func (s *Server) pageRows(ctx context.Context, tenant string, start, end, now ti
 	if s.usage == nil {
 		return nil, nil, nil, nil
 	}
+	// The period by meter first: appended to daily with Group "period".
+	pr := usageread.Request{Tenant: tenant, From: start, To: end, Granularity: usageread.Period, GroupBy: usageread.ByMeter, Limit: usageread.MaxLimit}
+	periods, err := s.usage.Read(ctx, pr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer func() {
+		for _, r := range periods.Rows {
+			r.Group = "period"
+			daily = append(daily, r)
+		}
+	}()
 	req := usageread.Request{Tenant: tenant, From: start, To: end, Granularity: usageread.Day, GroupBy: usageread.ByMeter, Limit: usageread.MaxLimit}
 	pg, err := s.usage.Read(ctx, req)
 	if err != nil {

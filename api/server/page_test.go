@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/csv"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +91,22 @@ func TestPagesInChromium(t *testing.T) {
 	if err := b.Send(); err != nil {
 		t.Fatal(err)
 	}
+	pb, err := conn.PrepareBatch(context.Background(), `INSERT INTO usage_period (tenant_id, feature_type, subject, period_id, period_start,
+ period_end, plan, aggregation, value, events, latest_ns, source_partition, source_offset, updated_at, version)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Append("tenant-a", "ai_generation", "u1", period.ID, period.Start, period.End, "FREE", "sum", decimal.NewFromInt(45),
+		uint64(45), int64(0), int32(0), int64(1), now, uint64(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Append("acme", "ai_generation", "u1", period.ID, period.Start, period.End, "PRO", "sum", decimal.NewFromInt(int64(7*elapsed)),
+		uint64(elapsed), int64(0), int32(0), int64(1), now, uint64(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Send(); err != nil {
+		t.Fatal(err)
+	}
 	p, err := plans.Load(filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -173,5 +190,16 @@ func TestPagesInChromium(t *testing.T) {
 	screenshot(t, ctx, "pro-tenant-unlimited")
 	if inf, c, n := text("#meter-ai_generation .limit"), attr("#meter-ai_generation", "data-color"), count("#meter-ai_generation circle.pt"); inf != "∞" || c != "ok" || n != elapsed {
 		t.Fatalf("PRO: limit %q color %q points %d", inf, c, n)
+	}
+	// No quota state for acme yet: the stored period total (usage_period,
+	// seeded below by the day rows' sum) is shown beside the cache's 0.
+	if got := text("#meter-ai_generation .stored"); got != fmt.Sprint(7*elapsed) {
+		t.Fatalf("PRO stored total %q, want %d", got, 7*elapsed)
+	}
+	// The admin page lists tenant-a at 90 % of its limit.
+	must(chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/admin"), chromedp.WaitVisible(chromedp.ID("tenants"))))
+	screenshot(t, ctx, "admin")
+	if pct := text(`#tenants tr[data-tenant="tenant-a"] .pct`); pct != "90" {
+		t.Fatalf("admin page: tenant-a at %q %%, want 90", pct)
 	}
 }
