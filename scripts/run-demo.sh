@@ -185,7 +185,7 @@ wait_healthy usage-billing-sync "$billing_addr"
 echo "== starting usage-api on $api_addr and usage-demo-app on $app_addr (logs: $run_dir/usage-api.log, $run_dir/usage-demo-app.log)"
 start usage-api env USAGE_QUOTA_BROKERS="$USAGE_TEST_KAFKA" USAGE_CLICKHOUSE_ADDR="$ch" USAGE_HTTP_ADDR="$api_addr" "$bin/usage-api" --demo
 wait_healthy usage-api "$api_addr"
-start usage-demo-app "$bin/usage-demo-app" -addr "$app_addr" -brokers "$USAGE_TEST_KAFKA"
+start usage-demo-app "$bin/usage-demo-app" -addr "$app_addr" -brokers "$USAGE_TEST_KAFKA" -outbox-dir "$run_dir/demo-app-outbox"
 wait_healthy usage-demo-app "$app_addr"
 # Demo plan changes, live: two tenants move off the default FREE plan.
 printf 'tenant-01|{"plan":"PRO"}\ntenant-02|{"plan":"ENTERPRISE","anchor_day":1}\n' |

@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +41,7 @@ func main() {
 		state     = flag.String("state-topic", quota.DefaultConfig().StateTopic, "quota state topic")
 		assign    = flag.String("assignment-topic", quota.DefaultConfig().AssignmentTopic, "plan assignments topic")
 		timeout   = flag.Duration("read-timeout", 10*time.Second, "the longest a request may take to arrive, body included")
+		outboxDir = flag.String("outbox-dir", "", "keep served but undelivered usage here across restarts (empty: memory only)")
 	)
 	flag.Parse()
 	log, _ := zap.NewProduction()
@@ -50,7 +50,7 @@ func main() {
 	defer stop()
 	cfg := quota.DefaultConfig()
 	cfg.Brokers, cfg.StateTopic, cfg.AssignmentTopic = strings.Split(*brokers, ","), *state, *assign
-	if err := run(ctx, *addr, cfg, *plansFile, *events, *upgrade, *timeout, log); err != nil {
+	if err := run(ctx, *addr, cfg, *plansFile, *events, *upgrade, *outboxDir, *timeout, log); err != nil {
 		log.Error("usage-demo-app failed", zap.Error(err))
 		os.Exit(1)
 	}
@@ -115,7 +115,7 @@ func record(w http.ResponseWriter) (_ http.ResponseWriter, status func() int) {
 	}
 }
 
-func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, upgrade string, readTimeout time.Duration, log *zap.Logger) error {
+func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, upgrade, outboxDir string, readTimeout time.Duration, log *zap.Logger) error {
 	p, err := plans.Load(plansFile)
 	if err != nil {
 		return err
@@ -125,23 +125,31 @@ func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, 
 	if err != nil {
 		return err
 	}
-	var lost atomic.Int64
-	pub, err := producer.New(brokers, producer.WithTopic(events), producer.WithAsync(func(err error, evs []schemas.UsageEvent) {
-		lost.Add(int64(len(evs)))
-		log.Warn("usage events not delivered", zap.Int("events", len(evs)), zap.Error(err))
-	}))
+	// A sync publisher behind the middleware's outbox: the response never
+	// waits for it (the outbox delivers in batches), a failed delivery stays
+	// in the outbox and is retried, and acknowledged events let the cache
+	// expire their pending (quota/README.md).
+	pub, err := producer.New(brokers, producer.WithTopic(events))
 	if err != nil {
 		return err
 	}
 	defer func() { _ = pub.Close() }()
 	go func() { _ = cache.Run(ctx) }()
+	outbox, err := quota.NewOutbox(quota.OutboxConfig{Dir: outboxDir}, quota.NewProducerTracker(pub), log.Named("outbox"))
+	if err != nil {
+		return err
+	}
+	outboxCtx, stopOutbox := context.WithCancel(context.Background())
+	defer stopOutbox()
+	outboxDone := make(chan struct{})
+	go func() { defer close(outboxDone); _ = outbox.Run(outboxCtx) }()
 
 	mw, err := quota.NewMiddleware(cache, quota.MiddlewareConfig{
 		Meter:      schemas.MeterAIGeneration,
 		Tenant:     func(r *http.Request) string { return r.Header.Get("X-Tenant") },
 		UserID:     func(r *http.Request) string { return r.Header.Get("X-User") },
 		UpgradeURL: upgrade,
-		Tracker:    quota.NewProducerTracker(pub),
+		Tracker:    outbox,
 		OnTrackError: func(err error) {
 			log.Warn("tracking failed", zap.Error(err))
 		},
@@ -163,7 +171,7 @@ func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, 
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"live":true}` + "\n")) })
 	mux.Handle("GET /readyz", server.Readiness(cache))
 	mux.Handle("GET /healthz", server.Readiness(cache))
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { page(w, r, cache, mw, t, lost.Load()) })
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { page(w, r, cache, mw, t) })
 	// Serve once the cache has caught up: before that it knows no usage.
 	if err := cache.WaitReady(ctx); err != nil {
 		return err
@@ -186,6 +194,9 @@ func run(ctx context.Context, addr string, cfg quota.Config, plansFile, events, 
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	stopOutbox() // what it still holds stays in -outbox-dir for the next start
+	<-outboxDone
+	log.Info("usage-demo-app stopped", zap.Int("undelivered", outbox.Len()), zap.String("outbox_dir", outboxDir))
 	return nil
 }
 
@@ -195,7 +206,7 @@ var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html><html><h
 .blocked{color:#b00}.big{font-size:1.4em}</style></head><body>
 <h1>usage-demo-app: POST /v1/generate behind quota.Middleware (ai_generation)</h1>
 <p class="big"><b>{{.Refused}}</b> requests refused with 402 (limit), {{.RateLimited}} with 429; {{.OK}} served.
-Tracked {{.Stats.Tracked}} usage events, {{.Stats.TrackFailures}} tracking failures, {{.Lost}} not delivered.</p>
+Tracked {{.Stats.Tracked}} usage events, {{.Stats.TrackFailures}} tracking failures, {{.Backlog}} waiting in the outbox for the broker.</p>
 <p>Quota cache: {{.Cache.States}} states read, lag {{.Cache.Lag}} records, broker reachable: {{.Cache.Reachable}}.</p>
 <table><tr><th>tenant</th><th>plan</th><th>served</th><th>refused (402)</th><th>usage</th><th>limit</th><th>level</th><th>pending</th><th>state age</th></tr>
 {{range .Rows}}<tr><td>{{.Tenant}}</td><td>{{.Plan}}</td><td>{{.C.OK}}</td><td class="blocked">{{.C.Refused}}</td><td>{{.Usage}}</td><td>{{.Limit}}</td>
@@ -207,7 +218,7 @@ type row struct {
 	C                                               counts
 }
 
-func page(w http.ResponseWriter, r *http.Request, cache *quota.Cache, mw *quota.Middleware, t *tally, lost int64) {
+func page(w http.ResponseWriter, r *http.Request, cache *quota.Cache, mw *quota.Middleware, t *tally) {
 	t.mu.Lock()
 	var rows []row
 	var total counts
@@ -224,7 +235,7 @@ func page(w http.ResponseWriter, r *http.Request, cache *quota.Cache, mw *quota.
 	slices.SortFunc(rows, func(a, b row) int { return strings.Compare(a.Tenant, b.Tenant) })
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	err := pageTmpl.Execute(w, map[string]any{"Rows": rows, "Refused": total.Refused, "RateLimited": total.RateLimited,
-		"OK": total.OK, "Stats": mw.Stats(), "Cache": cache.Stats(), "Lost": lost})
+		"OK": total.OK, "Stats": mw.Stats(), "Cache": cache.Stats(), "Backlog": mw.Outbox().Len()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "page:", err)
 	}
