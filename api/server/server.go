@@ -282,10 +282,20 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	// The request is decided: publishing must not depend on the client
 	// staying connected.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), PublishTimeout)
+	if !d.Duplicate {
+		// Held, then acknowledged once published, so that its pending
+		// expires when the aggregator's position covers it (a refused or
+		// already counted event does not stay pending until the period ends).
+		s.cache.Hold(d, &ev)
+	}
 	err := s.tracker.Track(ctx, &ev)
 	cancel()
+	if err == nil && !d.Duplicate {
+		s.cache.Acknowledged([]schemas.UsageEvent{ev})
+	}
 	if err != nil {
 		if !d.Duplicate { // a duplicate counted nothing; its first attempt may have been published
+			s.cache.Unhold(&ev)
 			s.cache.Release(d)
 			s.cache.ForgetEvent(&ev)
 		}

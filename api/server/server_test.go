@@ -315,3 +315,28 @@ func TestValidatorCatchesWrongBodies(t *testing.T) {
 		}
 	}
 }
+
+// A tracked event is held and acknowledged, so its pending expires like
+// the middleware's (quota/README.md): here no aggregator ever absorbs the
+// 5 events, and after max_pending_age the tenant's usage is the published
+// state again instead of staying pending until the period ends.
+func TestTrackedPendingExpires(t *testing.T) {
+	p, err := plans.Load(filepath.Join(testenv.RepoRoot(t), "schemas", "plans", "plans.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvPlans(t, p, func(c *quota.Config) { c.PositionTopic, c.MaxPendingAge = "", time.Second })
+	e.publishState("tenant-a", "ai_generation", 45)
+	for i := 0; i < 5; i++ {
+		if a := e.do("POST", "/v1/track", keyA, `{"tenant_id":"tenant-a","feature_type":"ai_generation"}`); a.status != 200 {
+			t.Fatalf("track %d: %d %s", i, a.status, a.raw)
+		}
+	}
+	if a := e.do("POST", "/v1/track", keyA, `{"tenant_id":"tenant-a","feature_type":"ai_generation"}`); a.status != 402 {
+		t.Fatalf("51st: %d %s", a.status, a.raw)
+	}
+	testenv.Eventually(t, 10*time.Second, "pending of the 5 tracked events expires", func() (bool, error) {
+		a := e.do("POST", "/v1/check", keyA, `{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":1}`)
+		return a.status == 200 && a.body["allowed"] == true && a.body["usage"] == "45", nil
+	})
+}
