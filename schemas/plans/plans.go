@@ -92,6 +92,9 @@ type Assignment struct {
 	// tenant's current assignment, so a replayed or reordered record never
 	// regresses a plan. 0 means unordered (always applies).
 	Version int64 `mapstructure:"version"`
+	// Grants are one-off quota increases for named periods (see Grant);
+	// nil when none. Only run-time records carry them, never the file.
+	Grants *Grants `mapstructure:"-"`
 }
 
 // Config is the meters-and-plans file.
@@ -269,6 +272,16 @@ func (c *Config) Assign(tenant string, a *Assignment) error {
 	}
 	if a.AnchorDay < 0 || a.AnchorDay > 31 {
 		return fmt.Errorf("plan assignment for %s: anchor_day %d is not in 1..31", tenant, a.AnchorDay)
+	}
+	if a.Grants != nil {
+		if len(a.Grants.List) > MaxGrants {
+			return fmt.Errorf("plan assignment for %s: grants: %d grants, at most %d", tenant, len(a.Grants.List), MaxGrants)
+		}
+		for i, g := range a.Grants.List {
+			if err := g.Validate(fmt.Sprintf("grants[%d]", i)); err != nil {
+				return fmt.Errorf("plan assignment for %s: %w", tenant, err)
+			}
+		}
 	}
 	if cur, ok := c.Tenants[tenant]; ok && a.Version != 0 && a.Version < cur.Version {
 		return fmt.Errorf("plan assignment for %s: version %d is older than the current %d: %w", tenant, a.Version, cur.Version, ErrStaleAssignment)

@@ -5,11 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/shopspring/decimal"
 )
 
 // The compacted topic usage.plan-assignments carries one record per tenant:
-// key = tenant_id, value = {"plan": "PRO", "anchor_day": 15, "version": 1732780800}
-// (anchor_day and version optional). An empty value (a tombstone) reverts
+// key = tenant_id, value = {"plan": "PRO", "anchor_day": 15, "version": 1732780800,
+// "grants": [{"meter": "ai_generation", "period": "2026-11", "amount": "10"}]}
+// (anchor_day, version and grants optional; a grant's amount is a decimal
+// string, exact). A record without grants reads and writes as before, so
+// older readers and writers agree on it; a reader older than grants
+// refuses a record with them (unknown field) rather than misread it. An empty value (a tombstone) reverts
 // the tenant to the config file or the default plan. Every reader (the
 // aggregator, quota caches, usage-api) and writer (operators, billing-sync)
 // uses these two functions, so they cannot disagree on the format.
@@ -18,7 +24,14 @@ import (
 type assignmentJSON struct {
 	Plan      string `json:"plan"`
 	AnchorDay int    `json:"anchor_day,omitempty"`
-	Version   int64  `json:"version,omitempty"`
+	Version   int64       `json:"version,omitempty"`
+	Grants    []grantJSON `json:"grants,omitempty"`
+}
+
+type grantJSON struct {
+	Meter  string          `json:"meter"`
+	Period string          `json:"period"`
+	Amount decimal.Decimal `json:"amount"`
 }
 
 // ParseAssignmentRecord decodes one record. A nil Assignment is a
@@ -41,7 +54,20 @@ func ParseAssignmentRecord(key, value []byte) (tenant string, a *Assignment, err
 	if v.Plan == "" {
 		return tenant, nil, fmt.Errorf("plan assignment for %s: plan is required", tenant)
 	}
-	return tenant, &Assignment{Plan: v.Plan, AnchorDay: v.AnchorDay, Version: v.Version}, nil
+	a = &Assignment{Plan: v.Plan, AnchorDay: v.AnchorDay, Version: v.Version}
+	if len(v.Grants) > MaxGrants {
+		return tenant, nil, fmt.Errorf("plan assignment for %s: grants: %d grants, at most %d", tenant, len(v.Grants), MaxGrants)
+	}
+	if len(v.Grants) > 0 {
+		a.Grants = &Grants{List: make([]Grant, len(v.Grants))}
+		for i, g := range v.Grants {
+			a.Grants.List[i] = Grant(g)
+			if err := a.Grants.List[i].Validate(fmt.Sprintf("grants[%d]", i)); err != nil {
+				return tenant, nil, fmt.Errorf("plan assignment for %s: %w", tenant, err)
+			}
+		}
+	}
+	return tenant, a, nil
 }
 
 // AssignmentRecord encodes one record; a nil a is a tombstone.
@@ -49,6 +75,12 @@ func AssignmentRecord(tenant string, a *Assignment) (key, value []byte) {
 	if a == nil {
 		return []byte(tenant), nil
 	}
-	value, _ = json.Marshal(assignmentJSON{Plan: a.Plan, AnchorDay: a.AnchorDay, Version: a.Version})
+	v := assignmentJSON{Plan: a.Plan, AnchorDay: a.AnchorDay, Version: a.Version}
+	if a.Grants != nil {
+		for _, g := range a.Grants.List {
+			v.Grants = append(v.Grants, grantJSON(g))
+		}
+	}
+	value, _ = json.Marshal(v)
 	return []byte(tenant), value
 }
