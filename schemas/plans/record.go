@@ -22,8 +22,8 @@ import (
 
 // assignmentJSON is the record's value.
 type assignmentJSON struct {
-	Plan      string `json:"plan"`
-	AnchorDay int    `json:"anchor_day,omitempty"`
+	Plan      string      `json:"plan"`
+	AnchorDay int         `json:"anchor_day,omitempty"`
 	Version   int64       `json:"version,omitempty"`
 	Grants    []grantJSON `json:"grants,omitempty"`
 }
