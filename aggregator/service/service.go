@@ -851,7 +851,8 @@ func (s *Service) quotaState(q state.Quota, now time.Time) schemas.QuotaState {
 // QuotaState is the QuotaState message of a quota total under p's plans
 // (also what reconcile publishes for the totals it repairs).
 func QuotaState(p *plans.Config, q state.Quota, now time.Time) schemas.QuotaState {
-	plan, quota, _ := p.QuotaFor(q.Tenant, q.Meter)
+	plan, quota, a := p.QuotaFor(q.Tenant, q.Meter)
+	quota = plans.WithGrants(quota, a, q.Meter, q.PeriodID) // a one-off grant raises this period's limit only
 	ev := plans.Evaluate(quota, q.Usage)
 	qs := schemas.QuotaState{
 		TenantID: q.Tenant, FeatureType: q.Meter, Period: q.PeriodID, Plan: plan,
