@@ -630,6 +630,11 @@ func (c *Cache) refresh(e *entry, snap *plansSnapshot, a plans.Assignment, now t
 	}
 	q := c.quotaFor(a.Plan, e.key.meter)
 	p := plans.PeriodOf(q.q, a.AnchorDay, now)
+	if g := plans.WithGrants(q.q, a, e.key.meter, p.ID); !g.Limit.Equal(q.q.Limit) {
+		// A one-off grant for this period: this view's own limit (built
+		// here, off the hot path; the next period's view has none).
+		q = newQuotaInfo(q.plan, q.meter, g, q.rate, q.agg)
+	}
 	v := &view{assign: a, q: q, period: p.ID, start: p.Start.UnixNano(), end: p.End.UnixNano(), resetAt: p.End}
 	if old != nil && old.period == p.ID {
 		v.b = old.b
@@ -640,7 +645,7 @@ func (c *Cache) refresh(e *entry, snap *plansSnapshot, a plans.Assignment, now t
 		v.usage, v.held = h.usage, h
 	}
 	switch {
-	case old != nil && old.q == q:
+	case old != nil && old.q.plan == q.plan && old.q.rate == q.rate:
 		v.lim = old.lim
 	case q.rate.PerSecond > 0:
 		v.lim = rate.NewLimiter(rate.Limit(q.rate.PerSecond), q.rate.Burst)
@@ -666,6 +671,13 @@ func (c *Cache) Stats() Stats {
 	return Stats{States: c.stats.states.Load(), Assignments: c.stats.assignments.Load(), Invalid: c.stats.invalid.Load(),
 		StaleStates: c.stats.staleStates.Load(), Evicted: c.stats.evicted.Load(), Entries: c.tab.len(),
 		Lag: c.lag.Load(), Reachable: c.reachable.Load()}
+}
+
+// Assignment returns the tenant's assignment as this cache has read it
+// (plan, anchor day, version, grants): what a new record for the tenant
+// builds on.
+func (c *Cache) Assignment(tenant string) plans.Assignment {
+	return c.snap.Load().assignment(tenant)
 }
 
 // Meters returns the tenant's plan and every meter it has a quota or a
