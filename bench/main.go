@@ -37,6 +37,7 @@ type options struct {
 	out                        string
 	workDir                    string
 	perfDir                    string
+	aggSettings                []string // extra USAGE_* settings of usage-aggregator
 }
 
 // Record is one run of one mode: the line written to --out.
@@ -58,6 +59,7 @@ type Record struct {
 	Notes       []string               `json:"notes,omitempty"`
 	Error       string                 `json:"error,omitempty"`
 	CPUPerEvent float64                `json:"pipeline_cpu_us_per_event"` // the processes that do the work, without publisher and broker
+	Settings    []string               `json:"aggregator_settings,omitempty"`
 }
 
 // Check is one exactness check after a phase: what was expected, what the
@@ -90,6 +92,13 @@ func main() {
 	flag.StringVar(&o.out, "out", ".cache/bench/runs.jsonl", "JSON lines file the records are appended to")
 	flag.StringVar(&o.workDir, "dir", "", "directory for logs and plans (default: a temporary one)")
 	flag.StringVar(&o.perfDir, "perf", "", "pipeline mode: record `perf record -g` of usage-consumer and usage-aggregator during the throughput phase into this directory")
+	flag.Func("aggregator-env", "an extra USAGE_*=value setting for usage-aggregator (repeatable), e.g. USAGE_AGGREGATOR_FLUSH_INTERVAL=250ms", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || !strings.HasPrefix(k, "USAGE_") {
+			return fmt.Errorf("%q: want USAGE_NAME=value", v)
+		}
+		o.aggSettings = append(o.aggSettings, v)
+		return nil
+	})
 	table := flag.String("table", "", "print the README's markdown table from this results file and exit")
 	flag.Parse()
 	if *table != "" {
@@ -109,7 +118,7 @@ func main() {
 	failed := false
 	for _, m := range o.modes {
 		rec := Record{Time: time.Now().UTC().Format(time.RFC3339), Mode: m, Commit: gitCommit(), CPUs: runtime.NumCPU(),
-			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Partitions: partitions}
+			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Partitions: partitions, Settings: o.aggSettings}
 		var err error
 		switch m {
 		case "pipeline":

@@ -86,6 +86,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		"USAGE_AGGREGATOR_GROUP_ID="+n.aggGroup, "USAGE_AGGREGATOR_QUOTA_TOPIC="+n.quota,
 		"USAGE_AGGREGATOR_LATE_TOPIC="+n.late, "USAGE_AGGREGATOR_DLQ_TOPIC="+n.dlq,
 		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+n.asg)...)
+	aggEnv = append(aggEnv, o.aggSettings...)
 	mig := command(o.consumerBin, consumerEnv, "migrate")
 	if out, err := mig.CombinedOutput(); err != nil {
 		return fmt.Errorf("usage-consumer migrate: %w\n%s", err, out)
