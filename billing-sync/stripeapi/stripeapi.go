@@ -505,24 +505,45 @@ func (c *Client) Subscriptions(ctx context.Context, customer string) ([]Subscrip
 	return out, err
 }
 
-// AllSubscriptions lists every subscription of the account (status=all,
-// 100 per call) by customer: one listing for all tenants instead of a
-// call per tenant.
+// AllSubscriptions lists every subscription of the account (status=all)
+// by customer: one listing for all tenants instead of a call per tenant.
+// Each page of 100 is its own call (own attempt timeout and retries), so
+// a listing of tens of thousands never has to fit in one attempt.
 func (c *Client) AllSubscriptions(ctx context.Context) (map[string][]Subscription, error) {
 	out := map[string][]Subscription{}
-	err := c.do(ctx, "subscriptions", "", func(ctx context.Context) error {
-		clear(out)
-		p := &stripe.SubscriptionListParams{Status: stripe.String("all")}
-		p.Context = ctx
-		p.Limit = stripe.Int64(100)
-		it := c.api.Subscriptions.List(p)
-		for it.Next() {
-			sub := subscriptionOf(it.Subscription())
+	after := ""
+	for {
+		var page []Subscription
+		more := false
+		err := c.do(ctx, "subscriptions", "", func(ctx context.Context) error {
+			page = page[:0]
+			p := &stripe.SubscriptionListParams{Status: stripe.String("all")}
+			p.Context = ctx
+			p.Limit = stripe.Int64(100)
+			if after != "" {
+				p.StartingAfter = stripe.String(after)
+			}
+			it := c.api.Subscriptions.List(p)
+			for len(page) < 100 && it.Next() { // stop before the iterator fetches the next page
+				page = append(page, subscriptionOf(it.Subscription()))
+			}
+			if err := it.Err(); err != nil {
+				return err
+			}
+			more = it.SubscriptionList() != nil && it.SubscriptionList().HasMore
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, sub := range page {
 			out[sub.Customer] = append(out[sub.Customer], sub)
 		}
-		return it.Err()
-	})
-	return out, err
+		if !more || len(page) == 0 {
+			return out, nil
+		}
+		after = page[len(page)-1].ID
+	}
 }
 
 func subscriptionOf(s *stripe.Subscription) Subscription {

@@ -57,7 +57,7 @@ func TestSubscriptionModel(t *testing.T) {
 
 	cfg := stripeapi.DefaultConfig()
 	cfg.APIKey, cfg.URL, cfg.Rate, cfg.Burst = "sk_test_123", srv, 1000, 100
-	cfg.MaxAttempts, cfg.RetryMin, cfg.RetryMax, cfg.Timeout = 1, time.Millisecond, 5*time.Millisecond, 2*time.Second
+	cfg.MaxAttempts, cfg.RetryMin, cfg.RetryMax, cfg.Timeout = 1, time.Millisecond, 5*time.Millisecond, 30*time.Second // the first check of a schema compiles it: seconds on a busy machine
 	api := stripeapi.New(cfg, zap.NewNop(), nil)
 	sc := client.New("sk_test_123", &stripe.Backends{API: stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL: stripe.String(srv), MaxNetworkRetries: stripe.Int64(0), LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelNull}})})

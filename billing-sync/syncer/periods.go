@@ -125,10 +125,14 @@ func (s *Syncer) subscriptionsOf(ctx context.Context, customer string) ([]stripe
 	_, known := s.subs[customer]
 	// A customer with none listed (a new sign-up) re-lists at most once
 	// per pass, as customers do.
+	if s.subsErr != nil {
+		return nil, s.subsErr // failed once this pass: not again for every tenant
+	}
 	if s.subs == nil || s.now().Sub(s.subsAt) >= s.cfg.SubscriptionTTL || !known && !s.subsLooked {
 		all, err := s.stripe.AllSubscriptions(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list subscriptions: %w", err)
+			s.subsErr = fmt.Errorf("list subscriptions: %w", err)
+			return nil, s.subsErr
 		}
 		s.subs, s.subsAt, s.subsLooked = all, s.now(), true
 	}

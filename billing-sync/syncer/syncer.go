@@ -76,6 +76,7 @@ type Syncer struct {
 	subs       map[string][]stripeapi.Subscription // customer -> subscriptions (periods.go)
 	subsAt     time.Time
 	subsLooked bool             // listed during this pass
+	subsErr    error            // the listing failed during this pass
 	found      map[string]found // tenant -> customer search (customer_ttl)
 	passStart  time.Time
 	fence      Fence
@@ -199,7 +200,7 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	// found by this pass: the listing runs at most once per pass, and only
 	// when a tenant is not mapped.
 	s.mu.Lock()
-	s.looked, s.subsLooked = false, false
+	s.looked, s.subsLooked, s.subsErr = false, false, nil
 	s.passStart = s.now()
 	s.mu.Unlock()
 	meters := make([]string, 0, len(s.cfg.Meters))
