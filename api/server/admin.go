@@ -65,6 +65,9 @@ type adminView struct {
 	Billing        usageread.BillingPass
 	BillingErr     string
 	Changes        []usageread.PlanChange
+	Grants         []usageread.QuotaGrant
+	Alerts         []alertRow
+	AlertsOff      bool
 	Note           string
 	SuggestRule    string
 	CacheLag       int64
@@ -136,6 +139,14 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request) {
 		if v.Changes, err = s.usage.RecentPlanChanges(r.Context(), 20); err != nil {
 			s.log.Warn("read plan changes", zap.Error(err))
 		}
+		if v.Grants, err = s.usage.RecentGrants(r.Context(), 20); err != nil {
+			s.log.Warn("read quota grants", zap.Error(err))
+		}
+	}
+	if s.alerts != nil {
+		v.Alerts = alertRows(s.alerts.Latest())
+	} else {
+		v.AlertsOff = true
 	}
 	if s.ops != nil {
 		octx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -176,6 +187,34 @@ func sortRows(rows []adminRow, by string) {
 	})
 }
 
+// adminPost checks what every admin form post needs: the admin key, our
+// own origin, and the publisher and audit configured. what names the
+// action in errors.
+func (s *Server) adminPost(w http.ResponseWriter, r *http.Request, route, what string) (principal, bool) {
+	p, ok := s.pageAuth(w, r, route)
+	if !ok {
+		return p, false
+	}
+	if p.tenant != "" {
+		s.fail(w, route, &apiError{status: http.StatusForbidden, Code: codeForbidden, Error: what + " need the admin key"})
+		return p, false
+	}
+	// A cookie is sent by the browser whatever page posts: only our own
+	// origin may (SameSite=Strict already stops other sites' posts).
+	if o := r.Header.Get("Origin"); o != "" && r.Header.Get("Authorization") == "" {
+		if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+			s.fail(w, route, &apiError{status: http.StatusForbidden, Code: codeForbidden, Error: "cross-origin form post refused"})
+			return p, false
+		}
+	}
+	if s.assign == nil || s.usage == nil {
+		s.fail(w, route, &apiError{status: http.StatusServiceUnavailable, Code: codeUsageUnavailable,
+			Error: what + " need clickhouse.addr (the audit) on this instance"})
+		return p, false
+	}
+	return p, true
+}
+
 // changePlan answers POST /admin/plan (form: tenant, plan, reason): a
 // versioned assignment record on usage.plan-assignments, audited in
 // plan_changes, then back to the page once this instance's cache has read
@@ -183,25 +222,8 @@ func sortRows(rows []adminRow, by string) {
 // times use, so a later Stripe change still supersedes it.
 func (s *Server) changePlan(w http.ResponseWriter, r *http.Request) {
 	const route = "admin_plan"
-	p, ok := s.pageAuth(w, r, route)
+	p, ok := s.adminPost(w, r, route, "plan changes")
 	if !ok {
-		return
-	}
-	if p.tenant != "" {
-		s.fail(w, route, &apiError{status: http.StatusForbidden, Code: codeForbidden, Error: "plan changes need the admin key"})
-		return
-	}
-	// A cookie is sent by the browser whatever page posts: only our own
-	// origin may (SameSite=Strict already stops other sites' posts).
-	if o := r.Header.Get("Origin"); o != "" && r.Header.Get("Authorization") == "" {
-		if u, err := url.Parse(o); err != nil || u.Host != r.Host {
-			s.fail(w, route, &apiError{status: http.StatusForbidden, Code: codeForbidden, Error: "cross-origin form post refused"})
-			return
-		}
-	}
-	if s.assign == nil || s.usage == nil {
-		s.fail(w, route, &apiError{status: http.StatusServiceUnavailable, Code: codeUsageUnavailable,
-			Error: "plan changes need clickhouse.addr (the audit) on this instance"})
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
@@ -222,6 +244,10 @@ func (s *Server) changePlan(w http.ResponseWriter, r *http.Request) {
 	previous, _ := s.cache.Meters(tenant)
 	_, _, current := s.plans.QuotaFor(tenant, "")
 	a := plans.Assignment{Plan: plan, AnchorDay: current.AnchorDay, Version: time.Now().Unix()}
+	// The record replaces the tenant's: it carries the open grants on.
+	if open := s.cache.Assignment(tenant).Grants.Open(time.Now()); len(open) > 0 {
+		a.Grants = &plans.Grants{List: open}
+	}
 	key, value := plans.AssignmentRecord(tenant, &a)
 	ctx, cancel := context.WithTimeout(r.Context(), PublishTimeout)
 	defer cancel()
@@ -258,4 +284,85 @@ func utf8Printable(s string) bool {
 		}
 	}
 	return true
+}
+
+// grantQuota answers POST /admin/grant (form: tenant, meter, amount,
+// reason): amount more of meter for the tenant's current period only, as a
+// grant on a new versioned assignment record (same plan and anchor, the
+// open grants carried on), audited in quota_grants, then back to the page
+// once this instance's cache has read it.
+func (s *Server) grantQuota(w http.ResponseWriter, r *http.Request) {
+	const route = "admin_grant"
+	p, ok := s.adminPost(w, r, route, "quota grants")
+	if !ok {
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	tenant, meter, amount, reason := r.PostFormValue("tenant"), r.PostFormValue("meter"), r.PostFormValue("amount"), r.PostFormValue("reason")
+	now := time.Now()
+	if e := s.validTenant(tenant, now); e != nil {
+		e.Field = "tenant"
+		s.fail(w, route, e)
+		return
+	}
+	if _, known := s.cache.Aggregation(meter); !known {
+		s.fail(w, route, badField(codeInvalidField, "meter", "meter %q is not in the plans file", meter))
+		return
+	}
+	cur := s.cache.Assignment(tenant)
+	q, limited := s.plans.Plans[cur.Plan].Meters[meter]
+	if !limited || q.Limit.Equal(plans.Unlimited) {
+		s.fail(w, route, badField(codeInvalidField, "meter", "%s is unlimited on plan %s: nothing to grant", meter, cur.Plan))
+		return
+	}
+	amt, err := decimal.NewFromString(amount)
+	if err != nil {
+		s.fail(w, route, badField(codeInvalidField, "amount", "%q is not a decimal number", amount))
+		return
+	}
+	period := plans.PeriodOf(q, cur.AnchorDay, now)
+	g := plans.Grant{Meter: meter, Period: period.ID, Amount: amt}
+	if err := g.Validate("grant"); err != nil {
+		s.fail(w, route, badField(codeInvalidField, "amount", "%s", strings.TrimPrefix(err.Error(), "grant.amount: ")))
+		return
+	}
+	if len(reason) > 500 || !utf8Printable(reason) {
+		s.fail(w, route, badField(codeInvalidField, "reason", "reason must be at most 500 printable characters"))
+		return
+	}
+	grants := append(cur.Grants.Open(now), g)
+	if len(grants) > plans.MaxGrants {
+		s.fail(w, route, badField(codeInvalidField, "tenant", "%s already has %d open grants, at most %d", tenant, len(grants)-1, plans.MaxGrants))
+		return
+	}
+	// Never older than the record it builds on (a Stripe event time may be
+	// ahead of this clock), so Assign cannot ignore it as stale.
+	a := plans.Assignment{Plan: cur.Plan, AnchorDay: cur.AnchorDay, Version: max(now.Unix(), cur.Version), Grants: &plans.Grants{List: grants}}
+	key, value := plans.AssignmentRecord(tenant, &a)
+	ctx, cancel := context.WithTimeout(r.Context(), PublishTimeout)
+	defer cancel()
+	pos, err := s.assign.publish(ctx, tenant, key, value)
+	if err != nil {
+		s.log.Warn("quota grant not published", zap.String("tenant", tenant), zap.Error(err))
+		s.fail(w, route, &apiError{status: http.StatusServiceUnavailable, Code: codeUsageFailed, Error: "the grant could not be published; nothing changed"})
+		return
+	}
+	actor := "admin:" + hex.EncodeToString(p.hash[:4])
+	audit := usageread.QuotaGrant{Tenant: tenant, Meter: meter, PeriodID: period.ID, Amount: amt, Plan: cur.Plan, Version: a.Version,
+		Actor: actor, Reason: reason, Topic: pos.Topic, Partition: int(pos.Partition), Offset: pos.Offset, At: now}
+	if err := s.usage.RecordGrant(ctx, audit); err != nil {
+		s.auditFailed.Inc()
+		s.log.Error("quota grant applied but not audited", zap.String("tenant", tenant), zap.String("meter", meter),
+			zap.Int64("offset", pos.Offset), zap.Error(err))
+	}
+	s.log.Info("quota granted on the admin page", zap.String("tenant", tenant), zap.String("meter", meter), zap.String("amount", amt.String()),
+		zap.String("period", period.ID), zap.String("actor", actor), zap.Int64("offset", pos.Offset))
+	wctx, wcancel := context.WithTimeout(r.Context(), time.Second)
+	defer wcancel()
+	msg := fmt.Sprintf("%s gets %s more %s in %s (offset %d)", tenant, amt, meter, period.ID, pos.Offset)
+	if err := s.cache.WaitFor(wctx, pos); err != nil {
+		msg += "; this instance's cache has not read it yet"
+	}
+	http.Redirect(w, r, "/admin?msg="+url.QueryEscape(msg), http.StatusSeeOther)
+	s.answers.WithLabelValues(route, "303").Inc()
 }

@@ -115,6 +115,8 @@ type pageView struct {
 	ByKey                                            []usageread.Row
 	CSV                                              map[string]string
 	Note                                             string
+	Alerts                                           []alertRow // this tenant's only (AlertFeed.Tenant)
+	AlertsOn                                         bool
 }
 
 // tenantPage answers GET /usage/{tenant}: the tenant's period by meter.
@@ -136,6 +138,9 @@ func (s *Server) tenantPage(w http.ResponseWriter, r *http.Request) {
 	v := pageView{Tenant: tenant, UpgradeURL: strings.ReplaceAll(s.cfg.UpgradeURL, "{tenant}", url.QueryEscape(tenant)), CSV: map[string]string{}}
 	plan, meters := s.cache.Meters(tenant)
 	v.Plan = plan
+	if s.alerts != nil {
+		v.AlertsOn, v.Alerts = true, alertRows(s.alerts.Tenant(tenant))
+	}
 	// The period: the one the cache's decisions name (ResetAt is its end).
 	start, end := plans.PeriodOf(plans.Quota{Period: plans.CalendarMonth}, 0, now).Start, time.Time{}
 	decisions := make([]quota.Decision, 0, len(meters))

@@ -58,8 +58,9 @@ type Server struct {
 	usageFailed      prometheus.Counter
 	usage            *usageread.Reader // nil: usage reads not configured
 	auditFailed      prometheus.Counter
-	assign           *Assigner // nil: no plan changes from the admin page
-	ops              *Ops      // nil: no lag or DLQ counts on the admin page
+	assign           *Assigner  // nil: no plan changes from the admin page
+	ops              *Ops       // nil: no lag or DLQ counts on the admin page
+	alerts           *AlertFeed // nil: no alerts on the pages
 	plans            *plans.Config
 }
 
@@ -133,6 +134,7 @@ func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /login", s.login)
 	mux.HandleFunc("GET /admin", s.adminPage)
 	mux.HandleFunc("POST /admin/plan", s.changePlan)
+	mux.HandleFunc("POST /admin/grant", s.grantQuota)
 	mux.HandleFunc("POST /login", s.login)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, _ *http.Request) { writeRaw(w, http.StatusOK, []byte(`{"live":true}`+"\n")) })
 	ready := Readiness(s.cache)

@@ -39,6 +39,7 @@ type env struct {
 	events string
 	state  string
 	assign string
+	alerts string // the alert topic the pages' feed reads (with usage reads)
 	cache  *quota.Cache
 	oa     validator.Validator
 }
@@ -76,6 +77,9 @@ func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...fu
 
 	qc := quota.DefaultConfig()
 	qc.Brokers, qc.StateTopic, qc.AssignmentTopic, qc.PollInterval = []string{broker}, e.state, e.assign, 50*time.Millisecond
+	// The tracker publishes to the private events topic: the shared
+	// usage.quota-positions of other runs must not expire its pending.
+	qc.EventsTopic, qc.PositionTopic = e.events, ""
 	for _, o := range opts {
 		o(&qc)
 	}
@@ -107,6 +111,17 @@ func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...fu
 	srv := server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry())
 	if rd != nil {
 		srv.WithUsage(rd).WithAdmin(&server.Assigner{Client: &kafka.Client{Addr: kafka.TCP(broker)}, Topic: e.assign})
+		e.alerts = testenv.Name("alerts")
+		testenv.CreateTopic(t, broker, e.alerts, 2, "cleanup.policy", "compact")
+		feed, err := server.NewAlertFeed([]string{broker}, e.alerts, 0, 0, zap.NewNop(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fctx, fcancel := context.WithCancel(context.Background())
+		fdone := make(chan struct{})
+		go func() { defer close(fdone); _ = feed.Run(fctx) }()
+		t.Cleanup(func() { fcancel(); <-fdone })
+		srv.WithAlerts(feed)
 	}
 	srv.Register(mux)
 	e.srv = httptest.NewServer(mux)

@@ -151,3 +151,66 @@ func (rd *Reader) RecentPlanChanges(ctx context.Context, limit int) ([]PlanChang
 	}
 	return out, rs.Err()
 }
+
+// QuotaGrant is one audited one-off quota increase made on the admin page.
+type QuotaGrant struct {
+	Tenant, Meter, PeriodID, Plan string
+	Amount                        decimal.Decimal
+	Version                       int64
+	Actor, Reason                 string
+	Topic                         string
+	Partition                     int
+	Offset                        int64
+	At                            time.Time
+}
+
+// RecordGrant appends g to quota_grants (migration 0014).
+func (rd *Reader) RecordGrant(ctx context.Context, g QuotaGrant) error {
+	b, err := rd.conn.PrepareBatch(ctx, `INSERT INTO quota_grants (tenant_id, feature_type, period_id, amount, plan, version, actor, reason,
+ topic, partition, offset, at)`)
+	if err != nil {
+		return fmt.Errorf("prepare quota_grants insert: %w", err)
+	}
+	defer func() { _ = b.Abort() }()
+	if err := b.Append(g.Tenant, g.Meter, g.PeriodID, g.Amount, g.Plan, g.Version, g.Actor, g.Reason, g.Topic,
+		int32(g.Partition), g.Offset, g.At.UTC()); err != nil {
+		return fmt.Errorf("append quota grant: %w", err)
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("insert quota grant: %w", err)
+	}
+	return nil
+}
+
+// recentGrantsQuery reads the newest grants.
+type recentGrantsQuery struct{ Limit int }
+
+func (q recentGrantsQuery) toSQL() (string, []any) {
+	return `SELECT tenant_id, feature_type, period_id, toString(amount), plan, version, actor, reason, topic, partition, offset, at
+ FROM quota_grants ORDER BY at DESC, version DESC LIMIT ?`, []any{q.Limit}
+}
+
+// RecentGrants returns the newest limit grants.
+func (rd *Reader) RecentGrants(ctx context.Context, limit int) ([]QuotaGrant, error) {
+	sql, args := recentGrantsQuery{limit}.toSQL()
+	rs, err := rd.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read quota_grants: %w", err)
+	}
+	defer rs.Close()
+	var out []QuotaGrant
+	for rs.Next() {
+		var g QuotaGrant
+		var amount string
+		var part int32
+		if err := rs.Scan(&g.Tenant, &g.Meter, &g.PeriodID, &amount, &g.Plan, &g.Version, &g.Actor, &g.Reason, &g.Topic, &part, &g.Offset, &g.At); err != nil {
+			return nil, fmt.Errorf("scan quota grant: %w", err)
+		}
+		if g.Amount, err = decimal.NewFromString(amount); err != nil {
+			return nil, fmt.Errorf("quota grant amount %q: %w", amount, err)
+		}
+		g.Partition = int(part)
+		out = append(out, g)
+	}
+	return out, rs.Err()
+}
