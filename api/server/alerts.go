@@ -64,10 +64,14 @@ func NewAlertFeed(brokers []string, topic string, perTenant, latest int, log *za
 func (f *AlertFeed) Run(ctx context.Context) error {
 	var parts []kafka.Partition
 	for {
+		// Every topic's partitions, filtered here: asking for the topic by
+		// name would let the broker auto-create it, uncompacted.
 		conn, err := kafka.DialContext(ctx, "tcp", f.brokers[0])
 		if err == nil {
-			parts, err = conn.ReadPartitions(f.topic)
+			var all []kafka.Partition
+			all, err = conn.ReadPartitions()
 			_ = conn.Close()
+			parts = slices.DeleteFunc(all, func(p kafka.Partition) bool { return p.Topic != f.topic })
 		}
 		if err == nil && len(parts) > 0 {
 			break

@@ -30,6 +30,7 @@ import (
 	"github.com/usagemeter/usagemeter/api/usageread"
 	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/quota"
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 	"github.com/usagemeter/usagemeter/svckit"
 	"github.com/usagemeter/usagemeter/svckit/chconn"
@@ -68,6 +69,12 @@ type AdminConfig struct {
 	AggregatorGroup string `mapstructure:"aggregator_group"`
 	DLQTopic        string `mapstructure:"dlq_topic"`
 	DLQScan         int64  `mapstructure:"dlq_scan"`
+	// AlertTopic is usage-alerts' topic: the tenant pages show their
+	// tenant's newest AlertsPerTenant alerts, the admin page the newest
+	// AlertsLatest. Empty: no alerts on the pages.
+	AlertTopic      string `mapstructure:"alert_topic"`
+	AlertsPerTenant int    `mapstructure:"alerts_per_tenant"`
+	AlertsLatest    int    `mapstructure:"alerts_latest"`
 }
 
 // HTTPConfig is the listener and its timeouts: every connection is bounded
@@ -190,6 +197,15 @@ func serve(ctx context.Context, cfg Config, p *plans.Config, keys *server.Keys, 
 			WithOps(&server.Ops{Client: kc, EventsTopic: cfg.EventsTopic, DLQTopic: cfg.Admin.DLQTopic, DLQScan: cfg.Admin.DLQScan,
 				Groups: []string{cfg.Admin.ConsumerGroup, cfg.Admin.AggregatorGroup}})
 	}
+	if cfg.Admin.AlertTopic != "" {
+		feed, err := server.NewAlertFeed(cfg.Quota.Brokers, cfg.Admin.AlertTopic, cfg.Admin.AlertsPerTenant, cfg.Admin.AlertsLatest, log, reg)
+		if err != nil {
+			stopCache()
+			return fmt.Errorf("admin: %w", err)
+		}
+		go func() { _ = feed.Run(cacheCtx) }() // ends with the cache
+		api.WithAlerts(feed)
+	}
 	srv, err := listen(cfg.HTTP, reg, api, log)
 	if err != nil {
 		stopCache()
@@ -249,7 +265,8 @@ func load(flags *pflag.FlagSet, demo bool) (Config, map[string]any, error) {
 	c.Log.Level = "info"
 	c.ClickHouse = chconn.DefaultConfig()
 	c.ClickHouse.Addr = nil // off unless configured
-	c.Admin = AdminConfig{ConsumerGroup: "usage-consumer", AggregatorGroup: "usage-aggregator", DLQTopic: "usage.events.dlq", DLQScan: 10000}
+	c.Admin = AdminConfig{ConsumerGroup: "usage-consumer", AggregatorGroup: "usage-aggregator", DLQTopic: "usage.events.dlq", DLQScan: 10000,
+		AlertTopic: schemas.AlertTopic, AlertsPerTenant: 20, AlertsLatest: 50}
 	settings, err := svckit.LoadConfig(flags, map[string]string{"plans": "plans_file", "keys": "keys_file", "http": "http.addr"}, &c)
 	if err != nil {
 		return Config{}, nil, err
@@ -259,6 +276,9 @@ func load(flags *pflag.FlagSet, demo bool) (Config, map[string]any, error) {
 	}
 	if c.Admin.DLQScan <= 0 {
 		return Config{}, nil, fmt.Errorf("admin.dlq_scan must be > 0 (got %d): the newest records per DLQ partition the admin page counts", c.Admin.DLQScan)
+	}
+	if c.Admin.AlertsPerTenant < 0 || c.Admin.AlertsLatest < 0 {
+		return Config{}, nil, fmt.Errorf("admin.alerts_per_tenant and admin.alerts_latest must be >= 0 (got %d, %d; 0: the defaults 20 and 50)", c.Admin.AlertsPerTenant, c.Admin.AlertsLatest)
 	}
 	if c.API.MaxBodyBytes <= 0 || c.API.MaxWait < 0 {
 		return Config{}, nil, errors.New("api.max_body_bytes must be > 0 and api.max_wait >= 0")
