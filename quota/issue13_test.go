@@ -612,3 +612,25 @@ func TestCheckEventTimestampsAndRecentIDs(t *testing.T) {
 		t.Fatalf("after ForgetEvent: %+v", d)
 	}
 }
+
+// Issue 15 item 3 in the middleware: a quantity one instance cannot hold
+// pending (over 2^64-1 nano-units) on an unlimited meter is not "the limit
+// is reached" (402): it is a 503 PENDING_FULL that says why.
+func TestMiddlewareQuantityBeyondPendingIsNotALimit(t *testing.T) {
+	clk := &clock{}
+	clk.set(nov)
+	c := offline(t, clk, nil)
+	tr := &countingTracker{}
+	huge, err := AmountOf(decimal.RequireFromString("20000000000")) // 20 GB as bytes, 20e9 units
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := middlewareFor(t, c, MiddlewareConfig{Meter: "ai_generation", Tenant: func(*http.Request) string { return "acme" },
+		Quantity: func(*http.Request) Amount { return huge }, UpgradeURL: "u", Tracker: tr}, okHandler)
+	res := do(t, h, "acme") // acme is PRO: ai_generation unlimited
+	var body map[string]any
+	_ = json.Unmarshal(res.Body.Bytes(), &body)
+	if res.Code != http.StatusServiceUnavailable || body["code"] != CodePendingFull || res.Header().Get("Retry-After") == "" {
+		t.Fatalf("quantity beyond pending on an unlimited meter: %d %s", res.Code, res.Body)
+	}
+}

@@ -37,6 +37,7 @@ const (
 	CodeNoTenant      = "TENANT_REQUIRED"      // 401
 	CodeInvalid       = "INVALID_REQUEST"      // 400: a tenant id or meter the contract refuses
 	CodeBacklog       = "TRACKING_BACKLOG"     // 503: the outbox is full (the broker has been down long)
+	CodePendingFull   = "PENDING_FULL"         // 503: the quantity cannot be held pending (quantity_too_large)
 )
 
 // DefaultUpgradeURL is MiddlewareConfig.UpgradeURL when none is set: a
@@ -286,7 +287,16 @@ func (m *Middleware) refuse(w http.ResponseWriter, d *Decision) {
 		SetRateLimitHeaders(w.Header(), d)
 		setRetryAfter(w.Header(), d.RetryAfter)
 		WriteJSONError(w, http.StatusTooManyRequests, CodeRateLimited, "rate limit for "+d.Meter+" exceeded, retry later", d, "")
-	case ReasonLimit, ReasonTooLarge:
+	case ReasonTooLarge:
+		// Not a limit (the meter may be unlimited): the amount cannot be
+		// held pending in one instance (more than 2^64-1 nano-units), the
+		// request's own quantity or, rarely, together with what is pending.
+		m.stats.invalid.Add(1)
+		SetHeaders(w.Header(), d)
+		setRetryAfter(w.Header(), time.Second)
+		WriteJSONError(w, http.StatusServiceUnavailable, CodePendingFull,
+			"the quantity is beyond what this instance can hold pending for "+d.Meter+" ("+Nanos(math.MaxUint64).String()+" units at once): track it in smaller parts or retry later", d, "")
+	case ReasonLimit:
 		m.stats.limited.Add(1)
 		SetHeaders(w.Header(), d)
 		WriteJSONError(w, http.StatusPaymentRequired, CodeLimitExceeded,
