@@ -223,6 +223,22 @@ func (d *demo) stop(t *testing.T, sig syscall.Signal, group bool) {
 		}
 		t.Errorf("after %v, %d processes of make run are still running:%s", sig, len(left), b.String())
 	}
+	// Each service says in its log that it stopped (issue 15: billing-sync
+	// and the demo app used to exit silently); the load generator prints
+	// its summary instead.
+	for _, n := range demoProcesses {
+		if n == "usage-loadgen" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(d.runDir, n+".log"))
+		if err != nil {
+			t.Errorf("log of %s: %v", n, err)
+			continue
+		}
+		if !regexp.MustCompile(`(?i)stopped|shutting down`).Match(b) {
+			t.Errorf("%s logged no shutdown line after %v", n, sig)
+		}
+	}
 	out := d.out.String()
 	for _, n := range demoProcesses {
 		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(n) + ` stopped cleanly \(exit 0\)$`).MatchString(out) {

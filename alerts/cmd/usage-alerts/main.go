@@ -98,6 +98,7 @@ func run(args []string) int {
 		log.Error("usage-alerts failed", zap.Error(err))
 		return 1
 	}
+	log.Info("usage-alerts stopped", zap.String("command", cmd))
 	return 0
 }
 

@@ -134,6 +134,10 @@ func run(args []string) int {
 		log.Error("usage-billing-sync failed", zap.String("command", cmd), zap.Error(err))
 		return 1
 	}
+	if cmd == "run" && ctx.Err() != nil {
+		// The line an operator (and make run's test) looks for after a SIGTERM.
+		log.Info("usage-billing-sync stopped", zap.String("command", cmd))
+	}
 	return 0
 }
 
