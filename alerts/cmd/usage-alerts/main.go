@@ -37,8 +37,11 @@ type Config struct {
 	Emitter    emitter.Config `mapstructure:"emitter"`
 	Webhook    webhook.Config `mapstructure:"webhook"`
 	ClickHouse chconn.Config  `mapstructure:"clickhouse"`
-	PlansFile  string         `mapstructure:"plans_file"`
-	HTTP       struct {
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
+	PlansFile     string               `mapstructure:"plans_file"`
+	HTTP          struct {
 		Addr string `mapstructure:"addr"`
 	} `mapstructure:"http"`
 	Log struct {
@@ -92,6 +95,10 @@ func run(args []string) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	if err := cfg.KafkaSecurity.Install(); err != nil {
+		fmt.Fprintln(os.Stderr, "usage-alerts:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cmd, cfg, log); err != nil {

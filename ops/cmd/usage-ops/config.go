@@ -20,9 +20,12 @@ type Config struct {
 		Topic    string   `mapstructure:"topic"`     // where replays go and backfills read
 		DLQTopic string   `mapstructure:"dlq_topic"` // the DLQ the consumer writes
 	} `mapstructure:"kafka"`
-	ClickHouse chconn.Config    `mapstructure:"clickhouse"`
-	Retention  retention.Config `mapstructure:"retention"`
-	HTTP       struct {
+	// KafkaSecurity: TLS and SASL (SCRAM) to the brokers, for every Kafka
+	// connection of the process (svckit.KafkaSecurity.Install).
+	KafkaSecurity svckit.KafkaSecurity `mapstructure:"kafka_security"`
+	ClickHouse    chconn.Config        `mapstructure:"clickhouse"`
+	Retention     retention.Config     `mapstructure:"retention"`
+	HTTP          struct {
 		// Addr is where `usage-ops exporter` serves /metrics and /healthz.
 		Addr string `mapstructure:"addr"`
 	} `mapstructure:"http"`

@@ -64,6 +64,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	if err := cfg.KafkaSecurity.Install(); err != nil {
+		fmt.Fprintln(stderr, "usage-ops:", err)
+		return 2
+	}
 	a := &app{cfg: cfg, flags: flags, out: stdout, log: log}
 	defer a.close()
 	switch {
