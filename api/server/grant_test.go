@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -124,6 +125,19 @@ func TestAdminGrant(t *testing.T) {
 	}
 	testenv.Eventually(t, 5*time.Second, "limit 62.5", func() (bool, error) {
 		return other.Peek(ctx, "tenant-a", "ai_generation").Limit.Decimal().Equal(decimal.RequireFromString("62.5")), nil
+	})
+
+	// The tenant's usage page draws the granted limit; a plan change from
+	// the admin page keeps the grants.
+	if pg := e.get("/usage/tenant-a", keyA); !strings.Contains(pg.raw, `<span class="limit">62.5</span>`) {
+		t.Fatalf("usage page without the granted limit: %s", pg.raw)
+	}
+	if got := e.post("/admin/plan", keyAdmin, url.Values{"tenant": {"tenant-a"}, "plan": {"FREE"}}); got.status != 303 {
+		t.Fatalf("plan change: %d %s", got.status, got.raw)
+	}
+	testenv.Eventually(t, 5*time.Second, "the plan change's record keeps the grants", func() (bool, error) {
+		a := e.cache.Assignment("tenant-a")
+		return a.Version > 0 && a.Granted("ai_generation", per.ID).String() == "12.5", fmt.Errorf("%+v", a)
 	})
 
 	// Next period: the plan's 50 again.
