@@ -118,7 +118,7 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 	rec.CPUPerEvent = rec.Processes["clickhouse-server"].CPUUsPerEvent
 	rec.Notes = append(rec.Notes, "pipeline_cpu_us_per_event = clickhouse-server")
 
-	// settle waits until the raw table stops growing for 5 s (the engine
+	// settle waits until the raw table stops growing for o.settle (the engine
 	// may read a message again after a restart: more rows than published
 	// is possible, fewer is loss) and at least want rows are there, or 2
 	// minutes pass.
@@ -134,7 +134,7 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 			if got != last {
 				last, stable = got, time.Now()
 			}
-			return got >= uint64(want) && time.Since(stable) > 5*time.Second, "", nil
+			return got >= uint64(want) && time.Since(stable) > o.settle, "", nil
 		})
 	}
 	checks := func(after string) error {

@@ -17,6 +17,7 @@ require (
 	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
+	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
 )
 
 require (

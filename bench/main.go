@@ -38,6 +38,9 @@ type options struct {
 	workDir                    string
 	perfDir                    string
 	aggSettings                []string // extra USAGE_* settings of usage-aggregator
+	// settle is how long the Kafka engine's raw table must stop growing
+	// before its totals are read (it may re-read after a restart).
+	settle time.Duration
 }
 
 // Record is one run of one mode: the line written to --out.
@@ -99,6 +102,7 @@ func main() {
 		o.aggSettings = append(o.aggSettings, v)
 		return nil
 	})
+	flag.DurationVar(&o.settle, "settle", 5*time.Second, "chkafka: how long the raw table must stop growing before totals are read")
 	table := flag.String("table", "", "print the README's markdown table from this results file and exit")
 	flag.Parse()
 	if *table != "" {
