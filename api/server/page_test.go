@@ -202,4 +202,16 @@ func TestPagesInChromium(t *testing.T) {
 	if pct := text(`#tenants tr[data-tenant="tenant-a"] .pct`); pct != "90" {
 		t.Fatalf("admin page: tenant-a at %q %%, want 90", pct)
 	}
+	// The admin grants tenant-a 10 more from the page's form (a cookie
+	// post from our origin); its bar then shows 45 of 60, amber (75 %).
+	must(chromedp.Do(ctx, chromedp.SendKeys(chromedp.ID("gtenant"), "tenant-a"), chromedp.SendKeys(chromedp.ID("gamount"), "10"),
+		chromedp.Click(chromedp.ID("ggo")), chromedp.WaitVisible(chromedp.ID("msg"))))
+	screenshot(t, ctx, "admin-after-grant")
+	if msg := text("#msg"); !strings.Contains(msg, "tenant-a gets 10 more ai_generation in "+period.ID) || strings.Contains(msg, "not read") {
+		t.Fatalf("grant message %q", msg)
+	}
+	must(chromedp.Do(ctx, chromedp.Navigate(e.srv.URL+"/usage/tenant-a"), chromedp.WaitVisible(chromedp.ID("meter-ai_generation"))))
+	if l, c := text("#meter-ai_generation .limit"), attr("#meter-ai_generation", "data-color"); l != "60" || c != "amber" {
+		t.Fatalf("after the grant: limit %q color %q, want 60 amber", l, c)
+	}
 }
