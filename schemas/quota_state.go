@@ -5,7 +5,6 @@ import (
 	_ "embed"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,13 +38,7 @@ func QuotaStateJSONSchema() []byte { return []byte(quotaStateSchema) }
 // QuotaStateTestVectors returns the shared QuotaState test vectors, in the
 // same shape as TestVectors: Vector.Event holds the quota state.
 func QuotaStateTestVectors() ([]Vector, error) {
-	var doc struct {
-		Vectors []Vector `json:"vectors"`
-	}
-	if err := json.Unmarshal(quotaStateVectors, &doc); err != nil {
-		return nil, fmt.Errorf("parse quota state test vectors: %w", err)
-	}
-	return doc.Vectors, nil
+	return parseVectors(quotaStateVectors, "quota state")
 }
 
 // QuotaStateTopic is the compacted topic the aggregator publishes to.

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,13 +63,7 @@ func UsageAlertJSONSchema() []byte { return []byte(usageAlertSchema) }
 // UsageAlertTestVectors returns the shared UsageAlert vectors, in the shape
 // of TestVectors: Vector.Event holds the alert.
 func UsageAlertTestVectors() ([]Vector, error) {
-	var doc struct {
-		Vectors []Vector `json:"vectors"`
-	}
-	if err := json.Unmarshal(usageAlertVectors, &doc); err != nil {
-		return nil, fmt.Errorf("parse usage alert test vectors: %w", err)
-	}
-	return doc.Vectors, nil
+	return parseVectors(usageAlertVectors, "usage alert")
 }
 
 // AlertTopic is the compacted topic usage-alerts publishes to.

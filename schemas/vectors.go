@@ -60,3 +60,15 @@ func TestVectors() ([]Vector, error) {
 	}
 	return doc.Vectors, nil
 }
+
+// parseVectors reads a vectors file of the shape of testdata/vectors.json
+// (what names it in errors).
+func parseVectors(data []byte, what string) ([]Vector, error) {
+	var doc struct {
+		Vectors []Vector `json:"vectors"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse %s test vectors: %w", what, err)
+	}
+	return doc.Vectors, nil
+}
