@@ -1,13 +1,8 @@
 package svckit
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"testing"
 	"time"
 
@@ -67,7 +62,7 @@ func TestOffsetGapsSeesKafkaGoJumpOverDeletedRecords(t *testing.T) {
 	}
 	// Retention (here: DeleteRecords) removes 0..6 while the reader is
 	// positioned at 3; a new reader asked for 3 also lands on 7.
-	deleteRecords(t, broker, topic, 0, 7)
+	testenv.DeleteRecords(t, broker, topic, 0, 7)
 	r2 := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: 0, MaxWait: 100 * time.Millisecond})
 	defer r2.Close()
 	if err := r2.SetOffset(3); err != nil {
@@ -119,59 +114,8 @@ func TestOffsetGapsFirstRecordAgainstTheGroupsCommit(t *testing.T) {
 	if missed, err := NewOffsetGaps([]string{broker}, topic, group).Observe(ctx, 0, 2); err != nil || missed != 0 {
 		t.Fatalf("first record at the commit: missed %d, %v", missed, err)
 	}
-	deleteRecords(t, broker, topic, 0, 5)
+	testenv.DeleteRecords(t, broker, topic, 0, 5)
 	if missed, err := NewOffsetGaps([]string{broker}, topic, group).Observe(ctx, 0, 5); err != nil || missed != 3 {
 		t.Fatalf("first record after deleted 2..4: missed %d, %v; want 3", missed, err)
-	}
-}
-
-// deleteRecords moves the log start of topic/partition to before, as
-// retention does, with a DeleteRecords (API key 21, v0) request: kafka-go
-// has no client for it, and the broker's tools jar is not installed. The
-// test broker is one node, so it leads every partition.
-func deleteRecords(t *testing.T, broker, topic string, partition int32, before int64) {
-	t.Helper()
-	var body bytes.Buffer
-	put := func(v any) { _ = binary.Write(&body, binary.BigEndian, v) }
-	str := func(s string) { put(int16(len(s))); body.WriteString(s) }
-	put(int16(21)) // api key DeleteRecords
-	put(int16(0))  // version
-	put(int32(1))  // correlation id
-	str("svckit-test")
-	put(int32(1)) // topics
-	str(topic)
-	put(int32(1)) // partitions
-	put(partition)
-	put(before)
-	put(int32(10000)) // timeout ms
-	conn, err := net.DialTimeout("tcp", broker, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-	msg := binary.BigEndian.AppendUint32(nil, uint32(body.Len()))
-	if _, err := conn.Write(append(msg, body.Bytes()...)); err != nil {
-		t.Fatal(err)
-	}
-	var size int32
-	if err := binary.Read(conn, binary.BigEndian, &size); err != nil {
-		t.Fatal(err)
-	}
-	resp := make([]byte, size)
-	if _, err := io.ReadFull(conn, resp); err != nil {
-		t.Fatal(err)
-	}
-	// correlation id, throttle, topics(1), topic name, partitions(1),
-	// partition, low watermark, error code.
-	rd := bytes.NewReader(resp[4+4+4:])
-	var n int16
-	_ = binary.Read(rd, binary.BigEndian, &n)
-	_, _ = rd.Seek(int64(n)+4+4, io.SeekCurrent)
-	var low int64
-	var code int16
-	_ = binary.Read(rd, binary.BigEndian, &low)
-	if err := binary.Read(rd, binary.BigEndian, &code); err != nil || code != 0 || low != before {
-		t.Fatalf("DeleteRecords %s/%d before %d: error code %d, low watermark %d (%v)", topic, partition, before, code, low, errors.Join(err))
 	}
 }

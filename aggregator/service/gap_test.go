@@ -1,13 +1,9 @@
 package service
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -45,52 +41,6 @@ func TestConfigNamesTheBadKey(t *testing.T) {
 	err := c.Validate()
 	if err == nil || !strings.Contains(err.Error(), "aggregator.session_timeout") || !strings.Contains(err.Error(), "aggregator.on_retention_gap") {
 		t.Fatalf("Validate: %v", err)
-	}
-}
-
-// deleteRecords deletes every record of topic/partition below offset, as
-// retention does (Kafka's DeleteRecords API, v0). kafka-go has no client
-// for it, so the request is written by hand; the single test broker leads
-// every partition.
-func deleteRecords(t *testing.T, broker, topic string, partition int32, offset int64) {
-	t.Helper()
-	var body bytes.Buffer
-	w := func(v any) { _ = binary.Write(&body, binary.BigEndian, v) }
-	str := func(s string) { w(int16(len(s))); body.WriteString(s) }
-	w(int16(21)) // api key: DeleteRecords
-	w(int16(0))  // version
-	w(int32(1))  // correlation id
-	str("aggregator-test")
-	w(int32(1)) // topics
-	str(topic)
-	w(int32(1)) // partitions
-	w(partition)
-	w(offset)
-	w(int32(10000)) // timeout ms
-	conn, err := net.DialTimeout("tcp", broker, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-	frame := binary.BigEndian.AppendUint32(nil, uint32(body.Len()))
-	if _, err := conn.Write(append(frame, body.Bytes()...)); err != nil {
-		t.Fatal(err)
-	}
-	var size int32
-	if err := binary.Read(conn, binary.BigEndian, &size); err != nil {
-		t.Fatal(err)
-	}
-	res := make([]byte, size)
-	if _, err := io.ReadFull(conn, res); err != nil {
-		t.Fatal(err)
-	}
-	// correlation id, throttle, 1 topic (name), 1 partition: id, low watermark, error code.
-	name := int(binary.BigEndian.Uint16(res[12:]))
-	p := res[14+name+4:]
-	low, code := int64(binary.BigEndian.Uint64(p[4:])), int16(binary.BigEndian.Uint16(p[12:]))
-	if code != 0 || low != offset {
-		t.Fatalf("DeleteRecords %s/%d below %d: error code %d, low watermark %d", topic, partition, offset, code, low)
 	}
 }
 
@@ -146,7 +96,7 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	publish(e, batch(12001, 3000))
 	const total = 15001
-	deleteRecords(t, e.broker, e.cfg.Topic, part, total-1)
+	testenv.DeleteRecords(t, e.broker, e.cfg.Topic, part, total-1)
 	close(release)
 
 	applied := func() float64 { return testutil.ToFloat64(r.svc.m.outcomes.WithLabelValues("applied")) }
@@ -174,7 +124,7 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	publish(e2, batch(1, 12000))
 	time.Sleep(2 * time.Second)
 	publish(e2, batch(12001, 3000))
-	deleteRecords(t, e2.broker, e2.cfg.Topic, part, total-1)
+	testenv.DeleteRecords(t, e2.broker, e2.cfg.Topic, part, total-1)
 	close(release2)
 	select {
 	case err := <-r2.done:

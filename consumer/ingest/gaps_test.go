@@ -1,13 +1,9 @@
 package ingest
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -45,7 +41,7 @@ func TestRetentionGapAfterTheCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	part := int32(schemas.PartitionFor("acme", 4))
-	deleteRecords(t, e.broker, e.cfg.Topic, part, 15) // 10..14 never read
+	testenv.DeleteRecords(t, e.broker, e.cfg.Topic, part, 15) // 10..14 never read
 
 	r = e.start()
 	select {
@@ -69,56 +65,6 @@ func TestRetentionGapAfterTheCommit(t *testing.T) {
 	}
 	if err := r.shutdown(t); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// deleteRecords moves the log start of topic/partition to before, as
-// retention does, with a DeleteRecords (API key 21, v0) request: kafka-go
-// has no client for it. The test broker is one node, so it leads every
-// partition. (The same helper as svckit's offsets_test.go.)
-func deleteRecords(t *testing.T, broker, topic string, partition int32, before int64) {
-	t.Helper()
-	var body bytes.Buffer
-	put := func(v any) { _ = binary.Write(&body, binary.BigEndian, v) }
-	str := func(s string) { put(int16(len(s))); body.WriteString(s) }
-	put(int16(21)) // api key DeleteRecords
-	put(int16(0))  // version
-	put(int32(1))  // correlation id
-	str("consumer-test")
-	put(int32(1)) // topics
-	str(topic)
-	put(int32(1)) // partitions
-	put(partition)
-	put(before)
-	put(int32(10000)) // timeout ms
-	conn, err := net.DialTimeout("tcp", broker, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
-	if _, err := conn.Write(append(binary.BigEndian.AppendUint32(nil, uint32(body.Len())), body.Bytes()...)); err != nil {
-		t.Fatal(err)
-	}
-	var size int32
-	if err := binary.Read(conn, binary.BigEndian, &size); err != nil {
-		t.Fatal(err)
-	}
-	resp := make([]byte, size)
-	if _, err := io.ReadFull(conn, resp); err != nil {
-		t.Fatal(err)
-	}
-	// correlation id, throttle, topics(1), name, partitions(1), partition,
-	// low watermark, error code.
-	rd := bytes.NewReader(resp[12:])
-	var n int16
-	_ = binary.Read(rd, binary.BigEndian, &n)
-	_, _ = rd.Seek(int64(n)+8, io.SeekCurrent)
-	var low int64
-	var code int16
-	_ = binary.Read(rd, binary.BigEndian, &low)
-	if err := binary.Read(rd, binary.BigEndian, &code); err != nil || code != 0 || low != before {
-		t.Fatalf("DeleteRecords %s/%d before %d: error code %d, low watermark %d (%v)", topic, partition, before, code, low, err)
 	}
 }
 
@@ -243,7 +189,7 @@ func TestRetentionGapMidRead(t *testing.T) {
 	time.Sleep(2 * time.Second) // the reader's queue fills and it stops fetching
 	part := schemas.PartitionFor("acme", 4)
 	end := int64(len(events))
-	deleteRecords(t, e.broker, e.cfg.Topic, int32(part), end-1000)
+	testenv.DeleteRecords(t, e.broker, e.cfg.Topic, int32(part), end-1000)
 	ch.Start()
 	testenv.Eventually(t, 90*time.Second, "the consumer at the end of acme's partition", func() (bool, error) {
 		client := &kafka.Client{Addr: kafka.TCP(e.broker)}
