@@ -159,6 +159,12 @@ func (o *options) validate() error {
 	need("clickhouse-pidfile", o.chPidFile)
 	if o.restart {
 		need("clickhouse-script", o.chScript)
+		// clickhouse.sh acts on the server its CH_* environment names (by
+		// default the shared one on 19000): refuse unless that is the
+		// private server under test, so a restart can never hit another.
+		if port := o.clickhouse[strings.LastIndexByte(o.clickhouse, ':')+1:]; os.Getenv("CH_TCP_PORT") != port {
+			errs = append(errs, fmt.Errorf("--restart: CH_TCP_PORT=%q in the environment, want %q (the port of --clickhouse): clickhouse.sh would restart another server", os.Getenv("CH_TCP_PORT"), port))
+		}
 	}
 	if o.events < 1000 {
 		errs = append(errs, fmt.Errorf("--events=%d: at least 1000", o.events))
