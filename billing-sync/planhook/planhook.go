@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -143,9 +144,10 @@ type Handler struct {
 	w        *kafka.Writer
 	log      *zap.Logger
 
-	mu       sync.Mutex
-	versions map[string]int64            // newest version per tenant on the topic
-	written  map[string]plans.Assignment // the record at that version
+	mu         sync.Mutex
+	partitions int                         // of the assignment topic, read at start
+	versions   map[string]int64            // newest version per tenant on the topic
+	written    map[string]plans.Assignment // the record at that version
 
 	events   *prometheus.CounterVec
 	unmapped *prometheus.CounterVec
@@ -197,41 +199,66 @@ func (h *Handler) load(ctx context.Context) error {
 	if len(md.Topics) != 1 || md.Topics[0].Error != nil {
 		return fmt.Errorf("topic %s: %v", h.cfg.AssignmentTopic, md.Topics)
 	}
+	h.partitions = len(md.Topics[0].Partitions)
 	for _, p := range md.Topics[0].Partitions {
-		res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
-			h.cfg.AssignmentTopic: {kafka.FirstOffsetOf(p.ID), kafka.LastOffsetOf(p.ID)}}})
-		if err != nil {
-			return fmt.Errorf("offsets of %s/%d: %w", h.cfg.AssignmentTopic, p.ID, err)
-		}
-		po := res.Topics[h.cfg.AssignmentTopic]
-		if len(po) == 0 || po[0].Error != nil {
-			return fmt.Errorf("offsets of %s/%d: %v", h.cfg.AssignmentTopic, p.ID, po)
-		}
-		first, end := po[0].FirstOffset, po[0].LastOffset
-		if end <= first {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: h.cfg.Brokers, Topic: h.cfg.AssignmentTopic, Partition: p.ID, MaxWait: 200 * time.Millisecond})
-		if err := r.SetOffset(first); err != nil {
-			_ = r.Close()
+		if err := h.loadPartition(ctx, client, p.ID); err != nil {
 			return err
 		}
-		for {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				_ = r.Close()
-				return fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, p.ID, err)
-			}
-			if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version >= h.versions[tenant] {
-				h.versions[tenant], h.written[tenant] = a.Version, *a
-			}
-			if m.Offset+1 >= end {
-				break
-			}
-		}
-		_ = r.Close()
 	}
 	return nil
+}
+
+// loadPartition reads one partition of the topic to its end offset.
+func (h *Handler) loadPartition(ctx context.Context, client *kafka.Client, partition int) error {
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		h.cfg.AssignmentTopic: {kafka.FirstOffsetOf(partition), kafka.LastOffsetOf(partition)}}})
+	if err != nil {
+		return fmt.Errorf("offsets of %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
+	}
+	po := res.Topics[h.cfg.AssignmentTopic]
+	if len(po) == 0 || po[0].Error != nil {
+		return fmt.Errorf("offsets of %s/%d: %v", h.cfg.AssignmentTopic, partition, po)
+	}
+	first, end := po[0].FirstOffset, po[0].LastOffset
+	if end <= first {
+		return nil
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: h.cfg.Brokers, Topic: h.cfg.AssignmentTopic, Partition: partition, MaxWait: 200 * time.Millisecond})
+	defer func() { _ = r.Close() }()
+	if err := r.SetOffset(first); err != nil {
+		return err
+	}
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
+		}
+		if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version >= h.versions[tenant] {
+			h.versions[tenant], h.written[tenant] = a.Version, *a
+		}
+		if m.Offset+1 >= end {
+			return nil
+		}
+	}
+}
+
+// refresh re-reads the partition that holds tenant's records: other
+// writers (usage-api's admin plan changes and quota grants) publish there
+// too, and a Stripe change must neither drop their grants nor lose to
+// their newer version.
+func (h *Handler) refresh(ctx context.Context, tenant string) error {
+	if h.partitions == 0 {
+		return nil // the topic had no partitions at start: nothing to read
+	}
+	client := &kafka.Client{Addr: kafka.TCP(h.cfg.Brokers...), Timeout: 10 * time.Second}
+	return h.loadPartition(ctx, client, schemas.PartitionFor(tenant, h.partitions))
+}
+
+// samePlan reports whether a and b assign the same plan (versions and
+// grants aside).
+func samePlan(a, b plans.Assignment) bool {
+	a.Version, a.Grants, b.Version, b.Grants = 0, nil, 0, nil
+	return a == b
 }
 
 // ServeHTTP verifies and applies one webhook. 400 for a bad signature or
@@ -327,19 +354,33 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock() // one write at a time: versions stay ordered
-	a := plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created}
-	// Older: stale. Same second (an upgrade creates the new subscription
-	// and cancels the old one in one second): written only if the truth
-	// read now differs from what that version wrote.
-	if v := h.versions[tenant]; ev.Created < v || ev.Created == v && h.written[tenant] == a {
+	if err := h.refresh(ctx, tenant); err != nil {
+		return "", fmt.Errorf("read the assignments of %s: %w", tenant, err) // 500: Stripe retries
+	}
+	cur, v := h.written[tenant], h.versions[tenant]
+	// The tenant's grants (one-off increases for named periods) stay.
+	a := plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created, Grants: cur.Grants}
+	if h.stripe != nil {
+		// The plan is Stripe's truth read now, whatever the event's age:
+		// it replaces an older record even when that record's version
+		// (an admin's plan change, a grant: Unix seconds) is newer than
+		// the event, as a webhook retried hours later is.
+		if v > 0 && samePlan(cur, a) {
+			return "stale", nil // nothing to change
+		}
+		a.Version = max(ev.Created, v+1)
+	} else if ev.Created < v || ev.Created == v && samePlan(cur, a) {
+		// From the event alone: older is stale. Same second (an upgrade
+		// creates the new subscription and cancels the old one in one
+		// second): written only if it differs from what that version wrote.
 		return "stale", nil
 	}
 	key, value := plans.AssignmentRecord(tenant, &a)
 	if err := h.w.WriteMessages(ctx, kafka.Message{Key: key, Value: value}); err != nil {
 		return "", fmt.Errorf("write plan assignment: %w", err)
 	}
-	h.versions[tenant], h.written[tenant] = ev.Created, a
-	h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", ev.Created), zap.String("event", ev.ID))
+	h.versions[tenant], h.written[tenant] = a.Version, a
+	h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", a.Version), zap.String("event", ev.ID))
 	return "assigned", nil
 }
 
