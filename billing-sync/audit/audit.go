@@ -248,7 +248,13 @@ func (s *Store) Load(ctx context.Context, meter string, from, to time.Time) (map
 		// An ok row is final: Stripe applied the intent, and a later row
 		// (a re-send by another process refused as a key reuse, a late
 		// failure) cannot undo that; letting it would bill the window again.
-		if in.Latest.Result != OK {
+		// A pending row is the intent itself, never an outcome: when it
+		// ties with its result on at_ns (one clock instant; ClickHouse
+		// orders ties arbitrarily) it must not hide that result.
+		if r.Result == Pending && in.First.Result != Pending {
+			in.First = r
+		}
+		if in.Latest.Result != OK && (r.Result != Pending || in.Latest.Result == Pending || in.Latest.Result == "") {
 			in.Latest = r
 		}
 	}
@@ -283,7 +289,7 @@ type checkpointsQuery struct {
 }
 
 func (q checkpointsQuery) toSQL() (string, []any) {
-	return `SELECT tenant_id, window_start, window_end, quantity, ours, stripe, at_ns FROM billing_audit
+	return `SELECT tenant_id, window_start, window_end, quantity, ours, stripe, delta, at_ns FROM billing_audit
 WHERE meter = ? AND action = ? AND window_start >= ? AND window_start <= ?`, []any{q.Meter, Checkpoint, q.From.UTC(), q.To.UTC()}
 }
 
@@ -295,14 +301,17 @@ type PeriodTotals struct {
 	PeriodStart, PeriodEnd time.Time
 	Quantity               decimal.Decimal
 	Held                   int64
+	// LatestNs: a usage_records meter of aggregation latest, the event
+	// time of the value in Quantity (the newest event wins).
+	LatestNs int64
 }
 
 // CheckpointRow encodes totals at edge as a ledger row: window_start is
 // the edge (so a read of a few days finds it), window_end the period
-// start, ours the period end (unix seconds).
+// start, ours the period end (unix seconds), delta LatestNs.
 func CheckpointRow(meter, mode, passID string, edge time.Time, t PeriodTotals) Row {
 	return Row{Tenant: t.Tenant, Meter: meter, Mode: mode, WindowStart: edge, WindowEnd: t.PeriodStart, Action: Checkpoint,
-		Quantity: t.Quantity, Ours: t.PeriodEnd.Unix(), Stripe: t.Held, Result: OK, PassID: passID}
+		Quantity: t.Quantity, Ours: t.PeriodEnd.Unix(), Stripe: t.Held, Delta: t.LatestNs, Result: OK, PassID: passID}
 }
 
 // Checkpoints returns the newest edge in [from, to] holding checkpoints of
@@ -325,7 +334,7 @@ func (s *Store) Checkpoints(ctx context.Context, meter string, from, to time.Tim
 	for rs.Next() {
 		var r row
 		var end int64
-		if err := rs.Scan(&r.t.Tenant, &r.edge, &r.t.PeriodStart, &r.t.Quantity, &end, &r.t.Held, &r.atNs); err != nil {
+		if err := rs.Scan(&r.t.Tenant, &r.edge, &r.t.PeriodStart, &r.t.Quantity, &end, &r.t.Held, &r.t.LatestNs, &r.atNs); err != nil {
 			return time.Time{}, nil, fmt.Errorf("scan checkpoints: %w", err)
 		}
 		r.edge, r.t.PeriodStart, r.t.PeriodEnd = r.edge.UTC(), r.t.PeriodStart.UTC(), time.Unix(end, 0).UTC()

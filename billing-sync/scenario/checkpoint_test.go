@@ -36,3 +36,42 @@ func TestCheckpointHoldsThePeriodBeforeTheEdge(t *testing.T) {
 		t.Errorf("Stripe holds %d tokens units, want 1 (0.7 before the edge from the checkpoint + 0.4 after)", got)
 	}
 }
+
+// TestCheckpointHoldsUsageRecordPeriods (issue 12 item 8, usage_records):
+// the same checkpoint bounds a usage_records meter's passes. storage is a
+// max meter: acme had 900 before the edge and 400 after, beta 500 before
+// it and nothing since. With the raw events before the edge deleted, the
+// next pass keeps Stripe at the periods' maxima (900 and 500) from the
+// checkpoint; a pass reading from the edge alone would set 400 and 0.
+func TestCheckpointHoldsUsageRecordPeriods(t *testing.T) {
+	w := newWorld(t, anchor)
+	w.subscribe("acme", "sub_acme", "", anchor, "price_storage")
+	w.subscribe("beta", "sub_beta", "", anchor, "price_storage")
+	w.insert("acme", "storage", "900", anchor.Add(26*time.Hour))
+	w.insert("beta", "storage", "500", anchor.Add(27*time.Hour))
+	s := w.syncer()
+	w.clock.Set(anchor.Add(6 * 24 * time.Hour))
+	w.pass(s)
+	if got := w.fake.UsageTotal(item("acme", "price_storage")); got != 900 {
+		t.Fatalf("first pass: Stripe holds %d for acme, want 900", got)
+	}
+	if err := w.conn.Exec(w.ctx, "ALTER TABLE usage_events DELETE WHERE feature_type = 'storage'"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "the old events deleted", func() (bool, error) {
+		var n uint64
+		err := w.conn.QueryRow(w.ctx, "SELECT count() FROM usage_events WHERE feature_type = 'storage'").Scan(&n)
+		return n == 0, err
+	})
+	w.insert("acme", "storage", "400", w.clock.Now().Add(-2*time.Hour))
+	w.clock.Advance(time.Hour)
+	rep := w.pass(s)
+	for tenant, want := range map[string]int64{"acme": 900, "beta": 500} {
+		if got := w.fake.UsageTotal(item(tenant, "price_storage")); got != want {
+			t.Errorf("%s: Stripe holds %d storage units, want %d (the period's max, from the checkpoint)", tenant, got, want)
+		}
+	}
+	if rep.Writes != 0 {
+		t.Errorf("the pass after the checkpoint wrote %d times, want 0 (nothing changed the maxima)", rep.Writes)
+	}
+}

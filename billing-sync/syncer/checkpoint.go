@@ -7,22 +7,29 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/usagemeter/usagemeter/billing-sync/audit"
+	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
-// Checkpoints (issue 12 item 8): a `run` pass of a meter_events meter
-// reads raw hours and ledger rows only from the newest checkpoint edge
-// (at most two days before its grace), not 32 days back: a checkpoint
-// holds, per tenant and Stripe period, the running total of the period
-// up to the edge and what the ledger says Stripe holds for the windows
-// before it. Each pass writes one at the day edge before its grace once
-// per day (carrying forward every period it knows), so the cost of a
-// pass stays that of the last few days however old the period is.
-// Without a checkpoint (first pass, a gap of more than two days, a
-// ledger that cannot keep them) a pass reads everything and writes one.
-// reconcile and drift always read everything; reconcile rewrites the
-// checkpoint (the newest row wins). Known limit: an event older than
-// the edge reaching the raw table later is seen by reconcile and drift,
-// not by `run`.
+// Checkpoints (issue 12 item 8): a `run` pass reads raw hours only from
+// the newest checkpoint edge (at most two days before its grace), not 32
+// days back, in both modes: a checkpoint holds, per tenant and Stripe
+// period, the state of the period up to the edge. meter_events: the
+// running total and what the ledger says Stripe holds for the windows
+// before the edge (ledger rows are read from the edge too). usage_records:
+// the period's aggregate so far (sum, max, or latest with its event
+// time); the period's own ledger window is read from the start of the
+// periods open at the edge (one window per period, rows per write).
+// Each pass writes one at the day edge before its grace once per day
+// (carrying forward every period it knows), so the raw rows a pass reads
+// stay those of the last few days however old the period is. Without a
+// checkpoint (first pass, a gap of more than two days, a ledger that
+// cannot keep them, a unique_count meter whose set of subjects is not
+// kept) a pass reads from the start of the periods open at its edge.
+// reconcile and drift read from the start of the Stripe periods open at
+// their range's edge (what a period total needs), never 32 days blindly;
+// reconcile rewrites the checkpoint (the newest row wins). Known limit:
+// an event older than the edge reaching the raw table later is seen by
+// reconcile and drift, not by `run`.
 
 // checkpointer is the ledger's checkpoint store (audit.Store).
 type checkpointer interface {
@@ -43,6 +50,12 @@ func (inc *incremental) of(tenant string) map[int64]audit.PeriodTotals {
 	return inc.pre[tenant]
 }
 
+// checkpointed: meters whose period state fits a checkpoint row (a
+// unique_count meter's set of subjects does not).
+func checkpointed(m Meter, pm plans.Meter) bool {
+	return m.Mode == MeterEvents || pm.Aggregation != plans.UniqueCount
+}
+
 // edgeOf is the checkpoint edge of a pass over windows from `from`: the
 // UTC day start before it (windows before it are past the grace).
 func edgeOf(from time.Time) time.Time { return from.UTC().Truncate(24 * time.Hour) }
@@ -51,7 +64,7 @@ func edgeOf(from time.Time) time.Time { return from.UTC().Truncate(24 * time.Hou
 // pass's edge; nil means read everything.
 func (s *Syncer) incremental(ctx context.Context, name string, m Meter, from time.Time, reconcile bool) (*incremental, error) {
 	cp, ok := s.ledger.(checkpointer)
-	if !ok || reconcile || m.Mode != MeterEvents {
+	if !ok || reconcile || !checkpointed(m, s.plansMeter(name)) {
 		return nil, nil
 	}
 	e := edgeOf(from)
@@ -69,7 +82,7 @@ func (s *Syncer) checkpoint(ctx context.Context, name string, m Meter, from time
 	inc *incremental, passID string) error {
 	cp, ok := s.ledger.(checkpointer)
 	e := edgeOf(from)
-	if !ok || s.cfg.DryRun || m.Mode != MeterEvents || inc != nil && !e.After(inc.edge) {
+	if !ok || s.cfg.DryRun || !checkpointed(m, s.plansMeter(name)) || inc != nil && !e.After(inc.edge) {
 		return nil
 	}
 	totals := map[string]map[int64]audit.PeriodTotals{}
@@ -88,8 +101,23 @@ func (s *Syncer) checkpoint(ctx context.Context, name string, m Meter, from time
 		cur.Quantity, cur.Held = cur.Quantity.Add(t.Quantity), cur.Held+t.Held
 		totals[t.Tenant][k] = cur
 	}
+	computed := map[string]bool{} // usage_records: tenants whose state at e this pass computed
+	for _, run := range runs {
+		for _, t := range run.atEdge {
+			computed[run.tenant] = true
+			if t.PeriodStart.Before(e) && t.PeriodEnd.After(e) {
+				if totals[t.Tenant] == nil {
+					totals[t.Tenant] = map[int64]audit.PeriodTotals{}
+				}
+				totals[t.Tenant][t.PeriodStart.Unix()] = t
+			}
+		}
+	}
 	if inc != nil {
-		for _, byPeriod := range inc.pre {
+		for tenant, byPeriod := range inc.pre {
+			if computed[tenant] { // already includes the older checkpoint
+				continue
+			}
 			for _, t := range byPeriod {
 				add(t)
 			}

@@ -25,7 +25,7 @@ func (s *Syncer) Drift(ctx context.Context, from, to time.Time) ([]Drift, error)
 	now := s.now()
 	var out []Drift
 	for name, m := range s.cfg.Meters {
-		ledger, err := s.ledger.Load(ctx, name, ledgerFrom(from), to)
+		ledger, err := s.ledger.Load(ctx, name, s.periodFloor(ctx, m, edgeOf(from)), to)
 		if err != nil {
 			return nil, err
 		}

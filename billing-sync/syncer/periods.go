@@ -138,3 +138,32 @@ func (s *Syncer) subscriptionsOf(ctx context.Context, customer string) ([]stripe
 	}
 	return s.subs[customer], nil
 }
+
+// periodFloor is the earliest start of a Stripe period open at t of any
+// subscription with an item on the meter (from the cached listing): what
+// a read must reach back to for a period total at t. It lists only when
+// the cache is empty or past subscription_ttl (a subscription created
+// since began after t, the TTL being shorter than the grace). A failed
+// listing falls back to 32 days (the longest period); none open means t.
+func (s *Syncer) periodFloor(ctx context.Context, m Meter, t time.Time) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subsDropped { // Stripe may not list the change yet: the next pass re-lists
+		return t.Add(-32 * 24 * time.Hour).Truncate(time.Hour)
+	}
+	if s.subsErr != nil || s.subs == nil || s.now().Sub(s.subsAt) >= s.cfg.SubscriptionTTL {
+		if _, err := s.subscriptionsOf(ctx, ""); err != nil {
+			return t.Add(-32 * 24 * time.Hour).Truncate(time.Hour)
+		}
+	}
+	floor := t
+	for _, subs := range s.subs {
+		cov := coverageOf(subs, m)
+		for _, sub := range cov.subs {
+			if st, _, in := subPeriod(sub, t); in && st.Before(floor) {
+				floor = st
+			}
+		}
+	}
+	return floor.Truncate(time.Hour)
+}

@@ -69,17 +69,18 @@ type Syncer struct {
 	now    func() time.Time
 	m      *metrics
 
-	mu         sync.Mutex
-	customers  map[string]string // tenant -> customer, from config and look-ups
-	looked     bool
-	items      map[string]string                   // tenant/meter -> subscription item
-	subs       map[string][]stripeapi.Subscription // customer -> subscriptions (periods.go)
-	subsAt     time.Time
-	subsLooked bool             // listed during this pass
-	subsErr    error            // the listing failed during this pass
-	found      map[string]found // tenant -> customer search (customer_ttl)
-	passStart  time.Time
-	fence      Fence
+	mu          sync.Mutex
+	customers   map[string]string // tenant -> customer, from config and look-ups
+	looked      bool
+	items       map[string]string                   // tenant/meter -> subscription item
+	subs        map[string][]stripeapi.Subscription // customer -> subscriptions (periods.go)
+	subsAt      time.Time
+	subsLooked  bool             // listed during this pass
+	subsErr     error            // the listing failed during this pass
+	subsDropped bool             // a write found an item gone this pass: re-list next pass, not now
+	found       map[string]found // tenant -> customer search (customer_ttl)
+	passStart   time.Time
+	fence       Fence
 }
 
 // SetFence makes the following passes check f before each Stripe write and
@@ -200,7 +201,7 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 	// found by this pass: the listing runs at most once per pass, and only
 	// when a tenant is not mapped.
 	s.mu.Lock()
-	s.looked, s.subsLooked, s.subsErr = false, false, nil
+	s.looked, s.subsLooked, s.subsErr, s.subsDropped = false, false, nil, false
 	s.passStart = s.now()
 	s.mu.Unlock()
 	meters := make([]string, 0, len(s.cfg.Meters))
@@ -229,11 +230,12 @@ func (s *Syncer) pass(ctx context.Context, from, to time.Time, reconcile bool) (
 type tenantRun struct {
 	tenant    string
 	tgt       target
-	status    string   // "" (billed), unmapped, no_subscription
-	ws        []window // windows in the subscription's periods
-	all       []window // meter_events: every window read, also before from (checkpoints)
-	uncovered []window // usage no subscription item invoices
-	err       error    // lookup_error: why
+	status    string               // "" (billed), unmapped, no_subscription
+	ws        []window             // windows in the subscription's periods
+	all       []window             // meter_events: every window read, also before from (checkpoints)
+	uncovered []window             // usage no subscription item invoices
+	atEdge    []audit.PeriodTotals // usage_records: each period's state at the checkpoint edge
+	err       error                // lookup_error: why
 }
 
 // ours computes each tenant's windows of one meter starting in [from, to),
@@ -252,8 +254,11 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	if closed.Before(readTo) {
 		readTo = closed
 	}
-	readFrom := from.Add(-32 * 24 * time.Hour).Truncate(24 * time.Hour)
-	if inc != nil { // what came before is in the checkpoint
+	// From the start of the periods open at the edge (a period total
+	// needs no more), or from the checkpoint's edge (what came before is
+	// in it).
+	readFrom := s.periodFloor(ctx, m, edgeOf(from))
+	if inc != nil {
 		readFrom = inc.edge
 	}
 	hours, err := s.src.Hours(ctx, name, pm, readFrom, readTo)
@@ -267,6 +272,14 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 			tenants = append(tenants, h.Tenant)
 		}
 		byTenant[h.Tenant] = append(byTenant[h.Tenant], h)
+	}
+	if inc != nil { // a period whose state is in the checkpoint only
+		for tenant := range inc.pre {
+			if _, ok := byTenant[tenant]; !ok && tenant != "" {
+				byTenant[tenant] = nil
+				tenants = append(tenants, tenant)
+			}
+		}
 	}
 	ledgerOf := map[string][]audit.WindowKey{} // the ledger's windows still in range, by tenant
 	for k, lw := range ledger {
@@ -318,7 +331,7 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 			run.ws, run.uncovered = s.hourWindows(ps, m, tgt.cov, ledger, inc.of(tenant))
 			run.all = append([]window(nil), run.ws...)
 		} else {
-			run.ws, run.uncovered = periodWindows(ps, pm.Aggregation, m, tgt.cov)
+			run.ws, run.uncovered, run.atEdge = periodWindows(name, ps, pm.Aggregation, m, tgt.cov, inc.of(tenant), edgeOf(from))
 		}
 		run.ws, run.uncovered = inRange(run.ws), inRange(run.uncovered)
 		have := map[audit.WindowKey]bool{}
@@ -339,9 +352,6 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	}
 	return runs, nil
 }
-
-// ledgerFrom reaches back to the start of a period overlapping from.
-func ledgerFrom(from time.Time) time.Time { return from.Add(-32 * 24 * time.Hour) }
 
 // target is where a tenant's meter is billed.
 type target struct {
@@ -403,9 +413,15 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 	if err != nil {
 		return err
 	}
-	lf := ledgerFrom(from)
-	if inc != nil {
+	// The ledger's windows of the periods open at the edge; a checkpoint
+	// holds meter_events windows before its edge (a usage_records period
+	// is one window keyed by its start: read from the periods' starts).
+	lf := s.periodFloor(ctx, m, edgeOf(from))
+	switch {
+	case inc != nil && m.Mode == MeterEvents:
 		lf = inc.edge
+	case inc != nil:
+		lf = s.periodFloor(ctx, m, inc.edge)
 	}
 	ledger, err := s.ledger.Load(ctx, name, lf, to)
 	if err != nil {
@@ -704,7 +720,7 @@ func (s *Syncer) searchCustomer(ctx context.Context, tenant string) (string, boo
 // gone): the next look-up re-lists.
 func (s *Syncer) forgetSubscriptions() {
 	s.mu.Lock()
-	s.subs = nil
+	s.subs, s.subsDropped = nil, true
 	s.mu.Unlock()
 }
 

@@ -187,8 +187,10 @@ func (s *Syncer) changeable(w window, now time.Time) bool {
 
 // periodWindows folds one tenant's pieces into its Stripe periods under
 // the meter's aggregation (the pieces of a unique_count meter carry their
-// subjects).
-func periodWindows(ps []piece, agg plans.Aggregation, m Meter, cov coverage) (ws, uncovered []window) {
+// subjects), starting from pre (each period's state at a checkpoint edge;
+// a period in it is billed even with no piece after it). atEdge is each
+// period's state at edge, before the pieces from it (the next checkpoint).
+func periodWindows(meter string, ps []piece, agg plans.Aggregation, m Meter, cov coverage, pre map[int64]audit.PeriodTotals, edge time.Time) (ws, uncovered []window, atEdge []audit.PeriodTotals) {
 	type acc struct {
 		w        window
 		latestNs int64
@@ -196,20 +198,47 @@ func periodWindows(ps []piece, agg plans.Aggregation, m Meter, cov coverage) (ws
 	}
 	byKey := map[audit.WindowKey]*acc{}
 	var order []audit.WindowKey
-	for _, h := range ps {
-		per, ok := cov.at(h.Start)
-		if !ok {
-			uncovered = append(uncovered, window{key: audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()}, start: h.Start, end: h.end,
-				quantity: h.Value, units: h.Value.Mul(m.scale).Floor().IntPart()})
-			continue
-		}
-		k := audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: per.start.Unix()}
+	accOf := func(tenant, meter string, per period) *acc {
+		k := audit.WindowKey{Tenant: tenant, Meter: meter, Start: per.start.Unix()}
 		a := byKey[k]
 		if a == nil {
 			a = &acc{w: window{key: k, start: per.start, end: per.end, per: per}, subjects: map[string]bool{}}
 			byKey[k] = a
 			order = append(order, k)
 		}
+		return a
+	}
+	for _, t := range pre {
+		if per, ok := cov.at(t.PeriodStart); ok && per.start.Equal(t.PeriodStart) {
+			a := accOf(t.Tenant, meter, per)
+			a.w.quantity, a.latestNs = t.Quantity, t.LatestNs
+		}
+	}
+	snapped := false
+	snap := func() {
+		snapped = true
+		if agg == plans.UniqueCount {
+			return // a set of subjects is not checkpointed
+		}
+		for _, k := range order {
+			a := byKey[k]
+			if a.w.start.Before(edge) && a.w.end.After(edge) {
+				atEdge = append(atEdge, audit.PeriodTotals{Tenant: k.Tenant, PeriodStart: a.w.start, PeriodEnd: a.w.end,
+					Quantity: a.w.quantity, LatestNs: a.latestNs})
+			}
+		}
+	}
+	for _, h := range ps {
+		if !snapped && !h.Start.Before(edge) {
+			snap()
+		}
+		per, ok := cov.at(h.Start)
+		if !ok {
+			uncovered = append(uncovered, window{key: audit.WindowKey{Tenant: h.Tenant, Meter: h.Meter, Start: h.Start.Unix()}, start: h.Start, end: h.end,
+				quantity: h.Value, units: h.Value.Mul(m.scale).Floor().IntPart()})
+			continue
+		}
+		a := accOf(h.Tenant, h.Meter, per)
 		switch agg {
 		case plans.Max:
 			if h.Value.GreaterThan(a.w.quantity) {
@@ -228,6 +257,9 @@ func periodWindows(ps []piece, agg plans.Aggregation, m Meter, cov coverage) (ws
 			a.w.quantity = a.w.quantity.Add(h.Value)
 		}
 	}
+	if !snapped {
+		snap()
+	}
 	ws = make([]window, 0, len(order))
 	for _, k := range order {
 		w := byKey[k].w
@@ -235,7 +267,7 @@ func periodWindows(ps []piece, agg plans.Aggregation, m Meter, cov coverage) (ws
 		ws = append(ws, w)
 	}
 	sort.Slice(ws, func(i, j int) bool { return ws[i].start.Before(ws[j].start) })
-	return ws, uncovered
+	return ws, uncovered, atEdge
 }
 
 // IntentID is the identifier of the seq-th write to a window: the meter
