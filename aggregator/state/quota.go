@@ -27,6 +27,7 @@ type Quota struct {
 	Final       bool  // the period is closed
 
 	dirty     bool
+	queued    bool // in State.dueQuotas (dirty implies queued)
 	published time.Time
 	// acc is Usage in fixed units for sum, count and unique_count totals;
 	// Usage is brought up to date (sync) when the quota is handed out.
@@ -75,25 +76,43 @@ func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
 	if r.Offset > q.Offset {
 		q.Partition, q.Offset = r.Partition, r.Offset
 	}
+	s.touch(q)
+}
+
+// touch marks a quota changed and queues it for DueQuotas.
+func (s *State) touch(q *Quota) {
 	q.dirty = true
+	if !q.queued {
+		q.queued = true
+		s.dueQuotas = append(s.dueQuotas, q)
+	}
 }
 
 // DueQuotas returns the changed quotas not published within coalesce, and
 // marks them published at now. Final quotas are returned once and then
-// forgotten.
+// forgotten. It visits the queue of changed quotas only; the ones held back
+// by coalesce stay queued.
 func (s *State) DueQuotas(now time.Time, coalesce time.Duration) []Quota {
 	var out []Quota
-	for k, q := range s.quotas {
-		if !q.dirty || now.Sub(q.published) < coalesce {
+	kept := s.dueQuotas[:0]
+	for _, q := range s.dueQuotas {
+		if !q.dirty || s.quotas[q.QuotaKey] != q {
+			q.queued = false
 			continue
 		}
-		q.dirty, q.published = false, now
+		if now.Sub(q.published) < coalesce {
+			kept = append(kept, q)
+			continue
+		}
+		q.dirty, q.queued, q.published = false, false, now
 		q.sync()
 		out = append(out, *q)
 		if q.Final {
-			delete(s.quotas, k)
+			delete(s.quotas, q.QuotaKey)
 		}
 	}
+	clear(s.dueQuotas[len(kept):])
+	s.dueQuotas = kept
 	return out
 }
 
@@ -101,13 +120,16 @@ func (s *State) DueQuotas(now time.Time, coalesce time.Duration) []Quota {
 func (s *State) Requeue(qs []Quota) {
 	for _, q := range qs {
 		if cur, ok := s.quotas[q.QuotaKey]; ok {
-			cur.dirty, cur.published = true, time.Time{}
+			cur.published = time.Time{}
+			s.touch(cur)
 		} else if q.Final {
-			q.dirty = true
 			if q.Aggregation != plans.Max && q.Aggregation != plans.Latest {
 				q.acc, _ = fixedOf(q.Usage) // a copy handed out holds the same total
 			}
-			s.quotas[q.QuotaKey] = &q
+			cp := q
+			cp.queued = false
+			s.quotas[q.QuotaKey] = &cp
+			s.touch(&cp)
 		}
 	}
 }
@@ -127,7 +149,10 @@ func (s *State) QuotaOf(k QuotaKey) (Quota, bool) {
 func (s *State) TouchTenant(tenant string) {
 	for k, q := range s.quotas {
 		if k.Tenant == tenant {
-			q.dirty, q.published = true, time.Time{}
+			q.published = time.Time{}
+			s.touch(q)
 		}
 	}
+	// Its quotas' grace may have changed, so may its rows' ends.
+	s.evictFloor = nil
 }

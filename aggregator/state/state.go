@@ -71,6 +71,9 @@ type Row struct {
 	Plan      string
 
 	dirty bool
+	// queued: the row is in State.dirtyRows (dirty implies queued), so a
+	// flush visits what changed, not every row in memory.
+	queued bool
 	// acc is the value of a sum or count row in fixed units; Value is
 	// brought up to date from it (sync) when the row is handed out, so the
 	// fold itself never allocates.
