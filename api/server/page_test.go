@@ -75,6 +75,8 @@ func TestPagesInChromium(t *testing.T) {
 	elapsed := int(now.Sub(period.Start).Hours()/24) + 1
 	// Daily ai_generation rows for every day of the period so far: 1.5 a
 	// day for tenant-a (FREE), 7 for acme (PRO in the plans file).
+	// tenant-a's user id is one a spreadsheet would run as a formula.
+	const formulaUser = `=HYPERLINK("https://x.invalid","u1")`
 	b, err := conn.PrepareBatch(context.Background(), `INSERT INTO usage_1d (tenant_id, feature_type, subject, window_start, aggregation, value,
  events, latest_ns, source_partition, source_offset, updated_at, version)`)
 	if err != nil {
@@ -83,7 +85,7 @@ func TestPagesInChromium(t *testing.T) {
 	for d := 0; d < elapsed; d++ {
 		day := period.Start.AddDate(0, 0, d)
 		for tenant, v := range map[string]string{"tenant-a": "1.5", "acme": "7"} {
-			if err := b.Append(tenant, "ai_generation", "u1", day, "sum", decimal.RequireFromString(v), uint64(1), int64(0), int32(0), int64(d), day, uint64(2)); err != nil {
+			if err := b.Append(tenant, "ai_generation", map[string]string{"tenant-a": formulaUser, "acme": "u1"}[tenant], day, "sum", decimal.RequireFromString(v), uint64(1), int64(0), int32(0), int64(d), day, uint64(2)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -96,7 +98,7 @@ func TestPagesInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pb.Append("tenant-a", "ai_generation", "u1", period.ID, period.Start, period.End, "FREE", "sum", decimal.NewFromInt(45),
+	if err := pb.Append("tenant-a", "ai_generation", formulaUser, period.ID, period.Start, period.End, "FREE", "sum", decimal.NewFromInt(45),
 		uint64(45), int64(0), int32(0), int64(1), now, uint64(2)); err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +179,15 @@ func TestPagesInChromium(t *testing.T) {
 	}
 	if want := direct(t, conn, "tenant-a", period.Start, period.End); len(want) != elapsed+1 || !slices.EqualFunc(rows, want, slices.Equal) {
 		t.Fatalf("csv\n got %v\nwant %v", rows, want)
+	}
+	// The users CSV: the formula-like user id behind a single quote.
+	status, body = fetch(attr("#csv-users", "href"))
+	if rows, err = csv.NewReader(strings.NewReader(body)).ReadAll(); status != "200" || err != nil {
+		t.Fatalf("users csv: %s %v\n%s", status, err, body)
+	}
+	if want := directUsers(t, conn, "usage_period", "tenant-a", period.Start, period.End); len(want) != 2 || want[1][3] != "'"+formulaUser ||
+		!slices.EqualFunc(rows, want, slices.Equal) {
+		t.Fatalf("users csv\n got %q\nwant %q", rows, want)
 	}
 	// tenant-a's key reads neither another tenant's page, nor its API, nor its CSV.
 	for _, u := range []string{"/usage/tenant-b", "/v1/usage/tenant-b", "/v1/usage/tenant-b?format=csv", "/usage/acme"} {

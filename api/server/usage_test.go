@@ -21,8 +21,14 @@ import (
 	"github.com/usagemeter/usagemeter/testenv"
 )
 
+// seedUsers are the user ids of seedDaily: besides u1, ids a spreadsheet
+// would run as formulas (the contract accepts any printable user_id).
+func seedUsers() []string {
+	return []string{"u1", `=HYPERLINK("https://x.invalid","u2")`, "+1+2", "-2+3", "@SUM(A1)"}
+}
+
 // seedDaily writes usage_1d rows as the aggregator does: for each tenant,
-// day d of the last 5 days, api_calls by two users and storage (a gauge).
+// day d of the last 5 days, api_calls by seedUsers and storage (a gauge).
 func seedDaily(t *testing.T, conn driver.Conn, tenants ...string) time.Time {
 	t.Helper()
 	ctx := context.Background()
@@ -35,7 +41,7 @@ func seedDaily(t *testing.T, conn driver.Conn, tenants ...string) time.Time {
 	for ti, tenant := range tenants {
 		for d := 0; d < 5; d++ {
 			day := today.AddDate(0, 0, -d)
-			for ui, user := range []string{"u1", "u2"} {
+			for ui, user := range seedUsers() {
 				v := decimal.New(int64(100*ti+10*d+ui+1), -1) // 0.1 steps: exact decimals
 				if err := b.Append(tenant, "api_calls", user, day, "sum", v, uint64(d+1), int64(0), int32(0), int64(d), day, uint64(2)); err != nil {
 					t.Fatal(err)
@@ -89,9 +95,54 @@ func direct(t *testing.T, conn driver.Conn, tenant string, from, to time.Time) [
 		if meter == "storage" {
 			v, agg = mx, "max"
 		}
-		out = append(out, []string{w.UTC().Format(time.RFC3339), meter, agg, "", decimal.RequireFromString(v).String(), fmt.Sprint(events)})
+		out = append(out, []string{w.UTC().Format(time.RFC3339), meter, agg, spreadsheetText(""), decimal.RequireFromString(v).String(), fmt.Sprint(events)})
 	}
 	return out
+}
+
+// directUsers is group_by=user read with a plain query of our own: the
+// rows of table (usage_1d by window_start, usage_period by period_start
+// overlapping [from, to)) per meter and subject, the subject made safe
+// for a spreadsheet as the CSV must.
+func directUsers(t *testing.T, conn driver.Conn, table, tenant string, from, to time.Time) [][]string {
+	t.Helper()
+	q := `SELECT window_start, feature_type, aggregation, subject, toString(value), events FROM usage_1d FINAL
+ WHERE tenant_id = ? AND window_start >= ? AND window_start < ? ORDER BY window_start, feature_type, subject`
+	args := []any{tenant, from, to}
+	if table == "usage_period" {
+		q = `SELECT period_start, feature_type, aggregation, subject, toString(value), events FROM usage_period FINAL
+ WHERE tenant_id = ? AND period_start < ? AND period_end > ? ORDER BY period_start, feature_type, subject`
+		args = []any{tenant, to, from}
+	}
+	rs, err := conn.Query(context.Background(), q, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	out := [][]string{usageread.CSVHeader}
+	for rs.Next() {
+		var w time.Time
+		var meter, agg, subject, v string
+		var events uint64
+		if err := rs.Scan(&w, &meter, &agg, &subject, &v, &events); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, []string{w.UTC().Format(time.RFC3339), meter, agg, spreadsheetText(subject), decimal.RequireFromString(v).String(), fmt.Sprint(events)})
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// spreadsheetText is OWASP's rule for CSV cells of tenant text, written
+// here on its own: a cell starting with = + - @ tab or CR gets a leading
+// single quote.
+func spreadsheetText(s string) string {
+	if len(s) > 0 && strings.ContainsAny(s[:1], "=+-@\t\r") {
+		return "'" + s
+	}
+	return s
 }
 
 func TestUsageCSVEqualsClickHouseAndPages(t *testing.T) {
@@ -132,6 +183,40 @@ func TestUsageCSVEqualsClickHouseAndPages(t *testing.T) {
 	if !slices.EqualFunc(rows, want[1:], slices.Equal) {
 		t.Fatalf("paged json\n got %v\nwant %v", rows, want[1:])
 	}
+	// By user: the user ids are tenant text, so a formula-like id reaches
+	// the CSV behind a single quote (the JSON keeps it as sent), while the
+	// values stay numbers.
+	a = e.do("GET", "/v1/usage/tenant-a"+q+"&group_by=user&format=csv", keyA, "")
+	if a.status != 200 {
+		t.Fatalf("csv by user: %d %s", a.status, a.raw)
+	}
+	if got, err = csv.NewReader(strings.NewReader(a.raw)).ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	want = directUsers(t, conn, "usage_1d", "tenant-a", from, to)
+	if len(want) != 1+5*2*len(seedUsers()) || !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("csv by user\n got %q\nwant %q", got, want)
+	}
+	quoted := 0
+	for _, row := range got[1:] {
+		if strings.HasPrefix(row[3], "'") {
+			quoted++
+		}
+		if _, err := decimal.NewFromString(row[4]); err != nil || strings.HasPrefix(row[4], "'") {
+			t.Fatalf("value %q is not a number", row[4])
+		}
+	}
+	if quoted != 5*2*(len(seedUsers())-1) {
+		t.Fatalf("%d cells quoted, want every row of the 4 formula-like users: %q", quoted, got)
+	}
+	j := e.do("GET", "/v1/usage/tenant-a"+q+"&group_by=user&meter=api_calls&limit=10000", keyA, "")
+	groups := map[string]bool{}
+	for _, r := range j.body["rows"].([]any) {
+		groups[r.(map[string]any)["group"].(string)] = true
+	}
+	if len(groups) != len(seedUsers()) || !groups[seedUsers()[1]] {
+		t.Fatalf("json groups %v, want the user ids as sent", groups)
+	}
 }
 
 func TestUsageTenantIsolationAndHostileParams(t *testing.T) {
@@ -149,7 +234,7 @@ func TestUsageTenantIsolationAndHostileParams(t *testing.T) {
 	}
 	// tenant-a's own answer holds only tenant-a's values (tenant-b's are >= 10).
 	a := e.do("GET", "/v1/usage/tenant-a?group_by=user&meter=api_calls&from="+today.AddDate(0, 0, -1).Format(time.RFC3339), keyA, "")
-	if a.status != 200 || len(a.body["rows"].([]any)) != 4 {
+	if a.status != 200 || len(a.body["rows"].([]any)) != 2*len(seedUsers()) {
 		t.Fatalf("own rows: %d %s", a.status, a.raw)
 	}
 	for _, r := range a.body["rows"].([]any) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -95,8 +96,25 @@ func (rd *Reader) Read(ctx context.Context, req Request) (Page, error) {
 // CSVHeader is the first line of every CSV answer.
 var CSVHeader = []string{"window_start", "meter", "aggregation", "group", "value", "events"}
 
+// formulaStart are the first characters that make Excel, Sheets or
+// LibreOffice read a cell as a formula (OWASP, "CSV Injection").
+const formulaStart = "=+-@\t\r"
+
+// SafeCell neutralises tenant text for a spreadsheet: a cell starting with
+// a formula character gets a leading single quote, the OWASP rule, which
+// spreadsheets show as text. Only the group column (a user id or metadata
+// value) is tenant text: meters match ^[a-z], aggregations and windows are
+// ours, and value and events are numbers (decimal.String, so a "-" there
+// starts a number, never a formula).
+func SafeCell(s string) string {
+	if s != "" && strings.IndexByte(formulaStart, s[0]) >= 0 {
+		return "'" + s
+	}
+	return s
+}
+
 // WriteCSV writes rows as RFC 4180 CSV (encoding/csv quotes what needs it),
-// with the header when header is true.
+// with the header when header is true. Groups go through SafeCell.
 func WriteCSV(w io.Writer, rows []Row, header bool) error {
 	cw := csv.NewWriter(w)
 	if header {
@@ -105,7 +123,7 @@ func WriteCSV(w io.Writer, rows []Row, header bool) error {
 		}
 	}
 	for _, r := range rows {
-		if err := cw.Write([]string{r.Window.Format(time.RFC3339), r.Meter, r.Aggregation, r.Group, r.Value,
+		if err := cw.Write([]string{r.Window.Format(time.RFC3339), r.Meter, r.Aggregation, SafeCell(r.Group), r.Value,
 			strconv.FormatUint(r.Events, 10)}); err != nil {
 			return err
 		}
