@@ -629,7 +629,7 @@ func (c *Cache) refresh(e *entry, snap *plansSnapshot, a plans.Assignment, now t
 		return old // another goroutine did it
 	}
 	q := c.quotaFor(a.Plan, e.key.meter)
-	p := plans.PeriodOf(q.q, a.AnchorDay, now)
+	p := a.PeriodFor(q.q, now)
 	if g := plans.WithGrants(q.q, a, e.key.meter, p.ID); !g.Limit.Equal(q.q.Limit) {
 		// A one-off grant for this period: this view's own limit (built
 		// here, off the hot path; the next period's view has none).

@@ -110,7 +110,7 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 	}
 	s.advance(partition, e.Timestamp)
 	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
-	period := plans.PeriodOf(quota, assignment.AnchorDay, e.Timestamp)
+	period := assignment.PeriodFor(quota, e.Timestamp)
 	subject := subjectOf(meter, e)
 	if meter.Aggregation == plans.UniqueCount && subject == "" {
 		// Nothing to count: an event without a user is not one more user.

@@ -243,7 +243,7 @@ func (s *Server) changePlan(w http.ResponseWriter, r *http.Request) {
 	}
 	previous, _ := s.cache.Meters(tenant)
 	_, _, current := s.plans.QuotaFor(tenant, "")
-	a := plans.Assignment{Plan: plan, AnchorDay: current.AnchorDay, Version: time.Now().Unix()}
+	a := plans.Assignment{Plan: plan, AnchorDay: current.AnchorDay, Anchor: current.Anchor, Version: time.Now().Unix()}
 	// The record replaces the tenant's: it carries the open grants on.
 	if open := s.cache.Assignment(tenant).Grants.Open(time.Now()); len(open) > 0 {
 		a.Grants = &plans.Grants{List: open}
@@ -320,7 +320,7 @@ func (s *Server) grantQuota(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, route, badField(codeInvalidField, "amount", "%q is not a decimal number", amount))
 		return
 	}
-	period := plans.PeriodOf(q, cur.AnchorDay, now)
+	period := cur.PeriodFor(q, now)
 	g := plans.Grant{Meter: meter, Period: period.ID, Amount: amt}
 	if err := g.Validate("grant"); err != nil {
 		s.fail(w, route, badField(codeInvalidField, "amount", "%s", strings.TrimPrefix(err.Error(), "grant.amount: ")))
@@ -337,7 +337,7 @@ func (s *Server) grantQuota(w http.ResponseWriter, r *http.Request) {
 	}
 	// Never older than the record it builds on (a Stripe event time may be
 	// ahead of this clock), so Assign cannot ignore it as stale.
-	a := plans.Assignment{Plan: cur.Plan, AnchorDay: cur.AnchorDay, Version: max(now.Unix(), cur.Version), Grants: &plans.Grants{List: grants}}
+	a := plans.Assignment{Plan: cur.Plan, AnchorDay: cur.AnchorDay, Anchor: cur.Anchor, Version: max(now.Unix(), cur.Version), Grants: &plans.Grants{List: grants}}
 	key, value := plans.AssignmentRecord(tenant, &a)
 	ctx, cancel := context.WithTimeout(r.Context(), PublishTimeout)
 	defer cancel()

@@ -257,7 +257,10 @@ func (h *Handler) refresh(ctx context.Context, tenant string) error {
 // samePlan reports whether a and b assign the same plan (versions and
 // grants aside).
 func samePlan(a, b plans.Assignment) bool {
-	a.Version, a.Grants, b.Version, b.Grants = 0, nil, 0, nil
+	if !a.Anchor.Equal(b.Anchor) {
+		return false
+	}
+	a.Version, a.Grants, b.Version, b.Grants, a.Anchor, b.Anchor = 0, nil, 0, nil, time.Time{}, time.Time{}
 	return a == b
 }
 
@@ -335,7 +338,7 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 		return "ignored", nil
 	}
 	var plan string
-	var anchor int
+	var anchor time.Time // the subscription's billing_cycle_anchor (zero: none)
 	if h.stripe != nil && sub.Customer != nil {
 		// The plan is what all the customer's subscriptions say now, not
 		// what this one event says: cancelling an add-on, or the old
@@ -359,7 +362,12 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 	}
 	cur, v := h.written[tenant], h.versions[tenant]
 	// The tenant's grants (one-off increases for named periods) stay.
-	a := plans.Assignment{Plan: plan, AnchorDay: anchor, Version: ev.Created, Grants: cur.Grants}
+	// The anchor to the second: quotas' anchored periods then start where
+	// Stripe's do, so quotas and billing put every unit in one period.
+	a := plans.Assignment{Plan: plan, Anchor: anchor, Version: ev.Created, Grants: cur.Grants}
+	if !anchor.IsZero() {
+		a.AnchorDay = anchor.Day()
+	}
 	if h.stripe != nil {
 		// The plan is Stripe's truth read now, whatever the event's age:
 		// it replaces an older record even when that record's version
@@ -386,12 +394,12 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 
 // planFrom is the plan of a customer's subscriptions: among the entitled
 // ones (see entitled), the mapped price listed last in webhook.prices (list
-// them from the lowest plan to the highest), with its subscription's anchor
-// day; none: canceled_plan. Prices not in webhook.prices are counted and
+// them from the lowest plan to the highest), with its subscription's
+// billing_cycle_anchor; none: canceled_plan. Prices not in webhook.prices are counted and
 // logged (an add-on is expected there; a new plan price missing from the
 // config is a mistake to see).
-func (h *Handler) planFrom(subs []stripeapi.Subscription, tenant string) (string, int) {
-	best, anchor := -1, 0
+func (h *Handler) planFrom(subs []stripeapi.Subscription, tenant string) (string, time.Time) {
+	best, anchor := -1, time.Time{}
 	for _, sub := range subs {
 		if !entitled[stripe.SubscriptionStatus(sub.Status)] {
 			continue
@@ -405,29 +413,29 @@ func (h *Handler) planFrom(subs []stripeapi.Subscription, tenant string) (string
 				continue
 			}
 			if r > best {
-				best, anchor = r, sub.Anchor.Day()
+				best, anchor = r, sub.Anchor.UTC()
 			}
 		}
 	}
 	if best < 0 {
-		return h.cfg.CanceledPlan, 0
+		return h.cfg.CanceledPlan, time.Time{}
 	}
 	return h.cfg.Prices[best].Plan, anchor
 }
 
 // planOf maps the subscription to a plan: the canceled plan when it ended,
 // else the first item whose price lookup_key is configured.
-func (h *Handler) planOf(ev stripe.Event, sub *stripe.Subscription) (string, int) {
-	anchor := 0
+func (h *Handler) planOf(ev stripe.Event, sub *stripe.Subscription) (string, time.Time) {
+	var anchor time.Time
 	if sub.BillingCycleAnchor > 0 {
-		anchor = time.Unix(sub.BillingCycleAnchor, 0).UTC().Day()
+		anchor = time.Unix(sub.BillingCycleAnchor, 0).UTC()
 	}
 	if ev.Type == "customer.subscription.deleted" || sub.Status == stripe.SubscriptionStatusCanceled ||
 		sub.Status == stripe.SubscriptionStatusIncompleteExpired || sub.Status == stripe.SubscriptionStatusUnpaid {
-		return h.cfg.CanceledPlan, 0
+		return h.cfg.CanceledPlan, time.Time{}
 	}
 	if sub.Items == nil {
-		return "", 0
+		return "", time.Time{}
 	}
 	for _, it := range sub.Items.Data {
 		if it.Price != nil {
@@ -436,5 +444,5 @@ func (h *Handler) planOf(ev stripe.Event, sub *stripe.Subscription) (string, int
 			}
 		}
 	}
-	return "", 0
+	return "", time.Time{}
 }

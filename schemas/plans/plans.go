@@ -87,6 +87,12 @@ type Assignment struct {
 	// AnchorDay (1-31) starts the tenant's anchored periods; days past the
 	// end of a short month clamp to its last day.
 	AnchorDay int `mapstructure:"anchor_day"`
+	// Anchor is the subscription's billing_cycle_anchor to the second
+	// (UTC), as Stripe starts its periods; zero when only a day is known.
+	// When set, anchored periods start at its day and second (PeriodFor),
+	// so quotas and billing agree on the period of every unit. Only
+	// run-time records carry it (billing-sync's plan hook), never the file.
+	Anchor time.Time `mapstructure:"-"`
 	// Version orders run-time assignments of one tenant (for example the
 	// Stripe event's creation time): Assign ignores one older than the
 	// tenant's current assignment, so a replayed or reordered record never

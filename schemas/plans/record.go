@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -13,7 +14,11 @@ import (
 // key = tenant_id, value = {"plan": "PRO", "anchor_day": 15, "version": 1732780800,
 // "grants": [{"meter": "ai_generation", "period": "2026-11", "amount": "10"}]}
 // (anchor_day, version and grants optional; a grant's amount is a decimal
-// string, exact). A record without grants reads and writes as before, so
+// string, exact). "anchor": "2027-01-15T14:32:10Z" (optional, RFC 3339,
+// UTC; billing-sync's plan hook writes the subscription's
+// billing_cycle_anchor) starts anchored periods at that second; its day
+// must equal anchor_day when both are present. A reader older than it
+// refuses such a record (unknown field): upgrade readers first. A record without grants reads and writes as before, so
 // older readers and writers agree on it; a reader older than grants
 // refuses a record with them (unknown field) rather than misread it. An empty value (a tombstone) reverts
 // the tenant to the config file or the default plan. Every reader (the
@@ -24,6 +29,7 @@ import (
 type assignmentJSON struct {
 	Plan      string      `json:"plan"`
 	AnchorDay int         `json:"anchor_day,omitempty"`
+	Anchor    string      `json:"anchor,omitempty"`
 	Version   int64       `json:"version,omitempty"`
 	Grants    []grantJSON `json:"grants,omitempty"`
 }
@@ -55,6 +61,18 @@ func ParseAssignmentRecord(key, value []byte) (tenant string, a *Assignment, err
 		return tenant, nil, fmt.Errorf("plan assignment for %s: plan is required", tenant)
 	}
 	a = &Assignment{Plan: v.Plan, AnchorDay: v.AnchorDay, Version: v.Version}
+	if v.Anchor != "" {
+		at, err := time.Parse(time.RFC3339, v.Anchor)
+		if err != nil {
+			return tenant, nil, fmt.Errorf("plan assignment for %s: anchor %q is not an RFC 3339 time: %w", tenant, v.Anchor, err)
+		}
+		a.Anchor = at.UTC()
+		if a.AnchorDay == 0 {
+			a.AnchorDay = a.Anchor.Day()
+		} else if a.AnchorDay != a.Anchor.Day() {
+			return tenant, nil, fmt.Errorf("plan assignment for %s: anchor_day %d is not the day of anchor %s", tenant, a.AnchorDay, v.Anchor)
+		}
+	}
 	if len(v.Grants) > MaxGrants {
 		return tenant, nil, fmt.Errorf("plan assignment for %s: grants: %d grants, at most %d", tenant, len(v.Grants), MaxGrants)
 	}
@@ -76,6 +94,9 @@ func AssignmentRecord(tenant string, a *Assignment) (key, value []byte) {
 		return []byte(tenant), nil
 	}
 	v := assignmentJSON{Plan: a.Plan, AnchorDay: a.AnchorDay, Version: a.Version}
+	if !a.Anchor.IsZero() {
+		v.Anchor = a.Anchor.UTC().Format(time.RFC3339)
+	}
 	if a.Grants != nil {
 		for _, g := range a.Grants.List {
 			v.Grants = append(v.Grants, grantJSON(g))
