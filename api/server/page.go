@@ -134,26 +134,18 @@ func (s *Server) tenantPage(w http.ResponseWriter, r *http.Request) {
 	if !s.actsFor(w, route, p, tenant) {
 		return
 	}
-	now := time.Now().UTC()
+	now := s.now().UTC()
 	v := pageView{Tenant: tenant, UpgradeURL: strings.ReplaceAll(s.cfg.UpgradeURL, "{tenant}", url.QueryEscape(tenant)), CSV: map[string]string{}}
 	plan, meters := s.cache.Meters(tenant)
 	v.Plan = plan
 	if s.alerts != nil {
 		v.AlertsOn, v.Alerts = true, alertRows(s.alerts.Tenant(tenant))
 	}
-	// The period: the one the cache's decisions name (ResetAt is its end).
-	start, end := plans.PeriodOf(plans.Quota{Period: plans.CalendarMonth}, 0, now).Start, time.Time{}
+	period := pagePeriod(s.plans.Plans[plan], s.cache.Assignment(tenant), meters, now)
+	start, end := period.Start, period.End
 	decisions := make([]quota.Decision, 0, len(meters))
 	for _, m := range meters {
-		d := s.cache.Peek(r.Context(), tenant, m)
-		decisions = append(decisions, d)
-		if !d.ResetAt.IsZero() && end.IsZero() {
-			end = d.ResetAt.UTC()
-			start = end.AddDate(0, -1, 0)
-		}
-	}
-	if end.IsZero() {
-		end = start.AddDate(0, 1, 0)
+		decisions = append(decisions, s.cache.Peek(r.Context(), tenant, m))
 	}
 	v.PeriodStart, v.PeriodEnd = start.Format("2006-01-02"), end.Format("2006-01-02")
 	daily, users, byKey, err := s.pageRows(r.Context(), tenant, start, end, now, r.URL.Query().Get("key"))
@@ -244,6 +236,32 @@ func (s *Server) tenantPage(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("render usage page", zap.Error(err))
 	}
 	s.answers.WithLabelValues(route, "200").Inc()
+}
+
+// pagePeriod is the period the page shows, by the one rule the
+// aggregator (usage_period) and the quota caches (reset_at) use,
+// plans.Assignment.PeriodFor (PeriodOf for anchor days), for the tenant's
+// assignment as the cache has it: the
+// first anchored meter of the plan (its subscription's period), else the
+// calendar month. Never reset_at minus a month: an anchor clamped at a
+// short month's end (the 31st: 2027-02-28 to 2027-03-31) does not step
+// back by a calendar month.
+func pagePeriod(pl plans.Plan, a plans.Assignment, meters []string, now time.Time) plans.Period {
+	q := plans.Quota{Period: plans.CalendarMonth}
+	for _, m := range meters {
+		if mq, ok := pl.Meters[m]; ok && mq.Period == plans.Anchored {
+			q = mq
+			break
+		}
+	}
+	return a.PeriodFor(q, now)
+}
+
+// WithClock makes the pages read the time from now instead of time.Now
+// (tests: a period of another date; give the quota cache the same clock).
+func (s *Server) WithClock(now func() time.Time) *Server {
+	s.now = now
+	return s
 }
 
 func later(a, b time.Time) time.Time {

@@ -62,6 +62,7 @@ type Server struct {
 	ops              *Ops       // nil: no lag or DLQ counts on the admin page
 	alerts           *AlertFeed // nil: no alerts on the pages
 	plans            *plans.Config
+	now              func() time.Time // time.Now; WithClock (tests: a period of another date)
 }
 
 // New returns a server for the meters of p (the plans file c was built
@@ -79,7 +80,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 		Help: "GET /v1/usage and usage pages whose ClickHouse read failed (answered 503)."})
 	s.auditFailed = prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_plan_change_audit_failures_total",
 		Help: "Plan changes published from the admin page whose plan_changes audit row could not be written."})
-	s.plans = p
+	s.plans, s.now = p, time.Now
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
 	// The meters quota knows: those the plans file defines or a plan limits.
 	known := map[string]bool{}

@@ -69,6 +69,13 @@ func newEnvPlans(t testing.TB, p *plans.Config, opts ...func(*quota.Config)) *en
 // newEnvUsage is newEnvPlans with usage reads from rd (nil: none).
 func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...func(*quota.Config)) *env {
 	t.Helper()
+	return newEnvClock(t, p, rd, nil, opts...)
+}
+
+// newEnvClock is newEnvUsage with the quota cache and the pages on the
+// clock now (nil: time.Now).
+func newEnvClock(t testing.TB, p *plans.Config, rd *usageread.Reader, now func() time.Time, opts ...func(*quota.Config)) *env {
+	t.Helper()
 	broker := testenv.Kafka(t)
 	e := &env{t: t, broker: broker, events: testenv.Name("events"), state: testenv.Name("qstate"), assign: testenv.Name("assign")}
 	testenv.CreateTopic(t, broker, e.events, 4)
@@ -84,7 +91,11 @@ func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...fu
 		o(&qc)
 	}
 	var err error
-	e.cache, err = quota.New(qc, p, zap.NewNop())
+	var copts []quota.Option
+	if now != nil {
+		copts = append(copts, quota.WithClock(now))
+	}
+	e.cache, err = quota.New(qc, p, zap.NewNop(), copts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +120,9 @@ func newEnvUsage(t testing.TB, p *plans.Config, rd *usageread.Reader, opts ...fu
 	cfg.MaxBodyBytes = 1024
 	mux := http.NewServeMux()
 	srv := server.New(cfg, e.cache, p, keys, quota.NewProducerTracker(pub), zap.NewNop(), prometheus.NewRegistry())
+	if now != nil {
+		srv.WithClock(now)
+	}
 	if rd != nil {
 		srv.WithUsage(rd).WithAdmin(&server.Assigner{Client: &kafka.Client{Addr: kafka.TCP(broker)}, Topic: e.assign})
 		e.alerts = testenv.Name("alerts")
