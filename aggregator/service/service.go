@@ -262,7 +262,8 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	s.log.Info("generation started", zap.Int32("generation", gen.ID), zap.Int("partitions", len(assigned)),
 		zap.Int("rows_loaded", st.Rows()))
 
-	msgs := make(chan message, 4096)
+	msgs := newHandoff(4096)
+	var spare []message
 	genDone := make(chan struct{})
 	// kafka-go rejoins the group only when every function started on the
 	// generation has returned: holding this one until the final flush is
@@ -304,14 +305,18 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	var side []kafka.Message
 	for {
 		select {
-		case m := <-msgs:
-			out, err := s.apply(wctx, st, m)
-			if err != nil {
-				return err
+		case <-msgs.ready:
+			batch := msgs.take(spare)
+			for _, m := range batch {
+				out, err := s.apply(wctx, st, m)
+				if err != nil {
+					return err
+				}
+				if out != nil {
+					side = append(side, *out)
+				}
 			}
-			if out != nil {
-				side = append(side, *out)
-			}
+			spare = batch
 		case a := <-assignments:
 			if err := s.plans.Assign(a.tenant, a.a); err != nil {
 				s.m.assignErrors.Inc()
@@ -406,7 +411,7 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 // recognised after a restart. A failing reader is re-created at the next
 // offset after a pause, so a broker hiccup never stalls a partition. It
 // returns an error only for a retention gap with on_retention_gap: fail.
-func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs chan<- message) error {
+func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs *handoff) error {
 	next := int64(-1)
 	for pause := s.cfg.RetryMin; ctx.Err() == nil; pause = min(pause*2, s.cfg.RetryMax) {
 		if next < 0 {
@@ -478,7 +483,7 @@ func retentionGap(ckpt, first int64) int64 {
 // deleted, at any time, not only when a partition opens: every record goes
 // through svckit.OffsetGaps, the consumer's rule, which tells records
 // retention deleted unread from offsets that hold no event.
-func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs chan<- message) (int64, error) {
+func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs *handoff) (int64, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
 	defer r.Close()
@@ -501,12 +506,10 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 				return offset, err
 			}
 		}
-		select {
-		case msgs <- message{Message: m, replay: m.Offset <= ckpt}:
-			offset = m.Offset + 1
-		case <-ctx.Done():
-			return offset, ctx.Err()
+		if err := msgs.put(ctx, message{Message: m, replay: m.Offset <= ckpt}); err != nil {
+			return offset, err
 		}
+		offset = m.Offset + 1
 	}
 }
 
