@@ -35,12 +35,15 @@ type Config struct {
 // DefaultConfig: raw events 13 months (a year and the month compared with
 // it), one-minute windows 35 days, hours 400 days, days, periods and the
 // billing ledger for ever, the DLQ fallback, replay records and webhook
-// deliveries a year.
+// deliveries a year, and the admin page's audit of plan changes and quota
+// grants 24 months (730 days: who changed a tenant's limits, for two
+// years of invoices and disputes).
 func DefaultConfig() Config {
 	return Config{
 		Keep: map[string]int{
 			"usage_events": 396, "usage_1m": 35, "usage_1h": 400, "usage_1d": 0, "usage_period": 0,
 			"dead_letters": 365, "dlq_replays": 365, "alert_deliveries": 365, "billing_audit": 0,
+			"plan_changes": 730, "quota_grants": 730,
 		},
 		BillingCloseAfter: 31*24*time.Hour + time.Hour,
 	}
@@ -48,10 +51,14 @@ func DefaultConfig() Config {
 
 // Tables partitioned by month, and how much later than its partition's
 // month a row's time can end: a usage_period row is partitioned by its
-// period start, and its period ends up to a month later.
+// period start, and its period ends up to a month later. plan_changes and
+// quota_grants (usage-api's audit, migrations 0013 and 0014) are
+// partitioned by when the change was made; a grant's period ends at most a
+// month later, which billing_close_after already waits for.
 var partitioned = map[string]time.Duration{
 	"usage_events": 0, "usage_1m": 0, "usage_1h": 0, "usage_1d": 0, "usage_period": 31 * 24 * time.Hour,
 	"dead_letters": 0, "dlq_replays": 0, "alert_deliveries": 0, "billing_audit": 0,
+	"plan_changes": 0, "quota_grants": 0,
 }
 
 // Validate names the key at fault.

@@ -200,3 +200,106 @@ func TestConfigNamesTheKey(t *testing.T) {
 		}
 	}
 }
+
+// insertAudit writes one audit row at `at` into plan_changes and one into
+// quota_grants, as usage-api's admin page does.
+func insertAudit(t *testing.T, conn driver.Conn, at time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := conn.PrepareBatch(ctx, `INSERT INTO plan_changes (tenant_id, plan, previous_plan, anchor_day, version, actor, reason, topic, partition, offset, at)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Append("acme", "PRO", "FREE", uint8(1), at.Unix(), "ab12cd34", "upgrade", "usage.plan-assignments", int32(0), int64(1), at); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := conn.PrepareBatch(ctx, `INSERT INTO quota_grants (tenant_id, feature_type, period_id, amount, plan, version, actor, reason, topic, partition, offset, at)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Append("acme", "ai_generation", at.Format("2006-01"), decimal.NewFromInt(10), "FREE", at.Unix(), "ab12cd34", "goodwill", "usage.plan-assignments", int32(0), int64(2), at); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Send(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// auditPartitions lists the active partitions of plan_changes and
+// quota_grants, as table:YYYYMM, sorted.
+func auditPartitions(t *testing.T, conn driver.Conn) []string {
+	t.Helper()
+	var rows []struct {
+		Table string `ch:"table"`
+		ID    string `ch:"partition_id"`
+	}
+	if err := conn.Select(context.Background(), &rows, `SELECT DISTINCT table, partition_id FROM system.parts
+WHERE active AND database = currentDatabase() AND has(['plan_changes', 'quota_grants'], table)`); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rows {
+		out = append(out, r.Table+":"+r.ID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// The admin page's audit tables are retained by default for 24 months
+// (730 days), with the same guards as every table: on the real server,
+// months past it go, younger months stay, a month billing has not
+// finished stays whatever its age, and a second run drops nothing.
+func TestApplyRetainsAuditTables(t *testing.T) {
+	conn, _ := testenv.ClickHouse(t)
+	ctx := context.Background()
+	if _, err := migrations.Apply(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	cfg := retention.DefaultConfig()
+	if cfg.Keep["plan_changes"] != 730 || cfg.Keep["quota_grants"] != 730 {
+		t.Fatalf("default keep: plan_changes %d, quota_grants %d days, want 730 (24 months)", cfg.Keep["plan_changes"], cfg.Keep["quota_grants"])
+	}
+	now := time.Now().UTC()
+	id := func(add int) string { return monthStart(now, add).Format("200601") }
+	// Month -25 ends at least 730 days ago; month -23 ends less than 700 days ago.
+	for _, m := range []int{-30, -27, -25, -23, -1, 0} {
+		insertAudit(t, conn, monthStart(now, m).Add(36*time.Hour))
+	}
+	insertLedger(t, conn, monthStart(now, -27).Add(time.Hour), "pending") // billing may still write month -27
+	p := retention.Planner{Conn: conn, Cfg: cfg, Log: zap.NewNop()}
+	dropped, err := p.Apply(ctx, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range dropped {
+		if d.Table == "plan_changes" || d.Table == "quota_grants" {
+			got = append(got, d.Table+":"+d.ID)
+		}
+	}
+	sort.Strings(got)
+	want := []string{"plan_changes:" + id(-30), "plan_changes:" + id(-25), "quota_grants:" + id(-30), "quota_grants:" + id(-25)}
+	sort.Strings(want)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("dropped %v, want %v", got, want)
+	}
+	var left []string
+	for _, m := range []int{-27, -23, -1, 0} {
+		left = append(left, "plan_changes:"+id(m), "quota_grants:"+id(m))
+	}
+	sort.Strings(left)
+	if after := auditPartitions(t, conn); fmt.Sprint(after) != fmt.Sprint(left) {
+		t.Fatalf("partitions after apply %v, want %v", after, left)
+	}
+	for _, table := range []string{"plan_changes", "quota_grants"} {
+		if n, err := testenv.CountRows(ctx, conn, "FROM "+table); err != nil || n != 4 {
+			t.Errorf("%s: %d rows (%v), want 4", table, n, err)
+		}
+	}
+	if again, err := p.Apply(ctx, now); err != nil || len(again) != 0 {
+		t.Fatalf("second apply dropped %+v (%v), want nothing", again, err)
+	}
+}
