@@ -268,3 +268,45 @@ func TestUsageTenantIsolationAndHostileParams(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageCSVByMetadataQuotesFormulas: metadata values are tenant text
+// too. The CSV of group_by=metadata.<key> (the page's "by key" link) equals
+// the seeded events folded here by day and value, each formula-like value
+// behind a single quote, and the values stay numbers.
+func TestUsageCSVByMetadataQuotesFormulas(t *testing.T) {
+	e, conn, today := usageEnv(t)
+	ctx := context.Background()
+	b, err := conn.PrepareBatch(ctx, `INSERT INTO usage_events (id, tenant_id, user_id, feature_type, quantity, event_time,
+ event_time_ns, billing_period, metadata_keys, metadata_values, schema_version, ingested_at, kafka_partition, kafka_offset, version)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := today.Add(-12 * time.Hour) // yesterday, noon
+	for i, ev := range []struct{ id, model, qty string }{
+		{"m1", "=1+1", "2"}, {"m2", "=1+1", "3"}, {"m3", "gpt", "4"}, {"m4", "@x", "5"}, {"m5", "-1", "1"},
+	} {
+		if err := b.Append(ev.id, "tenant-a", "u1", "api_calls", decimal.RequireFromString(ev.qty), at.Add(time.Duration(i)*time.Minute), uint32(0),
+			at.Format("2006-01"), []string{"model"}, []string{ev.model}, uint8(1), at, int32(0), int64(i), uint64(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	day := at.Truncate(24 * time.Hour).Format(time.RFC3339)
+	want := [][]string{usageread.CSVHeader, // ordered by the value as ClickHouse sorts bytes: - = @ g
+		{day, "api_calls", "sum", spreadsheetText("-1"), "1", "1"},
+		{day, "api_calls", "sum", spreadsheetText("=1+1"), "5", "2"},
+		{day, "api_calls", "sum", spreadsheetText("@x"), "5", "1"},
+		{day, "api_calls", "sum", spreadsheetText("gpt"), "4", "1"}}
+	q := "/v1/usage/tenant-a?format=csv&granularity=day&group_by=metadata.model&from=" + today.AddDate(0, 0, -1).Format(time.RFC3339) +
+		"&to=" + today.Format(time.RFC3339)
+	a := e.do("GET", q, keyA, "")
+	got, err := csv.NewReader(strings.NewReader(a.raw)).ReadAll()
+	if a.status != 200 || err != nil {
+		t.Fatalf("csv: %d %v %s", a.status, err, a.raw)
+	}
+	if !slices.EqualFunc(got, want, slices.Equal) || got[1][3] != "'-1" {
+		t.Fatalf("csv by model\n got %q\nwant %q", got, want)
+	}
+}
