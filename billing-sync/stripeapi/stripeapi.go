@@ -477,8 +477,11 @@ type Subscription struct {
 	ID, Customer, Status   string
 	Anchor, Created        time.Time // billing_cycle_anchor, start_date
 	PeriodStart, PeriodEnd time.Time // current_period_start/end
-	CanceledAt             time.Time // zero unless canceled
-	Items                  []SubscriptionItem
+	// CanceledAt is when cancellation was requested: with
+	// cancel_at_period_end the subscription stays active (and billed)
+	// until EndedAt. EndedAt is when it really stopped; zero while it runs.
+	CanceledAt, EndedAt time.Time
+	Items               []SubscriptionItem
 }
 
 // SubscriptionItem is an item and its price: MeterID is set for a price
@@ -554,6 +557,9 @@ func subscriptionOf(s *stripe.Subscription) Subscription {
 	}
 	if s.CanceledAt > 0 {
 		sub.CanceledAt = time.Unix(s.CanceledAt, 0).UTC()
+	}
+	if s.EndedAt > 0 {
+		sub.EndedAt = time.Unix(s.EndedAt, 0).UTC()
 	}
 	if s.Items != nil {
 		for _, item := range s.Items.Data {

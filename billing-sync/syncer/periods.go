@@ -74,10 +74,11 @@ func (c coverage) at(t time.Time) (period, bool) {
 // subPeriod is the subscription's period containing t: its current period
 // as Stripe says, else a monthly step from its billing_cycle_anchor
 // (Stripe's rule: the anchor's day and second, clamped to the month's
-// last day); the first period runs from the start to the anchor; a
-// canceled subscription's last period ends at the cancel.
+// last day); the first period runs from the start to the anchor; an
+// ended subscription's last period ends when it ended (see subEnd).
 func subPeriod(sub stripeapi.Subscription, t time.Time) (time.Time, time.Time, bool) {
-	if t.Before(sub.Created) || !sub.CanceledAt.IsZero() && !t.Before(sub.CanceledAt) {
+	end := subEnd(sub)
+	if t.Before(sub.Created) || !end.IsZero() && !t.Before(end) {
 		return time.Time{}, time.Time{}, false
 	}
 	var s, e time.Time
@@ -97,10 +98,25 @@ func subPeriod(sub stripeapi.Subscription, t time.Time) (time.Time, time.Time, b
 		}
 		s, e = addMonths(a, k), addMonths(a, k+1)
 	}
-	if !sub.CanceledAt.IsZero() && sub.CanceledAt.Before(e) {
-		e = sub.CanceledAt
+	if !end.IsZero() && end.Before(e) {
+		e = end
 	}
 	return s, e, true
+}
+
+// subEnd is when a subscription stopped being billed: ended_at. Not
+// canceled_at, which is the time of the cancel request: with
+// cancel_at_period_end the subscription stays active, and Stripe invoices
+// its usage, until the period ends. canceled_at stands in only for a
+// canceled subscription without ended_at. Zero: still running.
+func subEnd(sub stripeapi.Subscription) time.Time {
+	if !sub.EndedAt.IsZero() {
+		return sub.EndedAt
+	}
+	if sub.Status == "canceled" {
+		return sub.CanceledAt
+	}
+	return time.Time{}
 }
 
 // addMonths steps k months from an anchor, Stripe's way (see subPeriod).
