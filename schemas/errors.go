@@ -22,6 +22,10 @@ const (
 	CodeTimestampTooFarInFuture  Code = "timestamp_too_far_in_future"
 	CodeInvalidBillingPeriod     Code = "invalid_billing_period"
 	CodeUnsupportedSchemaVersion Code = "unsupported_schema_version"
+	// CodeRerouteTooLarge: a valid event on the wrong partition or key
+	// whose re-routed copy (the original plus a key and two headers) the
+	// broker refuses as too large; republish it keyed by its tenant_id.
+	CodeRerouteTooLarge Code = "reroute_too_large"
 )
 
 // withField reports whether the field name is part of the code's tag: for

@@ -215,6 +215,10 @@ type batch struct {
 	last    map[int]kafka.Message // the last message read per partition
 	msgs    int
 	started time.Time
+
+	// rerouteSrc[i] is the original of reroute[i]: what goes to the DLQ
+	// when the broker refuses the copy for good (publishReroutes).
+	rerouteSrc []kafka.Message
 }
 
 // newBatch takes a written batch back for reuse, or makes one. Reusing the
@@ -223,7 +227,7 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 	select {
 	case b := <-free:
 		b.rows.Reset()
-		b.invalid, b.reroute, b.msgs = b.invalid[:0], b.reroute[:0], 0
+		b.invalid, b.reroute, b.rerouteSrc, b.msgs = b.invalid[:0], b.reroute[:0], b.rerouteSrc[:0], 0
 		clear(b.last)
 		return b
 	default:
@@ -259,6 +263,7 @@ func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
 		// table when it is read there, like any event (see Rerouting in
 		// the package doc).
 		b.reroute = append(b.reroute, svckit.Reroute(m, e.TenantID, reason))
+		b.rerouteSrc = append(b.rerouteSrc, m)
 		c.m.rerouted.WithLabelValues(string(reason), c.publisherLabel(m)).Inc()
 		return nil
 	}
@@ -523,10 +528,9 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	if len(b.reroute) > 0 {
 		// Before the commit: a crash after this point re-reads the
 		// originals and writes their copies again (same ids, deduplicated
-		// like any retry); a failure here is retried, never committed past.
-		if err := c.retry(ctx, "re-route misrouted events", c.m.rerouteErrors, func(ctx context.Context) error {
-			return c.rerouteW.WriteMessages(ctx, b.reroute...)
-		}); err != nil {
+		// like any retry); a transient failure here is retried, never
+		// committed past; a copy too large for the broker goes to the DLQ.
+		if err := c.publishReroutes(ctx, b); err != nil {
 			return err
 		}
 	}

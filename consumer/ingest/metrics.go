@@ -24,6 +24,9 @@ type metrics struct {
 	// publishers to fix (each costs a second write and read).
 	rerouted      *prometheus.CounterVec
 	rerouteErrors prometheus.Counter
+	// rerouteTooLarge counts misrouted events whose copy the broker
+	// refused for good as too large: their originals went to the DLQ.
+	rerouteTooLarge prometheus.Counter
 	// retentionGap counts records retention deleted before they were read.
 	retentionGap prometheus.Counter
 }
@@ -61,12 +64,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			[]string{"reason", "publisher"}),
 		rerouteErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "usage_consumer_reroute_errors_total", Help: "Failed re-publish attempts of misrouted events (each is retried; nothing is committed past them)."}),
+		rerouteTooLarge: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "usage_consumer_reroute_too_large_total", Help: "Misrouted events whose re-routed copy the broker refused as too large; their originals went to the DLQ (reroute_too_large), counted nowhere: republish them."}),
 		retentionGap: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "usage_consumer_retention_gap_events_total", Help: "Records of the events topic that retention deleted before the consumer read them (on_retention_gap says what followed)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.inserted, m.invalid, m.batches, m.insertErrors, m.dlqErrors,
-			m.commitErrors, m.insertSeconds, m.batchRows, m.committed, m.fetchErrors, m.deadLetterFallback, m.rerouted, m.rerouteErrors, m.retentionGap)
+			m.commitErrors, m.insertSeconds, m.batchRows, m.committed, m.fetchErrors, m.deadLetterFallback, m.rerouted, m.rerouteErrors, m.rerouteTooLarge, m.retentionGap)
 	}
 	return m
 }
