@@ -95,46 +95,55 @@ func BenchmarkPass10kTenants(b *testing.B) {
 	}
 }
 
-// fullReads hides the ledger's checkpoints: every pass reads 32 days.
+// fullReads hides the ledger's checkpoints: every pass reads from the
+// start of the periods open at its edge.
 type fullReads struct{ syncer.Ledger }
 
 // BenchmarkPassHistory (issue 12 item 8): a `run` pass over 10,000
-// tenants of a meter_events meter when their Stripe periods began a day
-// ago and a month ago, with a ledger that already billed every hour (one
-// event per tenant every 6 hours). The first pass reads everything and
-// writes the checkpoint; the pass measured an hour later reads only from
-// the checkpoint edge. full_pass_s is the same pass with checkpoints
-// hidden (what every pass cost before). Prints raw rows per pass.
+// tenants when their Stripe periods began a day, a week and a month ago,
+// for each mode: api_calls as meter events (a ledger that already billed
+// every hour) and storage (max) as usage records (a ledger whose period
+// already holds the value), one event per tenant every 6 hours. The first
+// pass reads everything and writes the checkpoint; the pass measured an
+// hour later reads only from the checkpoint edge. full_pass_s is the same
+// pass with checkpoints hidden. The month is one period (31 Dec to 31 Jan).
 //
 //	go test -run '^$' -bench BenchmarkPassHistory -benchtime 1x -timeout 30m ./billing-sync/syncer/
 func BenchmarkPassHistory(b *testing.B) {
-	for _, c := range []struct {
-		name string
-		days int
-	}{{"day", 1}, {"week", 7}, {"month", 30}} {
-		b.Run(c.name, func(b *testing.B) {
-			for range b.N {
-				benchHistory(b, c.days)
-			}
-		})
+	for _, mode := range []string{syncer.MeterEvents, syncer.UsageRecords} {
+		for _, c := range []struct {
+			name string
+			days int
+		}{{"day", 1}, {"week", 7}, {"month", 30}} {
+			b.Run(mode+"/"+c.name, func(b *testing.B) {
+				for range b.N {
+					benchHistory(b, mode, c.days)
+				}
+			})
+		}
 	}
 }
 
-func benchHistory(b *testing.B, days int) {
+func benchHistory(b *testing.B, mode string, days int) {
 	b.StopTimer()
 	const tenants = 10_000
 	e := newEnv(b)
-	now := time.Date(2027, 3, 9, 12, 30, 0, 0, time.UTC)
+	now := time.Date(2027, 1, 31, 12, 30, 0, 0, time.UTC)
 	clock := stripefake.NewClock(now)
 	fake := stripefake.New()
 	fake.Now = clock.Now
 	fake.AddMeter("mtr_api", "api_calls")
 	fake.AddPrice(stripefake.Price{ID: "price_api", MeterID: "mtr_api"})
+	fake.AddPrice(stripefake.Price{ID: "price_storage"})
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	anchor := now.Add(-time.Duration(days)*24*time.Hour - 30*time.Minute)
+	meter, price := "api_calls", "price_api"
+	if mode == syncer.UsageRecords {
+		meter, price = "storage", "price_storage"
+	}
 	cfg := e.cfg
-	cfg.Meters = map[string]syncer.Meter{"api_calls": e.cfg.Meters["api_calls"]}
+	cfg.Meters = map[string]syncer.Meter{meter: e.cfg.Meters[meter]}
 	cfg.Customers, cfg.LookupCustomers, cfg.Workers = nil, false, 32
 	var evs []ev
 	var rows []audit.Row
@@ -142,12 +151,18 @@ func benchHistory(b *testing.B, days int) {
 		t := fmt.Sprintf("tenant-%05d", i)
 		cfg.Customers = append(cfg.Customers, syncer.Customer{Tenant: t, Customer: "cus_" + t})
 		fake.AddSubscription(stripefake.Subscription{ID: "sub_" + t, Customer: "cus_" + t, Anchor: anchor, Created: anchor,
-			Items: []stripefake.Item{{ID: "si_" + t, Price: "price_api"}}})
+			Items: []stripefake.Item{{ID: "si_" + t, Price: price}}})
 		for at := anchor.Add(10 * time.Minute); at.Before(now.Add(-time.Hour)); at = at.Add(6 * time.Hour) {
-			evs = append(evs, ev{t, "api_calls", "3", at})
-			h := at.Truncate(time.Hour)
-			rows = append(rows, audit.Row{Tenant: t, Meter: "api_calls", Mode: syncer.MeterEvents, WindowStart: h, WindowEnd: h.Add(time.Hour),
-				Customer: "cus_" + t, Target: "api_calls", Action: audit.Send, Ours: 3, Stripe: 3, Delta: 3, Result: audit.OK, At: at.Add(time.Hour)})
+			evs = append(evs, ev{t, meter, "3", at})
+			if mode == syncer.MeterEvents {
+				h := at.Truncate(time.Hour)
+				rows = append(rows, audit.Row{Tenant: t, Meter: meter, Mode: mode, WindowStart: h, WindowEnd: h.Add(time.Hour),
+					Customer: "cus_" + t, Target: meter, Action: audit.Send, Ours: 3, Stripe: 3, Delta: 3, Result: audit.OK, At: at.Add(time.Hour)})
+			}
+		}
+		if mode == syncer.UsageRecords { // the period already holds its max
+			rows = append(rows, audit.Row{Tenant: t, Meter: meter, Mode: mode, WindowStart: anchor, WindowEnd: anchor.AddDate(0, 1, 0),
+				Customer: "cus_" + t, Target: "si_" + t, Action: audit.Set, Ours: 3, Stripe: 3, Delta: 3, Result: audit.OK, At: anchor.Add(time.Hour)})
 		}
 	}
 	for i := 0; i < len(evs); i += 100_000 { // blocks of 100k rows: the server is shared
