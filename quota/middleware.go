@@ -1,12 +1,14 @@
 package quota
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -174,10 +176,17 @@ func (m *Middleware) Close() {
 func (m *Middleware) Outbox() *Outbox { return m.out }
 
 // Requeue takes back events an async Publisher failed to deliver: pass it
-// (through a closure) as producer.WithAsync's callback.
+// as producer.WithAsync's callback. Events the outbox could not keep (it
+// was closed) count in TrackFailures and go to OnTrackError.
 func (m *Middleware) Requeue(err error, events []schemas.UsageEvent) {
-	if m.out != nil {
-		m.out.Requeue(err, events)
+	if m.out == nil {
+		return
+	}
+	if rerr := m.out.Requeue(err, events); rerr != nil {
+		m.stats.trackFailures.Add(1)
+		if m.cfg.OnTrackError != nil {
+			m.cfg.OnTrackError(rerr)
+		}
 	}
 }
 
@@ -216,10 +225,16 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		m.stats.allowed.Add(1)
+		// The event is written ahead of the response: final runs when the
+		// handler's status is first known, before it goes to the client
+		// (the hooks call next after it), so a process killed once the
+		// client could see an answer has the event in the outbox's file.
+		// A handler that dies before answering is not charged.
 		status := 0
 		final := func(code int) {
 			if status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) { // 1xx are informational
 				status = code
+				m.settle(r, &d, qty, status)
 			}
 		}
 		sw := httpsnoop.Wrap(w, httpsnoop.Hooks{
@@ -232,22 +247,35 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 			ReadFrom: func(next httpsnoop.ReadFromFunc) httpsnoop.ReadFromFunc {
 				return func(src io.Reader) (int64, error) { final(http.StatusOK); return next(src) }
 			},
+			// A flush before any write sends a 200; a hijacked connection
+			// is served outside the writer (counted as a 200, as before).
+			Flush: func(next httpsnoop.FlushFunc) httpsnoop.FlushFunc {
+				return func() { final(http.StatusOK); next() }
+			},
+			Hijack: func(next httpsnoop.HijackFunc) httpsnoop.HijackFunc {
+				return func() (net.Conn, *bufio.ReadWriter, error) { final(http.StatusOK); return next() }
+			},
 		})
 		next.ServeHTTP(sw, r)
-		if status == 0 {
-			status = http.StatusOK
-		}
-		// The client has its answer before any tracking work.
+		// Nothing written: net/http sends 200 once we return; the event is
+		// in the outbox before. The outbox's disk write is the only
+		// tracking work before the answer: the broker is never waited for.
+		final(http.StatusOK)
 		_ = http.NewResponseController(w).Flush()
-		if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (status < 200 || status > 299)) {
-			if m.out != nil {
-				m.out.Unreserve()
-			}
-			m.c.Release(d)
-			return
-		}
-		m.track(r, &d, qty)
 	})
+}
+
+// settle tracks the request once its status is known (before the client
+// sees it), or gives back the slot and the pending when it is not tracked.
+func (m *Middleware) settle(r *http.Request, d *Decision, qty Amount, status int) {
+	if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (status < 200 || status > 299)) {
+		if m.out != nil {
+			m.out.Unreserve()
+		}
+		m.c.Release(*d)
+		return
+	}
+	m.track(r, d, qty)
 }
 
 // track queues the request's event in the outbox slot taken before

@@ -22,6 +22,10 @@ import (
 // reserved slots); the middleware refuses new requests until it drains.
 var ErrOutboxFull = errors.New("quota outbox full: usage not yet delivered reached max_events")
 
+// ErrOutboxClosed: the outbox can no longer keep an event: Close was
+// called, or (without Dir) Run returned, so nothing would deliver it.
+var ErrOutboxClosed = errors.New("quota outbox closed: the event would not be kept")
+
 // OutboxConfig configures an Outbox.
 type OutboxConfig struct {
 	// Dir keeps the undelivered events in a file (outbox.jsonl plus a
@@ -89,7 +93,8 @@ type Outbox struct {
 	mu        sync.Mutex
 	queue     []schemas.UsageEvent // undelivered, in file order after the cursor
 	reserved  int                  // slots promised to requests being served
-	f         *os.File             // the log, nil in memory
+	f         *os.File             // the log, nil in memory or once closed
+	closed    bool                 // Close called, or Run returned without Dir: Put, Requeue and Reserve fail
 	delivered int64                // lines of the file already delivered (the cursor)
 	wake      chan struct{}
 	v         *schemas.Validator
@@ -184,7 +189,11 @@ func (o *Outbox) logPath() string    { return filepath.Join(o.cfg.Dir, "outbox.j
 func (o *Outbox) cursorPath() string { return filepath.Join(o.cfg.Dir, "outbox.cursor") }
 
 // rewrite replaces the log with the queue and the cursor with 0; mu held
-// or not yet shared.
+// or not yet shared. The cursor is written first: a crash (or a failed
+// write) between the two then leaves cursor 0 over the old log, which
+// only redelivers events (same ids, counted once downstream); the other
+// order would leave the old cursor N over the new log and skip its first
+// N undelivered events.
 func (o *Outbox) rewrite() error {
 	var buf []byte
 	for i := range o.queue {
@@ -195,6 +204,15 @@ func (o *Outbox) rewrite() error {
 	if err := os.WriteFile(tmp, buf, 0o644); err != nil {
 		return err
 	}
+	prev := o.delivered
+	o.delivered = 0
+	if err := o.writeCursor(); err != nil {
+		o.delivered = prev // the file still holds prev: the old log stays as it was
+		_ = os.Remove(tmp)
+		return err
+	}
+	// From here the cursor file says 0: o.delivered stays 0 even if the
+	// rename fails (a cursor behind the truth only redelivers).
 	if err := os.Rename(tmp, o.logPath()); err != nil {
 		return err
 	}
@@ -204,8 +222,7 @@ func (o *Outbox) rewrite() error {
 	}
 	_ = o.f.Close()
 	o.f = f
-	o.delivered = 0
-	return o.writeCursor()
+	return nil
 }
 
 func (o *Outbox) writeCursor() error {
@@ -222,6 +239,9 @@ func (o *Outbox) writeCursor() error {
 func (o *Outbox) Reserve() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.closed {
+		return false
+	}
 	if len(o.queue)+o.reserved >= o.cfg.MaxEvents {
 		o.stats.full.Add(1)
 		return false
@@ -242,7 +262,9 @@ func (o *Outbox) Unreserve() {
 func (o *Outbox) Track(_ context.Context, e *schemas.UsageEvent) error { return o.Put(e, false) }
 
 // Put queues e, in a slot taken by Reserve when reserved (then it never
-// fails for lack of room). It returns once e is in the file (with Dir).
+// fails for lack of room). It returns once e is in the file (with Dir),
+// also after Run returned (the next process delivers it), and fails with
+// ErrOutboxClosed after Close (or, without Dir, once Run returned).
 func (o *Outbox) Put(e *schemas.UsageEvent, reserved bool) error { return o.put(e, reserved, nil) }
 
 // put is Put calling queued (when not nil) under the outbox's lock once e
@@ -267,7 +289,11 @@ func (o *Outbox) put(e *schemas.UsageEvent, reserved bool, queued func()) error 
 	defer o.mu.Unlock()
 	if reserved {
 		o.reserved = max(0, o.reserved-1)
-	} else if len(o.queue)+o.reserved >= o.cfg.MaxEvents {
+	}
+	if o.closed {
+		return fmt.Errorf("event %s: %w", e.ID, ErrOutboxClosed)
+	}
+	if !reserved && len(o.queue)+o.reserved >= o.cfg.MaxEvents {
 		o.stats.full.Add(1)
 		return fmt.Errorf("event %s: %w", e.ID, ErrOutboxFull)
 	}
@@ -285,8 +311,11 @@ func (o *Outbox) put(e *schemas.UsageEvent, reserved bool, queued func()) error 
 
 // append writes one line to the log; mu held.
 func (o *Outbox) append(line []byte) error {
-	if o.f == nil {
+	if o.cfg.Dir == "" {
 		return nil
+	}
+	if o.f == nil { // never silently memory-only when durability was asked for
+		return ErrOutboxClosed
 	}
 	line = append(line, '\n')
 	if _, err := o.f.Write(line); err != nil {
@@ -307,10 +336,18 @@ func (o *Outbox) signal() {
 
 // Requeue takes back events an async publisher failed to deliver; pass it
 // as producer.WithAsync's callback (or call it from yours). They are
-// queued beyond MaxEvents if need be: they were served already.
-func (o *Outbox) Requeue(err error, events []schemas.UsageEvent) {
+// queued beyond MaxEvents if need be: they were served already. It fails
+// with ErrOutboxClosed (keeping none) after Close, or without Dir once
+// Run returned; an event the log could not store is still queued in
+// memory and reported in the error.
+func (o *Outbox) Requeue(err error, events []schemas.UsageEvent) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.closed {
+		o.log.Error("quota outbox: requeue after close, events not kept", zap.Int("events", len(events)), zap.Error(err))
+		return fmt.Errorf("requeue of %d events: %w", len(events), ErrOutboxClosed)
+	}
+	var errs []error
 	for i := range events {
 		line, aerr := o.v.AppendEvent(nil, &events[i])
 		if aerr != nil {
@@ -319,12 +356,14 @@ func (o *Outbox) Requeue(err error, events []schemas.UsageEvent) {
 		}
 		if aerr := o.append(line); aerr != nil {
 			o.log.Error("quota outbox: requeue not stored", zap.String("id", events[i].ID), zap.Error(aerr))
+			errs = append(errs, fmt.Errorf("event %s not stored: %w", events[i].ID, aerr))
 		}
 		o.queue = append(o.queue, events[i])
 	}
 	o.stats.requeued.Add(int64(len(events)))
 	o.log.Warn("quota outbox: async delivery failed, events requeued", zap.Int("events", len(events)), zap.Error(err))
 	o.signal()
+	return errors.Join(errs...)
 }
 
 // OnDelivered registers f to be told of every batch the broker
@@ -362,10 +401,16 @@ func (o *Outbox) Stats() OutboxStats {
 }
 
 // Run delivers queued events until ctx is done, in order, a batch at a
-// time, retrying a failed batch with exponential backoff. It closes the
-// file when it returns.
+// time, retrying a failed batch with exponential backoff. With Dir the log
+// stays open when it returns: a handler still serving (a shutdown that
+// timed out) puts its event there for the next process; Close closes it.
+// Without Dir nothing would deliver a later event, so the outbox closes.
 func (o *Outbox) Run(ctx context.Context) error {
-	defer o.close()
+	defer func() {
+		if o.cfg.Dir == "" {
+			o.close()
+		}
+	}()
 	delay := o.cfg.RetryMin
 	for {
 		o.mu.Lock()
@@ -445,9 +490,28 @@ func (o *Outbox) done(n int) {
 	}
 }
 
+// Close closes the log: Reserve, Put and Requeue fail from then on. Call it
+// after Run returned and the handlers finished (what is undelivered stays
+// in Dir for the next process).
+func (o *Outbox) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	if o.f == nil {
+		return nil
+	}
+	err := o.f.Close()
+	o.f = nil
+	if err != nil {
+		return fmt.Errorf("quota outbox: close %s: %w", o.logPath(), err)
+	}
+	return nil
+}
+
 func (o *Outbox) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.closed = true
 	if o.f != nil {
 		_ = o.f.Close()
 		o.f = nil
