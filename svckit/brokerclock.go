@@ -30,7 +30,21 @@ var ErrBrokerTime = errors.New("cannot learn the broker time of a record")
 //   - ListOffsets(t) = f > o, or none, proves append(o) < t.
 //
 // Both are facts about the log, so every reader, at any time, gets the same
-// verdict. Each proof is kept per partition as a bound (append(x) >=
+// verdict.
+//
+// When append times go backwards (a broker clock stepped back, a new
+// leader whose clock is behind) the verdict is still the same for every
+// reader, cached bounds or not: each answer and each bound is a fact about
+// "the first offset whose time is >= t" (ListOffsets' exact semantics,
+// which Kafka's max-so-far time index keeps for decreasing times), and
+// the verdict is "that offset is <= o", which only grows with o. What
+// changes is its meaning behind the step: "some record at or before o was
+// appended at >= t", not o itself (TestBrokerClockVerdictsAfterAStepBack).
+// Cached and fresh verdicts could differ only once retention deleted the
+// record a bound was learned from and the records after it are older: a
+// fresh lookup then finds a later first offset.
+//
+// Each proof is kept per partition as a bound (append(x) >=
 // lower.at for every x >= lower.from; append(x) < upper.at for every x <
 // upper.below), so most records need no request: see Intake.DecodeRecord
 // for the cost.
