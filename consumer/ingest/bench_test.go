@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ func BenchmarkConsumeToClickHouse(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
+	cpu0 := benchCPU(b)
 	start := time.Now()
 	r := e.start()
 	deadline := time.Now().Add(10 * time.Minute)
@@ -40,8 +42,11 @@ func BenchmarkConsumeToClickHouse(b *testing.B) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	cpu := benchCPU(b) - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	// The consumer's CPU (this process; ClickHouse and the broker are not in it).
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu_us/event")
 	if err := r.shutdown(b); err != nil {
 		b.Fatal(err)
 	}
@@ -85,4 +90,13 @@ func BenchmarkEndToEnd(b *testing.B) {
 	if got := e.count("FROM usage_events FINAL"); got != uint64(b.N) {
 		b.Fatalf("%d deduplicated rows, want %d", got, b.N)
 	}
+}
+
+// benchCPU is this process's user + system CPU time (getrusage).
+func benchCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -365,14 +365,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}()
 
-	// The fetcher feeds messages through a channel so that the loop below
-	// can also react to the flush timer and to shutdown.
+	// The fetcher feeds messages through a handoff so that the loop below
+	// can also react to the flush timer and to shutdown, once per slice.
 	fetchCtx, stopFetch := context.WithCancel(context.Background())
 	defer stopFetch()
-	msgs := make(chan kafka.Message, 1024)
+	msgs := newHandoff(1024)
 	fetchErr := make(chan error, 1)
 	go func() {
-		defer close(msgs)
 		pause := c.cfg.RetryMin
 		for {
 			m, err := c.reader.FetchMessage(fetchCtx)
@@ -400,9 +399,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				continue
 			}
 			pause = c.cfg.RetryMin
-			select {
-			case msgs <- m:
-			case <-fetchCtx.Done():
+			if msgs.put(fetchCtx, m) != nil {
 				return
 			}
 		}
@@ -435,27 +432,47 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer tick.Stop()
 	cur := c.newBatch(free)
 	var runErr error
+	var spare []kafka.Message
 
 loop:
 	for {
 		var full bool
 		select {
-		case m, ok := <-msgs:
-			if !ok {
-				runErr = fmt.Errorf("fetch from %s: %w", c.cfg.Topic, <-fetchErr)
-				break loop
-			}
-			c.m.consumed.Inc()
-			if err := c.checkGap(ctx, m); err != nil {
-				if ctx.Err() == nil { // a shutdown mid-check is no error: m is read again later
-					runErr = err
+		case <-msgs.ready:
+			batch := msgs.take(spare)
+			spare = batch
+			for _, m := range batch {
+				c.m.consumed.Inc()
+				if err := c.checkGap(ctx, m); err != nil {
+					if ctx.Err() == nil { // a shutdown mid-check is no error: m is read again later
+						runErr = err
+					}
+					break loop
 				}
-				break loop
+				if err := c.add(ctx, cur, m); err != nil {
+					break loop // shutdown while the broker is away: m is read again later
+				}
+				if cur.msgs < c.cfg.BatchSize {
+					continue
+				}
+				// Blocks while the previous batch is still being written:
+				// the back-pressure that pauses consumption when
+				// ClickHouse is down.
+				select {
+				case batches <- cur:
+					cur = c.newBatch(free)
+				case <-ctx.Done():
+					break loop
+				case err := <-writeErr:
+					return err
+				}
 			}
-			if err := c.add(ctx, cur, m); err != nil {
-				break loop // shutdown while the broker is away: m is read again later
-			}
-			full = cur.msgs >= c.cfg.BatchSize
+			continue
+		case err := <-fetchErr:
+			// Messages fetched before the reader closed are not handled:
+			// uncommitted, they are read again after a restart.
+			runErr = fmt.Errorf("fetch from %s: %w", c.cfg.Topic, err)
+			break loop
 		case <-tick.C:
 			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval
 		case <-ctx.Done():
