@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/billing-sync/audit"
 	"github.com/usagemeter/usagemeter/schemas/plans"
@@ -84,6 +85,18 @@ func (s *Syncer) checkpoint(ctx context.Context, name string, m Meter, from time
 	e := edgeOf(from)
 	if !ok || s.cfg.DryRun || !checkpointed(m, s.plansMeter(name)) || inc != nil && !e.After(inc.edge) {
 		return nil
+	}
+	// The edge stays while a window before it has an open intent: its
+	// outcome is settled by this pass's or a later one's re-send, after
+	// the checkpoint is written, so Held would leave it out, and the next
+	// pass, reading the ledger from the edge, would not see the intent
+	// and would bill its units again in a later window.
+	for k, lw := range ledger {
+		if k.Start < e.Unix() && hasOpen(lw) {
+			s.log.Info("checkpoint edge kept: a window before it has an open intent", zap.String("meter", name),
+				zap.String("tenant", k.Tenant), zap.Time("window", time.Unix(k.Start, 0).UTC()), zap.Time("edge", e))
+			return nil
+		}
 	}
 	totals := map[string]map[int64]audit.PeriodTotals{}
 	add := func(t audit.PeriodTotals) {

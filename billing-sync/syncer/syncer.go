@@ -283,7 +283,9 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	}
 	ledgerOf := map[string][]audit.WindowKey{} // the ledger's windows still in range, by tenant
 	for k, lw := range ledger {
-		if len(lw.Intents) == 0 || !lw.Intents[0].First.WindowEnd.After(from) {
+		// Out of range, a window with an open intent is still re-sent or
+		// resolved: left alone, its intent would stay open for good.
+		if len(lw.Intents) == 0 || !lw.Intents[0].First.WindowEnd.After(from) && !hasOpen(lw) {
 			continue
 		}
 		ledgerOf[k.Tenant] = append(ledgerOf[k.Tenant], k)
@@ -296,7 +298,7 @@ func (s *Syncer) ours(ctx context.Context, name string, m Meter, from, to time.T
 	inRange := func(ws []window) []window {
 		out := ws[:0]
 		for _, w := range ws {
-			if w.end.After(from) && w.start.Before(to) { // a period overlapping the range counts
+			if w.end.After(from) && w.start.Before(to) || hasOpen(ledger[w.key]) { // a period overlapping the range counts
 				out = append(out, w)
 			}
 		}
@@ -481,7 +483,10 @@ func (s *Syncer) passMeter(ctx context.Context, name string, m Meter, from, to t
 			jt := tgt
 			jt.item = w.per.item
 			j := &job{w: w, tgt: jt, ledger: lw}
-			if reconcile && !s.observe(j, m, stripeVals, now, rep) {
+			// A window outside [from, to) is here for its open intent
+			// only: Stripe's values were not read for it.
+			inside := w.end.After(from) && w.start.Before(to)
+			if reconcile && inside && !s.observe(j, m, stripeVals, now, rep) {
 				continue
 			}
 			s.plan(j, name, m, now, rep)

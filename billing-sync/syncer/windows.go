@@ -102,12 +102,7 @@ func (s *Syncer) pieces(ctx context.Context, name string, pm plans.Meter, hours 
 // pre holds the periods' totals before the first piece (a checkpoint).
 func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit.WindowKey]*audit.Window, pre map[int64]audit.PeriodTotals) (ws, uncovered []window) {
 	now := s.now()
-	held := func(w window) int64 {
-		if lw := ledger[w.key]; lw != nil {
-			return lw.Stripe
-		}
-		return 0
-	}
+	held := func(w window) int64 { return heldOf(ledger[w.key]) }
 	flush := func(per []window, cum []decimal.Decimal) {
 		if len(per) == 0 {
 			return
@@ -161,6 +156,44 @@ func (s *Syncer) hourWindows(ps []piece, m Meter, cov coverage, ledger map[audit
 	}
 	flush(per, cums)
 	return ws, uncovered
+}
+
+// heldOf is what a window holds for planning: the ledger's value, or more
+// while an intent's outcome is open (pending, retry, unknown): it may have
+// applied, and it is re-sent until resolved. Counting only the ledger's
+// value would carry the same units into a later window of the period
+// while the open intent is re-sent: billed twice. The highest of them, so
+// an open intent never lets a later window bill what it may already hold.
+func heldOf(lw *audit.Window) int64 {
+	if lw == nil {
+		return 0
+	}
+	v := lw.Stripe
+	for _, in := range lw.Intents {
+		if isOpen(in) && in.First.Stripe > v {
+			v = in.First.Stripe
+		}
+	}
+	return v
+}
+
+// isOpen: the intent's outcome is not known yet.
+func isOpen(in *audit.Intent) bool {
+	r := in.Latest.Result
+	return r == audit.Pending || r == audit.Retry || r == audit.Unknown
+}
+
+// hasOpen reports whether the window has an intent whose outcome is open.
+func hasOpen(lw *audit.Window) bool {
+	if lw == nil {
+		return false
+	}
+	for _, in := range lw.Intents {
+		if isOpen(in) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p period) contains(t time.Time) bool { return !t.Before(p.start) && t.Before(p.end) }
