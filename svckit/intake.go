@@ -82,8 +82,9 @@ func lastReference() time.Time { return time.Date(2105, 12, 31, 23, 55, 0, 0, ti
 // append time of m (see WithBrokerClock): an event is refused as
 // timestamp_too_far_in_future when its timestamp is more than
 // schemas.DefaultMaxFutureSkew after the time the broker appended it. The
-// order is: the contract, then routing (a misrouted record's copy is
-// judged where it lands), then the future rule.
+// order is: the contract, then the future rule (for a misrouted record
+// too: it is judged at its own append time, not its later copy's), then
+// routing.
 //
 // Cost: a record needs a request only when no earlier answer for its
 // partition decides it. Answers are kept per partition as proven bounds; a
@@ -107,9 +108,11 @@ func (in *Intake) DecodeRecord(ctx context.Context, m kafka.Message, partitions 
 	if err != nil {
 		return e, err
 	}
-	if err := schemas.CheckRouting(m.Key, e.TenantID, m.Partition, partitions); err != nil {
-		return e, err
-	}
+	// A misrouted record is judged too, before its routing error: its
+	// re-routed copy is appended later, so judging only the copy would
+	// loosen the rule by the consumer's lag. A copy of an original that
+	// passed passes as well (later append, same timestamp).
+	routing := schemas.CheckRouting(m.Key, e.TenantID, m.Partition, partitions)
 	skew := schemas.DefaultMaxFutureSkew
 	ok, err := in.clock.appendedSince(ctx, m.Partition, m.Offset, e.Timestamp.Add(-skew), e.Timestamp.Add(-skew/2))
 	if err != nil {
@@ -119,7 +122,7 @@ func (in *Intake) DecodeRecord(ctx context.Context, m kafka.Message, partitions 
 		return e, &schemas.ValidationError{Code: schemas.CodeTimestampTooFarInFuture, Field: "timestamp",
 			Reason: fmt.Sprintf("%s is more than %s ahead of the time the broker appended the record", e.Timestamp.Format(time.RFC3339Nano), skew)}
 	}
-	return e, nil
+	return e, routing
 }
 
 // Lookups returns how many ListOffsets requests DecodeRecord has made.
