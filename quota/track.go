@@ -15,7 +15,8 @@ import (
 // sync Publisher (the default) Track returns once the broker acknowledged
 // the event; with producer.WithAsync it returns once queued and delivery
 // failures reach the Publisher's callback instead (give it
-// Outbox.Requeue, or Middleware.Requeue, so that they are retried).
+// Middleware.Requeue, or a closure calling Outbox.Requeue, so that they
+// are retried).
 type ProducerTracker struct {
 	P *producer.Publisher
 	// Async: P was made with producer.WithAsync, so a nil error means
