@@ -244,3 +244,44 @@ func TestServedRequestSurvivesSIGKILL(t *testing.T) {
 type trackFunc func(*schemas.UsageEvent) error
 
 func (f trackFunc) Track(_ context.Context, e *schemas.UsageEvent) error { return f(e) }
+
+// A handler that flushes (http.ResponseController, so FlushError) before
+// writing anything sends its 200 then: the event must be in the outbox's
+// file by the time the client has the headers, while the handler is still
+// streaming.
+func TestEventWrittenBeforeAFlushedStatus(t *testing.T) {
+	clk := &clock{}
+	clk.set(time.Now())
+	c := offline(t, clk, nil)
+	dir := t.TempDir()
+	out, err := NewOutbox(OutboxConfig{Dir: dir}, failTracker{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	mw, err := NewMiddleware(c, MiddlewareConfig{Meter: "ai_generation", Outbox: out,
+		Tenant: func(*http.Request) string { return "t-stream" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	srv := httptest.NewServer(mw.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).Flush()
+		<-release
+		_, _ = io.WriteString(w, "streamed")
+	})))
+	defer srv.Close()
+	defer close(release)
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Get(srv.URL) // returns with the headers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := os.ReadFile(filepath.Join(dir, "outbox.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK || strings.Count(string(b), "\n") != 1 || !strings.Contains(string(b), `"t-stream"`) {
+		t.Fatalf("status %d with the handler still running, outbox file %q: want the event in it", res.StatusCode, b)
+	}
+}
