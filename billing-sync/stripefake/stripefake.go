@@ -531,6 +531,11 @@ func (f *Fake) apply(r *http.Request, op string, form url.Values, key string, no
 		if s, err = f.subscriptionByPath(r.URL.Path); err == nil {
 			obj = f.subscriptionJSON(s, now)
 		}
+	case "POST subscription":
+		var s *subscription
+		if s, err = f.subscriptionByPath(r.URL.Path); err == nil {
+			obj, err = f.updateSubscription(s, form, now)
+		}
 	case "DELETE subscription":
 		var s *subscription
 		if s, err = f.subscriptionByPath(r.URL.Path); err == nil {

@@ -66,9 +66,14 @@ type Subscription struct {
 type subscription struct {
 	id, customer, status string
 	anchor, created      time.Time
-	canceledAt           time.Time
-	items                []*subItem
-	invoicedTo           time.Time // end of the last period with an invoice
+	canceledAt           time.Time // when it ended (Stripe's ended_at)
+	// A cancel at period end (cancel_at_period_end): requested at
+	// cancelRequestedAt (Stripe's canceled_at), it stays active until
+	// cancelAt (its period end), then it is canceled with ended_at =
+	// cancelAt.
+	cancelRequestedAt, cancelAt time.Time
+	items                       []*subItem
+	invoicedTo                  time.Time // end of the last period with an invoice
 }
 
 type subItem struct {
@@ -240,6 +245,15 @@ func (f *Fake) rollLocked(now time.Time) {
 	defer func() { f.rolled, f.nextRoll = true, next }()
 	for _, id := range f.subOrder {
 		s := f.subs[id]
+		if !s.cancelAt.IsZero() && s.canceledAt.IsZero() {
+			if now.Before(s.cancelAt) {
+				next = minTime(next, s.cancelAt)
+			} else {
+				// The period ended: canceled then (its last period's
+				// invoice is the final one, below).
+				s.status, s.canceledAt = Canceled, s.cancelAt
+			}
+		}
 		for {
 			start := s.invoicedTo
 			if !s.canceledAt.IsZero() && !start.Before(s.canceledAt) {
@@ -340,13 +354,21 @@ func (f *Fake) subscriptionJSON(s *subscription, now time.Time) map[string]any {
 		items = []any{}
 	}
 	out := map[string]any{"object": "subscription", "id": s.id, "customer": s.customer, "status": s.status,
-		"automatic_tax": map[string]any{"enabled": false}, "billing_cycle_anchor": s.anchor.Unix(), "cancel_at_period_end": false,
+		"automatic_tax": map[string]any{"enabled": false}, "billing_cycle_anchor": s.anchor.Unix(), "cancel_at_period_end": !s.cancelAt.IsZero(),
 		"collection_method": "charge_automatically", "created": s.created.Unix(), "currency": "usd", "current_period_start": start.Unix(),
 		"current_period_end": end.Unix(), "discounts": []string{}, "invoice_settings": map[string]any{"issuer": map[string]any{"type": "self"}},
 		"livemode": false, "metadata": map[string]string{}, "start_date": s.created.Unix(),
 		"items": map[string]any{"object": "list", "has_more": false, "url": "/v1/subscription_items?subscription=" + s.id, "data": items}}
+	// canceled_at is when the cancel was requested; ended_at when the
+	// subscription stopped (the same for an immediate cancel).
+	if !s.cancelAt.IsZero() {
+		out["cancel_at"], out["canceled_at"] = s.cancelAt.Unix(), s.cancelRequestedAt.Unix()
+	}
 	if !s.canceledAt.IsZero() {
-		out["canceled_at"], out["ended_at"] = s.canceledAt.Unix(), s.canceledAt.Unix()
+		out["ended_at"] = s.canceledAt.Unix()
+		if s.cancelAt.IsZero() {
+			out["canceled_at"] = s.canceledAt.Unix()
+		}
 	}
 	return out
 }
@@ -427,7 +449,59 @@ func (f *Fake) cancelLocked(s *subscription, now time.Time) {
 	}
 	f.rollLocked(now)
 	s.status, s.canceledAt = Canceled, now
+	s.cancelRequestedAt, s.cancelAt = time.Time{}, time.Time{} // canceled now, not at period end
 	f.rolled = false
+}
+
+// cancelAtPeriodEndLocked schedules the cancel at the end of the current
+// period (cancel_at_period_end=true): the subscription stays active, and
+// its usage invoiced, until then; false withdraws a request not yet
+// effective.
+func (f *Fake) cancelAtPeriodEndLocked(s *subscription, on bool, now time.Time) *apiError {
+	f.rollLocked(now)
+	if s.status == Canceled {
+		return invalid("", "A canceled subscription can only update its cancellation_details and metadata.")
+	}
+	s.cancelRequestedAt, s.cancelAt = time.Time{}, time.Time{}
+	if on {
+		_, end := s.current(now)
+		s.cancelRequestedAt, s.cancelAt = now, end
+	}
+	f.rolled = false
+	return nil
+}
+
+// CancelAtPeriodEnd requests the cancel of a subscription at the end of
+// its current period (as POST cancel_at_period_end=true does).
+func (f *Fake) CancelAtPeriodEnd(id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.subs[id]
+	if !ok {
+		return fmt.Errorf("no subscription %s", id)
+	}
+	if err := f.cancelAtPeriodEndLocked(s, true, f.Now()); err != nil {
+		return fmt.Errorf("cancel %s at period end: %s", id, err.msg)
+	}
+	return nil
+}
+
+// updateSubscription serves POST /v1/subscriptions/{id}: only
+// cancel_at_period_end is modelled; any other parameter is refused.
+func (f *Fake) updateSubscription(s *subscription, form url.Values, now time.Time) (any, *apiError) {
+	for k := range form {
+		if k != "cancel_at_period_end" {
+			return nil, invalid("parameter_unknown", "Received unknown parameter: "+k+" (the fake models cancel_at_period_end only)")
+		}
+	}
+	v := form.Get("cancel_at_period_end")
+	if v != "true" && v != "false" {
+		return nil, invalid("parameter_invalid", "cancel_at_period_end: must be true or false")
+	}
+	if err := f.cancelAtPeriodEndLocked(s, v == "true", now); err != nil {
+		return nil, err
+	}
+	return f.subscriptionJSON(s, now), nil
 }
 
 // CancelSubscription cancels a subscription now (as DELETE does).
@@ -572,4 +646,11 @@ func (f *Fake) Charged(sub string, start time.Time, item string) (int64, bool) {
 		}
 	}
 	return 0, false
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
