@@ -1,0 +1,87 @@
+package ingest
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// TestHandoff: every message put by concurrent fetchers is taken exactly
+// once, each reader's in order; a full buffer holds readers back; a lone
+// message wakes the loop at once.
+func TestHandoff(t *testing.T) {
+	ctx := context.Background()
+	h := newHandoff(8)
+	const readers, each = 3, 1000
+	var wg sync.WaitGroup
+	for p := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for o := range each {
+				if err := h.put(ctx, kafka.Message{Partition: p, Offset: int64(o)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	next := make([]int64, readers)
+	var spare []kafka.Message
+	for got := 0; got < readers*each; {
+		select {
+		case <-h.ready:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no batch after %d messages", got)
+		}
+		batch := h.take(spare)
+		if len(batch) > 8 {
+			t.Fatalf("batch of %d past the limit 8", len(batch))
+		}
+		for _, m := range batch {
+			if m.Offset != next[m.Partition] {
+				t.Fatalf("partition %d: offset %d, want %d", m.Partition, m.Offset, next[m.Partition])
+			}
+			next[m.Partition]++
+		}
+		got += len(batch)
+		spare = batch
+	}
+	wg.Wait()
+	select {
+	case <-h.ready:
+		if b := h.take(nil); len(b) != 0 {
+			t.Fatalf("%d messages left over", len(b))
+		}
+	default:
+	}
+	// A full buffer holds a reader until the loop takes.
+	for i := range 8 {
+		if err := h.put(ctx, kafka.Message{Offset: int64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := h.put(short, kafka.Message{}); err == nil {
+		t.Fatal("a ninth message was taken into a buffer of 8")
+	}
+	<-h.ready
+	if b := h.take(nil); len(b) != 8 {
+		t.Fatalf("took %d, want 8", len(b))
+	}
+	if err := h.put(ctx, kafka.Message{Offset: 99}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.ready:
+	case <-time.After(time.Second):
+		t.Fatal("a lone message did not wake the loop")
+	}
+	if b := h.take(nil); len(b) != 1 || b[0].Offset != 99 {
+		t.Fatalf("took %+v", b)
+	}
+}
