@@ -209,19 +209,22 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 		if m.cfg.Quantity != nil {
 			qty = m.cfg.Quantity(r)
 		}
-		d := m.c.Check(r.Context(), tenant, m.cfg.Meter, qty)
+		// One allocation for what the hooks need (the decision escapes anyway).
+		sv := &served{m: m, r: r, qty: qty}
+		sv.d = m.c.Check(r.Context(), tenant, m.cfg.Meter, qty)
+		d := &sv.d
 		if !d.Allowed {
-			m.refuse(w, &d)
+			m.refuse(w, d)
 			return
 		}
-		SetHeaders(w.Header(), &d)
+		SetHeaders(w.Header(), d)
 		// A slot in the outbox before serving: served usage always has
 		// somewhere to wait for the broker, and a full outbox refuses here.
 		if m.out != nil && !m.out.Reserve() {
-			m.c.Release(d)
+			m.c.Release(*d)
 			m.stats.backlog.Add(1)
 			setRetryAfter(w.Header(), time.Second)
-			WriteJSONError(w, http.StatusServiceUnavailable, CodeBacklog, "usage tracking is backlogged, retry later", &d, "")
+			WriteJSONError(w, http.StatusServiceUnavailable, CodeBacklog, "usage tracking is backlogged, retry later", d, "")
 			return
 		}
 		m.stats.allowed.Add(1)
@@ -230,52 +233,60 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 		// (the hooks call next after it), so a process killed once the
 		// client could see an answer has the event in the outbox's file.
 		// A handler that dies before answering is not charged.
-		status := 0
-		final := func(code int) {
-			if status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) { // 1xx are informational
-				status = code
-				m.settle(r, &d, qty, status)
-			}
-		}
 		sw := httpsnoop.Wrap(w, httpsnoop.Hooks{
 			WriteHeader: func(next httpsnoop.WriteHeaderFunc) httpsnoop.WriteHeaderFunc {
-				return func(code int) { final(code); next(code) }
+				return func(code int) { sv.final(code); next(code) }
 			},
 			Write: func(next httpsnoop.WriteFunc) httpsnoop.WriteFunc {
-				return func(b []byte) (int, error) { final(http.StatusOK); return next(b) }
+				return func(b []byte) (int, error) { sv.final(http.StatusOK); return next(b) }
 			},
 			ReadFrom: func(next httpsnoop.ReadFromFunc) httpsnoop.ReadFromFunc {
-				return func(src io.Reader) (int64, error) { final(http.StatusOK); return next(src) }
+				return func(src io.Reader) (int64, error) { sv.final(http.StatusOK); return next(src) }
 			},
 			// A flush before any write sends a 200; a hijacked connection
 			// is served outside the writer (counted as a 200, as before).
 			Flush: func(next httpsnoop.FlushFunc) httpsnoop.FlushFunc {
-				return func() { final(http.StatusOK); next() }
+				return func() { sv.final(http.StatusOK); next() }
 			},
 			Hijack: func(next httpsnoop.HijackFunc) httpsnoop.HijackFunc {
-				return func() (net.Conn, *bufio.ReadWriter, error) { final(http.StatusOK); return next() }
+				return func() (net.Conn, *bufio.ReadWriter, error) { sv.final(http.StatusOK); return next() }
 			},
 		})
 		next.ServeHTTP(sw, r)
 		// Nothing written: net/http sends 200 once we return; the event is
 		// in the outbox before. The outbox's disk write is the only
 		// tracking work before the answer: the broker is never waited for.
-		final(http.StatusOK)
+		sv.final(http.StatusOK)
 		_ = http.NewResponseController(w).Flush()
 	})
 }
 
-// settle tracks the request once its status is known (before the client
-// sees it), or gives back the slot and the pending when it is not tracked.
-func (m *Middleware) settle(r *http.Request, d *Decision, qty Amount, status int) {
-	if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (status < 200 || status > 299)) {
+// served is one allowed request being served.
+type served struct {
+	m      *Middleware
+	r      *http.Request
+	d      Decision
+	qty    Amount
+	status int // the first final status, 0 until known
+}
+
+// final settles the request at its first final status (1xx are
+// informational): tracked before the client sees it, or the slot and the
+// pending given back when it is not tracked.
+func (s *served) final(code int) {
+	if s.status != 0 || (code < 200 && code != http.StatusSwitchingProtocols) {
+		return
+	}
+	s.status = code
+	m := s.m
+	if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (code < 200 || code > 299)) {
 		if m.out != nil {
 			m.out.Unreserve()
 		}
-		m.c.Release(*d)
+		m.c.Release(s.d)
 		return
 	}
-	m.track(r, d, qty)
+	m.track(s.r, &s.d, s.qty)
 }
 
 // track queues the request's event in the outbox slot taken before
