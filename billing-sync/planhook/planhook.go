@@ -144,6 +144,13 @@ type Handler struct {
 	w        *kafka.Writer
 	log      *zap.Logger
 
+	gateMu sync.Mutex
+	gate   func(context.Context) error // nil: apply; else apply only when it returns nil
+
+	// beforeWrite runs between the read and the write of an assignment
+	// (tests: another writer landing there).
+	beforeWrite func()
+
 	mu         sync.Mutex
 	partitions int                         // of the assignment topic, read at start
 	versions   map[string]int64            // newest version per tenant on the topic
@@ -162,7 +169,7 @@ func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, st
 	h := &Handler{cfg: cfg, plans: map[string]string{}, rank: map[string]int{}, tenantOf: tenantOf, stripe: st, log: log,
 		versions: map[string]int64{}, written: map[string]plans.Assignment{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhooks_total",
-			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, too_large, timeout, error)."}, []string{"outcome"}),
+			Help: "Stripe webhooks by outcome (assigned, stale, ignored, refused, too_large, timeout, standby, error)."}, []string{"outcome"}),
 		unmapped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_webhook_unmapped_prices_total",
 			Help: "Prices on entitled subscriptions that webhook.prices does not map to a plan, by price id."}, []string{"price"})}
 	for i, pr := range cfg.Prices {
@@ -184,6 +191,22 @@ func New(ctx context.Context, cfg Config, p *plans.Config, tenantOf TenantOf, st
 	h.w = &kafka.Writer{Addr: kafka.TCP(cfg.Brokers...), Topic: cfg.AssignmentTopic, Balancer: &kafka.Murmur2Balancer{},
 		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond}
 	return h, nil
+}
+
+// SetGate makes webhooks apply only while gate returns nil (the billing
+// lease's Term.Check: this process is the one writer); otherwise they are
+// answered 503 and Stripe retries them, reaching the lease holder. Two
+// processes applying at once would each read-modify-write the tenant's
+// assignment and could write equal versions. nil: always apply (no lease).
+func (h *Handler) SetGate(gate func(context.Context) error) {
+	h.gateMu.Lock()
+	h.gate = gate
+	h.gateMu.Unlock()
+}
+
+// Standby is the gate of a process that does not hold the lease.
+func Standby(context.Context) error {
+	return errors.New("standing by: another process holds the billing lease")
 }
 
 // Close flushes and closes the writer.
@@ -210,34 +233,40 @@ func (h *Handler) load(ctx context.Context) error {
 
 // loadPartition reads one partition of the topic to its end offset.
 func (h *Handler) loadPartition(ctx context.Context, client *kafka.Client, partition int) error {
+	_, err := h.readPartition(ctx, client, partition)
+	return err
+}
+
+// readPartition reads one partition to its end offset and returns it.
+func (h *Handler) readPartition(ctx context.Context, client *kafka.Client, partition int) (int64, error) {
 	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
 		h.cfg.AssignmentTopic: {kafka.FirstOffsetOf(partition), kafka.LastOffsetOf(partition)}}})
 	if err != nil {
-		return fmt.Errorf("offsets of %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
+		return 0, fmt.Errorf("offsets of %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
 	}
 	po := res.Topics[h.cfg.AssignmentTopic]
 	if len(po) == 0 || po[0].Error != nil {
-		return fmt.Errorf("offsets of %s/%d: %v", h.cfg.AssignmentTopic, partition, po)
+		return 0, fmt.Errorf("offsets of %s/%d: %v", h.cfg.AssignmentTopic, partition, po)
 	}
 	first, end := po[0].FirstOffset, po[0].LastOffset
 	if end <= first {
-		return nil
+		return end, nil
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: h.cfg.Brokers, Topic: h.cfg.AssignmentTopic, Partition: partition, MaxWait: 200 * time.Millisecond})
 	defer func() { _ = r.Close() }()
 	if err := r.SetOffset(first); err != nil {
-		return err
+		return 0, err
 	}
 	for {
 		m, err := r.ReadMessage(ctx)
 		if err != nil {
-			return fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
+			return 0, fmt.Errorf("read %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
 		}
 		if tenant, a, err := plans.ParseAssignmentRecord(m.Key, m.Value); err == nil && a != nil && a.Version >= h.versions[tenant] {
 			h.versions[tenant], h.written[tenant] = a.Version, *a
 		}
 		if m.Offset+1 >= end {
-			return nil
+			return end, nil
 		}
 	}
 }
@@ -246,12 +275,33 @@ func (h *Handler) loadPartition(ctx context.Context, client *kafka.Client, parti
 // writers (usage-api's admin plan changes and quota grants) publish there
 // too, and a Stripe change must neither drop their grants nor lose to
 // their newer version.
-func (h *Handler) refresh(ctx context.Context, tenant string) error {
+// It returns the partition's end offset after the read (-1: no topic).
+func (h *Handler) refresh(ctx context.Context, tenant string) (int64, error) {
 	if h.partitions == 0 {
-		return nil // the topic had no partitions at start: nothing to read
+		return -1, nil // the topic had no partitions at start: nothing to read
 	}
 	client := &kafka.Client{Addr: kafka.TCP(h.cfg.Brokers...), Timeout: 10 * time.Second}
-	return h.loadPartition(ctx, client, schemas.PartitionFor(tenant, h.partitions))
+	return h.readPartition(ctx, client, schemas.PartitionFor(tenant, h.partitions))
+}
+
+// moved reports whether the tenant's partition grew past end since it was
+// read: another writer (usage-api's admin, a grant) published there.
+func (h *Handler) moved(ctx context.Context, tenant string, end int64) (bool, error) {
+	if end < 0 {
+		return false, nil
+	}
+	client := &kafka.Client{Addr: kafka.TCP(h.cfg.Brokers...), Timeout: 10 * time.Second}
+	partition := schemas.PartitionFor(tenant, h.partitions)
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		h.cfg.AssignmentTopic: {kafka.LastOffsetOf(partition)}}})
+	if err != nil {
+		return false, fmt.Errorf("end offset of %s/%d: %w", h.cfg.AssignmentTopic, partition, err)
+	}
+	po := res.Topics[h.cfg.AssignmentTopic]
+	if len(po) == 0 || po[0].Error != nil {
+		return false, fmt.Errorf("end offset of %s/%d: %v", h.cfg.AssignmentTopic, partition, po)
+	}
+	return po[0].LastOffset != end, nil
 }
 
 // samePlan reports whether a and b assign the same plan (versions and
@@ -295,6 +345,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.log.Warn("webhook refused", zap.Error(err))
 		http.Error(w, "invalid signature", http.StatusBadRequest)
 		return
+	}
+	h.gateMu.Lock()
+	gate := h.gate
+	h.gateMu.Unlock()
+	if gate != nil {
+		if err := gate(r.Context()); err != nil {
+			// Not the lease holder: Stripe retries (with backoff, for
+			// days) and reaches the process that holds it.
+			h.events.WithLabelValues("standby").Inc()
+			h.log.Info("webhook answered 503: not the billing writer", zap.String("event", ev.ID), zap.Error(err))
+			w.Header().Set("Retry-After", "10")
+			http.Error(w, "standby: not the billing writer", http.StatusServiceUnavailable)
+			return
+		}
 	}
 	outcome, err := h.apply(r.Context(), ev)
 	if err != nil {
@@ -357,8 +421,46 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock() // one write at a time: versions stay ordered
-	if err := h.refresh(ctx, tenant); err != nil {
-		return "", fmt.Errorf("read the assignments of %s: %w", tenant, err) // 500: Stripe retries
+	// Read-modify-write of the tenant's record against the topic's end:
+	// if another writer published to the partition between the read and
+	// the write, read again (its version and grants must be seen), a few
+	// times; then 500 and Stripe retries later.
+	const attempts = 5
+	for i := 0; ; i++ {
+		a, outcome, end, err := h.next(ctx, ev, tenant, plan, anchor)
+		if err != nil || outcome != "" {
+			return outcome, err
+		}
+		if h.beforeWrite != nil {
+			h.beforeWrite()
+		}
+		moved, err := h.moved(ctx, tenant, end)
+		if err != nil {
+			return "", err
+		}
+		if moved {
+			if i+1 < attempts {
+				continue
+			}
+			return "", fmt.Errorf("the assignments of %s kept changing during %d attempts", tenant, attempts)
+		}
+		key, value := plans.AssignmentRecord(tenant, &a)
+		if err := h.w.WriteMessages(ctx, kafka.Message{Key: key, Value: value}); err != nil {
+			return "", fmt.Errorf("write plan assignment: %w", err)
+		}
+		h.versions[tenant], h.written[tenant] = a.Version, a
+		h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", a.Version), zap.String("event", ev.ID))
+		return "assigned", nil
+	}
+}
+
+// next reads the tenant's newest record and returns the record to write
+// (outcome "") or the outcome without a write ("stale"), and the end
+// offset the read reached. The caller holds h.mu.
+func (h *Handler) next(ctx context.Context, ev stripe.Event, tenant, plan string, anchor time.Time) (plans.Assignment, string, int64, error) {
+	end, err := h.refresh(ctx, tenant)
+	if err != nil {
+		return plans.Assignment{}, "", 0, fmt.Errorf("read the assignments of %s: %w", tenant, err) // 500: Stripe retries
 	}
 	cur, v := h.written[tenant], h.versions[tenant]
 	// The tenant's grants (one-off increases for named periods) stay.
@@ -374,22 +476,16 @@ func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
 		// (an admin's plan change, a grant: Unix seconds) is newer than
 		// the event, as a webhook retried hours later is.
 		if v > 0 && samePlan(cur, a) {
-			return "stale", nil // nothing to change
+			return a, "stale", end, nil // nothing to change
 		}
 		a.Version = max(ev.Created, v+1)
 	} else if ev.Created < v || ev.Created == v && samePlan(cur, a) {
 		// From the event alone: older is stale. Same second (an upgrade
 		// creates the new subscription and cancels the old one in one
 		// second): written only if it differs from what that version wrote.
-		return "stale", nil
+		return a, "stale", end, nil
 	}
-	key, value := plans.AssignmentRecord(tenant, &a)
-	if err := h.w.WriteMessages(ctx, kafka.Message{Key: key, Value: value}); err != nil {
-		return "", fmt.Errorf("write plan assignment: %w", err)
-	}
-	h.versions[tenant], h.written[tenant] = a.Version, a
-	h.log.Info("plan assigned from Stripe", zap.String("tenant", tenant), zap.String("plan", plan), zap.Int64("version", a.Version), zap.String("event", ev.ID))
-	return "assigned", nil
+	return a, "", end, nil
 }
 
 // planFrom is the plan of a customer's subscriptions: among the entitled

@@ -225,6 +225,7 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 		syncer.PrintDrift(os.Stdout, ds)
 		return nil
 	}
+	var hook *planhook.Handler // nil: the webhook endpoint is disabled
 	if cfg.Webhook.Secret != "" {
 		if cfg.CreateTopics {
 			if err := svckit.CreateTopics(ctx, cfg.Webhook.Brokers, kafka.TopicConfig{Topic: cfg.Webhook.AssignmentTopic, NumPartitions: 1,
@@ -237,6 +238,7 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 			return err
 		}
 		defer h.Close()
+		hook = h
 		// Its own listener: it faces Stripe, /metrics does not.
 		hsrv, err := planhook.Serve(cfg.Webhook, h, log)
 		if err != nil {
@@ -285,6 +287,15 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 		// (bounded by lease.wait) rather than stand by behind it forever.
 		return withLease(ctx, cfg, log, reg, s, passes)
 	}
+	// Webhooks apply only in the lease holder (a standby answers 503 and
+	// Stripe retries): two processes read-modify-writing a tenant's
+	// assignment could write equal versions.
+	setGate := func(g func(context.Context) error) {
+		if hook != nil {
+			hook.SetGate(g)
+		}
+	}
+	setGate(planhook.Standby)
 	l, err := joinLease(ctx, cfg, log, reg)
 	if err != nil {
 		return err
@@ -302,8 +313,10 @@ func serve(ctx context.Context, cmd string, cfg Config, p *plans.Config, log *za
 			return err
 		}
 		s.SetFence(term)
+		setGate(term.Check)
 		err = passes(term.Context())
 		lost := errors.Is(err, lease.ErrLost) || term.Context().Err() != nil
+		setGate(planhook.Standby)
 		s.SetFence(nil)
 		term.End()
 		if ctx.Err() != nil {
