@@ -252,6 +252,16 @@ func (m *Middleware) Wrap(next http.Handler) http.Handler {
 				return func() (net.Conn, *bufio.ReadWriter, error) { sv.final(http.StatusOK); return next() }
 			},
 		})
+		defer func() {
+			// Still unsettled here only when the handler panicked before
+			// answering (net/http drops the connection): nothing was
+			// served, so the slot and the pending go back (else every
+			// panic would keep an outbox slot for good).
+			if sv.status == 0 {
+				sv.status = -1
+				sv.giveBack()
+			}
+		}()
 		next.ServeHTTP(sw, r)
 		// Nothing written: net/http sends 200 once we return; the event is
 		// in the outbox before. The outbox's disk write is the only
@@ -280,13 +290,18 @@ func (s *served) final(code int) {
 	s.status = code
 	m := s.m
 	if m.cfg.Track == TrackNever || (m.cfg.Track == TrackOn2xx && (code < 200 || code > 299)) {
-		if m.out != nil {
-			m.out.Unreserve()
-		}
-		m.c.Release(s.d)
+		s.giveBack()
 		return
 	}
 	m.track(s.r, &s.d, s.qty)
+}
+
+// giveBack returns the outbox slot and the pending of an untracked request.
+func (s *served) giveBack() {
+	if s.m.out != nil {
+		s.m.out.Unreserve()
+	}
+	s.m.c.Release(s.d)
 }
 
 // track queues the request's event in the outbox slot taken before

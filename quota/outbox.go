@@ -102,13 +102,15 @@ type Outbox struct {
 	// (OnDelivered); never called for an async tracker.
 	onDelivered []func([]schemas.UsageEvent)
 
-	stats struct{ queued, delivered, failures, full, requeued atomic.Int64 }
+	stats struct{ queued, delivered, failures, full, requeued, closed atomic.Int64 }
 }
 
 // OutboxStats are counts since NewOutbox.
 type OutboxStats struct {
 	Pending                                    int // undelivered events now
 	Queued, Delivered, Failures, Full, Requeue int64
+	// Closed counts events Put or Requeue refused with ErrOutboxClosed.
+	Closed int64
 }
 
 // NewOutbox returns an outbox delivering through t (a sync publisher:
@@ -291,6 +293,7 @@ func (o *Outbox) put(e *schemas.UsageEvent, reserved bool, queued func()) error 
 		o.reserved = max(0, o.reserved-1)
 	}
 	if o.closed {
+		o.stats.closed.Add(1)
 		return fmt.Errorf("event %s: %w", e.ID, ErrOutboxClosed)
 	}
 	if !reserved && len(o.queue)+o.reserved >= o.cfg.MaxEvents {
@@ -344,6 +347,7 @@ func (o *Outbox) Requeue(err error, events []schemas.UsageEvent) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
+		o.stats.closed.Add(int64(len(events)))
 		o.log.Error("quota outbox: requeue after close, events not kept", zap.Int("events", len(events)), zap.Error(err))
 		return fmt.Errorf("requeue of %d events: %w", len(events), ErrOutboxClosed)
 	}
@@ -397,7 +401,8 @@ func (o *Outbox) Len() int {
 // Stats returns the counts.
 func (o *Outbox) Stats() OutboxStats {
 	return OutboxStats{Pending: o.Len(), Queued: o.stats.queued.Load(), Delivered: o.stats.delivered.Load(),
-		Failures: o.stats.failures.Load(), Full: o.stats.full.Load(), Requeue: o.stats.requeued.Load()}
+		Failures: o.stats.failures.Load(), Full: o.stats.full.Load(), Requeue: o.stats.requeued.Load(),
+		Closed: o.stats.closed.Load()}
 }
 
 // Run delivers queued events until ctx is done, in order, a batch at a

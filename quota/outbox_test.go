@@ -63,6 +63,9 @@ func TestOutboxPutAfterRunIsDurable(t *testing.T) {
 	if o.Reserve() {
 		t.Fatal("reserve after Close succeeded")
 	}
+	if st := o.Stats(); st.Closed != 2 {
+		t.Fatalf("Stats().Closed %d, want 2", st.Closed)
+	}
 	again, err := NewOutbox(OutboxConfig{Dir: dir}, failTracker{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -283,5 +286,41 @@ func TestEventWrittenBeforeAFlushedStatus(t *testing.T) {
 	}
 	if res.StatusCode != http.StatusOK || strings.Count(string(b), "\n") != 1 || !strings.Contains(string(b), `"t-stream"`) {
 		t.Fatalf("status %d with the handler still running, outbox file %q: want the event in it", res.StatusCode, b)
+	}
+}
+
+// A handler that panics before answering serves nothing: its outbox slot
+// and pending go back (the code before kept the slot, so an outbox of 1
+// answered 503 TRACKING_BACKLOG for good after one panic).
+func TestPanickedHandlerGivesItsSlotBack(t *testing.T) {
+	clk := &clock{}
+	clk.set(time.Now())
+	c := offline(t, clk, nil)
+	out, err := NewOutbox(OutboxConfig{MaxEvents: 1}, failTracker{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw, err := NewMiddleware(c, MiddlewareConfig{Meter: "ai_generation", Outbox: out,
+		Tenant: func(*http.Request) string { return "t-panic" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mw.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("panic") != "" {
+			panic(http.ErrAbortHandler)
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	func() {
+		defer func() { _ = recover() }()
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/?panic=1", nil))
+	}()
+	if p := c.Peek(context.Background(), "t-panic", "ai_generation"); !p.Pending.IsZero() {
+		t.Fatalf("pending %s after a panic before answering, want 0", p.Pending)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != http.StatusOK || out.Len() != 1 {
+		t.Fatalf("after a panicked handler: %d %s, outbox %d; want 200 and the event queued", rec.Code, rec.Body, out.Len())
 	}
 }
