@@ -163,7 +163,7 @@ func NewMiddleware(c *Cache, cfg MiddlewareConfig) (*Middleware, error) {
 
 // Close stops the outbox the middleware made (not one given in the config).
 // Events still undelivered then are lost with the process: give an Outbox
-// with a Dir to keep them.
+// with a Dir to keep them. Requests after Close get 503 TRACKING_BACKLOG.
 func (m *Middleware) Close() {
 	if m.stop != nil {
 		m.stop()
