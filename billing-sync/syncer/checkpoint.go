@@ -93,6 +93,7 @@ func (s *Syncer) checkpoint(ctx context.Context, name string, m Meter, from time
 	// and would bill its units again in a later window.
 	for k, lw := range ledger {
 		if k.Start < e.Unix() && hasOpen(lw) {
+			s.m.edgeHeld.Inc()
 			s.log.Info("checkpoint edge kept: a window before it has an open intent", zap.String("meter", name),
 				zap.String("tenant", k.Tenant), zap.Time("window", time.Unix(k.Start, 0).UTC()), zap.Time("edge", e))
 			return nil

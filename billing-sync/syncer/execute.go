@@ -248,6 +248,7 @@ type metrics struct {
 	refused        *prometheus.CounterVec // writes Stripe refused for good, by meter
 	refusedWindows prometheus.Gauge       // windows left alone because their last write was refused
 	lookupErrors   prometheus.Counter     // tenants skipped in a pass because a Stripe look-up failed
+	edgeHeld       prometheus.Counter     // checkpoints not written: a window before the edge has an open intent
 }
 
 func newMetrics() *metrics {
@@ -266,11 +267,13 @@ func newMetrics() *metrics {
 			Help: "Tenant/meter pairs skipped in a pass because a Stripe customer or subscription look-up failed."}),
 		noSubscription: prometheus.NewGauge(prometheus.GaugeOpts{Name: "billing_no_subscription_tenants",
 			Help: "Tenant/meter pairs with usage in the last pass that no subscription item on the meter's price invoices."}),
+		edgeHeld: prometheus.NewCounter(prometheus.CounterOpts{Name: "billing_checkpoint_edge_held_total",
+			Help: "Checkpoints not written because a window before the edge has an intent whose outcome is open (pending, retry, unknown)."}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "billing_drift_windows",
 			Help: "Windows whose Stripe value differs from ours at the last drift check, by status."}, []string{"status"}),
 	}
 }
 
 func (m *metrics) register(r prometheus.Registerer) {
-	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift, m.noSubscription, m.refused, m.refusedWindows, m.lookupErrors)
+	r.MustRegister(m.passes, m.passSeconds, m.writes, m.unmapped, m.drift, m.noSubscription, m.refused, m.refusedWindows, m.lookupErrors, m.edgeHeld)
 }
