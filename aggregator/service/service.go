@@ -262,7 +262,7 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	s.log.Info("generation started", zap.Int32("generation", gen.ID), zap.Int("partitions", len(assigned)),
 		zap.Int("rows_loaded", st.Rows()))
 
-	msgs := newHandoff(4096)
+	msgs := svckit.NewHandoff[message](4096)
 	var spare []message
 	genDone := make(chan struct{})
 	// kafka-go rejoins the group only when every function started on the
@@ -305,8 +305,8 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	var side []kafka.Message
 	for {
 		select {
-		case <-msgs.ready:
-			batch := msgs.take(spare)
+		case <-msgs.Ready():
+			batch := msgs.Take(spare)
 			for _, m := range batch {
 				out, err := s.apply(wctx, st, m)
 				if err != nil {
@@ -411,7 +411,7 @@ func (s *Service) restore(ctx context.Context, assigned []kafka.PartitionAssignm
 // recognised after a restart. A failing reader is re-created at the next
 // offset after a pause, so a broker hiccup never stalls a partition. It
 // returns an error only for a retention gap with on_retention_gap: fail.
-func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs *handoff) error {
+func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs *svckit.Handoff[message]) error {
 	next := int64(-1)
 	for pause := s.cfg.RetryMin; ctx.Err() == nil; pause = min(pause*2, s.cfg.RetryMax) {
 		if next < 0 {
@@ -483,7 +483,7 @@ func retentionGap(ckpt, first int64) int64 {
 // deleted, at any time, not only when a partition opens: every record goes
 // through svckit.OffsetGaps, the consumer's rule, which tells records
 // retention deleted unread from offsets that hold no event.
-func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs *handoff) (int64, error) {
+func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs *svckit.Handoff[message]) (int64, error) {
 	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
 	defer r.Close()
@@ -506,7 +506,7 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 				return offset, err
 			}
 		}
-		if err := msgs.put(ctx, message{Message: m, replay: m.Offset <= ckpt}); err != nil {
+		if err := msgs.Put(ctx, message{Message: m, replay: m.Offset <= ckpt}); err != nil {
 			return offset, err
 		}
 		offset = m.Offset + 1

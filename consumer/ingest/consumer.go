@@ -365,11 +365,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 	}()
 
-	// The fetcher feeds messages through a handoff so that the loop below
+	// The fetcher feeds messages through a svckit.Handoff so that the loop below
 	// can also react to the flush timer and to shutdown, once per slice.
 	fetchCtx, stopFetch := context.WithCancel(context.Background())
 	defer stopFetch()
-	msgs := newHandoff(1024)
+	msgs := svckit.NewHandoff[kafka.Message](1024)
 	fetchErr := make(chan error, 1)
 	go func() {
 		pause := c.cfg.RetryMin
@@ -399,7 +399,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 				continue
 			}
 			pause = c.cfg.RetryMin
-			if msgs.put(fetchCtx, m) != nil {
+			if msgs.Put(fetchCtx, m) != nil {
 				return
 			}
 		}
@@ -438,8 +438,8 @@ loop:
 	for {
 		var full bool
 		select {
-		case <-msgs.ready:
-			batch := msgs.take(spare)
+		case <-msgs.Ready():
+			batch := msgs.Take(spare)
 			spare = batch
 			for _, m := range batch {
 				c.m.consumed.Inc()

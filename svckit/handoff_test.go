@@ -1,20 +1,24 @@
-package service
+package svckit
 
 import (
 	"context"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/segmentio/kafka-go"
 )
+
+// item stands for a fetched message.
+type item struct {
+	Partition int
+	Offset    int64
+}
 
 // TestHandoff: every message put by concurrent readers is taken exactly
 // once, each reader's in order; a full buffer holds readers back; a lone
 // message wakes the loop at once.
 func TestHandoff(t *testing.T) {
 	ctx := context.Background()
-	h := newHandoff(8)
+	h := NewHandoff[item](8)
 	const readers, each = 3, 1000
 	var wg sync.WaitGroup
 	for p := range readers {
@@ -22,7 +26,7 @@ func TestHandoff(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for o := range each {
-				if err := h.put(ctx, message{Message: kafka.Message{Partition: p, Offset: int64(o)}}); err != nil {
+				if err := h.Put(ctx, item{Partition: p, Offset: int64(o)}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -30,14 +34,14 @@ func TestHandoff(t *testing.T) {
 		}()
 	}
 	next := make([]int64, readers)
-	var spare []message
+	var spare []item
 	for got := 0; got < readers*each; {
 		select {
-		case <-h.ready:
+		case <-h.Ready():
 		case <-time.After(5 * time.Second):
 			t.Fatalf("no batch after %d messages", got)
 		}
-		batch := h.take(spare)
+		batch := h.Take(spare)
 		if len(batch) > 8 {
 			t.Fatalf("batch of %d past the limit 8", len(batch))
 		}
@@ -52,36 +56,36 @@ func TestHandoff(t *testing.T) {
 	}
 	wg.Wait()
 	select {
-	case <-h.ready:
-		if b := h.take(nil); len(b) != 0 {
+	case <-h.Ready():
+		if b := h.Take(nil); len(b) != 0 {
 			t.Fatalf("%d messages left over", len(b))
 		}
 	default:
 	}
 	// A full buffer holds a reader until the loop takes.
 	for i := range 8 {
-		if err := h.put(ctx, message{Message: kafka.Message{Offset: int64(i)}}); err != nil {
+		if err := h.Put(ctx, item{Offset: int64(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	if err := h.put(short, message{}); err == nil {
+	if err := h.Put(short, item{}); err == nil {
 		t.Fatal("a ninth message was taken into a buffer of 8")
 	}
-	<-h.ready
-	if b := h.take(nil); len(b) != 8 {
+	<-h.Ready()
+	if b := h.Take(nil); len(b) != 8 {
 		t.Fatalf("took %d, want 8", len(b))
 	}
-	if err := h.put(ctx, message{Message: kafka.Message{Offset: 99}}); err != nil {
+	if err := h.Put(ctx, item{Offset: 99}); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-h.ready:
+	case <-h.Ready():
 	case <-time.After(time.Second):
 		t.Fatal("a lone message did not wake the loop")
 	}
-	if b := h.take(nil); len(b) != 1 || b[0].Offset != 99 {
+	if b := h.Take(nil); len(b) != 1 || b[0].Offset != 99 {
 		t.Fatalf("took %+v", b)
 	}
 }
