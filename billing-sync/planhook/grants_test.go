@@ -23,32 +23,7 @@ import (
 // than their record) still applies Stripe's truth, and keeps the tenant's
 // grants instead of wiping them.
 func TestStripeChangeKeepsGrantsAndBeatsNewerRecords(t *testing.T) {
-	broker := testenv.Kafka(t)
-	topic := testenv.Name("assign")
-	testenv.CreateTopic(t, broker, topic, 2, "cleanup.policy", "compact")
-	p, err := plans.Load("../../schemas/plans/plans.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := stripefake.New()
-	fake.AddCustomer("cus_acme", "acme")
-	fake.AddPrice(stripefake.Price{ID: "price_pro", LookupKey: "pro_monthly"})
-	fake.AddPrice(stripefake.Price{ID: "price_ent", LookupKey: "enterprise"})
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	apiCfg := stripeapi.DefaultConfig()
-	apiCfg.APIKey, apiCfg.URL, apiCfg.MaxAttempts, apiCfg.Rate = "sk_test_hook", srv.URL, 1, 1000
-	cfg := planhook.DefaultConfig()
-	cfg.Secret, cfg.Brokers, cfg.AssignmentTopic = secret, []string{broker}, topic
-	cfg.Prices = []planhook.Price{{LookupKey: "pro_monthly", Plan: "PRO"}, {LookupKey: "enterprise", Plan: "ENTERPRISE"}}
-	known := func(_ context.Context, cus string) (string, bool) { return "acme", cus == "cus_acme" }
-	h, err := planhook.New(context.Background(), cfg, p, known, stripeapi.New(apiCfg, zap.NewNop(), nil), zap.NewNop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	hsrv := httptest.NewServer(h)
-	defer hsrv.Close()
+	broker, topic, fake, _, hsrv := acmeHook(t)
 
 	fake.AddSubscription(stripefake.Subscription{ID: "sub_pro", Customer: "cus_acme", Items: []stripefake.Item{{ID: "si_pro", Price: "price_pro"}}})
 	if code := post(t, hsrv.URL, subEvent("evt_1", 1000, "customer.subscription.created", "sub_pro", "cus_acme"), secret); code != 200 {
@@ -80,4 +55,38 @@ func TestStripeChangeKeepsGrantsAndBeatsNewerRecords(t *testing.T) {
 	if last.Grants == nil || len(last.Grants.List) != 1 || !last.Grants.List[0].Amount.Equal(decimal.NewFromInt(10)) {
 		t.Fatalf("the upgrade dropped the grant: %+v", last.Grants)
 	}
+}
+
+// acmeHook is a webhook handler on a private, 2-partition assignment topic
+// with a fake Stripe that knows customer cus_acme (tenant acme) and the
+// PRO and ENTERPRISE prices; everything closes when the test ends.
+func acmeHook(t *testing.T) (broker, topic string, fake *stripefake.Fake, h *planhook.Handler, hsrv *httptest.Server) {
+	t.Helper()
+	broker = testenv.Kafka(t)
+	topic = testenv.Name("assign")
+	testenv.CreateTopic(t, broker, topic, 2, "cleanup.policy", "compact")
+	p, err := plans.Load("../../schemas/plans/plans.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake = stripefake.New()
+	fake.AddCustomer("cus_acme", "acme")
+	fake.AddPrice(stripefake.Price{ID: "price_pro", LookupKey: "pro_monthly"})
+	fake.AddPrice(stripefake.Price{ID: "price_ent", LookupKey: "enterprise"})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	apiCfg := stripeapi.DefaultConfig()
+	apiCfg.APIKey, apiCfg.URL, apiCfg.MaxAttempts, apiCfg.Rate = "sk_test_hook", srv.URL, 1, 1000
+	cfg := planhook.DefaultConfig()
+	cfg.Secret, cfg.Brokers, cfg.AssignmentTopic = secret, []string{broker}, topic
+	cfg.Prices = []planhook.Price{{LookupKey: "pro_monthly", Plan: "PRO"}, {LookupKey: "enterprise", Plan: "ENTERPRISE"}}
+	known := func(_ context.Context, cus string) (string, bool) { return "acme", cus == "cus_acme" }
+	h, err = planhook.New(context.Background(), cfg, p, known, stripeapi.New(apiCfg, zap.NewNop(), nil), zap.NewNop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	hsrv = httptest.NewServer(h)
+	t.Cleanup(hsrv.Close)
+	return broker, topic, fake, h, hsrv
 }

@@ -2,19 +2,15 @@ package planhook_test
 
 import (
 	"context"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/shopspring/decimal"
-	"go.uber.org/zap"
 
 	"github.com/usagemeter/usagemeter/billing-sync/planhook"
-	"github.com/usagemeter/usagemeter/billing-sync/stripeapi"
 	"github.com/usagemeter/usagemeter/billing-sync/stripefake"
 	"github.com/usagemeter/usagemeter/schemas/plans"
-	"github.com/usagemeter/usagemeter/testenv"
 )
 
 // A standby (a process without the billing lease) answers 503 and writes
@@ -24,32 +20,7 @@ import (
 // version above the grant's (before: version 2000 < 5000, the stale
 // record won and the Stripe change was lost, or the grant was dropped).
 func TestOneWriterAndAGrantBetweenReadAndWrite(t *testing.T) {
-	broker := testenv.Kafka(t)
-	topic := testenv.Name("assign")
-	testenv.CreateTopic(t, broker, topic, 2, "cleanup.policy", "compact")
-	p, err := plans.Load("../../schemas/plans/plans.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake := stripefake.New()
-	fake.AddCustomer("cus_acme", "acme")
-	fake.AddPrice(stripefake.Price{ID: "price_pro", LookupKey: "pro_monthly"})
-	fake.AddPrice(stripefake.Price{ID: "price_ent", LookupKey: "enterprise"})
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
-	apiCfg := stripeapi.DefaultConfig()
-	apiCfg.APIKey, apiCfg.URL, apiCfg.MaxAttempts, apiCfg.Rate = "sk_test_hook", srv.URL, 1, 1000
-	cfg := planhook.DefaultConfig()
-	cfg.Secret, cfg.Brokers, cfg.AssignmentTopic = secret, []string{broker}, topic
-	cfg.Prices = []planhook.Price{{LookupKey: "pro_monthly", Plan: "PRO"}, {LookupKey: "enterprise", Plan: "ENTERPRISE"}}
-	known := func(_ context.Context, cus string) (string, bool) { return "acme", cus == "cus_acme" }
-	h, err := planhook.New(context.Background(), cfg, p, known, stripeapi.New(apiCfg, zap.NewNop(), nil), zap.NewNop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	hsrv := httptest.NewServer(h)
-	defer hsrv.Close()
+	broker, topic, fake, h, hsrv := acmeHook(t)
 
 	fake.AddSubscription(stripefake.Subscription{ID: "sub_pro", Customer: "cus_acme", Items: []stripefake.Item{{ID: "si_pro", Price: "price_pro"}}})
 	h.SetGate(planhook.Standby)
