@@ -8,7 +8,9 @@
 # BENCH_EVENTS sets the event count per benchmark (default 500000);
 # BENCH_MODES the usage-bench modes (default pipeline,chkafka);
 # BENCH_TENANTS the tenants the events spread over (default 50);
-# BENCH_TENANT_CURVE a list of tenant counts for the memory curve (default none).
+# BENCH_TENANT_CURVE a list of tenant counts for the memory curve (default none);
+# BENCH_OUT, BENCH_TENANTS_OUT and BENCH_LOG_DIR where records and logs go, and
+# BENCH_CH_PORT (19310) the private server's port, so two runs can share a machine.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -25,7 +27,8 @@ n=${BENCH_EVENTS:-500000}
 # Its CH_* settings go only to the commands that handle it: clickhouse.sh
 # defaults to the shared server, which must never be stopped from here.
 bench_ch_port=${BENCH_CH_PORT:-19310}
-bench_ch_dir="$CACHE_DIR/run/clickhouse-bench"
+bench_ch_dir="$CACHE_DIR/run/clickhouse-bench-$bench_ch_port"
+bench_logs=${BENCH_LOG_DIR:-$CACHE_DIR/run/bench-logs}
 bench_ch() {
   CH_TCP_PORT=$bench_ch_port CH_HTTP_PORT=${BENCH_CH_HTTP_PORT:-18330} \
     CH_INTERSERVER_PORT=${BENCH_CH_INTERSERVER_PORT:-19319} CH_DIR=$bench_ch_dir "$@"
@@ -39,7 +42,7 @@ bench_ch "$CACHE_DIR/bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-
   --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
   --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
   --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
-  --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$CACHE_DIR/run/bench-logs"
+  --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$bench_logs"
 # Memory and cost curve: BENCH_TENANT_CURVE="1000 10000 100000 1000000" runs the pipeline once
 # per tenant count (at least 2 events per tenant, so every tenant has rows of both meters).
 for tenants in ${BENCH_TENANT_CURVE:-}; do
@@ -49,7 +52,7 @@ for tenants in ${BENCH_TENANT_CURVE:-}; do
     --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
     --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" \
     --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
-    --out "$CACHE_DIR/bench/tenants.jsonl" --dir "$CACHE_DIR/run/bench-logs"
+    --out "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --dir "$bench_logs"
 done
 if [[ ${BENCH_STAGES:-1} == 0 ]]; then exit 0; fi
 
