@@ -9,7 +9,7 @@
 # BENCH_MODES the usage-bench modes (default pipeline,chkafka);
 # BENCH_TENANTS the tenants the events spread over (default 50);
 # BENCH_TENANT_CURVE a list of tenant counts for the memory curve (default none);
-# BENCH_OUT, BENCH_TENANTS_OUT and BENCH_LOG_DIR where records and logs go, and
+# BENCH_OUT, BENCH_TENANTS_OUT and BENCH_LOG_DIR where records and logs go, BENCH_BIN_DIR the binaries, and
 # BENCH_CH_PORT (19310) the private server's port, so two runs can share a machine.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
@@ -29,29 +29,30 @@ n=${BENCH_EVENTS:-500000}
 bench_ch_port=${BENCH_CH_PORT:-19310}
 bench_ch_dir="$CACHE_DIR/run/clickhouse-bench-$bench_ch_port"
 bench_logs=${BENCH_LOG_DIR:-$CACHE_DIR/run/bench-logs}
+bin=${BENCH_BIN_DIR:-$CACHE_DIR/bin}
 bench_ch() {
   CH_TCP_PORT=$bench_ch_port CH_HTTP_PORT=${BENCH_CH_HTTP_PORT:-18330} \
     CH_INTERSERVER_PORT=${BENCH_CH_INTERSERVER_PORT:-19319} CH_DIR=$bench_ch_dir "$@"
 }
 bench_ch "$SCRIPTS_DIR/clickhouse.sh" start
 trap 'bench_ch "$SCRIPTS_DIR/clickhouse.sh" stop --purge >/dev/null 2>&1 || true' EXIT
-go build -o "$CACHE_DIR/bin/" ./consumer/cmd/usage-consumer ./aggregator/cmd/usage-aggregator
-go build -o "$CACHE_DIR/bin/usage-bench" ./bench
+go build -o "$bin/" ./consumer/cmd/usage-consumer ./aggregator/cmd/usage-aggregator
+go build -o "$bin/usage-bench" ./bench
 echo "== the whole pipeline as processes, then ClickHouse's Kafka engine, $n events each (JSON: ${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl})"
-bench_ch "$CACHE_DIR/bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-50}" --modes "${BENCH_MODES:-pipeline,chkafka}" \
+bench_ch "$bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-50}" --modes "${BENCH_MODES:-pipeline,chkafka}" \
   --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
   --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
-  --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
+  --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
   --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$bench_logs"
 # Memory and cost curve: BENCH_TENANT_CURVE="1000 10000 100000 1000000" runs the pipeline once
 # per tenant count (at least 2 events per tenant, so every tenant has rows of both meters).
 for tenants in ${BENCH_TENANT_CURVE:-}; do
   echo "== the whole pipeline over $tenants tenants (JSON: $CACHE_DIR/bench/tenants.jsonl)"
-  bench_ch "$CACHE_DIR/bin/usage-bench" --events "$((2 * tenants > n ? 2 * tenants : n))" --tenants "$tenants" --modes pipeline \
+  bench_ch "$bin/usage-bench" --events "$((2 * tenants > n ? 2 * tenants : n))" --tenants "$tenants" --modes pipeline \
     --freshness 0 --duplicates 0 --restart=false \
     --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
     --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" \
-    --consumer "$CACHE_DIR/bin/usage-consumer" --aggregator "$CACHE_DIR/bin/usage-aggregator" \
+    --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
     --out "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --dir "$bench_logs"
 done
 if [[ ${BENCH_STAGES:-1} == 0 ]]; then exit 0; fi
