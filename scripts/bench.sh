@@ -71,25 +71,20 @@ go test -run '^$' -bench . -benchmem ./schemas/
 echo "== quota: Check on a warm cache (p50/p99 per call, allocs), then publish -> cache decision freshness at 10k events/s"
 go test -run '^$' -bench 'BenchmarkCheck$' -benchmem -benchtime 2000000x ./quota/
 go test -run '^$' -bench 'Freshness' -benchtime 1x ./quota/
-echo "== usage-api POST /v1/check under wrk on loopback, paced to about 10k req/s (28 connections, each sends every 2 ms)"
+echo "== usage-api POST /v1/check under wrk on loopback beside a bare net/http handler (the floor), paced to about 10k req/s (28 connections, each sends every 2 ms); ${BENCH_API_PAIRS:-3} interleaved pairs (JSON: ${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl})"
 "$SCRIPTS_DIR/deps.sh" wrk
-go build -o "$CACHE_DIR/bin/" ./api/cmd/usage-api
+go build -o "$bin/" ./api/cmd/usage-api ./api/bench/wrkbench
 api_addr=127.0.0.1:${BENCH_API_PORT:-9479}
 mkdir -p "$CACHE_DIR/run"
 USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr USAGE_LOG_LEVEL=warn \
-  "$CACHE_DIR/bin/usage-api" --demo >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
+  "$bin/usage-api" --demo >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
 api_pid=$!
-api_ready=0
-for _ in $(seq 100); do
-  if curl -fs -H 'Authorization: Bearer demo-admin-key' -d '{"tenant_id":"tenant-01","feature_type":"api_calls"}' \
-    "http://$api_addr/v1/check" 2>/dev/null | grep -q '"stale":false'; then api_ready=1; break; fi
-  sleep 0.2
-done
-if [[ $api_ready != 1 ]]; then
-  kill -TERM "$api_pid"
-  die "usage-api did not answer a fresh /v1/check within 20 s (log: $CACHE_DIR/run/usage-api-bench.log)"
-fi
-# Non-2xx and socket errors are printed too: latencies of refused requests are no figure.
-wrk -t1 -c28 -d10s --latency -s api/bench/check.lua "http://$api_addr" | grep -E 'Latency|50%|90%|99%|Requests/sec|Non-2xx|Socket errors'
+# wrkbench waits for a fresh decision, captures usage-api's answer for the
+# floor to write byte for byte, then runs wrk (api/bench/check.lua) against
+# each in turn; a run with socket errors or non-2xx answers shows them.
+api_status=0
+"$bin/wrkbench" --api "$api_addr" --api-pid "$api_pid" --floor-addr "127.0.0.1:${BENCH_FLOOR_PORT:-9478}" \
+  --pairs "${BENCH_API_PAIRS:-3}" --out "${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl}" || api_status=$?
 kill -TERM "$api_pid"
 wait "$api_pid" || true
+if [[ $api_status != 0 ]]; then die "wrkbench failed (usage-api log: $CACHE_DIR/run/usage-api-bench.log)"; fi
