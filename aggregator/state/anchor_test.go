@@ -55,3 +55,39 @@ default_plan: FREE
 		}
 	}
 }
+
+// The series' cached period row is not reused after a plan change moves
+// the tenant's periods: the next event, inside the old period, counts in
+// the new plan's period (TouchTenant clears the cache).
+func TestPeriodCacheFollowsPlanChange(t *testing.T) {
+	p, err := plans.Parse([]byte(`
+meters:
+  ai_generation: { aggregation: sum }
+plans:
+  FREE: { meters: {} }
+  TEAM:
+    meters:
+      ai_generation: { limit: 50, period: anchored }
+default_plan: FREE
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Plans: p, AllowedLateness: time.Hour, DedupHorizon: 1000}, time.Time{}, func(Key) (*Row, error) { return nil, nil })
+	at := time.Date(2027, 1, 20, 10, 0, 0, 0, time.UTC)
+	if _, err := s.Apply(ev("t", "ai_generation", "u1", "3", at, "a"), 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Assign("t", &plans.Assignment{Plan: "TEAM", AnchorDay: 15}); err != nil {
+		t.Fatal(err)
+	}
+	s.TouchTenant("t")
+	if _, err := s.Apply(ev("t", "ai_generation", "u1", "5", at.Add(time.Minute), "b"), 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{"2027-01": "3", "2027-01-15": "5"} {
+		if q, ok := s.QuotaOf(QuotaKey{"t", "ai_generation", id}); !ok || q.Usage.String() != want {
+			t.Errorf("quota %s: %s (found %v), want %s", id, q.Usage, ok, want)
+		}
+	}
+}

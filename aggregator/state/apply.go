@@ -58,11 +58,12 @@ type State struct {
 	// series caches, per tenant, meter and subject, the rows its last
 	// event touched; it only ever points at rows that are in rows (Load
 	// and Evict, which replace or drop rows, clear it).
-	series     map[seriesKey]*[len(Grains)]*Row
-	quotas     map[QuotaKey]*Quota
-	dedup      map[int32]*dedup
-	watermark  map[int32]time.Time
-	processed  map[int32]int64
+	series map[seriesKey]*[len(Grains)]*Row
+	quotas map[QuotaKey]*Quota
+	// parts holds each partition's dedup set, watermark and last offset:
+	// one look-up per event instead of four.
+	parts      map[int32]*part
+	ids        *idHasher
 	loadedFrom time.Time // every row of a window starting at or after this is in rows
 	fetch      Fetcher
 	// dirtyRows and dueQuotas queue rows and quota totals when they first
@@ -70,11 +71,11 @@ type State struct {
 	// in memory (with 100,000 tenants the walks took most of the CPU).
 	dirtyRows []*Row
 	dueQuotas []*Quota
-	// evictFloor holds, per partition, a time at or before the earliest
-	// end (grace included) of its rows in memory: Evict scans only once
-	// a partition's watermark minus the lateness passes it. nil: unknown,
-	// scan at the next Evict.
-	evictFloor map[int32]time.Time
+	// Each partition's evictFloor (part) is a time at or before the
+	// earliest end (grace included) of its rows in memory: Evict scans
+	// only once a partition's watermark minus the lateness passes it.
+	// evictDirty: the floors are unknown, scan at the next Evict.
+	evictDirty bool
 }
 
 // New returns an empty State. Rows of windows that start before loadedFrom
@@ -85,38 +86,63 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 		rows:       make(map[Key]*Row),
 		series:     make(map[seriesKey]*[len(Grains)]*Row),
 		quotas:     make(map[QuotaKey]*Quota),
-		dedup:      make(map[int32]*dedup),
-		watermark:  make(map[int32]time.Time),
-		processed:  make(map[int32]int64),
+		parts:      make(map[int32]*part),
+		ids:        newIDHasher(),
+		evictDirty: true,
 		loadedFrom: loadedFrom,
 		fetch:      fetch,
 	}
 }
 
+// part is one partition's state.
+type part struct {
+	dedup     *dedup
+	watermark time.Time
+	processed int64
+	// hasProcessed: processed is set (a replayed event moves the
+	// watermark only).
+	hasProcessed bool
+	// evictFloor: a time at or before the earliest end (grace included)
+	// of the partition's rows in memory (see State.evictDirty).
+	evictFloor time.Time
+	hasFloor   bool
+}
+
+// part returns partition p's state, creating it.
+func (s *State) part(p int32) *part {
+	pt := s.parts[p]
+	if pt == nil {
+		pt = &part{}
+		s.parts[p] = pt
+	}
+	return pt
+}
+
 // Apply folds one event read at (partition, offset) into every row it
 // belongs to.
 func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Outcome, error) {
-	s.processed[partition] = offset
+	pt := s.part(partition)
+	pt.processed, pt.hasProcessed = offset, true
 	meter, known := s.cfg.Plans.MeterFor(e.FeatureType)
 	if !known && s.cfg.Plans.UnknownMeters == "reject" {
 		return UnknownMeter, nil
 	}
-	if !s.remember(e, partition) {
+	if !s.remember(pt, e) {
 		return Duplicate, nil
 	}
-	wm := s.watermark[partition]
-	if e.Timestamp.Before(wm.Add(-s.cfg.AllowedLateness)) {
+	if e.Timestamp.Before(pt.watermark.Add(-s.cfg.AllowedLateness)) {
 		return Late, nil
 	}
-	s.advance(partition, e.Timestamp)
-	plan, quota, assignment := s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
-	period := assignment.PeriodFor(quota, e.Timestamp)
+	if e.Timestamp.After(pt.watermark) {
+		pt.watermark = e.Timestamp
+	}
 	subject := subjectOf(meter, e)
 	if meter.Aggregation == plans.UniqueCount && subject == "" {
 		// Nothing to count: an event without a user is not one more user.
 		return NoSubject, nil
 	}
 	tsNs := e.Timestamp.UnixNano()
+	sec := e.Timestamp.Unix()
 	// One look-up for the series' current rows instead of one per grain:
 	// most events land in the windows the previous event of the series did.
 	sk := seriesKey{e.TenantID, e.FeatureType, subject}
@@ -125,17 +151,36 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		cur = new([len(Grains)]*Row)
 		s.series[sk] = cur
 	}
+	// The period: the series' period row when the event falls in it
+	// (periods are whole seconds, [Start, PeriodEnd)); only otherwise the
+	// plan look-up and PeriodFor, which formats the period id. A plan
+	// change, which can move period boundaries, clears the cache
+	// (TouchTenant).
+	var (
+		period plans.Period
+		plan   string
+	)
+	periodStart := int64(0)
+	if pr := cur[Period]; pr != nil && sec >= pr.Start && sec < pr.PeriodEnd {
+		periodStart = pr.Start
+	} else {
+		var quota plans.Quota
+		var assignment plans.Assignment
+		plan, quota, assignment = s.cfg.Plans.QuotaFor(e.TenantID, e.FeatureType)
+		period = assignment.PeriodFor(quota, e.Timestamp)
+		periodStart = period.Start.Unix()
+	}
 	var rows [len(Grains)]*Row
 	for _, g := range Grains {
 		var start int64
 		if g == Period {
-			start = period.Start.Unix()
+			start = periodStart
 		} else {
-			start = windowStart(g, e.Timestamp).Unix()
+			start = windowStart(g, sec)
 		}
-		k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g, Start: start}
 		r := cur[g]
 		if r == nil || r.Start != start {
+			k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g, Start: start}
 			var err error
 			if r, err = s.row(k, meter.Aggregation, period, plan, partition); err != nil {
 				return 0, err
@@ -143,7 +188,7 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 			cur[g] = r
 		}
 		if r.badValue {
-			return 0, fmt.Errorf("%s row %s/%s/%s@%d holds %s, not a Decimal(38, 9) amount >= 0", g, k.Tenant, k.Meter, k.Subject, k.Start, r.Value)
+			return 0, fmt.Errorf("%s row %s/%s/%s@%d holds %s, not a Decimal(38, 9) amount >= 0", g, r.Tenant, r.Meter, r.Subject, r.Start, r.Value)
 		}
 		rows[g] = r
 	}
@@ -191,9 +236,12 @@ func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offse
 	if sum, ok := period.acc.add(qf); !ok || maxFixed.less(sum) {
 		return qf, true
 	}
-	total, ok := s.quotas[QuotaKey{period.Tenant, period.Meter, period.PeriodID}]
-	if !ok {
-		return qf, false
+	total := period.quota
+	if total == nil {
+		var ok bool
+		if total, ok = s.quotas[QuotaKey{period.Tenant, period.Meter, period.PeriodID}]; !ok {
+			return qf, false
+		}
 	}
 	sum, ok := total.acc.add(qf)
 	return qf, !ok || maxFixed.less(sum)
@@ -202,29 +250,26 @@ func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offse
 // Remember records an event that is already reflected in storage (read
 // again before the checkpoint to warm the dedup set) without applying it.
 func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
-	s.remember(e, partition)
-	s.advance(partition, e.Timestamp)
-}
-
-// advance moves a partition's watermark to the event time. How far one
-// event can move it is bounded before it gets here: the intake rule
-// (svckit.Intake.DecodeRecord) refuses, in both services alike, an event
-// more than the contract's future skew (5 minutes) ahead of the time the
-// broker appended its record, so the watermark never runs more than that
-// ahead of the broker's clock, whatever a publisher's clock says.
-func (s *State) advance(partition int32, eventTime time.Time) {
-	if eventTime.After(s.watermark[partition]) {
-		s.watermark[partition] = eventTime
+	pt := s.part(partition)
+	s.remember(pt, e)
+	if e.Timestamp.After(pt.watermark) {
+		pt.watermark = e.Timestamp
 	}
 }
 
-func (s *State) remember(e *schemas.UsageEvent, partition int32) bool {
-	d, ok := s.dedup[partition]
-	if !ok {
-		d = newDedup(s.cfg.DedupHorizon)
-		s.dedup[partition] = d
+// A partition's watermark moves to the newest event time (Apply,
+// Remember). How far one event can move it is bounded before it gets
+// here: the intake rule (svckit.Intake.DecodeRecord) refuses, in both
+// services alike, an event more than the contract's future skew (5
+// minutes) ahead of the time the broker appended its record, so the
+// watermark never runs more than that ahead of the broker's clock,
+// whatever a publisher's clock says.
+
+func (s *State) remember(pt *part, e *schemas.UsageEvent) bool {
+	if pt.dedup == nil {
+		pt.dedup = newDedup(s.cfg.DedupHorizon)
 	}
-	return d.add(e.TenantID+"\x00"+e.ID, s.cfg.DedupHorizon)
+	return pt.dedup.add(s.ids.sum(e.TenantID, e.ID), s.cfg.DedupHorizon)
 }
 
 func subjectOf(m plans.Meter, e *schemas.UsageEvent) string {
@@ -271,13 +316,14 @@ func (s *State) row(k Key, agg plans.Aggregation, p plans.Period, plan string, p
 func (s *State) Load(r *Row) {
 	clear(s.series)
 	r.dirty, r.stale, r.queued = false, false, false // a copy of a queued row is not in the queue
+	r.quota = nil                                    // fold finds the total
 	if accumulates(r.Aggregation) {
 		var ok bool
 		r.acc, ok = fixedOf(r.Value)
 		r.badValue = !ok
 	}
 	s.rows[r.Key] = r
-	s.evictFloor = nil // its end may be the earliest: scan at the next Evict
+	s.evictDirty = true // its end may be the earliest: scan at the next Evict
 	if r.Grain == Period {
 		s.fold(r, fixed{}, 0)
 		s.quotas[QuotaKey{r.Tenant, r.Meter, r.PeriodID}].dirty = false
@@ -287,8 +333,8 @@ func (s *State) Load(r *Row) {
 // Restore sets a partition's checkpoint: the last offset reflected in
 // storage and the watermark at that point.
 func (s *State) Restore(partition int32, offset int64, watermark time.Time) {
-	s.processed[partition] = offset
-	s.watermark[partition] = watermark
+	pt := s.part(partition)
+	pt.processed, pt.hasProcessed, pt.watermark = offset, true, watermark
 }
 
 // Checkpoint is one partition's resume point.
@@ -300,9 +346,11 @@ type Checkpoint struct {
 
 // Checkpoints returns the resume point of every partition seen.
 func (s *State) Checkpoints() []Checkpoint {
-	out := make([]Checkpoint, 0, len(s.processed))
-	for p, o := range s.processed {
-		out = append(out, Checkpoint{Partition: p, Offset: o, Watermark: s.watermark[p]})
+	out := make([]Checkpoint, 0, len(s.parts))
+	for p, pt := range s.parts {
+		if pt.hasProcessed {
+			out = append(out, Checkpoint{Partition: p, Offset: pt.processed, Watermark: pt.watermark})
+		}
 	}
 	return out
 }
@@ -335,11 +383,11 @@ func (s *State) MarkClean(rows []*Row) {
 
 // lowerEvictFloor notes a row of partition ending at end.
 func (s *State) lowerEvictFloor(partition int32, end time.Time) {
-	if s.evictFloor == nil {
+	if s.evictDirty {
 		return // a scan is due anyway
 	}
-	if f, ok := s.evictFloor[partition]; !ok || end.Before(f) {
-		s.evictFloor[partition] = end
+	if pt := s.part(partition); !pt.hasFloor || end.Before(pt.evictFloor) {
+		pt.evictFloor, pt.hasFloor = end, true
 	}
 }
 
@@ -356,11 +404,11 @@ func (s *State) endOf(r *Row) time.Time {
 // evictDue reports whether some row may be evictable: a partition's
 // watermark minus the lateness has passed the earliest end of its rows.
 func (s *State) evictDue() bool {
-	if s.evictFloor == nil {
+	if s.evictDirty {
 		return true
 	}
-	for p, f := range s.evictFloor {
-		if f.Before(s.watermark[p].Add(-s.cfg.AllowedLateness)) {
+	for _, pt := range s.parts {
+		if pt.hasFloor && pt.evictFloor.Before(pt.watermark.Add(-s.cfg.AllowedLateness)) {
 			return true
 		}
 	}
@@ -378,13 +426,16 @@ func (s *State) Evict() int {
 		return 0
 	}
 	n := 0
-	floor := make(map[int32]time.Time)
+	for _, pt := range s.parts {
+		pt.hasFloor = false
+	}
 	for k, r := range s.rows {
 		end := s.endOf(r)
-		if r.dirty || !end.Before(s.watermark[r.Partition].Add(-s.cfg.AllowedLateness)) {
+		pt := s.part(r.Partition)
+		if r.dirty || !end.Before(pt.watermark.Add(-s.cfg.AllowedLateness)) {
 			// Kept (a dirty row too: it counts once written).
-			if f, ok := floor[r.Partition]; !ok || end.Before(f) {
-				floor[r.Partition] = end
+			if !pt.hasFloor || end.Before(pt.evictFloor) {
+				pt.evictFloor, pt.hasFloor = end, true
 			}
 			continue
 		}
@@ -397,7 +448,7 @@ func (s *State) Evict() int {
 		delete(s.rows, k)
 		n++
 	}
-	s.evictFloor = floor
+	s.evictDirty = false
 	if n > 0 {
 		clear(s.series)
 	}
@@ -409,7 +460,15 @@ func (s *State) Rows() int { return len(s.rows) }
 
 // Skip records that the event at offset was read but is not aggregated
 // (invalid input: the raw consumer sends it to the DLQ).
-func (s *State) Skip(partition int32, offset int64) { s.processed[partition] = offset }
+func (s *State) Skip(partition int32, offset int64) {
+	pt := s.part(partition)
+	pt.processed, pt.hasProcessed = offset, true
+}
 
 // Watermark is a partition's watermark: the newest event time seen on it.
-func (s *State) Watermark(partition int32) time.Time { return s.watermark[partition] }
+func (s *State) Watermark(partition int32) time.Time {
+	if pt := s.parts[partition]; pt != nil {
+		return pt.watermark
+	}
+	return time.Time{}
+}

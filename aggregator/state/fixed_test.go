@@ -133,3 +133,19 @@ func TestSeriesCacheFollowsLoad(t *testing.T) {
 		t.Fatalf("period rows after the load: %+v, want the loaded row at 102 with 6 events", got)
 	}
 }
+
+// windowStart's integer arithmetic equals time's own truncation, before
+// and after 1970 and at window edges.
+func TestWindowStart(t *testing.T) {
+	for _, ts := range []time.Time{t0, t0.Add(59*time.Second + 999*time.Millisecond), time.Unix(0, 0), time.Unix(-1, 0),
+		time.Unix(-86401, 5), time.Date(1969, 12, 31, 23, 59, 59, 0, time.UTC), time.Date(2028, 2, 29, 23, 0, 0, 0, time.UTC),
+		time.Date(2026, 11, 30, 23, 59, 59, 999999999, time.UTC)} {
+		ts = ts.UTC()
+		want := [...]time.Time{ts.Truncate(time.Minute), ts.Truncate(time.Hour), time.Date(ts.Year(), ts.Month(), ts.Day(), 0, 0, 0, 0, time.UTC)}
+		for g, w := range want {
+			if got := windowStart(Grain(g), ts.Unix()); got != w.Unix() {
+				t.Errorf("%s of %s: %d, want %d (%s)", Grain(g), ts, got, w.Unix(), w)
+			}
+		}
+	}
+}

@@ -46,12 +46,16 @@ func (q *Quota) sync() {
 // (oldAcc, oldEvents) to its current value (oldAcc: its fixed value before,
 // for sum and count rows).
 func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
-	k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
-	q, ok := s.quotas[k]
-	if !ok {
-		q = &Quota{QuotaKey: k, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
-			Aggregation: r.Aggregation, Offset: -1}
-		s.quotas[k] = q
+	q := r.quota
+	if q == nil {
+		k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
+		var ok bool
+		if q, ok = s.quotas[k]; !ok {
+			q = &Quota{QuotaKey: k, PeriodStart: time.Unix(r.Start, 0).UTC(), PeriodEnd: time.Unix(r.PeriodEnd, 0).UTC(),
+				Aggregation: r.Aggregation, Offset: -1}
+			s.quotas[k] = q
+		}
+		r.quota = q
 	}
 	switch r.Aggregation {
 	case plans.Sum, plans.Count:
@@ -153,6 +157,8 @@ func (s *State) TouchTenant(tenant string) {
 			s.touch(q)
 		}
 	}
-	// Its quotas' grace may have changed, so may its rows' ends.
-	s.evictFloor = nil
+	// Its quotas' grace may have changed, so may its rows' ends; its
+	// periods may have moved, so the series' cached period rows go too.
+	s.evictDirty = true
+	clear(s.series)
 }

@@ -79,6 +79,11 @@ type Row struct {
 	// fold itself never allocates.
 	acc   fixed
 	stale bool
+	// quota is the period row's quota total once fold found it (nil for
+	// other grains), sparing the look-up per event. A total leaves
+	// State.quotas only once final, when its rows were evicted; Load
+	// clears it.
+	quota *Quota
 	// badValue: a row read from storage whose value is not a Decimal(38, 9)
 	// amount >= 0; events of it fail loudly instead of folding into a
 	// value that could not be represented.
@@ -125,17 +130,17 @@ func (r *Row) apply(q decimal.Decimal, qf fixed, tsNs int64, partition int32, of
 	r.dirty = true
 }
 
-// windowStart truncates t to the grain (UTC).
-func windowStart(g Grain, t time.Time) time.Time {
-	t = t.UTC()
-	switch g {
-	case Minute:
-		return t.Truncate(time.Minute)
-	case Hour:
-		return t.Truncate(time.Hour)
-	default:
-		return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+// windowStart truncates sec (unix seconds) to the grain (UTC): Unix time
+// has no leap seconds, so UTC minutes, hours and days are whole multiples
+// of 60, 3600 and 86400 seconds from the epoch (TestWindowStart holds it
+// to time.Truncate and time.Date).
+func windowStart(g Grain, sec int64) int64 {
+	n := int64(GrainLength(g) / time.Second)
+	start := sec - sec%n
+	if sec%n < 0 { // before 1970: round down, not toward zero
+		start -= n
 	}
+	return start
 }
 
 // GrainLength is the window length of the fixed grains.

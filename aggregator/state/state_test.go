@@ -79,7 +79,9 @@ func TestDuplicatesReplaysAndLateEvents(t *testing.T) {
 	mustOutcome(t, s, e, 0, 1, Applied)
 	mustOutcome(t, s, e, 0, 2, Duplicate) // same id again
 	// A re-read of the same offset after a crash changes nothing.
-	s.dedup = map[int32]*dedup{}
+	for _, pt := range s.parts {
+		pt.dedup = nil
+	}
 	mustOutcome(t, s, e, 0, 1, Replayed)
 	mustOutcome(t, s, ev("acme", "tokens", "u", "1", t0.Add(time.Hour), "y"), 0, 3, Applied)
 	mustOutcome(t, s, ev("acme", "tokens", "u", "1", t0.Add(50*time.Minute), "z"), 0, 4, Applied) // within lateness
@@ -176,15 +178,31 @@ func flatten(d [len(Grains)][]*Row) []*Row {
 }
 
 func TestDedupIsBounded(t *testing.T) {
-	d := newDedup(3)
+	d, h := newDedup(3), newIDHasher()
 	for _, k := range []string{"a", "b", "c", "d"} {
-		if !d.add(k, 3) {
+		if !d.add(h.sum("t", k), 3) {
 			t.Fatalf("%s not new", k)
 		}
 	}
-	if len(d.seen) != 3 || !d.add("a", 3) || d.add("d", 3) {
+	if len(d.seen) != 3 || !d.add(h.sum("t", "a"), 3) || d.add(h.sum("t", "d"), 3) {
 		t.Fatalf("horizon not enforced: %v", d.seen)
 	}
+}
+
+// The dedup key tells tenants and ids apart however the bytes split
+// between them: the same id of another tenant is a new event.
+func TestDedupKeySeparatesTenantAndID(t *testing.T) {
+	h := newIDHasher()
+	if h.sum("ab", "c") == h.sum("a", "bc") || h.sum("t1", "x") == h.sum("t2", "x") || h.sum("", "ab") == h.sum("ab", "") {
+		t.Fatal("distinct (tenant, id) pairs share a key")
+	}
+	if h.sum("acme", "e1") != h.sum("acme", "e1") {
+		t.Fatal("the key of one (tenant, id) changes")
+	}
+	s := newState(t)
+	mustOutcome(t, s, ev("ab", "tokens", "u", "1", t0, "c"), 0, 1, Applied)
+	mustOutcome(t, s, ev("a", "tokens", "u", "1", t0, "bc"), 0, 2, Applied)
+	mustOutcome(t, s, ev("a", "tokens", "u", "1", t0, "bc"), 0, 3, Duplicate)
 }
 
 func TestUnknownMeters(t *testing.T) {
