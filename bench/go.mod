@@ -10,14 +10,18 @@ replace github.com/usagemeter/usagemeter/svckit => ../svckit
 
 replace github.com/usagemeter/usagemeter/testenv => ../testenv
 
+replace github.com/usagemeter/usagemeter/quota => ../quota
+
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/shopspring/decimal v1.6.0
 	github.com/usagemeter/usagemeter/producer v0.0.0-00010101000000-000000000000
+	github.com/usagemeter/usagemeter/quota v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/schemas v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/svckit v0.0.0-00010101000000-000000000000
 	github.com/usagemeter/usagemeter/testenv v0.0.0-00010101000000-000000000000
+	go.uber.org/zap v1.28.0
 )
 
 require (
@@ -25,6 +29,7 @@ require (
 	github.com/andybalholm/brotli v1.2.7 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/felixge/httpsnoop v1.1.0 // indirect
 	github.com/fsnotify/fsnotify v1.9.0 // indirect
 	github.com/go-faster/city v1.0.1 // indirect
 	github.com/go-faster/errors v0.8.0 // indirect
@@ -53,9 +58,9 @@ require (
 	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
 	go.uber.org/multierr v1.11.0 // indirect
-	go.uber.org/zap v1.28.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.6 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )

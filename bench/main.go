@@ -230,7 +230,10 @@ func printRecord(rec Record) {
 	}
 	fmt.Printf("   work processes together: %.2f us CPU per event\n", rec.CPUPerEvent)
 	if f := rec.Freshness; f != nil {
-		fmt.Printf("   freshness at %.0f events/s: p50 %.0f ms, p99 %.0f ms, max %.0f ms\n", f.EventsPerS, f.P50ms, f.P99ms, f.MaxMs)
+		fmt.Printf("   freshness at %.0f events/s, publish -> %s: p50 %.0f ms, p99 %.0f ms, max %.0f ms\n", f.EventsPerS, f.Via, f.P50ms, f.P99ms, f.MaxMs)
+		if t := f.Topic; t != nil {
+			fmt.Printf("   freshness at %.0f events/s, publish -> %s: p50 %.0f ms, p99 %.0f ms, max %.0f ms\n", t.EventsPerS, t.Via, t.P50ms, t.P99ms, t.MaxMs)
+		}
 	}
 	for _, c := range rec.Exactness {
 		verdict := "exact"

@@ -29,13 +29,13 @@ default_plan: METERED
 
 // names are one run's private topics, groups and database.
 type names struct {
-	topic, dlq, late, quota, asg, rawGroup, aggGroup, db string
+	topic, dlq, late, quota, asg, positions, rawGroup, aggGroup, db string
 }
 
 func newNames(prefix string) names {
 	base := fmt.Sprintf("bench_%s_%d", prefix, time.Now().UnixNano()%1e12)
 	return names{topic: base + ".events", dlq: base + ".dlq", late: base + ".late", quota: base + ".quota",
-		asg: base + ".plans", rawGroup: base + ".raw", aggGroup: base + ".agg", db: base}
+		asg: base + ".plans", positions: base + ".positions", rawGroup: base + ".raw", aggGroup: base + ".agg", db: base}
 }
 
 // serviceEnv is this process's environment without any USAGE_* variable,
@@ -75,7 +75,8 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		kafka.TopicConfig{Topic: n.dlq, NumPartitions: partitions, ReplicationFactor: 1},
 		kafka.TopicConfig{Topic: n.late, NumPartitions: partitions, ReplicationFactor: 1},
 		kafka.TopicConfig{Topic: n.quota, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: compact},
-		kafka.TopicConfig{Topic: n.asg, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact}); err != nil {
+		kafka.TopicConfig{Topic: n.asg, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact},
+		kafka.TopicConfig{Topic: n.positions, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: compact}); err != nil {
 		return err
 	}
 	common := []string{"USAGE_CLICKHOUSE_ADDR=" + o.clickhouse, "USAGE_CLICKHOUSE_DATABASE=" + n.db,
@@ -85,7 +86,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	aggEnv := serviceEnv(append(common, "USAGE_AGGREGATOR_BROKERS="+o.broker, "USAGE_AGGREGATOR_TOPIC="+n.topic,
 		"USAGE_AGGREGATOR_GROUP_ID="+n.aggGroup, "USAGE_AGGREGATOR_QUOTA_TOPIC="+n.quota,
 		"USAGE_AGGREGATOR_LATE_TOPIC="+n.late, "USAGE_AGGREGATOR_DLQ_TOPIC="+n.dlq,
-		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+n.asg)...)
+		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+n.asg, "USAGE_AGGREGATOR_POSITION_TOPIC="+n.positions)...)
 	aggEnv = append(aggEnv, o.aggSettings...)
 	mig := command(o.consumerBin, consumerEnv, "migrate")
 	if out, err := mig.CombinedOutput(); err != nil {
@@ -196,7 +197,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	rec.Notes = append(rec.Notes, "pipeline_cpu_us_per_event = usage-consumer + usage-aggregator + clickhouse-server")
 
 	if o.freshness > 0 {
-		f, err := measureFreshness(ctx, o, pub, n.quota, w)
+		f, err := measureFreshness(ctx, o, pub, n, w)
 		if err != nil {
 			return fmt.Errorf("freshness: %w", err)
 		}

@@ -27,7 +27,7 @@ func TestSmoke(t *testing.T) {
 		kafkaPidFile: filepath.Join(root, ".cache/run/kafka-"+broker[strings.LastIndexByte(broker, ':')+1:]+"/kafka.pid"),
 		chPidFile:    filepath.Join(root, ".cache/run/clickhouse-"+port+"/clickhouse.pid"),
 		consumerBin:  bins[0], aggregatorBin: bins[1], events: 2000, tenants: 20, dupFraction: 0.25,
-		freshness: 0, freshRate: 10_000, settle: time.Second, workDir: t.TempDir()}
+		freshness: time.Second, freshRate: 1000, settle: time.Second, workDir: t.TempDir()}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -38,6 +38,14 @@ func TestSmoke(t *testing.T) {
 	if ours.EventsPerS <= 0 || ours.Processes["usage-aggregator"].CPUSeconds < 0 || ours.Processes["usage-consumer"].Pid == 0 {
 		t.Fatalf("pipeline figures missing: %+v", ours)
 	}
+	// Every freshness event was seen by the quota cache and on the topic
+	// (measureFreshness fails otherwise); the cache reads the topic, so it
+	// cannot see an event sooner than the topic's reader by much.
+	f := ours.Freshness
+	if f == nil || f.Topic == nil || f.Events == 0 || f.Topic.Events != f.Events || f.P50ms <= 0 {
+		t.Fatalf("freshness missing: %+v", f)
+	}
+	t.Logf("freshness: cache p50 %.1f ms p99 %.1f ms; topic p50 %.1f ms p99 %.1f ms", f.P50ms, f.P99ms, f.Topic.P50ms, f.Topic.P99ms)
 	if len(ours.Exactness) != 12 {
 		t.Fatalf("pipeline: %d checks, want 12 (6 after throughput, 6 after duplicates)", len(ours.Exactness))
 	}
