@@ -6,8 +6,10 @@ package chstore
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
@@ -20,6 +22,9 @@ import (
 type Store struct {
 	conn driver.Conn
 	log  *zap.Logger
+
+	mu   sync.Mutex
+	idle *insertBatch // the last batch sent, for the next Insert to refill
 }
 
 // Open connects (creating the database when missing) and returns the Store.
@@ -46,18 +51,27 @@ func (s *Store) Close() error { return s.conn.Close() }
 const insertEvents = `INSERT INTO usage_events (id, tenant_id, user_id, feature_type, quantity, event_time, event_time_ns,
  billing_period, metadata_keys, metadata_values, schema_version, ingested_at, kafka_partition, kafka_offset, version)`
 
+// Column positions in insertEvents.
+const (
+	colMetadataKeys   = 8
+	colMetadataValues = 9
+	insertColumns     = 15
+)
+
 // firstWriteWins makes ReplacingMergeTree keep the lowest offset of an id.
 const firstWriteWins = uint64(1) << 63
 
 // EventBatch accumulates accepted events column by column, the layout the
-// native protocol sends, so a flush copies nothing. Reset keeps the
-// capacity for the next batch.
+// native protocol sends. Metadata is kept flat (all keys, all values, and
+// where each row's entries end), so an event adds no slices of its own.
+// Reset keeps the capacity for the next batch.
 type EventBatch struct {
 	ids, tenants, users, meters, periods []string
 	quantities                           []decimal.Decimal
-	times                                []time.Time
+	times, ingested                      []time.Time
 	nanos                                []uint32
-	keys, values                         [][]string
+	keys, values                         []string // every row's metadata, in row order
+	ends                                 []int    // row i's entries are keys[ends[i-1]:ends[i]]
 	versions                             []uint8
 	partitions                           []int32
 	offsets                              []int64
@@ -74,9 +88,11 @@ func (b *EventBatch) Append(e *schemas.UsageEvent, partition int32, offset int64
 	b.quantities = append(b.quantities, e.Quantity)
 	b.times = append(b.times, e.Timestamp.Truncate(time.Second))
 	b.nanos = append(b.nanos, uint32(e.Timestamp.Nanosecond()))
-	k, v := splitMetadata(e.Metadata)
-	b.keys = append(b.keys, k)
-	b.values = append(b.values, v)
+	for k, v := range e.Metadata {
+		b.keys = append(b.keys, k)
+		b.values = append(b.values, v)
+	}
+	b.ends = append(b.ends, len(b.keys))
 	b.versions = append(b.versions, uint8(e.SchemaVersion))
 	b.partitions = append(b.partitions, partition)
 	b.offsets = append(b.offsets, offset)
@@ -88,54 +104,110 @@ func (b *EventBatch) Len() int { return len(b.ids) }
 
 // Reset empties the batch, keeping its memory.
 func (b *EventBatch) Reset() {
+	clear(b.quantities) // drop the big.Int references
 	*b = EventBatch{
 		ids: b.ids[:0], tenants: b.tenants[:0], users: b.users[:0], meters: b.meters[:0], periods: b.periods[:0],
-		quantities: b.quantities[:0], times: b.times[:0], nanos: b.nanos[:0], keys: b.keys[:0], values: b.values[:0],
+		quantities: b.quantities[:0], times: b.times[:0], ingested: b.ingested[:0], nanos: b.nanos[:0],
+		keys: b.keys[:0], values: b.values[:0], ends: b.ends[:0],
 		versions: b.versions[:0], partitions: b.partitions[:0], offsets: b.offsets[:0], dedup: b.dedup[:0],
 	}
+}
+
+// appendTo appends the batch to the columns of an insertEvents batch, with
+// ingested_at = now.
+func (b *EventBatch) appendTo(cols []column.Interface, now time.Time) error {
+	b.ingested = b.ingested[:0]
+	for range b.Len() {
+		b.ingested = append(b.ingested, now)
+	}
+	whole := []any{b.ids, b.tenants, b.users, b.meters, b.quantities, b.times, b.nanos, b.periods,
+		nil, nil, b.versions, b.ingested, b.partitions, b.offsets, b.dedup}
+	for i, col := range whole {
+		if col == nil {
+			continue
+		}
+		if _, err := cols[i].Append(col); err != nil {
+			return fmt.Errorf("append column %d to usage_events batch: %w", i, err)
+		}
+	}
+	// Row by row: Array.Append of a [][]string walks it by reflection; a
+	// []string row takes clickhouse-go's reflection-free path.
+	start := 0
+	for _, end := range b.ends {
+		if err := cols[colMetadataKeys].AppendRow(b.keys[start:end]); err != nil {
+			return fmt.Errorf("append metadata_keys to usage_events batch: %w", err)
+		}
+		if err := cols[colMetadataValues].AppendRow(b.values[start:end]); err != nil {
+			return fmt.Errorf("append metadata_values to usage_events batch: %w", err)
+		}
+		start = end
+	}
+	return nil
+}
+
+// insertBatch is a prepared insertEvents batch, kept after a successful Send
+// so that the next Insert refills its column buffers instead of growing new
+// ones from empty: clickhouse-go re-sends a sent batch on a fresh INSERT
+// (batch.Send after Send acquires a connection and sends the query again),
+// and its columns' Reset keeps their capacity.
+type insertBatch struct {
+	ctx   context.Context // the batch's context: Send watches it
+	batch driver.Batch
+	cols  []column.Interface
+}
+
+// takeBatch returns the kept batch if it was prepared with a context that
+// ends when ctx ends and has its deadline, or nil.
+func (s *Store) takeBatch(ctx context.Context) *insertBatch {
+	s.mu.Lock()
+	ib := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	if ib == nil || ib.ctx.Done() != ctx.Done() {
+		return nil
+	}
+	d1, ok1 := ib.ctx.Deadline()
+	d2, ok2 := ctx.Deadline()
+	if ok1 != ok2 || !d1.Equal(d2) {
+		return nil
+	}
+	return ib
 }
 
 // Insert writes the batch as one insert. It is all or nothing from the
 // caller's point of view: on error nothing may be assumed written, and
 // retrying the same batch is safe because the table deduplicates by
-// (tenant_id, id).
+// (tenant_id, id). Values carried by ctx (query settings) are not used.
 func (s *Store) Insert(ctx context.Context, b *EventBatch) error {
 	n := b.Len()
 	if n == 0 {
 		return nil
 	}
-	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
-	if err != nil {
-		return fmt.Errorf("prepare insert into usage_events: %w", err)
-	}
-	defer func() { _ = batch.Abort() }()
-	ingested := make([]time.Time, n)
-	now := time.Now().UTC().Truncate(time.Second)
-	for i := range ingested {
-		ingested[i] = now
-	}
-	cols := []any{b.ids, b.tenants, b.users, b.meters, b.quantities, b.times, b.nanos, b.periods,
-		b.keys, b.values, b.versions, ingested, b.partitions, b.offsets, b.dedup}
-	for i, col := range cols {
-		if err := batch.Column(i).Append(col); err != nil {
-			return fmt.Errorf("append column %d to usage_events batch: %w", i, err)
+	ib := s.takeBatch(ctx)
+	if ib != nil {
+		for _, c := range ib.cols {
+			c.Reset()
+		}
+	} else {
+		batch, err := s.conn.PrepareBatch(ctx, insertEvents)
+		if err != nil {
+			return fmt.Errorf("prepare insert into usage_events: %w", err)
+		}
+		ib = &insertBatch{ctx: ctx, batch: batch, cols: batch.Columns()}
+		if len(ib.cols) != insertColumns {
+			_ = batch.Abort()
+			return fmt.Errorf("prepare insert into usage_events: %d columns, want %d", len(ib.cols), insertColumns)
 		}
 	}
-	if err := batch.Send(); err != nil {
+	if err := b.appendTo(ib.cols, time.Now().UTC().Truncate(time.Second)); err != nil {
+		_ = ib.batch.Abort()
+		return err
+	}
+	if err := ib.batch.Send(); err != nil {
 		return fmt.Errorf("insert %d rows into usage_events: %w", n, err)
 	}
+	s.mu.Lock()
+	s.idle = ib
+	s.mu.Unlock()
 	return nil
-}
-
-func splitMetadata(m map[string]string) ([]string, []string) {
-	if len(m) == 0 {
-		return []string{}, []string{}
-	}
-	keys := make([]string, 0, len(m))
-	values := make([]string, 0, len(m))
-	for k, v := range m {
-		keys = append(keys, k)
-		values = append(values, v)
-	}
-	return keys, values
 }
