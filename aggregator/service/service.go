@@ -532,7 +532,7 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 	}
 	if err != nil {
 		st.Skip(p, o)
-		s.m.outcomes.WithLabelValues("invalid").Inc()
+		s.m.invalid.Inc()
 		return nil, nil
 	}
 	if m.replay {
@@ -543,7 +543,7 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 	if err != nil {
 		return nil, err
 	}
-	s.m.outcomes.WithLabelValues(out.String()).Inc()
+	s.m.byOutcome[out].Inc()
 	switch out {
 	case state.Late:
 		return s.sideMessage(s.cfg.LateTopic, m, "late", fmt.Sprintf("event time %s is more than %s before the partition watermark %s",

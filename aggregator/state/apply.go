@@ -33,6 +33,9 @@ const (
 	UnknownMeter                // feature_type not configured and unknown_meters: reject
 	Overflow                    // a sum would pass what its ClickHouse column holds
 	NoSubject                   // a unique_count meter's event without the subject it counts
+
+	// NumOutcomes counts the outcomes above (for tables indexed by them).
+	NumOutcomes = iota
 )
 
 func (o Outcome) String() string {
@@ -58,7 +61,7 @@ type State struct {
 	// series caches, per tenant, meter and subject, the rows its last
 	// event touched; it only ever points at rows that are in rows (Load
 	// and Evict, which replace or drop rows, clear it).
-	series map[seriesKey]*[len(Grains)]*Row
+	series map[seriesKey]*series
 	quotas map[QuotaKey]*Quota
 	// parts holds each partition's dedup set, watermark and last offset:
 	// one look-up per event instead of four.
@@ -84,7 +87,7 @@ func New(cfg Config, loadedFrom time.Time, fetch Fetcher) *State {
 	return &State{
 		cfg:        cfg,
 		rows:       make(map[Key]*Row),
-		series:     make(map[seriesKey]*[len(Grains)]*Row),
+		series:     make(map[seriesKey]*series),
 		quotas:     make(map[QuotaKey]*Quota),
 		parts:      make(map[int32]*part),
 		ids:        newIDHasher(),
@@ -145,12 +148,12 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 	sec := e.Timestamp.Unix()
 	// One look-up for the series' current rows instead of one per grain:
 	// most events land in the windows the previous event of the series did.
-	sk := seriesKey{e.TenantID, e.FeatureType, subject}
-	cur := s.series[sk]
-	if cur == nil {
-		cur = new([len(Grains)]*Row)
-		s.series[sk] = cur
+	ser := s.series[seriesKey{e.TenantID, e.FeatureType, subject}]
+	if ser == nil {
+		ser = &series{key: cloneSeriesKey(e.TenantID, e.FeatureType, subject)}
+		s.series[ser.key] = ser
 	}
+	cur := &ser.rows
 	// The period: the series' period row when the event falls in it
 	// (periods are whole seconds, [Start, PeriodEnd)); only otherwise the
 	// plan look-up and PeriodFor, which formats the period id. A plan
@@ -180,7 +183,7 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		}
 		r := cur[g]
 		if r == nil || r.Start != start {
-			k := Key{Tenant: e.TenantID, Meter: e.FeatureType, Subject: subject, Grain: g, Start: start}
+			k := Key{Tenant: ser.key.Tenant, Meter: ser.key.Meter, Subject: ser.key.Subject, Grain: g, Start: start}
 			var err error
 			if r, err = s.row(k, meter.Aggregation, period, plan, partition); err != nil {
 				return 0, err
@@ -374,10 +377,15 @@ func (s *State) Dirty() [len(Grains)][]*Row {
 	return out
 }
 
-// MarkClean records that rows are durably written.
+// MarkClean records that rows are durably written. A written sum or
+// count row drops its decimal Value (a big.Int: two objects for the GC per
+// row), which sync rebuilds from acc when the row is handed out again.
 func (s *State) MarkClean(rows []*Row) {
 	for _, r := range rows {
 		r.dirty = false
+		if accumulates(r.Aggregation) && !r.badValue {
+			r.Value, r.stale = decimal.Decimal{}, true
+		}
 	}
 }
 

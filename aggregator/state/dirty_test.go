@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // tenantsState is a state holding the rows and quota totals of n tenants
@@ -147,5 +148,29 @@ func TestEvictAfterSkippedScans(t *testing.T) {
 	s.MarkClean(flatten(s.Dirty()))
 	if n := s.Evict(); n != 1 {
 		t.Fatalf("evicted %d rows once t000001's minute row was written, want 1", n)
+	}
+}
+
+// Rows keep strings of their own, not the decoder's (which share one copy
+// of the whole message), and a written sum row that dropped its decimal
+// hands out the exact value when it changes again.
+func TestRowsOwnTheirStringsAndValues(t *testing.T) {
+	s := newState(t)
+	e := ev("acme", "tokens", "u", "1.5", t0, "e1")
+	mustOutcome(t, s, e, 0, 1, Applied)
+	rows := flatten(s.Dirty())
+	for _, r := range rows {
+		for _, pair := range [][2]string{{r.Tenant, e.TenantID}, {r.Meter, e.FeatureType}, {r.Subject, e.UserID}} {
+			if unsafe.StringData(pair[0]) == unsafe.StringData(pair[1]) {
+				t.Fatalf("%s row shares the event's string %q", r.Grain, pair[0])
+			}
+		}
+	}
+	s.MarkClean(rows)
+	mustOutcome(t, s, ev("acme", "tokens", "u", "2.25", t0.Add(time.Second), "e2"), 0, 2, Applied)
+	for _, r := range flatten(s.Dirty()) {
+		if r.Value.String() != "3.75" || r.Events != 2 {
+			t.Fatalf("%s row after a flush and one more event: %s, %d events; want 3.75, 2", r.Grain, r.Value, r.Events)
+		}
 	}
 }

@@ -13,6 +13,7 @@
 package state
 
 import (
+	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -51,6 +52,22 @@ type Key struct {
 
 // seriesKey is a row's key without its window: one series of rows.
 type seriesKey struct{ Tenant, Meter, Subject string }
+
+// series is the cache entry of one series: the rows its last event
+// touched, by grain, and its key in strings of its own.
+type series struct {
+	key  seriesKey
+	rows [len(Grains)]*Row
+}
+
+// cloneSeriesKey copies the strings of a key into one allocation. The
+// decoder's strings share one copy of the whole message, so a key made
+// of them would keep every message that created a series, row or quota
+// alive for as long as the row (hundreds of bytes per row).
+func cloneSeriesKey(tenant, meter, subject string) seriesKey {
+	all := strings.Clone(tenant + meter + subject)
+	return seriesKey{all[:len(tenant)], all[len(tenant) : len(tenant)+len(meter)], all[len(tenant)+len(meter):]}
+}
 
 // Row is one aggregate: the full value of its window, never a delta.
 type Row struct {
