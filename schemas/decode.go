@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -46,6 +47,10 @@ type wireEvent struct {
 	// userIDSet and periodSet report a string value, even "", which the
 	// contract refuses: "" is neither absent nor a valid value.
 	userIDSet, periodSet bool
+	// metaErr is the first metadata entry, in document order, that breaks
+	// the entry limits (checkRest reports it in its turn): the scanner sees
+	// every entry anyway, so Decode does not walk the map again.
+	metaErr *ValidationError
 }
 
 // wireQuantity is the quantity value as found in the JSON.
@@ -172,7 +177,7 @@ func (d *decoder) field(w *wireEvent, key string) {
 	case "timestamp":
 		d.stringField(&w.timestamp, key)
 	case "metadata":
-		d.metadata(&w.Metadata)
+		d.metadata(&w.Metadata, &w.metaErr)
 	case "billing_period":
 		w.periodSet = d.stringField(&w.BillingPeriod, key)
 	case "schema_version":
@@ -256,14 +261,15 @@ func (d *decoder) schemaVersion(dst *int) {
 
 // metadata reads an object of strings (null: absent). A null value is a
 // type error: it is not "" and not absent, and the JSON Schema refuses it.
-func (d *decoder) metadata(dst *map[string]string) {
+// The first entry beyond the entry limits goes to bad.
+func (d *decoder) metadata(dst *map[string]string, bad **ValidationError) {
 	switch d.peek() {
 	case 'n':
 		d.literal("null")
-		*dst = nil
+		*dst, *bad = nil, nil
 	case '{':
 		m := make(map[string]string)
-		*dst = m
+		*dst, *bad = m, nil
 		for more := d.open('}'); more; more = d.next('}') {
 			key := d.key()
 			if _, dup := m[key]; dup {
@@ -273,7 +279,11 @@ func (d *decoder) metadata(dst *map[string]string) {
 			}
 			switch d.peek() {
 			case '"':
-				m[key] = d.str()
+				val := d.str()
+				m[key] = val
+				if *bad == nil && !d.syntax {
+					*bad = checkMetadataEntry(key, val, true)
+				}
 			default:
 				d.wrongType("metadata", 3)
 			}
@@ -725,4 +735,98 @@ func (d *decoder) dupValue(depth int, top string) (string, bool) {
 	}
 	d.skipValue(depth)
 	return "", false
+}
+
+// eventTime reads the timestamp text as Decode accepts it: RFC 3339 as the
+// JSON Schema's date-time pattern and time.Parse agree on it. It also
+// returns the derived billing period when it is a substring of s (UTC
+// times), "" otherwise. The usual form, YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z, is
+// read here with time.Parse's range checks (month, day of that month,
+// hour, minute, second < 60); any other text takes time.Parse itself.
+func eventTime(s string) (t time.Time, period string, ok bool) {
+	if t, ok := utcTime(s); ok {
+		return t, s[:7], true
+	}
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	// time.Parse also takes a comma before the fraction, more than 9
+	// fractional digits and offsets up to +24:59; the contract does not.
+	if err != nil || !isRFC3339Text(s) {
+		return time.Time{}, "", false
+	}
+	return ts.UTC(), "", true
+}
+
+// utcTime is eventTime's fast path. It reports false for any text it does
+// not read (which time.Parse may still accept or refuse).
+func utcTime(s string) (time.Time, bool) {
+	const layout = "dddd-dd-ddTdd:dd:dd"
+	n := len(s)
+	if n < len(layout)+1 || n > len(layout)+11 || s[n-1] != 'Z' {
+		return time.Time{}, false
+	}
+	var v [6]int // year, month, day, hour, minute, second
+	field := 0
+	for i := 0; i < len(layout); i++ {
+		c := s[i]
+		if layout[i] != 'd' {
+			if c != layout[i] {
+				return time.Time{}, false
+			}
+			field++
+			continue
+		}
+		if !isDigit(c) {
+			return time.Time{}, false
+		}
+		v[field] = v[field]*10 + int(c-'0')
+	}
+	ns := 0
+	if frac := s[len(layout) : n-1]; frac != "" {
+		if len(frac) < 2 || frac[0] != '.' {
+			return time.Time{}, false
+		}
+		for i := 1; i < len(frac); i++ {
+			if !isDigit(frac[i]) {
+				return time.Time{}, false
+			}
+			ns = ns*10 + int(frac[i]-'0')
+		}
+		for i := len(frac) - 1; i < 9; i++ {
+			ns *= 10
+		}
+	}
+	year, month, day := v[0], v[1], v[2]
+	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) || v[3] > 23 || v[4] > 59 || v[5] > 59 {
+		return time.Time{}, false
+	}
+	return time.Date(year, time.Month(month), day, v[3], v[4], v[5], ns, time.UTC), true
+}
+
+// daysIn is the number of days of month (1-12) in year, as time.Parse
+// checks it.
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+// checkMetadataEntry checks one metadata entry against the contract's
+// limits. decoded says the strings came from the scanner, which already
+// refused invalid UTF-8.
+func checkMetadataEntry(k, val string, decoded bool) *ValidationError {
+	// A text of at most limit bytes has at most limit characters.
+	if k == "" || !isPrintable(k) || len(k) > MaxMetadataKeyLen && utf8.RuneCountInString(k) > MaxMetadataKeyLen {
+		return invalid(CodeInvalidField, "metadata", "metadata key %q must be 1-%d printable characters (code points)", k, MaxMetadataKeyLen)
+	}
+	if !decoded && !utf8.ValidString(val) || len(val) > MaxMetadataValueLen && utf8.RuneCountInString(val) > MaxMetadataValueLen {
+		return invalid(CodeInvalidField, "metadata", "metadata[%q] must be at most %d characters (code points) of UTF-8", k, MaxMetadataValueLen)
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -518,4 +519,60 @@ func BenchmarkDecodeReference(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// eventTimeByParse is what Decode did before its fast path: time.Parse,
+// then the schema's shape.
+func eventTimeByParse(s string) (time.Time, bool) {
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || !isRFC3339Text(s) {
+		return time.Time{}, false
+	}
+	return ts.UTC(), true
+}
+
+// checkEventTime fails when eventTime disagrees with time.Parse on s: the
+// verdict, the instant, or the period (when eventTime derives one).
+func checkEventTime(t *testing.T, s string) {
+	t.Helper()
+	got, period, ok := eventTime(s)
+	want, wok := eventTimeByParse(s)
+	if ok != wok || !got.Equal(want) || got.Location() != want.Location() {
+		t.Fatalf("%q: eventTime %v %v, time.Parse %v %v", s, got, ok, want, wok)
+	}
+	if period != "" && period != PeriodOf(want) {
+		t.Fatalf("%q: period %q, want %q", s, period, PeriodOf(want))
+	}
+}
+
+// The fast path of eventTime agrees with time.Parse on every edge of the
+// usual form: month lengths and leap years, hour/minute/second limits,
+// fraction lengths, and shapes it leaves to time.Parse.
+func TestEventTimeMatchesTimeParse(t *testing.T) {
+	for _, y := range []string{"0000", "1900", "1970", "2000", "2024", "2026", "2100", "2105", "9999"} {
+		for m := 0; m <= 13; m++ {
+			for _, d := range []int{0, 1, 28, 29, 30, 31, 32} {
+				checkEventTime(t, fmt.Sprintf("%s-%02d-%02dT10:00:00Z", y, m, d))
+			}
+		}
+	}
+	for _, hms := range []string{"00:00:00", "23:59:59", "24:00:00", "23:60:00", "23:59:60", "99:99:99"} {
+		checkEventTime(t, "2026-11-20T"+hms+"Z")
+	}
+	for _, frac := range []string{"", ".", ".1", ".12", ".123456", ".123456789", ".1234567890", ".000000001", ".5x", "..5"} {
+		for _, zone := range []string{"Z", "z", "+00:00", "+01:30", "-23:59", "+24:00", ""} {
+			checkEventTime(t, "2026-11-20T10:00:00"+frac+zone)
+		}
+	}
+	for _, s := range []string{"", "Z", "2026-11-20t10:00:00Z", "2026-11-20 10:00:00Z", "2026-11-20T10:00:00,5Z",
+		"+2026-11-20T10:00:00Z", "2026-1-20T10:00:00Z", "2026-11-20T10:00:0Z", "2026-11-20T10:00:00ZZ", "2026-11-20T1a:00:00Z"} {
+		checkEventTime(t, s)
+	}
+}
+
+func FuzzEventTime(f *testing.F) {
+	for _, s := range []string{"2026-11-20T10:00:00Z", "2024-02-29T23:59:59.999999999Z", "2026-11-20T10:00:00+01:00", "2100-02-29T00:00:00Z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) { checkEventTime(t, s) })
 }

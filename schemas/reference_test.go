@@ -102,7 +102,7 @@ func decodeReference(v *Validator, data []byte) (UsageEvent, error) {
 	if w.BillingPeriod != nil && *w.BillingPeriod == "" {
 		return UsageEvent{}, invalid(CodeInvalidBillingPeriod, "billing_period", "billing_period must not be empty")
 	}
-	if err := v.checkRest(&e); err != nil {
+	if err := v.checkRest(&e, "", nil); err != nil {
 		return UsageEvent{}, err
 	}
 	return e, nil

@@ -104,18 +104,16 @@ func (v *Validator) Decode(data []byte) (UsageEvent, error) {
 	if w.timestamp == "" {
 		return UsageEvent{}, invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
 	}
-	ts, perr := time.Parse(time.RFC3339Nano, w.timestamp)
-	// time.Parse also takes a comma before the fraction, more than 9
-	// fractional digits and offsets up to +24:59; the contract does not.
-	if perr != nil || !isRFC3339Text(w.timestamp) {
+	ts, derived, ok := eventTime(w.timestamp)
+	if !ok {
 		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp",
 			"%q is not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, at most 9 fractional digits, Z or ±HH:MM)", w.timestamp)
 	}
-	e.Timestamp = ts.UTC()
+	e.Timestamp = ts
 	if w.periodSet && e.BillingPeriod == "" {
 		return UsageEvent{}, invalid(CodeInvalidBillingPeriod, "billing_period", `billing_period "" is not YYYY-MM (omit it to derive it from timestamp)`)
 	}
-	if err := v.checkRest(&e); err != nil {
+	if err := v.checkRest(&e, derived, &w); err != nil {
 		return UsageEvent{}, err
 	}
 	return e, nil
@@ -139,7 +137,7 @@ func (v *Validator) Validate(e *UsageEvent) error {
 	if e.SchemaVersion == 0 {
 		e.SchemaVersion = CurrentSchemaVersion
 	}
-	return v.checkRest(e)
+	return v.checkRest(e, "", nil)
 }
 
 func checkIdentity(e *UsageEvent) error {
@@ -162,7 +160,11 @@ func checkIdentity(e *UsageEvent) error {
 	return nil
 }
 
-func (v *Validator) checkRest(e *UsageEvent) error {
+// checkRest checks what follows the timestamp. derived is the period of
+// e.Timestamp when the caller has it ("": computed here); scanned is the
+// wire event Decode read (nil for Validate), whose metadata entries the
+// scanner already checked.
+func (v *Validator) checkRest(e *UsageEvent, derived string, scanned *wireEvent) error {
 	if limit := v.now().Add(v.maxSkew); e.Timestamp.After(limit) {
 		return invalid(CodeTimestampTooFarInFuture, "timestamp", "%s is more than %s ahead of now", e.Timestamp.Format(time.RFC3339), v.maxSkew)
 	}
@@ -170,7 +172,9 @@ func (v *Validator) checkRest(e *UsageEvent) error {
 		// ClickHouse DateTime covers 1970-2105.
 		return invalid(CodeInvalidTimestamp, "timestamp", "year %d is outside 1970-2105", e.Timestamp.Year())
 	}
-	derived := PeriodOf(e.Timestamp)
+	if derived == "" {
+		derived = PeriodOf(e.Timestamp)
+	}
 	switch {
 	case e.BillingPeriod == "":
 		e.BillingPeriod = derived
@@ -185,12 +189,15 @@ func (v *Validator) checkRest(e *UsageEvent) error {
 	if len(e.Metadata) > MaxMetadataEntries {
 		return invalid(CodeInvalidField, "metadata", "metadata has %d entries, the limit is %d", len(e.Metadata), MaxMetadataEntries)
 	}
-	for k, val := range e.Metadata {
-		if k == "" || !isPrintable(k) || utf8.RuneCountInString(k) > MaxMetadataKeyLen {
-			return invalid(CodeInvalidField, "metadata", "metadata key %q must be 1-%d printable characters (code points)", k, MaxMetadataKeyLen)
+	if scanned != nil {
+		if scanned.metaErr != nil {
+			return scanned.metaErr
 		}
-		if !utf8.ValidString(val) || utf8.RuneCountInString(val) > MaxMetadataValueLen {
-			return invalid(CodeInvalidField, "metadata", "metadata[%q] must be at most %d characters (code points) of UTF-8", k, MaxMetadataValueLen)
+	} else {
+		for k, val := range e.Metadata {
+			if err := checkMetadataEntry(k, val, false); err != nil {
+				return err
+			}
 		}
 	}
 	if e.SchemaVersion < 1 || e.SchemaVersion > CurrentSchemaVersion {
