@@ -3,6 +3,7 @@
 #   scripts/kafka.sh start|stop [--purge]|reset|status|wait
 # Knobs: KAFKA_PORT (19092), KAFKA_CONTROLLER_PORT (19093),
 #        KAFKA_DIR (.cache/run/kafka-$KAFKA_PORT), KAFKA_HEAP_OPTS (-Xmx512m -Xms128m),
+#        KAFKA_JVM_OPTS (the JIT and GC flags below, replaced as a whole),
 #        KAFKA_START_TIMEOUT (60 s),
 #        KAFKA_SASL_PORT (unset): also listen there with SASL_PLAINTEXT, mechanism
 #        SCRAM-SHA-512, user KAFKA_SCRAM_USER (usage) with password KAFKA_SCRAM_PASSWORD
@@ -131,7 +132,8 @@ log4j.logger.org.apache.kafka.coordinator.group=WARN
 EOF
 }
 
-JAVA_OPTS=("${HEAP_OPTS[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+read -r -a JVM_OPTS <<<"${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}"
+JAVA_OPTS=("${HEAP_OPTS[@]}" "${JVM_OPTS[@]}" -Djava.awt.headless=true
   -Dlog4j.configuration="file:$LOG4J" -cp "$KAFKA_LIBS/*")
 
 format_storage() {
