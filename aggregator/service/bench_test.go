@@ -51,7 +51,19 @@ func newBenchEnv(tb testing.TB) *benchEnv {
 	if os.Getenv(testenv.EnvKafka) == "" || os.Getenv(testenv.EnvClickHouse) == "" {
 		tb.Skipf("%s and %s must be set (eval $(scripts/engines.sh start))", testenv.EnvKafka, testenv.EnvClickHouse)
 	}
-	return setupEnv(tb, false)
+	e := setupEnv(tb, false)
+	// USAGE_BENCH_QUOTA_COALESCE and USAGE_BENCH_FLUSH_INTERVAL (Go
+	// durations) try other settings with the same binary.
+	for name, dst := range map[string]*time.Duration{"USAGE_BENCH_QUOTA_COALESCE": &e.cfg.QuotaCoalesce, "USAGE_BENCH_FLUSH_INTERVAL": &e.cfg.FlushInterval} {
+		if v := os.Getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				tb.Fatalf("%s=%q: %v", name, v, err)
+			}
+			*dst = d
+		}
+	}
+	return e
 }
 
 // startBenchAggregator runs the aggregator until the benchmark ends.
@@ -99,15 +111,21 @@ type freshness struct {
 	published map[string][]time.Time // tenant -> publish time of its k-th event at [k-1]
 	visible   map[string]int         // tenant -> events already recorded
 	latencies []time.Duration
-	ahead     int // states whose usage exceeded what was published (must stay 0)
-	states    int
+	// The same events split in two at the time the aggregator wrote the
+	// state that shows them (the record's timestamp): publish -> state
+	// written (fetch, apply, coalescing, tick), and state written ->
+	// read by a follower (the broker and the reader's fetch).
+	toWritten, toRead []time.Duration
+	acks              []time.Duration // publish -> acks=all acknowledged
+	ahead             int             // states whose usage exceeded what was published (must stay 0)
+	states            int
 }
 
 func (f *freshness) publish(tenant string, at time.Time) {
 	f.published[tenant] = append(f.published[tenant], at)
 }
 
-func (f *freshness) observe(tenant string, usage int, at time.Time) {
+func (f *freshness) observe(tenant string, usage int, at, written time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.states++
@@ -118,6 +136,8 @@ func (f *freshness) observe(tenant string, usage int, at time.Time) {
 	}
 	for k := f.visible[tenant]; k < usage; k++ {
 		f.latencies = append(f.latencies, at.Sub(pub[k]))
+		f.toWritten = append(f.toWritten, written.Sub(pub[k]))
+		f.toRead = append(f.toRead, at.Sub(written))
 	}
 	f.visible[tenant] = max(f.visible[tenant], usage)
 }
@@ -159,7 +179,7 @@ func (e *benchEnv) followQuotas(ctx context.Context, f *freshness, partitions in
 					continue
 				}
 				if qs.FeatureType == "api_calls" {
-					f.observe(qs.TenantID, int(qs.Usage.IntPart()), now)
+					f.observe(qs.TenantID, int(qs.Usage.IntPart()), now, m.Time)
 				}
 			}
 		})
@@ -198,6 +218,14 @@ func BenchmarkQuotaFreshness(b *testing.B) {
 			if err != nil {
 				failed.Add(int64(len(msgs)))
 			}
+			now := time.Now()
+			f.mu.Lock()
+			for _, m := range msgs {
+				if at, ok := m.WriterData.(time.Time); ok {
+					f.acks = append(f.acks, now.Sub(at))
+				}
+			}
+			f.mu.Unlock()
 		}}
 	defer w.Close()
 	tenants := make([]string, benchFreshnessTenants)
@@ -214,6 +242,7 @@ func BenchmarkQuotaFreshness(b *testing.B) {
 			msgs[i] = eventMsg(&schemas.UsageEvent{ID: fmt.Sprintf("fr-%d", seq), TenantID: t, UserID: fmt.Sprintf("u%d", seq%7),
 				FeatureType: "api_calls", Quantity: decimal.NewFromInt(1), Timestamp: now.UTC()})
 			f.publish(t, now)
+			msgs[i].WriterData = now
 		}
 		f.mu.Unlock()
 		if err := w.WriteMessages(ctx, msgs...); err != nil {
@@ -228,7 +257,7 @@ func BenchmarkQuotaFreshness(b *testing.B) {
 	send(len(tenants), time.Now())
 	wait("warm-up quota states", 60*time.Second)
 	f.mu.Lock()
-	f.latencies, f.states = nil, 0
+	f.latencies, f.toWritten, f.toRead, f.acks, f.states = nil, nil, nil, nil, 0
 	f.mu.Unlock()
 	time.Sleep(time.Second) // let the warm-up's coalescing window pass
 
@@ -252,6 +281,7 @@ func BenchmarkQuotaFreshness(b *testing.B) {
 
 	f.mu.Lock()
 	lat := slices.Clone(f.latencies)
+	stages := map[string][]time.Duration{"ack": slices.Clone(f.acks), "to_written": slices.Clone(f.toWritten), "to_read": slices.Clone(f.toRead)}
 	states, ahead := f.states, f.ahead
 	f.mu.Unlock()
 	if n := failed.Load(); n > 0 {
@@ -271,6 +301,14 @@ func BenchmarkQuotaFreshness(b *testing.B) {
 	b.ReportMetric(ms(0.50), "p50_ms")
 	b.ReportMetric(ms(0.99), "p99_ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max_ms")
+	for name, d := range stages {
+		if len(d) == 0 {
+			continue
+		}
+		slices.Sort(d)
+		b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, name+"_p50_ms")
+		b.ReportMetric(float64(d[min(len(d)-1, len(d)*99/100)].Microseconds())/1000, name+"_p99_ms")
+	}
 	b.ReportMetric(float64(sent)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(states)/elapsed.Seconds(), "states/s")
 	if p99 := ms(0.99); p99 >= 1000 {

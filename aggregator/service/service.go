@@ -434,9 +434,13 @@ func (s *Service) read(ctx context.Context, partition int, ckpt int64, msgs *svc
 			next = max(first, ckpt+1-int64(s.cfg.DedupHorizon))
 		}
 		var err error
+		before := next
 		next, err = s.readFrom(ctx, partition, next, ckpt, msgs)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if next > before {
+			pause = s.cfg.RetryMin // it was reading: a new failure, not a repeated one
 		}
 		if errors.Is(err, errFatal) {
 			return err
@@ -479,38 +483,97 @@ func retentionGap(ckpt, first int64) int64 {
 }
 
 // readFrom reads from offset until an error, and returns the next offset.
+// It fetches on one leader connection and hands each message straight to
+// msgs: kafka.Reader runs the same fetch loop (Conn.ReadBatchWith) in a
+// goroutine of its own and passes every message through a channel, a
+// second hop per message that cost more than the fetch itself. Its error
+// handling is kept: a position before the partition's first offset
+// jumps to it (as kafka-go does silently), an empty fetch or a broker
+// timeout fetches again, anything else returns and read re-dials.
 // kafka-go jumps to the partition's first offset when its position was
 // deleted, at any time, not only when a partition opens: every record goes
 // through svckit.OffsetGaps, the consumer's rule, which tells records
 // retention deleted unread from offsets that hold no event.
 func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs *svckit.Handoff[message]) (int64, error) {
-	r := kafka.NewReader(kafka.ReaderConfig{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
-		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, QueueCapacity: 4096})
-	defer r.Close()
-	if err := r.SetOffset(offset); err != nil {
-		return offset, err
+	const (
+		fetchWait    = 100 * time.Millisecond // a fetch with no new record returns after this
+		batchTimeout = 10 * time.Second       // reading one fetched batch
+		maxBytes     = 16 << 20
+	)
+	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
+	var conn *kafka.Conn
+	var err error
+	for _, b := range s.cfg.Brokers {
+		if conn, err = dialer.DialLeader(ctx, "tcp", b, s.cfg.Topic, partition); err == nil {
+			break
+		}
 	}
+	if err != nil {
+		return offset, fmt.Errorf("dial the leader of %s[%d]: %w", s.cfg.Topic, partition, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once
+	defer stop()
 	gaps := svckit.NewOffsetGaps(s.cfg.Brokers, s.cfg.Topic, "")
 	gaps.Expect(partition, offset)
-	for {
-		m, err := r.FetchMessage(ctx)
+	// seek positions the connection at to, or at the first offset when
+	// retention deleted to (kafka-go's rule; OffsetGaps sees the jump),
+	// and reports whether to is past the partition's end.
+	seek := func(to int64) (bool, error) {
+		_ = conn.SetDeadline(time.Now().Add(batchTimeout))
+		defer func() { _ = conn.SetDeadline(time.Time{}) }()
+		first, last, err := conn.ReadOffsets()
 		if err != nil {
-			return offset, err
+			return false, err
 		}
-		deleted, err := gaps.Observe(ctx, partition, m.Offset)
-		if err != nil {
-			return offset, err // the reader is re-created at offset and asks again
+		to = max(to, first)
+		_, err = conn.Seek(to, kafka.SeekAbsolute)
+		return to > last, err
+	}
+	if _, err := seek(offset); err != nil {
+		return offset, err
+	}
+	for ctx.Err() == nil {
+		// The broker answers after fetchWait at most; the deadline covers
+		// that and the reading of the batch. (Without MaxWait kafka-go
+		// derives the broker's wait from the deadline minus a guessed
+		// round trip, and on a busy machine an empty fetch timed out.)
+		_ = conn.SetReadDeadline(time.Now().Add(fetchWait + batchTimeout))
+		batch := conn.ReadBatchWith(kafka.ReadBatchConfig{MinBytes: 1, MaxBytes: maxBytes, MaxWait: fetchWait})
+		for {
+			m, err := batch.ReadMessage()
+			if err != nil {
+				break
+			}
+			deleted, err := gaps.Observe(ctx, partition, m.Offset)
+			if err == nil && deleted > 0 {
+				err = s.retentionGapWhileReading(partition, offset, deleted, ckpt)
+			}
+			if err == nil {
+				err = msgs.Put(ctx, message{Message: m, replay: m.Offset <= ckpt})
+			}
+			if err != nil {
+				_ = batch.Close()
+				return offset, err // the reader is re-created at offset
+			}
+			offset = m.Offset + 1
 		}
-		if deleted > 0 {
-			if err := s.retentionGapWhileReading(partition, offset, deleted, ckpt); err != nil {
+		err := batch.Close()
+		switch {
+		case err == nil, errors.Is(err, kafka.RequestTimedOut):
+		case errors.Is(err, kafka.OffsetOutOfRange):
+			past, err := seek(offset)
+			if err != nil {
 				return offset, err
 			}
-		}
-		if err := msgs.Put(ctx, message{Message: m, replay: m.Offset <= ckpt}); err != nil {
+			if past {
+				sleep(ctx, s.cfg.RetryMin)
+			}
+		default:
 			return offset, err
 		}
-		offset = m.Offset + 1
 	}
+	return offset, ctx.Err()
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -825,7 +888,9 @@ func (s *Service) publishStates(ctx context.Context, st *state.State, own *owner
 	states := make([]schemas.QuotaState, len(due))
 	for i, q := range due {
 		states[i] = s.quotaState(q, now.UTC())
-		msgs[i] = kafka.Message{Key: []byte(states[i].Key()), Value: states[i].AppendJSON(nil)}
+		// Time: the record says when its state was taken (kafka-go leaves
+		// it unset otherwise), which splits freshness into its stages.
+		msgs[i] = kafka.Message{Key: []byte(states[i].Key()), Value: states[i].AppendJSON(nil), Time: now}
 	}
 	if err := s.quotaW.WriteMessages(ctx, msgs...); err != nil {
 		st.Requeue(due)
