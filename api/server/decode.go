@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/usagemeter/usagemeter/quota"
@@ -79,25 +80,75 @@ func contractError(err error) *apiError {
 // maxMembers bounds the members of one request body.
 const maxMembers = 16
 
-// member is one top-level member of a request body, its value as sent.
+// member is one top-level member of a request body: its key (unescaped)
+// and its value as sent, both slices of the body (an escaped key, rare, is
+// a copy).
 type member struct {
-	key string
-	raw json.RawMessage
+	key []byte
+	raw []byte
+}
+
+// reqBuf is what parsing one request needs, pooled (Server.reqBufs): the
+// body, its members and the event text handed to the contract's decoder.
+// Nothing parse returns points into it: the decoder copies its input.
+type reqBuf struct {
+	body    []byte
+	ev      []byte
+	members [maxMembers]member
+}
+
+// readBody appends r's body, at most limit bytes, to dst. A body of a
+// known length within the limit (what a client sends) is read straight
+// into dst, so a pooled buffer makes the read allocation-free; one of an
+// unknown or too large length goes through http.MaxBytesReader, which also
+// makes net/http close the connection after the 413 instead of reading
+// the rest.
+func readBody(dst []byte, w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	src := io.Reader(r.Body)
+	if r.ContentLength < 0 || r.ContentLength > limit {
+		src = http.MaxBytesReader(w, r.Body, limit)
+	} else {
+		dst = slices.Grow(dst, int(r.ContentLength)+1) // +1: room for the read that says EOF
+	}
+	for {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, err := src.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		switch {
+		case int64(len(dst)) > limit: // only if the body outgrew its Content-Length
+			return dst, &http.MaxBytesError{Limit: limit}
+		case err == io.EOF:
+			return dst, nil
+		case err != nil:
+			return dst, err
+		}
+	}
 }
 
 // readObject reads one JSON object of at most limit bytes, nothing after
-// it, and returns its members in order. Values are kept as sent so that
-// the event members reach the contract's decoder byte for byte (a null
-// metadata value, a duplicate inside metadata, invalid UTF-8). The body is
-// checked with json.Valid and then split by hand: encoding/json's Token
-// API cost 30 allocations per /v1/check.
-func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, *apiError) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
-		return nil, jsonError(err)
-	} else if err != nil { // the client went away, or read_timeout passed
-		return nil, badField(codeMalformed, "", "the body could not be read: %v", err)
+// it, into rb and returns its members in order (a slice of rb.members).
+// Values are kept as sent so that the event members reach the contract's
+// decoder byte for byte (a null metadata value, a duplicate inside
+// metadata, invalid UTF-8). The body is checked with json.Valid and then
+// split by hand: encoding/json's Token API cost 30 allocations per
+// /v1/check.
+func readObject(w http.ResponseWriter, r *http.Request, limit int64, rb *reqBuf) ([]member, *apiError) {
+	body, err := readBody(rb.body[:0], w, r, limit)
+	rb.body = body
+	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return nil, jsonError(err)
+		}
+		return nil, badField(codeMalformed, "", "the body could not be read: %v", err) // the client went away, or read_timeout passed
 	}
+	return splitObject(body, &rb.members)
+}
+
+// splitObject returns the members of the JSON object body, in order, in
+// ms: without allocating unless a key holds an escape.
+func splitObject(body []byte, ms *[maxMembers]member) ([]member, *apiError) {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil, jsonError(io.EOF)
 	}
@@ -109,15 +160,17 @@ func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, 
 	if body[i] != '{' {
 		return nil, badField(codeMalformed, "", "the body must be a JSON object")
 	}
-	var members []member
+	members := ms[:0]
 	for i = skipSpace(body, i+1); body[i] != '}'; i = skipSpace(body, i+1) {
 		if body[i] == ',' {
 			i = skipSpace(body, i+1)
 		}
 		end := skipValue(body, i) // the key: a string, as the body is valid JSON
-		key := string(body[i+1 : end-1])
-		if bytes.IndexByte(body[i:end], '\\') >= 0 {
-			_ = json.Unmarshal(body[i:end], &key) // valid: cannot fail
+		key := body[i+1 : end-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var k string
+			_ = json.Unmarshal(body[i:end], &k) // valid: cannot fail
+			key = []byte(k)
 		}
 		if len(members) == maxMembers {
 			// A request has at most 9 members; this bounds the work a
@@ -125,10 +178,10 @@ func readObject(w http.ResponseWriter, r *http.Request, limit int64) ([]member, 
 			return nil, badField(codeMalformed, "", "the body has more than %d members", maxMembers)
 		}
 		for _, m := range members {
-			if m.key == key {
+			if bytes.Equal(m.key, key) {
 				// As the contract: parsers disagree on which value counts.
-				e := badField(codeInvalidField, key, "member %q appears more than once", key)
-				e.Tag = string(schemas.CodeDuplicateField) + ":" + key
+				e := badField(codeInvalidField, string(key), "member %q appears more than once", key)
+				e.Tag = string(schemas.CodeDuplicateField) + ":" + string(key)
 				return nil, e
 			}
 		}
@@ -226,38 +279,51 @@ var (
 // contract's own decoder, the one the consumer applies, so whatever the
 // pipeline would refuse is a 400 here naming the same field.
 func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[string]bool, now time.Time) (request, *apiError) {
-	members, e := readObject(w, r, s.cfg.MaxBodyBytes)
+	rb, _ := s.reqBufs.Get().(*reqBuf)
+	if rb == nil {
+		rb = new(reqBuf)
+	}
+	defer s.reqBufs.Put(rb)
+	members, e := readObject(w, r, s.cfg.MaxBodyBytes, rb)
 	if e != nil {
 		return request{}, e
 	}
 	var req request
-	ev := make([]byte, 0, 256)
-	ev = append(ev, '{')
+	ev := append(rb.ev[:0], '{')
 	var hasID, hasTimestamp, hasQuantity bool
 	for _, m := range members {
 		isNull := bytes.Equal(m.raw, []byte("null"))
+		// string(m.key) in a comparison or a map index does not allocate;
+		// only the error paths make the key a string.
 		switch {
-		case m.key == "min_position":
+		case string(m.key) == "min_position":
 			if req.minPosition, e = decodePosition(m.raw); e != nil {
 				return request{}, e
 			}
 			continue
-		case m.key == "wait_ms":
-			if err := json.Unmarshal(m.raw, &req.waitMS); err != nil || isNull || req.waitMS < 0 || req.waitMS > s.cfg.MaxWait.Milliseconds() {
+		case string(m.key) == "wait_ms":
+			var ms int64 // not &req.waitMS: req would move to the heap
+			if err := json.Unmarshal(m.raw, &ms); err != nil || isNull || ms < 0 || ms > s.cfg.MaxWait.Milliseconds() {
 				return request{}, badField(codeInvalidField, "wait_ms", "wait_ms must be an integer 0-%d", s.cfg.MaxWait.Milliseconds())
 			}
+			req.waitMS = ms
 			continue
-		case !eventMembers[m.key]:
-			return request{}, badField(codeUnknownField, m.key, "unknown field %q", m.key)
-		case isNull && m.key != "tenant_id" && m.key != "feature_type":
+		case !eventMembers[string(m.key)]:
+			key := string(m.key)
+			return request{}, badField(codeUnknownField, key, "unknown field %q", key)
+		case isNull && string(m.key) != "tenant_id" && string(m.key) != "feature_type":
 			// openapi.yaml types them without null; omit an optional member.
-			e := badField(codeInvalidField, m.key, "%s must not be null: omit it instead", m.key)
-			e.Tag = string(schemas.CodeInvalidType) + ":" + m.key
+			key := string(m.key)
+			e := badField(codeInvalidField, key, "%s must not be null: omit it instead", key)
+			e.Tag = string(schemas.CodeInvalidType) + ":" + key
 			return request{}, e
+		case string(m.key) == "id":
+			hasID = true
+		case string(m.key) == "timestamp":
+			hasTimestamp = true
+		case string(m.key) == "quantity":
+			hasQuantity = true
 		}
-		hasID = hasID || m.key == "id"
-		hasTimestamp = hasTimestamp || m.key == "timestamp"
-		hasQuantity = hasQuantity || m.key == "quantity"
 		ev = appendString(ev, m.key)
 		ev = append(append(append(ev, ':'), m.raw...), ',')
 	}
@@ -276,6 +342,7 @@ func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[
 		ev = append(now.UTC().AppendFormat(ev, time.RFC3339Nano), `",`...)
 	}
 	ev[len(ev)-1] = '}'
+	rb.ev = ev // keeps what it grew to
 	var err error
 	if req.event, err = s.validator.Decode(ev); err != nil {
 		return request{}, contractError(err)

@@ -53,6 +53,8 @@ type Server struct {
 	answers          *prometheus.CounterVec
 	checkOK, trackOK prometheus.Counter // answers{route, "200"}, resolved once: the hot paths
 	bufs             sync.Pool          // *[]byte response buffers
+	reqBufs          sync.Pool          // *reqBuf: request bodies, their members, event text
+	jsonType         []string           // {"application/json"}, shared by answers: never written to
 	trackFailed      prometheus.Counter
 	checkLatency     prometheus.Histogram
 	usageFailed      prometheus.Counter
@@ -99,6 +101,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 	slices.Sort(names)
 	s.meterList = strings.Join(names, ", ")
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
+	s.jsonType = []string{"application/json"}
 	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency, s.usageFailed, s.auditFailed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
 			func() float64 { return float64(c.Stats().Lag) }),
@@ -247,10 +250,10 @@ func (s *Server) check(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := s.cache.Preview(r.Context(), tenant, meter, req.qty)
-	quota.SetHeaders(w.Header(), &d)
+	setDecisionHeaders(w.Header(), &d)
 	buf := s.bufs.Get().(*[]byte)
 	*buf = append(appendDecision((*buf)[:0], &d), '\n')
-	writeRaw(w, http.StatusOK, *buf)
+	s.writeAnswer(w, *buf)
 	s.bufs.Put(buf)
 	s.checkOK.Inc()
 	s.checkLatency.Observe(time.Since(start).Seconds())
@@ -277,7 +280,7 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	// and answers a retried id it allowed recently as a duplicate that
 	// counts nothing.
 	d := s.cache.CheckEvent(r.Context(), &ev, req.qty)
-	quota.SetHeaders(w.Header(), &d)
+	setDecisionHeaders(w.Header(), &d)
 	if !d.Allowed {
 		s.refuse(w, route, &d)
 		return
@@ -323,7 +326,7 @@ func (s *Server) track(w http.ResponseWriter, r *http.Request) {
 	}
 	b = append(b, `,"decision":`...)
 	b = append(appendDecision(b, &d), "}\n"...)
-	writeRaw(w, http.StatusOK, b)
+	s.writeAnswer(w, b)
 	*buf = b
 	s.bufs.Put(buf)
 	s.trackOK.Inc()
@@ -407,6 +410,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeAnswer writes a 200 JSON answer without allocating: the
+// Content-Type value is the server's own []string (read only), and the
+// Content-Length of a body that fits net/http's 2 KiB response buffer is
+// left to net/http, which writes it without allocating.
+func (s *Server) writeAnswer(w http.ResponseWriter, body []byte) {
+	h := w.Header()
+	h["Content-Type"] = s.jsonType
+	if len(body) > 1024 {
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
 }
 
 func writeRaw(w http.ResponseWriter, status int, body []byte) {
