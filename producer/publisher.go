@@ -1,7 +1,9 @@
 package producer
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
 	"github.com/shopspring/decimal"
@@ -34,6 +37,11 @@ type Publisher struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	stats     counters
+	// msgs recycles the []kafka.Message of Publish calls: kafka-go copies
+	// each Message into its batch before WriteMessages returns, so the
+	// slice is free again once the call succeeded (on error it may be
+	// referenced by the error, and is dropped).
+	msgs sync.Pool
 }
 
 type counters struct {
@@ -60,6 +68,12 @@ func New(brokers []string, opts ...Option) (*Publisher, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if cfg.batchTimeout <= 0 {
+		cfg.batchTimeout = defaultLingerSync
+		if cfg.async {
+			cfg.batchTimeout = defaultLingerAsync
+		}
 	}
 	codec, err := compressionCodec(cfg.compression)
 	if err != nil {
@@ -166,22 +180,29 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
 	now := p.now()
-	// One slab holds every encoded event of the call: one allocation instead
-	// of one per event. The writer may keep the bytes after Publish returns
-	// (async mode, or a cancelled context), so a slab is never reused.
-	msgs := make([]kafka.Message, len(events))
-	slab := make([]byte, 0, 256*len(events))
+	msgs := p.getMsgs(len(events))
+	if err := p.fillIDs(events); err != nil {
+		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
+	}
+	// Encoded events go to slabs of up to slabBytes: one allocation per
+	// slab instead of one per event, and small enough to stay off the
+	// large-object path (a 256 KiB slab per call of 1000 was zeroed and
+	// page-faulted afresh each time). The writer may keep the bytes after
+	// Publish returns (async mode, or a cancelled context), so a slab is
+	// never reused.
+	var slab []byte
 	for i := range events {
 		e := &events[i]
-		if e.ID == "" {
-			e.ID = schemas.NewID()
-		}
 		if e.Timestamp.IsZero() {
 			e.Timestamp = now
+		}
+		if cap(slab)-len(slab) < maxEventGuess {
+			slab = make([]byte, 0, min(slabBytes, maxEventGuess*(len(events)-i)))
 		}
 		start := len(slab)
 		var err error
 		if slab, err = p.validator.AppendEvent(slab, e); err != nil {
+			p.putMsgs(msgs)
 			p.stats.refused.Add(int64(len(events)))
 			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
 		}
@@ -189,20 +210,81 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		msgs[i].Value = slab[start:len(slab):len(slab)]
 	}
 	if p.async && p.onError != nil {
-		for i := range events {
-			msgs[i].WriterData = events[i]
+		// One copy of the call's events for the error callback; a pointer
+		// in WriterData is not boxed, an event value was (one allocation
+		// per event).
+		kept := slices.Clone(events)
+		for i := range kept {
+			msgs[i].WriterData = &kept[i]
 		}
 	}
-	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
-		if errors.Is(err, io.ErrClosedPipe) && p.closed.Load() {
-			return ErrClosed // Close ran since the check above
+	err := p.w.WriteMessages(ctx, msgs...)
+	if err == nil {
+		p.putMsgs(msgs)
+		return nil
+	}
+	if errors.Is(err, io.ErrClosedPipe) && p.closed.Load() {
+		return ErrClosed // Close ran since the check above
+	}
+	if !p.queued(ctx, err) {
+		p.stats.failed.Add(int64(len(events)))
+	}
+	// A cancelled publish may still be delivered; publishing the same
+	// events again is safe (same ids).
+	return &PublishError{Events: slices.Clone(events), Err: err}
+}
+
+const (
+	// slabBytes bounds one slab of encoded events: the largest size class
+	// Go allocates without the large-object path.
+	slabBytes = 32 << 10
+	// maxEventGuess is the room a slab keeps for the next event (a typical
+	// event is ~280 bytes; a larger one makes append grow the slab).
+	maxEventGuess = 512
+)
+
+// getMsgs returns a zeroed []kafka.Message of length n.
+func (p *Publisher) getMsgs(n int) []kafka.Message {
+	if m, ok := p.msgs.Get().(*[]kafka.Message); ok && cap(*m) >= n {
+		return (*m)[:n]
+	}
+	return make([]kafka.Message, n)
+}
+
+// putMsgs keeps msgs for the next call, without references to this call's
+// bytes and events.
+func (p *Publisher) putMsgs(msgs []kafka.Message) {
+	clear(msgs)
+	p.msgs.Put(&msgs)
+}
+
+// fillIDs gives every event without an ID a UUIDv7, as schemas.NewID does,
+// with the random bits of the whole call read from crypto/rand at once
+// rather than once per event.
+func (p *Publisher) fillIDs(events []schemas.UsageEvent) error {
+	missing := 0
+	for i := range events {
+		if events[i].ID == "" {
+			missing++
 		}
-		if !p.queued(ctx, err) {
-			p.stats.failed.Add(int64(len(events)))
+	}
+	if missing == 0 {
+		return nil
+	}
+	random := make([]byte, 16*missing)
+	if _, err := rand.Read(random); err != nil {
+		return fmt.Errorf("event ids: %w", err)
+	}
+	r := bytes.NewReader(random)
+	for i := range events {
+		if events[i].ID != "" {
+			continue
 		}
-		// A cancelled publish may still be delivered; publishing the same
-		// events again is safe (same ids).
-		return &PublishError{Events: slices.Clone(events), Err: err}
+		id, err := uuid.NewV7FromReader(r)
+		if err != nil {
+			return fmt.Errorf("event ids: %w", err)
+		}
+		events[i].ID = id.String()
 	}
 	return nil
 }
@@ -232,8 +314,8 @@ func (p *Publisher) complete(msgs []kafka.Message, err error) {
 	}
 	events := make([]schemas.UsageEvent, 0, len(msgs))
 	for _, m := range msgs {
-		if e, ok := m.WriterData.(schemas.UsageEvent); ok {
-			events = append(events, e)
+		if e, ok := m.WriterData.(*schemas.UsageEvent); ok {
+			events = append(events, *e)
 		}
 	}
 	p.onError(fmt.Errorf("producer: deliver %d events: %w", len(msgs), err), events)
