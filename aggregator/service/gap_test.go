@@ -47,7 +47,7 @@ func TestConfigNamesTheBadKey(t *testing.T) {
 // Issue 13 item 11: retention that deletes records while the aggregator
 // is reading (not only before a partition opens) is detected, counted and
 // handled as on_retention_gap says. The test stalls the aggregator (its
-// flush blocks), fills its buffers, publishes more, deletes all but the
+// apply loop blocks after publishing a quota state), fills its buffers, publishes more, deletes all but the
 // last record, and lets it go: kafka-go silently jumps to the first
 // offset. Every event is then either aggregated or counted as a gap.
 func TestRetentionGapWhileReading(t *testing.T) {
@@ -58,7 +58,7 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	blocked, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	r := e.startAggregator(func(point string) error {
-		if point == "flush" {
+		if point == "after_publish" { // on the apply loop: it stops, and so do the readers
 			once.Do(func() { close(blocked); <-release })
 		}
 		return nil
@@ -88,7 +88,7 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	select {
 	case <-blocked:
 	case <-time.After(30 * time.Second):
-		t.Fatal("the aggregator never flushed")
+		t.Fatal("the aggregator never published")
 	}
 	// More than its channel and kafka-go's queue hold: the reader stops
 	// fetching; then records it has not fetched.
@@ -114,7 +114,7 @@ func TestRetentionGapWhileReading(t *testing.T) {
 	var once2 sync.Once
 	blocked2, release2 := make(chan struct{}), make(chan struct{})
 	r2 := e2.startAggregator(func(point string) error {
-		if point == "flush" {
+		if point == "after_publish" { // on the apply loop: it stops, and so do the readers
 			once2.Do(func() { close(blocked2); <-release2 })
 		}
 		return nil
@@ -239,4 +239,46 @@ func TestSkewedHostCannotMakeItsPartitionLate(t *testing.T) {
 		}
 	}
 	r.shutdown(t)
+}
+
+// A flush's writes do not stop the apply loop: while one is held (as a
+// slow ClickHouse holds it), events are still applied and their quota
+// states published. The flush ran on the loop's goroutine before, and
+// every quota state waited for its round trips.
+func TestQuotaStatesFlowWhileAFlushIsHeld(t *testing.T) {
+	e := setupEnv(t, true)
+	tenant := "acme"
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r := e.startAggregator(func(point string) error {
+		if point == "flush" {
+			once.Do(func() { close(blocked); <-release })
+		}
+		return nil
+	})
+	defer r.shutdown(t)
+	defer close(release)
+	batch := func(from, n int) []kafka.Message {
+		out := make([]kafka.Message, n)
+		for i := range out {
+			out[i] = eventMsg(&schemas.UsageEvent{ID: fmt.Sprint("held-", from+i), TenantID: tenant, UserID: "u", FeatureType: "api_calls",
+				Quantity: decimal.NewFromInt(1), Timestamp: time.Now().UTC()})
+		}
+		return out
+	}
+	e.publish(batch(0, 1))
+	select {
+	case <-blocked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the aggregator never flushed")
+	}
+	e.publish(batch(1, 100))
+	testenv.Eventually(t, 30*time.Second, "a quota state of all 101 events while the flush is held", func() (bool, error) {
+		for _, qs := range r.svc.QuotaStates() {
+			if qs.TenantID == tenant && qs.FeatureType == "api_calls" && qs.Usage.Equal(decimal.NewFromInt(101)) {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }

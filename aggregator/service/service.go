@@ -303,6 +303,29 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 	quotaTick := time.NewTicker(50 * time.Millisecond)
 	defer quotaTick.Stop()
 	var side []kafka.Message
+	var inflight *pendingFlush // a flush whose writes are under way
+	defer func() {
+		// Whatever ends the generation, its writes end before the member
+		// rejoins, as when the flush ran on this goroutine.
+		if inflight != nil {
+			<-inflight.done
+		}
+	}()
+	flushDone := func() <-chan error {
+		if inflight == nil {
+			return nil // blocks for ever in the select
+		}
+		return inflight.done
+	}
+	// drain waits for the flush under way, if any, before a final one.
+	drain := func() error {
+		if inflight == nil {
+			return nil
+		}
+		f := inflight
+		inflight = nil
+		return s.finishFlush(st, f, <-f.done)
+	}
 	for {
 		select {
 		case <-msgs.Ready():
@@ -330,7 +353,13 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 				return err
 			}
 		case <-flushTick.C:
-			if err := s.flush(wctx, gen, st, &side); err != nil {
+			if inflight == nil { // else the next tick after it
+				inflight = s.startFlush(wctx, gen, st, &side)
+			}
+		case err := <-flushDone():
+			f := inflight
+			inflight = nil
+			if err := s.finishFlush(st, f, err); err != nil {
 				return err
 			}
 		case <-genDone:
@@ -338,12 +367,21 @@ func (s *Service) runGeneration(ctx context.Context, gen *kafka.Generation, assi
 			// Bounded: the group waits for this flush (see finished).
 			fctx, cancel := context.WithTimeout(wctx, s.cfg.SessionTimeout)
 			defer cancel()
+			if err := drain(); err != nil {
+				return err
+			}
 			return s.flush(fctx, gen, st, &side)
 		case err := <-fatal:
 			stopReading()
+			if derr := drain(); derr != nil {
+				return errors.Join(err, derr)
+			}
 			return errors.Join(err, s.flush(wctx, gen, st, &side))
 		case <-ctx.Done():
 			stopReading()
+			if err := drain(); err != nil {
+				return err
+			}
 			if err := s.flush(wctx, gen, st, &side); err != nil {
 				return err
 			}
@@ -632,12 +670,24 @@ func (s *Service) sideMessage(topic string, m message, code, reason string) *kaf
 	return &dl
 }
 
-// flush makes everything applied so far durable: side messages, then the
-// rows of each grain, then the checkpoint. A crash between any two steps
-// is harmless: rows carry their offsets, and the checkpoint only moves
-// after all of them.
-func (s *Service) flush(ctx context.Context, gen *kafka.Generation, st *state.State, side *[]kafka.Message) error {
-	start := time.Now()
+// pendingFlush is a flush whose writes run on their own goroutine while
+// the apply loop goes on (a flush's ClickHouse round trips used to stall
+// the loop, and with it every quota state, for their whole duration: the
+// tail of the freshness figures). It writes copies of the rows taken at
+// its start, with the checkpoint of that moment: every effect up to that
+// checkpoint is in the copies or was written before.
+type pendingFlush struct {
+	orig   [len(state.Grains)][]*state.Row // the rows in memory
+	copies [len(state.Grains)][]*state.Row // what is written: the rows at the start
+	cps    []state.Checkpoint
+	side   []kafka.Message
+	start  time.Time
+	done   chan error
+}
+
+// startFlush snapshots what changed since the last flush and starts
+// writing it; nil when nothing changed. Only one flush runs at a time.
+func (s *Service) startFlush(ctx context.Context, gen *kafka.Generation, st *state.State, side *[]kafka.Message) *pendingFlush {
 	dirty := st.Dirty()
 	cps := st.Checkpoints()
 	idle := len(*side) == 0 && sameCheckpoints(cps, s.written)
@@ -647,54 +697,99 @@ func (s *Service) flush(ctx context.Context, gen *kafka.Generation, st *state.St
 	if idle {
 		return nil // nothing new since the last flush
 	}
+	f := &pendingFlush{orig: dirty, cps: cps, side: *side, start: time.Now(), done: make(chan error, 1)}
+	*side = nil
+	for g, rows := range dirty {
+		buf := make([]state.Row, len(rows))
+		f.copies[g] = make([]*state.Row, len(rows))
+		for i, r := range rows {
+			buf[i] = *r
+			f.copies[g][i] = &buf[i]
+		}
+	}
+	go func() { f.done <- s.writeFlush(ctx, gen, f) }()
+	return f
+}
+
+// writeFlush makes a flush durable: side messages, then the rows of each
+// grain, then the checkpoint. A crash between any two steps is harmless:
+// rows carry their offsets, and the checkpoint only moves after all of
+// them.
+func (s *Service) writeFlush(ctx context.Context, gen *kafka.Generation, f *pendingFlush) error {
 	if err := s.at("flush"); err != nil {
 		return err
 	}
-	if len(*side) > 0 {
-		if err := s.retry(ctx, "write late/DLQ events", func(ctx context.Context) error { return s.side.Write(ctx, *side...) }); err != nil {
+	if len(f.side) > 0 {
+		if err := s.retry(ctx, "write late/DLQ events", func(ctx context.Context) error { return s.side.Write(ctx, f.side...) }); err != nil {
 			return err
 		}
-		*side = (*side)[:0]
 	}
-	n := 0
 	for _, g := range state.Grains {
-		rows := dirty[g]
+		rows := f.copies[g]
 		if err := s.retry(ctx, "write "+g.Table(), func(ctx context.Context) error { return s.store.WriteRows(ctx, g, rows) }); err != nil {
 			return err
 		}
-		n += len(rows)
 		if err := s.at("after_rows_" + g.String()); err != nil {
 			return err
 		}
 	}
 	if err := s.retry(ctx, "write checkpoint", func(ctx context.Context) error {
-		return s.store.WriteCheckpoints(ctx, s.cfg.GroupID, s.cfg.Topic, cps)
+		return s.store.WriteCheckpoints(ctx, s.cfg.GroupID, s.cfg.Topic, f.cps)
 	}); err != nil {
 		return err
 	}
-	s.written = cps
 	if err := s.at("after_checkpoint"); err != nil {
 		return err
 	}
 	// Kafka's committed offsets are for lag monitoring only: the checkpoint
 	// in ClickHouse is where the aggregator resumes.
 	offsets := map[int]int64{}
-	for _, c := range cps {
+	for _, c := range f.cps {
 		offsets[int(c.Partition)] = c.Offset + 1
 	}
 	if err := gen.CommitOffsets(map[string]map[int]int64{s.cfg.Topic: offsets}); err != nil {
 		s.log.Debug("commit offsets (monitoring only)", zap.Error(err))
 	}
-	for _, g := range state.Grains {
-		st.MarkClean(dirty[g])
+	return nil
+}
+
+// finishFlush records a completed flush in the state, on the apply loop's
+// goroutine: the versions written, and clean rows, except those an event
+// changed since the copy (they stay queued for the next flush).
+func (s *Service) finishFlush(st *state.State, f *pendingFlush, err error) error {
+	if err != nil {
+		return err
 	}
+	s.written = f.cps
+	n := 0
+	var clean []*state.Row
+	for g := range f.orig {
+		for i, r := range f.orig[g] {
+			c := f.copies[g][i]
+			r.Version = c.Version
+			if r.Offset == c.Offset && r.Partition == c.Partition && r.Events == c.Events {
+				clean = append(clean, r)
+			}
+		}
+		n += len(f.orig[g])
+	}
+	st.MarkClean(clean)
 	evicted := st.Evict()
 	if n > 0 {
 		s.m.rowsWritten.Add(float64(n))
-		s.m.flushSeconds.Observe(time.Since(start).Seconds())
-		s.log.Debug("flushed", zap.Int("rows", n), zap.Int("evicted", evicted), zap.Duration("took", time.Since(start)))
+		s.m.flushSeconds.Observe(time.Since(f.start).Seconds())
+		s.log.Debug("flushed", zap.Int("rows", n), zap.Int("evicted", evicted), zap.Duration("took", time.Since(f.start)))
 	}
 	return nil
+}
+
+// flush makes everything applied so far durable and waits for it.
+func (s *Service) flush(ctx context.Context, gen *kafka.Generation, st *state.State, side *[]kafka.Message) error {
+	f := s.startFlush(ctx, gen, st, side)
+	if f == nil {
+		return nil
+	}
+	return s.finishFlush(st, f, <-f.done)
 }
 
 func sameCheckpoints(a, b []state.Checkpoint) bool {
