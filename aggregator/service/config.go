@@ -55,7 +55,7 @@ func DefaultConfig() Config {
 		AssignmentTopic: "usage.plan-assignments",
 		PositionTopic:   "usage.quota-positions",
 		FlushInterval:   time.Second,
-		QuotaCoalesce:   250 * time.Millisecond,
+		QuotaCoalesce:   100 * time.Millisecond,
 		AllowedLateness: 10 * time.Minute,
 		DedupHorizon:    200_000,
 		RetryMin:        100 * time.Millisecond,
