@@ -95,6 +95,8 @@ type reqBuf struct {
 	body    []byte
 	ev      []byte
 	members [maxMembers]member
+	items   [maxMembers]member // of one /v1/check/batch item
+	batch   []request          // /v1/check/batch's checks
 }
 
 // readBody appends r's body, at most limit bytes, to dst. A body of a
@@ -279,15 +281,27 @@ var (
 // contract's own decoder, the one the consumer applies, so whatever the
 // pipeline would refuse is a 400 here naming the same field.
 func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[string]bool, now time.Time) (request, *apiError) {
-	rb, _ := s.reqBufs.Get().(*reqBuf)
-	if rb == nil {
-		rb = new(reqBuf)
-	}
+	rb := s.getReqBuf()
 	defer s.reqBufs.Put(rb)
 	members, e := readObject(w, r, s.cfg.MaxBodyBytes, rb)
 	if e != nil {
 		return request{}, e
 	}
+	return s.parseMembers(members, eventMembers, true, now, rb)
+}
+
+func (s *Server) getReqBuf() *reqBuf {
+	if rb, _ := s.reqBufs.Get().(*reqBuf); rb != nil {
+		return rb
+	}
+	return new(reqBuf)
+}
+
+// parseMembers validates a request's members (the event members through
+// the contract's decoder, with rb.ev as scratch); positional: min_position
+// and wait_ms are taken too.
+func (s *Server) parseMembers(members []member, eventMembers map[string]bool, positional bool, now time.Time, rb *reqBuf) (request, *apiError) {
+	var e *apiError
 	var req request
 	ev := append(rb.ev[:0], '{')
 	var hasID, hasTimestamp, hasQuantity bool
@@ -296,6 +310,9 @@ func (s *Server) parse(w http.ResponseWriter, r *http.Request, eventMembers map[
 		// string(m.key) in a comparison or a map index does not allocate;
 		// only the error paths make the key a string.
 		switch {
+		case !positional && (string(m.key) == "min_position" || string(m.key) == "wait_ms"):
+			key := string(m.key)
+			return request{}, badField(codeUnknownField, key, "unknown field %q", key)
 		case string(m.key) == "min_position":
 			if req.minPosition, e = decodePosition(m.raw); e != nil {
 				return request{}, e

@@ -52,6 +52,8 @@ type Server struct {
 
 	answers          *prometheus.CounterVec
 	checkOK, trackOK prometheus.Counter // answers{route, "200"}, resolved once: the hot paths
+	batchOK          prometheus.Counter // answers{check_batch, 200}
+	batchChecks      prometheus.Counter // checks answered in batches
 	bufs             sync.Pool          // *[]byte response buffers
 	reqBufs          sync.Pool          // *reqBuf: request bodies, their members, event text
 	jsonType         []string           // {"application/json"}, shared by answers: never written to
@@ -84,6 +86,9 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 		Help: "Plan changes published from the admin page whose plan_changes audit row could not be written."})
 	s.plans, s.now = p, time.Now
 	s.checkOK, s.trackOK = s.answers.WithLabelValues("check", "200"), s.answers.WithLabelValues("track", "200")
+	s.batchOK = s.answers.WithLabelValues("check_batch", "200")
+	s.batchChecks = prometheus.NewCounter(prometheus.CounterOpts{Name: "usage_api_batch_checks_total",
+		Help: "Checks answered by POST /v1/check/batch (200 answers only)."})
 	// The meters quota knows: those the plans file defines or a plan limits.
 	known := map[string]bool{}
 	for m := range p.Meters {
@@ -102,7 +107,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 	s.meterList = strings.Join(names, ", ")
 	s.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	s.jsonType = []string{"application/json"}
-	reg.MustRegister(s.answers, s.trackFailed, s.checkLatency, s.usageFailed, s.auditFailed,
+	reg.MustRegister(s.answers, s.batchChecks, s.trackFailed, s.checkLatency, s.usageFailed, s.auditFailed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_offset_lag", Help: "Records of both topics the quota cache had not read at its last poll."},
 			func() float64 { return float64(c.Stats().Lag) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "usage_api_cache_broker_reachable", Help: "1 when the last high-water-mark poll reached the broker."},
@@ -131,6 +136,7 @@ func New(cfg Config, c *quota.Cache, p *plans.Config, keys *Keys, tracker quota.
 // 503.
 func (s *Server) Register(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/check", s.check)
+	mux.HandleFunc("POST /v1/check/batch", s.checkBatch)
 	mux.HandleFunc("POST /v1/track", s.track)
 	mux.HandleFunc("GET /v1/quotas/{tenant}", s.quotas)
 	mux.HandleFunc("GET /v1/usage/{tenant}", s.usageRows)
