@@ -77,7 +77,7 @@ func TestCheckBatchRefusals(t *testing.T) {
 		{"duplicate member", keyA, batch(`{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":1,"quantity":2}`), 400, "INVALID_FIELD", "checks[0].quantity", "duplicate_field:quantity"},
 		{"quantity past the cache's counter", keyA, batch(`{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":"20000000000"}`), 400, "INVALID_FIELD", "checks[0].quantity", "invalid_quantity"},
 		{"another tenant", keyA, batch(ok, `{"tenant_id":"tenant-b","feature_type":"ai_generation"}`), 403, "FORBIDDEN", "checks[1].tenant_id", ""},
-		{"oversized", keyA, batch(ok, `{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":"` + strings.Repeat("1", 2000) + `"}`), 413, "BODY_TOO_LARGE", "", ""},
+		{"oversized", keyA, batch(ok, `{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":"`+strings.Repeat("1", 2000)+`"}`), 413, "BODY_TOO_LARGE", "", ""},
 	} {
 		a := e.do("POST", "/v1/check/batch", c.key, c.body)
 		field, _ := a.body["field"].(string)
