@@ -77,7 +77,20 @@ type Row struct {
 	Events      uint64
 	LatestNs    int64 // event time of the newest event folded in
 	Partition   int32
-	Offset      int64 // highest source offset folded in; -1 for none
+
+	// The flags sit beside Partition, in its padding: a row is 208 bytes,
+	// not 224 (a smaller allocation class, one per open row).
+	dirty bool
+	// queued: the row is in State.dirtyRows (dirty implies queued), so a
+	// flush visits what changed, not every row in memory.
+	queued bool
+	stale  bool // Value is behind acc
+	// badValue: a row read from storage whose value is not a Decimal(38, 9)
+	// amount >= 0; events of it fail loudly instead of folding into a
+	// value that could not be represented.
+	badValue bool
+
+	Offset int64 // highest source offset folded in; -1 for none
 	// Version is the ReplacingMergeTree version the row has in ClickHouse
 	// (0: never written). Versions follow the data, not clocks: see
 	// aggstore.WriteRows.
@@ -87,24 +100,15 @@ type Row struct {
 	PeriodEnd int64
 	Plan      string
 
-	dirty bool
-	// queued: the row is in State.dirtyRows (dirty implies queued), so a
-	// flush visits what changed, not every row in memory.
-	queued bool
 	// acc is the value of a sum or count row in fixed units; Value is
 	// brought up to date from it (sync) when the row is handed out, so the
 	// fold itself never allocates.
-	acc   fixed
-	stale bool
+	acc fixed
 	// quota is the period row's quota total once fold found it (nil for
 	// other grains), sparing the look-up per event. A total leaves
 	// State.quotas only once final, when its rows were evicted; Load
 	// clears it.
 	quota *Quota
-	// badValue: a row read from storage whose value is not a Decimal(38, 9)
-	// amount >= 0; events of it fail loudly instead of folding into a
-	// value that could not be represented.
-	badValue bool
 }
 
 // accumulates reports whether a row of this aggregation folds in acc.
