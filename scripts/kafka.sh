@@ -132,7 +132,12 @@ log4j.logger.org.apache.kafka.coordinator.group=WARN
 EOF
 }
 
-read -r -a JVM_OPTS <<<"${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}"
+# C1 only (TieredStopAtLevel=1): a broker here lives for a test run or a
+# benchmark, and C2 compiling Kafka's hot paths was half of its CPU in a
+# `make bench` on a fresh broker (7.0 of 13.5-13.9 s); with C1 the whole run
+# took 8.0 s of broker CPU and the throughput phase 3.5-3.6 instead of
+# 3.7-6.5 us per event (producer/README.md, "The broker's CPU").
+read -r -a JVM_OPTS <<<"${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:TieredStopAtLevel=1}"
 JAVA_OPTS=("${HEAP_OPTS[@]}" "${JVM_OPTS[@]}" -Djava.awt.headless=true
   -Dlog4j.configuration="file:$LOG4J" -cp "$KAFKA_LIBS/*")
 
