@@ -84,7 +84,7 @@ api_pid=$!
 # each in turn; a run with socket errors or non-2xx answers shows them.
 api_status=0
 "$bin/wrkbench" --api "$api_addr" --api-pid "$api_pid" --floor-addr "127.0.0.1:${BENCH_FLOOR_PORT:-9478}" \
-  --pairs "${BENCH_API_PAIRS:-3}" --out "${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl}" || api_status=$?
+  --batch-script api/bench/batch.lua --pairs "${BENCH_API_PAIRS:-3}" --out "${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl}" || api_status=$?
 kill -TERM "$api_pid"
 wait "$api_pid" || true
 if [[ $api_status != 0 ]]; then die "wrkbench failed (usage-api log: $CACHE_DIR/run/usage-api-bench.log)"; fi

@@ -50,6 +50,32 @@ func BenchmarkCheckHandler(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckBatchHandler is one POST /v1/check/batch of 10 checks
+// (the body of api/bench/batch.lua) through the mux: divide by 10 for the
+// cost per check.
+func BenchmarkCheckBatchHandler(b *testing.B) {
+	e := newEnv(b)
+	e.publishState("tenant-a", "ai_generation", 20)
+	h := e.srv.Config.Handler
+	item := `{"tenant_id":"tenant-a","feature_type":"ai_generation","quantity":"1"}`
+	body := `{"checks":[` + strings.TrimSuffix(strings.Repeat(item+",", 10), ",") + `]}`
+	rd := strings.NewReader(body)
+	r, _ := http.NewRequest(http.MethodPost, "/v1/check/batch", rd)
+	r.Header.Set("Authorization", "Bearer "+keyA)
+	r.ContentLength = int64(len(body))
+	w := &benchWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		rd.Reset(body)
+		r.Body = readCloser{rd}
+		clear(w.h)
+		h.ServeHTTP(w, r)
+		if w.status != http.StatusOK {
+			b.Fatalf("status %d", w.status)
+		}
+	}
+}
+
 type readCloser struct{ *strings.Reader }
 
 func (readCloser) Close() error { return nil }

@@ -7,6 +7,7 @@
 // appended as one JSON record.
 //
 //	wrkbench --api 127.0.0.1:9479 --api-pid PID [--pairs 3] [--out .cache/bench/api.jsonl]
+//	         [--batch-script api/bench/batch.lua]   # a third row: /v1/check/batch, 10 checks a call
 //	wrkbench floor --addr 127.0.0.1:9478 --answer FILE   # the floor alone (wrkbench starts it)
 //	wrkbench --table .cache/bench/api.jsonl              # the README's table from the records
 package main
@@ -25,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -100,24 +102,28 @@ type record struct {
 	Time        string  `json:"time"`
 	Commit      string  `json:"commit,omitempty"`
 	Label       string  `json:"label,omitempty"`
-	Server      string  `json:"server"` // usage-api | floor
+	Server      string  `json:"server"` // usage-api | floor | usage-api batch
 	Pair        int     `json:"pair"`
 	Wrk         string  `json:"wrk"`
 	AnswerBytes int     `json:"answer_bytes"`
 	Requests    int64   `json:"requests"`
 	ReqPerSec   float64 `json:"req_per_s"`
-	P50ms       float64 `json:"p50_ms"`
-	P90ms       float64 `json:"p90_ms"`
-	P99ms       float64 `json:"p99_ms"`
-	P999ms      float64 `json:"p999_ms"`
-	MaxMs       float64 `json:"max_ms"`
+	// ChecksPerReq: decisions per request (1; the batch size for batches).
+	ChecksPerReq int     `json:"checks_per_req"`
+	ChecksPerSec float64 `json:"checks_per_s"`
+	P50ms        float64 `json:"p50_ms"`
+	P90ms        float64 `json:"p90_ms"`
+	P99ms        float64 `json:"p99_ms"`
+	P999ms       float64 `json:"p999_ms"`
+	MaxMs        float64 `json:"max_ms"`
 	// Errors: socket errors and non-2xx answers; a run with any is no figure.
 	Errors int64 `json:"errors"`
 	// CPUusPerReq: the server process's utime+stime over the run, per
 	// request: less sensitive to the machine's load than latencies.
-	CPUusPerReq float64 `json:"server_cpu_us_per_req"`
-	LoadStart   float64 `json:"load_start"`
-	LoadEnd     float64 `json:"load_end"`
+	CPUusPerReq   float64 `json:"server_cpu_us_per_req"`
+	CPUusPerCheck float64 `json:"server_cpu_us_per_check"`
+	LoadStart     float64 `json:"load_start"`
+	LoadEnd       float64 `json:"load_end"`
 }
 
 type wrkOut struct {
@@ -149,6 +155,9 @@ func runMain(args []string) error {
 	out := fs.String("out", ".cache/bench/api.jsonl", "JSON records are appended here")
 	label := fs.String("label", "", "a label kept in the records (e.g. before, after)")
 	table := fs.String("table", "", "print the markdown table of the records in this file and exit")
+	batchScript := fs.String("batch-script", "", "wrk -s for a third row, usage-api's /v1/check/batch (empty: none)")
+	batchPath := fs.String("batch-path", "/v1/check/batch", "the URL path of the batch row")
+	batchSize := fs.Int("batch-size", 10, "checks per call of --batch-script")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -192,33 +201,41 @@ func runMain(args []string) error {
 	}
 	defer f.Close()
 	type target struct {
-		name, addr string
-		pid        int
+		name, addr, script, path string
+		pid, checks              int
 	}
-	apiT, floorT := target{"usage-api", *api, *apiPID}, target{"floor", *floorAddr, floor.Process.Pid}
-	fmt.Printf("%-9s %4s %9s %8s %8s %8s %8s %8s %6s %10s %5s\n", "server", "pair", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors", "cpu us/req", "load")
+	targets := []target{{"usage-api", *api, *script, *path, *apiPID, 1}, {"floor", *floorAddr, *script, *path, floor.Process.Pid, 1}}
+	if *batchScript != "" {
+		targets = append(targets, target{"usage-api batch", *api, *batchScript, *batchPath, *apiPID, *batchSize})
+	}
+	fmt.Printf("%-15s %4s %9s %9s %8s %8s %8s %8s %8s %6s %10s %5s\n", "server", "pair", "req/s", "checks/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors", "cpu us/req", "load")
 	for i := 0; i < *pairs; i++ {
-		order := []target{apiT, floorT}
-		if i%2 == 1 { // ABBA: drift in the machine's load falls on both
-			order = []target{floorT, apiT}
+		order := slices.Clone(targets)
+		if i%2 == 1 { // ABBA: drift in the machine's load falls on all
+			slices.Reverse(order)
 		}
 		var p99 = map[string]float64{}
 		for _, t := range order {
-			argv := []string{"-t" + strconv.Itoa(*threads), "-c" + strconv.Itoa(*conns), "-d" + *duration, "-s", *script, "http://" + t.addr + *path}
+			argv := []string{"-t" + strconv.Itoa(*threads), "-c" + strconv.Itoa(*conns), "-d" + *duration, "-s", t.script, "http://" + t.addr + t.path}
 			r, err := runWrk(argv, t.pid)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
 			r.Time, r.Commit, r.Label, r.Server, r.Pair, r.AnswerBytes = time.Now().UTC().Format(time.RFC3339), strings.TrimSpace(string(commit)), *label, t.name, i+1, len(a.Body)
 			r.Wrk = "wrk " + strings.Join(argv[:len(argv)-1], " ")
-			fmt.Printf("%-9s %4d %9.0f %8.2f %8.2f %8.2f %8.2f %8.2f %6d %10.1f %5.2f\n", r.Server, r.Pair, r.ReqPerSec, r.P50ms, r.P90ms, r.P99ms, r.P999ms, r.MaxMs, r.Errors, r.CPUusPerReq, r.LoadStart)
+			r.ChecksPerReq, r.ChecksPerSec, r.CPUusPerCheck = t.checks, r.ReqPerSec*float64(t.checks), r.CPUusPerReq/float64(t.checks)
+			fmt.Printf("%-15s %4d %9.0f %9.0f %8.2f %8.2f %8.2f %8.2f %8.2f %6d %10.1f %5.2f\n", r.Server, r.Pair, r.ReqPerSec, r.ChecksPerSec, r.P50ms, r.P90ms, r.P99ms, r.P999ms, r.MaxMs, r.Errors, r.CPUusPerReq, r.LoadStart)
 			line, _ := json.Marshal(r)
 			if _, err := f.Write(append(line, '\n')); err != nil {
 				return err
 			}
 			p99[t.name] = r.P99ms
 		}
-		fmt.Printf("pair %d: usage-api p99 / floor p99 = %.2f\n", i+1, p99["usage-api"]/p99["floor"])
+		fmt.Printf("pair %d: p99 / floor p99: usage-api %.2f", i+1, p99["usage-api"]/p99["floor"])
+		if *batchScript != "" {
+			fmt.Printf(", usage-api batch (per call of %d checks) %.2f", *batchSize, p99["usage-api batch"]/p99["floor"])
+		}
+		fmt.Println()
 	}
 	return nil
 }
@@ -238,8 +255,8 @@ func capture(addr, path string) (answer, error) {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte(`"stale":false`)) {
 				h := resp.Header.Clone()
-				for _, k := range []string{"Date", "Content-Length"} {
-					delete(h, k) // the server writes these itself
+				for _, k := range []string{"Date", "Content-Length", "Connection", "Keep-Alive", "Transfer-Encoding"} {
+					delete(h, k) // the server writes these itself (hop by hop)
 				}
 				return answer{Status: resp.StatusCode, Header: h, Body: b}, nil
 			}
@@ -337,15 +354,18 @@ func printTable(path string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("| time (UTC) | label | pair | server | req/s | p50 ms | p90 ms | p99 ms | max ms | server CPU µs/req | errors | load (1 min) |")
-	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+	fmt.Println("| time (UTC) | label | pair | server | req/s | checks/s | p50 ms | p90 ms | p99 ms | max ms | server CPU µs per request (per check) | errors | load (1 min) |")
+	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, line := range bytes.Split(bytes.TrimSpace(raw), []byte("\n")) {
 		var r record
 		if err := json.Unmarshal(line, &r); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		fmt.Printf("| %s | %s | %d | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f | %d | %.1f → %.1f |\n", strings.Replace(r.Time[:19], "T", " ", 1), r.Label, r.Pair, r.Server,
-			r.ReqPerSec, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.CPUusPerReq, r.Errors, r.LoadStart, r.LoadEnd)
+		if r.ChecksPerReq == 0 { // records before the batch row
+			r.ChecksPerReq, r.ChecksPerSec, r.CPUusPerCheck = 1, r.ReqPerSec, r.CPUusPerReq
+		}
+		fmt.Printf("| %s | %s | %d | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f (%.1f) | %d | %.1f → %.1f |\n", strings.Replace(r.Time[:19], "T", " ", 1), r.Label, r.Pair, r.Server,
+			r.ReqPerSec, r.ChecksPerSec, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.CPUusPerReq, r.CPUusPerCheck, r.Errors, r.LoadStart, r.LoadEnd)
 	}
 	return nil
 }
