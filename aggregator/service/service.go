@@ -54,7 +54,7 @@ type Service struct {
 	// statesPublished: the last publishStates left nothing due unpublished.
 	statesPublished bool
 
-	mu     sync.Mutex
+	mu sync.Mutex
 	// latest is the last published state per key, for the status page, as
 	// the message's JSON: a decoded QuotaState (five decimals, a map,
 	// strings) took about 1 KB and 15 objects per key, more than the
