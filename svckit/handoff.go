@@ -52,6 +52,37 @@ func (h *Handoff[T]) Put(ctx context.Context, v T) error {
 	}
 }
 
+// PutAll appends items in order, as many at a time as there is room for,
+// waiting while the buffer is full: one lock and one wake-up per fetched
+// batch instead of per item. On error (ctx ended) some items may have been
+// put.
+func (h *Handoff[T]) PutAll(ctx context.Context, items []T) error {
+	for len(items) > 0 {
+		h.mu.Lock()
+		if room := h.limit - len(h.buf); room > 0 {
+			n := min(room, len(items))
+			first := len(h.buf) == 0
+			h.buf = append(h.buf, items[:n]...)
+			h.mu.Unlock()
+			items = items[n:]
+			if first {
+				select {
+				case h.ready <- struct{}{}:
+				default: // already signalled, not yet taken
+				}
+			}
+			continue
+		}
+		h.mu.Unlock()
+		select {
+		case <-h.space:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // Ready receives when items were put since the last Take.
 func (h *Handoff[T]) Ready() <-chan struct{} { return h.ready }
 

@@ -89,3 +89,60 @@ func TestHandoff(t *testing.T) {
 		t.Fatalf("took %+v", b)
 	}
 }
+
+// TestHandoffPutAll: chunks larger than the limit from concurrent readers
+// arrive whole, each reader's in order, never more than the limit at once;
+// a full buffer holds PutAll until the loop takes or ctx ends.
+func TestHandoffPutAll(t *testing.T) {
+	ctx := context.Background()
+	h := NewHandoff[item](8)
+	const readers, chunks, chunk = 4, 50, 13
+	var wg sync.WaitGroup
+	for p := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range chunks {
+				items := make([]item, chunk)
+				for i := range items {
+					items[i] = item{Partition: p, Offset: int64(c*chunk + i)}
+				}
+				if err := h.PutAll(ctx, items); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	next := make([]int64, readers)
+	var spare []item
+	for got := 0; got < readers*chunks*chunk; {
+		select {
+		case <-h.Ready():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no batch after %d messages", got)
+		}
+		batch := h.Take(spare)
+		if len(batch) > 8 {
+			t.Fatalf("batch of %d past the limit 8", len(batch))
+		}
+		for _, m := range batch {
+			if m.Offset != next[m.Partition] {
+				t.Fatalf("partition %d: offset %d, want %d", m.Partition, m.Offset, next[m.Partition])
+			}
+			next[m.Partition]++
+		}
+		got += len(batch)
+		spare = batch
+	}
+	wg.Wait()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := h.PutAll(short, make([]item, 9)); err == nil {
+		t.Fatal("nine messages were taken into a buffer of 8")
+	}
+	<-h.Ready()
+	if b := h.Take(nil); len(b) != 8 {
+		t.Fatalf("took %d, want 8 (as many as fit before ctx ended)", len(b))
+	}
+}

@@ -17,7 +17,7 @@
 // One batch is written while the next one fills. When ClickHouse is down the
 // writer retries with exponential backoff, forever; the next batch fills up
 // and the consumer stops fetching, which holds every assigned partition in
-// place (kafka-go's group reader has no per-partition pause, so all of them
+// place (the partitions' fetchers hand over to one loop, so all of them
 // wait) while the group membership stays alive through heartbeats. When
 // ClickHouse returns, the writer catches up batch by batch.
 //
@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,9 +70,16 @@ type Consumer struct {
 	log    *zap.Logger
 	store  Store
 	intake *svckit.Intake
-	reader *kafka.Reader
-	dlq    *deadletter.Writer
-	dlqW   *kafka.Writer
+	// group is the membership in GroupID; each generation's partitions are
+	// fetched by readPartition, and gen is the newest generation, which
+	// commits (as kafka.Reader commits through its current generation).
+	group *kafka.ConsumerGroup
+	gen   atomic.Pointer[kafka.Generation]
+	// lag is the messages behind each partition's end, as last fetched.
+	lagMu sync.Mutex
+	lag   map[int]int64
+	dlq   *deadletter.Writer
+	dlqW  *kafka.Writer
 	// rerouteW writes re-routed copies of misrouted events back to Topic,
 	// on the partition the routing rule names.
 	rerouteW *kafka.Writer
@@ -151,15 +159,12 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 	}
 	c.m = newMetrics(c.reg)
 	c.gaps = svckit.NewOffsetGaps(cfg.Brokers, cfg.Topic, cfg.GroupID)
-	c.reader = kafka.NewReader(kafka.ReaderConfig{
+	// The group as kafka.Reader would configure it for these settings; the
+	// fetching is readPartition's (see fetch).
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:             cfg.GroupID,
 		Brokers:        cfg.Brokers,
-		GroupID:        cfg.GroupID,
-		Topic:          cfg.Topic,
-		MinBytes:       1,
-		MaxBytes:       cfg.FetchMaxBytes,
-		MaxWait:        cfg.FetchMaxWait,
-		QueueCapacity:  4096,
-		CommitInterval: 0, // synchronous commits: we commit exactly what was written
+		Topics:         []string{cfg.Topic},
 		StartOffset:    kafka.FirstOffset,
 		SessionTimeout: cfg.SessionTimeout,
 		// Heartbeats well inside the session, so only a dead member times out.
@@ -168,6 +173,10 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		WatchPartitionChanges: true,
 		ErrorLogger:           kafka.LoggerFunc(func(msg string, args ...any) { log.Warn("kafka reader: " + fmt.Sprintf(msg, args...)) }),
 	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer group %s: %w", cfg.GroupID, err)
+	}
+	c.group, c.lag = group, map[int]int64{}
 	c.dlqW = &kafka.Writer{
 		Addr:         kafka.TCP(cfg.Brokers...),
 		Topic:        cfg.DLQTopic,
@@ -202,7 +211,15 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 			}))
 		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "usage_consumer_lag", Help: "Messages behind the end of the assigned partitions, as last seen by the reader."},
-			func() float64 { return float64(c.reader.Stats().Lag) }))
+			func() float64 {
+				c.lagMu.Lock()
+				defer c.lagMu.Unlock()
+				var sum int64
+				for _, l := range c.lag {
+					sum += l
+				}
+				return float64(sum)
+			}))
 	}
 	return c, nil
 }
@@ -314,8 +331,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.log.Info("consuming", zap.Strings("brokers", c.cfg.Brokers), zap.String("topic", c.cfg.Topic),
 		zap.String("group", c.cfg.GroupID), zap.Int("batch_size", c.cfg.BatchSize), zap.Duration("flush_interval", c.cfg.FlushInterval))
 	defer func() {
-		if err := c.reader.Close(); err != nil {
-			c.log.Warn("close reader", zap.Error(err))
+		if err := c.group.Close(); err != nil { // leaves the group
+			c.log.Warn("leave the consumer group", zap.Error(err))
 		}
 		if err := c.dlqW.Close(); err != nil {
 			c.log.Warn("close DLQ writer", zap.Error(err))
@@ -371,39 +388,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer stopFetch()
 	msgs := svckit.NewHandoff[kafka.Message](1024)
 	fetchErr := make(chan error, 1)
-	go func() {
-		pause := c.cfg.RetryMin
-		for {
-			m, err := c.reader.FetchMessage(fetchCtx)
-			if err != nil {
-				if fetchCtx.Err() != nil {
-					return
-				}
-				if errors.Is(err, io.EOF) { // the reader was closed
-					fetchErr <- err
-					return
-				}
-				// The broker down or restarting, a rebalance, a coordinator
-				// that moved: the group reader recovers on its own, so
-				// this means "wait and fetch again", never "exit".
-				// Nothing read is lost: what is not committed is read
-				// again.
-				c.m.fetchErrors.Inc()
-				c.log.Warn("fetch failed; retrying", zap.Duration("backoff", pause), zap.Error(err))
-				select {
-				case <-time.After(pause):
-				case <-fetchCtx.Done():
-					return
-				}
-				pause = min(pause*2, c.cfg.RetryMax)
-				continue
-			}
-			pause = c.cfg.RetryMin
-			if msgs.Put(fetchCtx, m) != nil {
-				return
-			}
-		}
-	}()
+	go c.fetch(fetchCtx, msgs, fetchErr)
 
 	// The writer writes and commits batches in order, one at a time.
 	writeCtx, stopWrite := context.WithCancel(context.Background())
@@ -469,7 +454,7 @@ loop:
 			}
 			continue
 		case err := <-fetchErr:
-			// Messages fetched before the reader closed are not handled:
+			// Messages fetched before the group closed are not handled:
 			// uncommitted, they are read again after a restart.
 			runErr = fmt.Errorf("fetch from %s: %w", c.cfg.Topic, err)
 			break loop
@@ -556,20 +541,27 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 			return err
 		}
 	}
-	commits := make([]kafka.Message, 0, len(b.last))
-	for _, m := range b.last {
-		commits = append(commits, m)
+	// The next offset to read, per partition, committed through the newest
+	// generation (a batch read before a rebalance is committed after it,
+	// as kafka.Reader does). A commit is not retried: the data is durable,
+	// and a lost commit only means these messages are read and
+	// deduplicated again.
+	offsets := make(map[int]int64, len(b.last))
+	for p, m := range b.last {
+		offsets[p] = m.Offset + 1
 	}
-	// A commit is not retried: the data is durable, and a lost commit only
-	// means these messages are read and deduplicated again.
-	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.reader.CommitMessages(cctx, commits...); err != nil {
+	var err error
+	if gen := c.gen.Load(); gen == nil {
+		err = errors.New("no consumer group generation")
+	} else {
+		err = gen.CommitOffsets(map[string]map[int]int64{c.cfg.Topic: offsets})
+	}
+	if err != nil {
 		c.m.commitErrors.Inc()
 		c.log.Warn("commit offsets failed; the batch will be re-read and deduplicated", zap.Error(err))
 	} else {
-		for _, m := range commits {
-			c.m.committed.WithLabelValues(strconv.Itoa(m.Partition)).Set(float64(m.Offset))
+		for p, m := range b.last {
+			c.m.committed.WithLabelValues(strconv.Itoa(p)).Set(float64(m.Offset))
 		}
 	}
 	c.m.batches.Inc()
@@ -649,4 +641,188 @@ func (c *Consumer) retry(ctx context.Context, what string, failures prometheus.C
 		c.log.Info(what + " succeeded again")
 	}
 	return nil
+}
+
+// fetch joins generation after generation of the group and reads each
+// assigned partition with readPartition until the generation ends. It
+// replaces kafka.Reader's fetching, which, per message, set a read deadline
+// (a timer change), sent the message on a channel and had FetchMessage
+// select on it: about 15 % of the consumer's CPU. The group protocol
+// (joins, heartbeats, assignments, partition watching, leaving on Close) is
+// still kafka-go's ConsumerGroup, the one kafka.Reader runs. It returns
+// only when ctx ends or the group is closed (fetchErr gets io.EOF then).
+func (c *Consumer) fetch(ctx context.Context, msgs *svckit.Handoff[kafka.Message], fetchErr chan<- error) {
+	pause := c.cfg.RetryMin
+	for {
+		gen, err := c.group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, kafka.ErrGroupClosed) {
+				fetchErr <- io.EOF
+				return
+			}
+			// A rebalance in progress, a coordinator that moved, the broker
+			// down: the group joins again; nothing read is lost.
+			c.m.fetchErrors.Inc()
+			c.log.Warn("join the consumer group failed; retrying", zap.Duration("backoff", pause), zap.Error(err))
+			if !sleep(ctx, pause) {
+				return
+			}
+			pause = min(pause*2, c.cfg.RetryMax)
+			continue
+		}
+		pause = c.cfg.RetryMin
+		c.gen.Store(gen)
+		c.lagMu.Lock()
+		clear(c.lag)
+		c.lagMu.Unlock()
+		for _, a := range gen.Assignments[c.cfg.Topic] {
+			partition, offset := a.ID, a.Offset
+			gen.Start(func(genCtx context.Context) {
+				c.readPartition(genCtx, ctx, msgs, partition, offset)
+			})
+		}
+	}
+}
+
+// readPartition reads one partition from offset (the group's committed
+// offset, or kafka.FirstOffset) into msgs until the generation ends
+// (genCtx). When fetching stops (stop, at shutdown) it only waits: a
+// function that returns ends the generation, and the final commit needs it.
+// Errors are retried with backoff, from the next unread offset.
+func (c *Consumer) readPartition(genCtx, stop context.Context, msgs *svckit.Handoff[kafka.Message], partition int, offset int64) {
+	ctx, cancel := context.WithCancel(genCtx)
+	defer cancel()
+	defer context.AfterFunc(stop, cancel)()
+	pause := c.cfg.RetryMin
+	for ctx.Err() == nil {
+		next, err := c.readFrom(ctx, msgs, partition, offset)
+		if next > offset {
+			pause = c.cfg.RetryMin // it was reading: a new failure, not a repeated one
+		}
+		offset = next
+		if ctx.Err() != nil {
+			break
+		}
+		c.m.fetchErrors.Inc()
+		c.log.Warn("fetch failed; retrying", zap.Int("partition", partition), zap.Int64("offset", offset),
+			zap.Duration("backoff", pause), zap.Error(err))
+		sleep(ctx, pause)
+		pause = min(pause*2, c.cfg.RetryMax)
+	}
+	<-genCtx.Done()
+}
+
+// readFrom fetches partition from its leader starting at offset and hands
+// each message to msgs, until an error or ctx ends; it returns the next
+// offset to read. Its rules are kafka.Reader's: a position before the
+// partition's first offset (deleted by retention) moves to the first
+// offset without an error (checkGap reports the jump), an empty fetch or
+// a broker timeout fetches again, anything else returns.
+func (c *Consumer) readFrom(ctx context.Context, msgs *svckit.Handoff[kafka.Message], partition int, offset int64) (int64, error) {
+	const (
+		batchTimeout = 10 * time.Second // reading one fetched batch, as kafka.Reader's ReadBatchTimeout
+		fetchChunk   = 1024             // messages handed over at once (the Handoff's limit)
+	)
+	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
+	var conn *kafka.Conn
+	var err error
+	for _, b := range c.cfg.Brokers {
+		if conn, err = dialer.DialLeader(ctx, "tcp", b, c.cfg.Topic, partition); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return offset, fmt.Errorf("dial the leader of %s[%d]: %w", c.cfg.Topic, partition, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once
+	defer stop()
+	// seek positions the connection at offset, or at the first offset when
+	// offset is below it (or kafka.FirstOffset), and reports whether offset
+	// is past the partition's end.
+	seek := func() (bool, error) {
+		_ = conn.SetDeadline(time.Now().Add(batchTimeout))
+		defer func() { _ = conn.SetDeadline(time.Time{}) }()
+		first, last, err := conn.ReadOffsets()
+		if err != nil {
+			return false, err
+		}
+		offset = max(offset, first)
+		_, err = conn.Seek(offset, kafka.SeekAbsolute)
+		return offset > last, err
+	}
+	if _, err := seek(); err != nil {
+		return offset, err
+	}
+	fetched := make([]kafka.Message, 0, fetchChunk)
+	for ctx.Err() == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(c.cfg.FetchMaxWait + batchTimeout))
+		batch := conn.ReadBatchWith(kafka.ReadBatchConfig{MinBytes: 1, MaxBytes: c.cfg.FetchMaxBytes, MaxWait: c.cfg.FetchMaxWait})
+		// Messages go to msgs in chunks: one lock and wake-up per chunk.
+		// Waiting for room there (ClickHouse down) must not run into the
+		// read deadline, which is set again after each chunk.
+		hwm := batch.HighWaterMark()
+		c.setLag(partition, hwm-offset)
+		var putErr error
+		for more := true; more; {
+			fetched = fetched[:0]
+			for len(fetched) < fetchChunk {
+				m, err := batch.ReadMessage()
+				if err != nil {
+					more = false
+					break
+				}
+				fetched = append(fetched, m)
+			}
+			if putErr = msgs.PutAll(ctx, fetched); putErr != nil {
+				break
+			}
+			if n := len(fetched); n > 0 {
+				offset = fetched[n-1].Offset + 1
+			}
+			clear(fetched) // the loop owns them now
+			c.setLag(partition, hwm-offset)
+			_ = conn.SetReadDeadline(time.Now().Add(batchTimeout))
+		}
+		closeErr := batch.Close()
+		if putErr != nil {
+			return offset, putErr
+		}
+		switch err := closeErr; {
+		case err == nil, errors.Is(err, kafka.RequestTimedOut):
+		case errors.Is(err, kafka.OffsetOutOfRange):
+			past, err := seek()
+			if err != nil {
+				return offset, err
+			}
+			if past { // ahead of the end (a truncated log): wait for it to grow
+				sleep(ctx, c.cfg.RetryMin)
+			}
+		default:
+			return offset, err
+		}
+	}
+	return offset, ctx.Err()
+}
+
+// setLag records how far partition's fetch position is behind its end.
+func (c *Consumer) setLag(partition int, lag int64) {
+	c.lagMu.Lock()
+	c.lag[partition] = max(0, lag)
+	c.lagMu.Unlock()
+}
+
+// sleep waits for d or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
