@@ -208,13 +208,15 @@ func runMain(args []string) error {
 	if *batchScript != "" {
 		targets = append(targets, target{"usage-api batch", *api, *batchScript, *batchPath, *apiPID, *batchSize})
 	}
+	all := map[string][]record{}
+	defer func() { summarize(targets[0].name, all) }()
 	fmt.Printf("%-15s %4s %9s %9s %8s %8s %8s %8s %8s %6s %10s %5s\n", "server", "pair", "req/s", "checks/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "errors", "cpu us/req", "load")
 	for i := 0; i < *pairs; i++ {
 		order := slices.Clone(targets)
 		if i%2 == 1 { // ABBA: drift in the machine's load falls on all
 			slices.Reverse(order)
 		}
-		var p99 = map[string]float64{}
+		p99 := map[string]float64{}
 		for _, t := range order {
 			argv := []string{"-t" + strconv.Itoa(*threads), "-c" + strconv.Itoa(*conns), "-d" + *duration, "-s", t.script, "http://" + t.addr + t.path}
 			r, err := runWrk(argv, t.pid)
@@ -230,6 +232,7 @@ func runMain(args []string) error {
 				return err
 			}
 			p99[t.name] = r.P99ms
+			all[t.name] = append(all[t.name], r)
 		}
 		fmt.Printf("pair %d: p99 / floor p99: usage-api %.2f", i+1, p99["usage-api"]/p99["floor"])
 		if *batchScript != "" {
@@ -238,6 +241,56 @@ func runMain(args []string) error {
 		fmt.Println()
 	}
 	return nil
+}
+
+// summarize prints, per server, the median and range over the runs of
+// p99 and CPU per request, and the median of the per-pair p99 ratios to
+// the floor: one run's p99 on a shared machine is one sample of its
+// stalls.
+func summarize(first string, all map[string][]record) {
+	floor := all["floor"]
+	for _, name := range []string{first, "floor", "usage-api batch"} {
+		rs := all[name]
+		if len(rs) == 0 {
+			continue
+		}
+		p99s, cpus, ratios := make([]float64, len(rs)), make([]float64, len(rs)), []float64{}
+		for i, r := range rs {
+			r := r
+			p99s[i], cpus[i] = r.P99ms, r.CPUusPerReq
+			if f, ok := nearest(r, floor); ok && name != "floor" && f.P99ms > 0 {
+				ratios = append(ratios, r.P99ms/f.P99ms)
+			}
+		}
+		fmt.Printf("%-15s p99 ms median %.2f (%.2f-%.2f), server CPU us/req median %.1f (%.1f-%.1f)", name,
+			median(p99s), slices.Min(p99s), slices.Max(p99s), median(cpus), slices.Min(cpus), slices.Max(cpus))
+		if len(ratios) > 0 {
+			fmt.Printf(", p99 / the floor's in the same pair: median %.2f (%.2f-%.2f)", median(ratios), slices.Min(ratios), slices.Max(ratios))
+		}
+		fmt.Println()
+	}
+}
+
+// nearest is the floor's run closest in time to r: its pair.
+func nearest(r record, floor []record) (record, bool) {
+	t, _ := time.Parse(time.RFC3339, r.Time)
+	var best record
+	bestD := time.Duration(-1)
+	for _, f := range floor {
+		ft, _ := time.Parse(time.RFC3339, f.Time)
+		if d := max(ft.Sub(t), t.Sub(ft)); bestD < 0 || d < bestD {
+			best, bestD = f, d
+		}
+	}
+	return best, bestD >= 0
+}
+
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // capture sends one /v1/check as the script does and keeps the answer; it
@@ -354,6 +407,8 @@ func printTable(path string) error {
 	if err != nil {
 		return err
 	}
+	byLabel := map[string]map[string][]record{}
+	var labels []string
 	fmt.Println("| time (UTC) | label | pair | server | req/s | checks/s | p50 ms | p90 ms | p99 ms | max ms | server CPU µs per request (per check) | errors | load (1 min) |")
 	fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 	for _, line := range bytes.Split(bytes.TrimSpace(raw), []byte("\n")) {
@@ -366,6 +421,15 @@ func printTable(path string) error {
 		}
 		fmt.Printf("| %s | %s | %d | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f (%.1f) | %d | %.1f → %.1f |\n", strings.Replace(r.Time[:19], "T", " ", 1), r.Label, r.Pair, r.Server,
 			r.ReqPerSec, r.ChecksPerSec, r.P50ms, r.P90ms, r.P99ms, r.MaxMs, r.CPUusPerReq, r.CPUusPerCheck, r.Errors, r.LoadStart, r.LoadEnd)
+		if byLabel[r.Label] == nil {
+			labels = append(labels, r.Label)
+			byLabel[r.Label] = map[string][]record{}
+		}
+		byLabel[r.Label][r.Server] = append(byLabel[r.Label][r.Server], r)
+	}
+	for _, l := range labels {
+		fmt.Printf("\n%s:\n", l)
+		summarize("usage-api", byLabel[l])
 	}
 	return nil
 }
