@@ -71,20 +71,5 @@ go test -run '^$' -bench . -benchmem ./schemas/
 echo "== quota: Check on a warm cache (p50/p99 per call, allocs), then publish -> cache decision freshness at 10k events/s"
 go test -run '^$' -bench 'BenchmarkCheck$' -benchmem -benchtime 2000000x ./quota/
 go test -run '^$' -bench 'Freshness' -benchtime 1x ./quota/
-echo "== usage-api POST /v1/check under wrk on loopback beside a bare net/http handler (the floor), paced to about 10k req/s (28 connections, each sends every 2 ms); ${BENCH_API_PAIRS:-3} interleaved pairs (JSON: ${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl})"
-"$SCRIPTS_DIR/deps.sh" wrk
-go build -o "$bin/" ./api/cmd/usage-api ./api/bench/wrkbench
-api_addr=127.0.0.1:${BENCH_API_PORT:-9479}
-mkdir -p "$CACHE_DIR/run"
-USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr USAGE_LOG_LEVEL=warn \
-  "$bin/usage-api" --demo >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
-api_pid=$!
-# wrkbench waits for a fresh decision, captures usage-api's answer for the
-# floor to write byte for byte, then runs wrk (api/bench/check.lua) against
-# each in turn; a run with socket errors or non-2xx answers shows them.
-api_status=0
-"$bin/wrkbench" --api "$api_addr" --api-pid "$api_pid" --floor-addr "127.0.0.1:${BENCH_FLOOR_PORT:-9478}" \
-  --batch-script api/bench/batch.lua --pairs "${BENCH_API_PAIRS:-3}" --out "${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl}" || api_status=$?
-kill -TERM "$api_pid"
-wait "$api_pid" || true
-if [[ $api_status != 0 ]]; then die "wrkbench failed (usage-api log: $CACHE_DIR/run/usage-api-bench.log)"; fi
+# usage-api beside a bare net/http handler under wrk (api/README.md, "Figures").
+BENCH_BIN_DIR=$bin "$REPO_ROOT/api/bench/run.sh"
