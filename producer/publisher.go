@@ -206,8 +206,12 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 			p.stats.refused.Add(int64(len(events)))
 			return fmt.Errorf("producer: event %d (id %s) refused: %w", i, e.ID, err)
 		}
-		msgs[i].Key = []byte(e.TenantID)
-		msgs[i].Value = slab[start:len(slab):len(slab)]
+		end := len(slab)
+		// The key (the tenant id) goes to the slab too: no allocation of
+		// its own per event.
+		slab = append(slab, e.TenantID...)
+		msgs[i].Value = slab[start:end:end]
+		msgs[i].Key = slab[end:len(slab):len(slab)]
 	}
 	if p.async && p.onError != nil {
 		// One copy of the call's events for the error callback; a pointer
