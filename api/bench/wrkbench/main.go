@@ -77,8 +77,17 @@ func floorMain(args []string) error {
 	if err := json.Unmarshal(raw, &a); err != nil {
 		return fmt.Errorf("answer %s: %w", *path, err)
 	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	return newServer(floorHandler(a)).Serve(ln)
+}
+
+// floorHandler reads the body and writes a, nothing else.
+func floorHandler(a answer) http.Handler {
 	a.Header["Content-Length"] = []string{strconv.Itoa(len(a.Body))}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 16<<10)); err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
@@ -90,11 +99,6 @@ func floorMain(args []string) error {
 		w.WriteHeader(a.Status)
 		_, _ = w.Write(a.Body)
 	})
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return err
-	}
-	return newServer(h).Serve(ln)
 }
 
 // record is one wrk run against one server.
