@@ -11,6 +11,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/usagemeter/usagemeter/consumer/chstore"
+	"github.com/usagemeter/usagemeter/producer"
 	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/testenv"
 )
@@ -111,4 +112,45 @@ func TestFetchHeldBackAndLag(t *testing.T) {
 	if got := testutil.ToFloat64(c.m.committed.WithLabelValues(strconv.Itoa(part))); got != n-1 {
 		t.Errorf("committed offset %v, want %d", got, n-1)
 	}
+}
+
+// Two members of one group while events flow: a second consumer joins
+// (a rebalance moves partitions away from the first mid-read), then leaves
+// (they move back). Every event is counted once, the sums are exact, and
+// the group ends committed at the end of every partition.
+func TestRebalanceBetweenTwoMembers(t *testing.T) {
+	e := newEnv(t, "")
+	e.cfg.BatchSize = 500
+	r1 := e.start()
+	p := e.publisher(producer.WithAsync(func(err error, _ []schemas.UsageEvent) { t.Errorf("async publish: %v", err) }))
+	const n = 30_000
+	events, want := mixed(n, time.Now().Add(-time.Hour))
+	publish := func(from, to int) {
+		for i := from; i < to; i += 500 {
+			if err := p.Publish(context.Background(), events[i:min(i+500, to)]...); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // keep events flowing across the rebalances
+		}
+	}
+	publish(0, 10_000)
+	r2 := e.start()
+	publish(10_000, 20_000)
+	testenv.Eventually(t, 60*time.Second, "the second member reading", func() (bool, error) {
+		return testutil.ToFloat64(r2.c.m.consumed) > 0, nil
+	})
+	if err := r2.shutdown(t); err != nil {
+		t.Fatalf("second member's shutdown: %v", err)
+	}
+	publish(20_000, n)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(n, 120*time.Second)
+	assertSums(t, e.sums(), want)
+	if err := r1.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	assertCommittedToEnd(t, e)
+	t.Logf("first member consumed %v, second %v, of %d", testutil.ToFloat64(r1.c.m.consumed), testutil.ToFloat64(r2.c.m.consumed), n)
 }
