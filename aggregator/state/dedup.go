@@ -19,7 +19,12 @@ import "hash/maphash"
 type dedup struct {
 	ring []idHash // keys in arrival order, a circular buffer
 	next int
-	seen map[idHash]struct{}
+	// seen maps a key's first half to its second: a uint64-keyed map is
+	// Go's fast path (the [2]uint64 key went through the generic one, 15 %
+	// of the aggregator's CPU). Two keys sharing a first half (about one
+	// event in 10^14) go to extra, so the set stays exact in 128 bits.
+	seen  map[uint64]uint64
+	extra map[idHash]struct{}
 }
 
 // idHash is a 128-bit hash of an event's tenant and id.
@@ -45,21 +50,54 @@ func (h *idHasher) sum(tenant, id string) idHash {
 }
 
 func newDedup(n int) *dedup {
-	return &dedup{ring: make([]idHash, 0, min(n, 1<<16)), seen: make(map[idHash]struct{}, min(n, 1<<16))}
+	return &dedup{ring: make([]idHash, 0, min(n, 1<<16)), seen: make(map[uint64]uint64, min(n, 1<<16))}
+}
+
+// has reports whether key is in the set.
+func (d *dedup) has(key idHash) bool {
+	if v, ok := d.seen[key[0]]; ok && v == key[1] {
+		return true
+	}
+	if len(d.extra) == 0 {
+		return false
+	}
+	_, ok := d.extra[key] // its first half's slot may be free again: look anyway
+	return ok
+}
+
+// put adds key, which is not in the set.
+func (d *dedup) put(key idHash) {
+	if _, taken := d.seen[key[0]]; !taken {
+		d.seen[key[0]] = key[1]
+		return
+	}
+	if d.extra == nil {
+		d.extra = make(map[idHash]struct{})
+	}
+	d.extra[key] = struct{}{}
+}
+
+// drop removes key, which is in the set.
+func (d *dedup) drop(key idHash) {
+	if v, ok := d.seen[key[0]]; ok && v == key[1] {
+		delete(d.seen, key[0])
+		return
+	}
+	delete(d.extra, key)
 }
 
 // add records key and reports whether it was new.
 func (d *dedup) add(key idHash, capacity int) bool {
-	if _, ok := d.seen[key]; ok {
+	if d.has(key) {
 		return false
 	}
 	if len(d.ring) < capacity {
 		d.ring = append(d.ring, key)
 	} else {
-		delete(d.seen, d.ring[d.next])
+		d.drop(d.ring[d.next])
 		d.ring[d.next] = key
 		d.next = (d.next + 1) % capacity
 	}
-	d.seen[key] = struct{}{}
+	d.put(key)
 	return true
 }

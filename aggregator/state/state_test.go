@@ -184,8 +184,35 @@ func TestDedupIsBounded(t *testing.T) {
 			t.Fatalf("%s not new", k)
 		}
 	}
-	if len(d.seen) != 3 || !d.add(h.sum("t", "a"), 3) || d.add(h.sum("t", "d"), 3) {
+	if len(d.seen)+len(d.extra) != 3 || !d.add(h.sum("t", "a"), 3) || d.add(h.sum("t", "d"), 3) {
 		t.Fatalf("horizon not enforced: %v", d.seen)
+	}
+}
+
+// Keys that share their first 64 bits are told apart by the second, as
+// they come and go through the horizon.
+func TestDedupKeysSharingAFirstHalf(t *testing.T) {
+	d := newDedup(3)
+	a, b, c, x := idHash{7, 1}, idHash{7, 2}, idHash{7, 3}, idHash{9, 9}
+	for _, k := range []idHash{a, b, c} {
+		if !d.add(k, 3) {
+			t.Fatalf("%v not new", k)
+		}
+	}
+	if d.add(a, 3) || d.add(b, 3) || d.add(c, 3) {
+		t.Fatal("a key sharing its first half with another is not remembered")
+	}
+	if !d.add(x, 3) { // a leaves the horizon; b and c stay
+		t.Fatal("x not new")
+	}
+	if d.add(b, 3) || d.add(c, 3) {
+		t.Fatal("b or c forgotten when a left")
+	}
+	if !d.add(a, 3) { // b leaves
+		t.Fatal("a still remembered past the horizon")
+	}
+	if d.add(c, 3) || d.add(x, 3) || d.add(a, 3) {
+		t.Fatal("c, x or a forgotten")
 	}
 }
 
