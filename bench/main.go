@@ -104,9 +104,10 @@ func main() {
 	})
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "chkafka: how long the raw table must stop growing before totals are read")
 	table := flag.String("table", "", "print the README's markdown table from this results file and exit")
+	since := flag.String("since", "", "with --table: only records at or after this RFC 3339 UTC time (one make bench run)")
 	flag.Parse()
 	if *table != "" {
-		if err := printTable(*table, os.Stdout); err != nil {
+		if err := printTable(*table, *since, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "usage-bench:", err)
 			os.Exit(1)
 		}

@@ -4,7 +4,10 @@
 #     usage-consumer + usage-aggregator -> a private ClickHouse server + quota
 #     state), then ClickHouse's own Kafka engine on the same events; one JSON
 #     record per mode is appended to $BENCH_OUT (.cache/bench/runs.jsonl);
-#  2. unless BENCH_STAGES=0, the stage benchmarks (go test -bench) and wrk.
+#  2. usage-api beside a bare net/http handler under wrk (api/bench/run.sh;
+#     BENCH_API=0 skips it);
+#  3. unless BENCH_STAGES=0, the stage benchmarks (go test -bench);
+#  4. the README's tables from this run's records (usage-bench --table --since).
 # BENCH_EVENTS sets the event count per benchmark (default 500000);
 # BENCH_MODES the usage-bench modes (default pipeline,chkafka);
 # BENCH_TENANTS the tenants the events spread over (default 50);
@@ -21,6 +24,7 @@ set -a
 eval "$env_lines"
 set +a
 n=${BENCH_EVENTS:-500000}
+since=$(date -u +%FT%TZ) # this run's records are the ones from now on
 
 # A private ClickHouse server: usage-bench restarts it, and its CPU is then
 # only this benchmark's work (the shared engines serve everyone's tests).
@@ -55,7 +59,28 @@ for tenants in ${BENCH_TENANT_CURVE:-}; do
     --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
     --out "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --dir "$bench_logs"
 done
-if [[ ${BENCH_STAGES:-1} == 0 ]]; then exit 0; fi
+# usage-api beside a bare net/http handler under wrk (api/README.md, "Figures").
+if [[ ${BENCH_API:-1} != 0 ]]; then
+  BENCH_BIN_DIR=$bin "$REPO_ROOT/api/bench/run.sh"
+fi
+
+# The README's tables, from this run's JSON records only.
+readme_tables() {
+  echo "== the README's tables of this run (records since $since)"
+  "$bin/usage-bench" --table "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --since "$since"
+  if [[ -n ${BENCH_TENANT_CURVE:-} ]]; then
+    echo
+    "$bin/usage-bench" --table "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --since "$since"
+  fi
+  if [[ ${BENCH_API:-1} != 0 ]]; then
+    echo
+    "$bin/wrkbench" --table "${BENCH_API_OUT:-$CACHE_DIR/bench/api.jsonl}" --since "$since"
+  fi
+}
+if [[ ${BENCH_STAGES:-1} == 0 ]]; then
+  readme_tables
+  exit 0
+fi
 
 echo "== SDK -> Kafka ($n events, acks=all, 4 partitions)"
 go test -run '^$' -bench 'Publish' -benchtime "${n}x" ./producer/
@@ -71,5 +96,4 @@ go test -run '^$' -bench . -benchmem ./schemas/
 echo "== quota: Check on a warm cache (p50/p99 per call, allocs), then publish -> cache decision freshness at 10k events/s"
 go test -run '^$' -bench 'BenchmarkCheck$' -benchmem -benchtime 2000000x ./quota/
 go test -run '^$' -bench 'Freshness' -benchtime 1x ./quota/
-# usage-api beside a bare net/http handler under wrk (api/README.md, "Figures").
-BENCH_BIN_DIR=$bin "$REPO_ROOT/api/bench/run.sh"
+readme_tables

@@ -159,6 +159,7 @@ func runMain(args []string) error {
 	out := fs.String("out", ".cache/bench/api.jsonl", "JSON records are appended here")
 	label := fs.String("label", "", "a label kept in the records (e.g. before, after)")
 	table := fs.String("table", "", "print the markdown table of the records in this file and exit")
+	since := fs.String("since", "", "with --table: only records at or after this RFC 3339 UTC time")
 	batchScript := fs.String("batch-script", "", "wrk -s for a third row, usage-api's /v1/check/batch (empty: none)")
 	batchPath := fs.String("batch-path", "/v1/check/batch", "the URL path of the batch row")
 	batchSize := fs.Int("batch-size", 10, "checks per call of --batch-script")
@@ -166,7 +167,7 @@ func runMain(args []string) error {
 		return err
 	}
 	if *table != "" {
-		return printTable(*table)
+		return printTable(*table, *since)
 	}
 	a, err := capture(*api, *path)
 	if err != nil {
@@ -406,7 +407,7 @@ func loadavg() float64 {
 }
 
 // printTable prints the records as the README's table: one row per run.
-func printTable(path string) error {
+func printTable(path, since string) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -419,6 +420,9 @@ func printTable(path string) error {
 		var r record
 		if err := json.Unmarshal(line, &r); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
+		}
+		if r.Time < since { // RFC 3339 UTC times sort as text
+			continue
 		}
 		if r.ChecksPerReq == 0 { // records before the batch row
 			r.ChecksPerReq, r.ChecksPerSec, r.CPUusPerCheck = 1, r.ReqPerSec, r.CPUusPerReq
