@@ -185,6 +185,30 @@ func TestKafkaSCRAMAndTLS(t *testing.T) {
 		n, err := testenv.CountRows(ctx, conn, "FROM usage_events FINAL")
 		return n == 40, err
 	})
+
+	// The real usage-aggregator over SCRAM too: it fetches each partition
+	// on connections of its own, which must use the process's security
+	// settings (they did not: a plain dialer, refused by the listener).
+	plans := filepath.Join(dir, "plans.yaml")
+	if err := os.WriteFile(plans, []byte(plansYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startProc(t, "aggregator-scram", e.agg, serviceEnv("USAGE_AGGREGATOR_BROKERS="+saslAddr, "USAGE_AGGREGATOR_TOPIC="+topic,
+		"USAGE_AGGREGATOR_GROUP_ID="+testenv.Name("agg"), "USAGE_AGGREGATOR_QUOTA_TOPIC="+topic+".quota",
+		"USAGE_AGGREGATOR_LATE_TOPIC="+topic+".late", "USAGE_AGGREGATOR_DLQ_TOPIC="+topic+".dlq",
+		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+topic+".plans", "USAGE_AGGREGATOR_POSITION_TOPIC="+topic+".positions",
+		"USAGE_TOPIC_PARTITIONS=4", "USAGE_CLICKHOUSE_ADDR="+e.clickhouse[0], "USAGE_CLICKHOUSE_DATABASE="+db,
+		"USAGE_KAFKA_SECURITY_SASL_MECHANISM=SCRAM-SHA-512", "USAGE_KAFKA_SECURITY_SASL_USERNAME=usage",
+		"USAGE_KAFKA_SECURITY_SASL_PASSWORD="+password), "--plans", plans, "--http", "127.0.0.1:0", "run")
+	testenv.Eventually(t, 60*time.Second, "the 40 events (sum 820) in usage_period through SCRAM", func() (bool, error) {
+		var events uint64
+		var sum string
+		if err := conn.QueryRow(ctx, "SELECT sum(events), toString(sum(value)) FROM usage_period FINAL").Scan(&events, &sum); err != nil {
+			return false, err
+		}
+		d, err := decimal.NewFromString(sum)
+		return events == 40 && d.Equal(decimal.NewFromInt(820)), err
+	})
 }
 
 // TestKafkaSecurityConfig: bad settings are refused naming the key.

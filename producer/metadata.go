@@ -22,8 +22,15 @@ const metadataTTL = 500 * time.Millisecond
 // cache for each ask: four allocations and ~10 % of the SDK's CPU per event.
 // Other requests, other topics and failed answers pass through.
 type topicMetadata struct {
-	next kafka.RoundTripper
+	next kafka.RoundTripper // nil: kafka.DefaultTransport at the time of the request, as a Writer without a Transport
 	last atomic.Pointer[metadataAnswer]
+}
+
+func (t *topicMetadata) transport() kafka.RoundTripper {
+	if t.next != nil {
+		return t.next
+	}
+	return kafka.DefaultTransport
 }
 
 type metadataAnswer struct {
@@ -36,13 +43,13 @@ type metadataAnswer struct {
 func (t *topicMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Request) (kafka.Response, error) {
 	m, ok := req.(*meta.Request)
 	if !ok || len(m.TopicNames) != 1 {
-		return t.next.RoundTrip(ctx, addr, req)
+		return t.transport().RoundTrip(ctx, addr, req)
 	}
 	now := time.Now()
 	if a := t.last.Load(); a != nil && a.topic == m.TopicNames[0] && a.auto == m.AllowAutoTopicCreation && now.Before(a.until) {
 		return a.res, nil
 	}
-	res, err := t.next.RoundTrip(ctx, addr, req)
+	res, err := t.transport().RoundTrip(ctx, addr, req)
 	if err != nil {
 		return res, err
 	}

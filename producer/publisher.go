@@ -102,7 +102,7 @@ func New(brokers []string, opts ...Option) (*Publisher, error) {
 		Async:                  cfg.async,
 		AllowAutoTopicCreation: false,
 		Completion:             p.complete,
-		Transport:              &topicMetadata{next: kafka.DefaultTransport},
+		Transport:              &topicMetadata{},
 	}
 	return p, nil
 }

@@ -542,16 +542,9 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 		batchTimeout = 10 * time.Second       // reading one fetched batch
 		maxBytes     = 16 << 20
 	)
-	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
-	var conn *kafka.Conn
-	var err error
-	for _, b := range s.cfg.Brokers {
-		if conn, err = dialer.DialLeader(ctx, "tcp", b, s.cfg.Topic, partition); err == nil {
-			break
-		}
-	}
+	conn, err := svckit.DialLeader(ctx, s.cfg.Brokers, s.cfg.Topic, partition)
 	if err != nil {
-		return offset, fmt.Errorf("dial the leader of %s[%d]: %w", s.cfg.Topic, partition, err)
+		return offset, err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once

@@ -726,16 +726,9 @@ func (c *Consumer) readFrom(ctx context.Context, msgs *svckit.Handoff[kafka.Mess
 		batchTimeout = 10 * time.Second // reading one fetched batch, as kafka.Reader's ReadBatchTimeout
 		fetchChunk   = 1024             // messages handed over at once (the Handoff's limit)
 	)
-	dialer := &kafka.Dialer{Timeout: 10 * time.Second}
-	var conn *kafka.Conn
-	var err error
-	for _, b := range c.cfg.Brokers {
-		if conn, err = dialer.DialLeader(ctx, "tcp", b, c.cfg.Topic, partition); err == nil {
-			break
-		}
-	}
+	conn, err := svckit.DialLeader(ctx, c.cfg.Brokers, c.cfg.Topic, partition)
 	if err != nil {
-		return offset, fmt.Errorf("dial the leader of %s[%d]: %w", c.cfg.Topic, partition, err)
+		return offset, err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once
