@@ -23,6 +23,8 @@ echo "== usage-api POST /v1/check under wrk on loopback beside a bare net/http h
 go build -o "$bin/" ./api/cmd/usage-api ./api/bench/wrkbench
 api_addr=127.0.0.1:${BENCH_API_PORT:-9479}
 mkdir -p "$CACHE_DIR/run"
+# A broker no aggregator has run against has none of the topics the demo reads.
+"$bin/wrkbench" topics --kafka "$USAGE_TEST_KAFKA"
 USAGE_QUOTA_BROKERS=$USAGE_TEST_KAFKA USAGE_HTTP_ADDR=$api_addr USAGE_LOG_LEVEL=warn \
   "$bin/usage-api" --demo >"$CACHE_DIR/run/usage-api-bench.log" 2>&1 &
 api_pid=$!

@@ -33,6 +33,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "topics" {
+		if err := topicsMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "wrkbench topics:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "floor" {
 		if err := floorMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "wrkbench floor:", err)
