@@ -16,7 +16,7 @@ run:
 test:
 	scripts/test.sh
 
-## bench: publish (SDK -> Kafka) and consume (Kafka -> ClickHouse) events/s, plus codec micro-benchmarks
+## bench: the whole pipeline beside ClickHouse's Kafka engine, usage-api beside a bare handler, the stage benchmarks; prints the README's tables
 bench:
 	scripts/bench.sh
 
