@@ -525,90 +525,34 @@ func retentionGap(ckpt, first int64) int64 {
 }
 
 // readFrom reads from offset until an error, and returns the next offset.
-// It fetches on one leader connection and hands each message straight to
-// msgs: kafka.Reader runs the same fetch loop (Conn.ReadBatchWith) in a
-// goroutine of its own and passes every message through a channel, a
-// second hop per message that cost more than the fetch itself. Its error
-// handling is kept: a position before the partition's first offset
-// jumps to it (as kafka-go does silently), an empty fetch or a broker
-// timeout fetches again, anything else returns and read re-dials.
-// kafka-go jumps to the partition's first offset when its position was
+// It fetches on one leader connection (svckit.PartitionFetch, kafka.Reader's
+// rules without its channel hop per message) and hands each message to
+// msgs. kafka-go jumps to the partition's first offset when its position was
 // deleted, at any time, not only when a partition opens: every record goes
 // through svckit.OffsetGaps, the consumer's rule, which tells records
 // retention deleted unread from offsets that hold no event.
 func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int64, msgs *svckit.Handoff[message]) (int64, error) {
-	const (
-		fetchWait    = 100 * time.Millisecond // a fetch with no new record returns after this
-		batchTimeout = 10 * time.Second       // reading one fetched batch
-		maxBytes     = 16 << 20
-	)
-	conn, err := svckit.DialLeader(ctx, s.cfg.Brokers, s.cfg.Topic, partition)
-	if err != nil {
-		return offset, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once
-	defer stop()
 	gaps := svckit.NewOffsetGaps(s.cfg.Brokers, s.cfg.Topic, "")
 	gaps.Expect(partition, offset)
-	// seek positions the connection at to, or at the first offset when
-	// retention deleted to (kafka-go's rule; OffsetGaps sees the jump),
-	// and reports whether to is past the partition's end.
-	seek := func(to int64) (bool, error) {
-		_ = conn.SetDeadline(time.Now().Add(batchTimeout))
-		defer func() { _ = conn.SetDeadline(time.Time{}) }()
-		first, last, err := conn.ReadOffsets()
-		if err != nil {
-			return false, err
-		}
-		to = max(to, first)
-		_, err = conn.Seek(to, kafka.SeekAbsolute)
-		return to > last, err
-	}
-	if _, err := seek(offset); err != nil {
-		return offset, err
-	}
-	for ctx.Err() == nil {
-		// The broker answers after fetchWait at most; the deadline covers
-		// that and the reading of the batch. (Without MaxWait kafka-go
-		// derives the broker's wait from the deadline minus a guessed
-		// round trip, and on a busy machine an empty fetch timed out.)
-		_ = conn.SetReadDeadline(time.Now().Add(fetchWait + batchTimeout))
-		batch := conn.ReadBatchWith(kafka.ReadBatchConfig{MinBytes: 1, MaxBytes: maxBytes, MaxWait: fetchWait})
-		for {
-			m, err := batch.ReadMessage()
-			if err != nil {
-				break
-			}
+	f := svckit.PartitionFetch{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
+		MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, RetryMin: s.cfg.RetryMin}
+	next := offset // after the last message taken: where a gap starts
+	return f.Run(ctx, offset, func(ms []kafka.Message) (int, error) {
+		for i, m := range ms {
 			deleted, err := gaps.Observe(ctx, partition, m.Offset)
 			if err == nil && deleted > 0 {
-				err = s.retentionGapWhileReading(partition, offset, deleted, ckpt)
+				err = s.retentionGapWhileReading(partition, next, deleted, ckpt)
 			}
 			if err == nil {
 				err = msgs.Put(ctx, message{Message: m, replay: m.Offset <= ckpt})
 			}
 			if err != nil {
-				_ = batch.Close()
-				return offset, err // the reader is re-created at offset
+				return i, err // the reader is re-created after the last message taken
 			}
-			offset = m.Offset + 1
+			next = m.Offset + 1
 		}
-		err := batch.Close()
-		switch {
-		case err == nil, errors.Is(err, kafka.RequestTimedOut):
-		case errors.Is(err, kafka.OffsetOutOfRange):
-			past, err := seek(offset)
-			if err != nil {
-				return offset, err
-			}
-			if past {
-				sleep(ctx, s.cfg.RetryMin)
-			}
-		default:
-			return offset, err
-		}
-	}
-	return offset, ctx.Err()
+		return len(ms), nil
+	})
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -716,89 +716,19 @@ func (c *Consumer) readPartition(genCtx, stop context.Context, msgs *svckit.Hand
 }
 
 // readFrom fetches partition from its leader starting at offset and hands
-// each message to msgs, until an error or ctx ends; it returns the next
-// offset to read. Its rules are kafka.Reader's: a position before the
-// partition's first offset (deleted by retention) moves to the first
-// offset without an error (checkGap reports the jump), an empty fetch or
-// a broker timeout fetches again, anything else returns.
+// its messages to msgs in chunks (one lock and wake-up per chunk), with
+// kafka.Reader's rules (svckit.PartitionFetch), until an error or ctx
+// ends; it returns the next offset to read.
 func (c *Consumer) readFrom(ctx context.Context, msgs *svckit.Handoff[kafka.Message], partition int, offset int64) (int64, error) {
-	const (
-		batchTimeout = 10 * time.Second // reading one fetched batch, as kafka.Reader's ReadBatchTimeout
-		fetchChunk   = 1024             // messages handed over at once (the Handoff's limit)
-	)
-	conn, err := svckit.DialLeader(ctx, c.cfg.Brokers, c.cfg.Topic, partition)
-	if err != nil {
-		return offset, err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // unblock a fetch at once
-	defer stop()
-	// seek positions the connection at offset, or at the first offset when
-	// offset is below it (or kafka.FirstOffset), and reports whether offset
-	// is past the partition's end.
-	seek := func() (bool, error) {
-		_ = conn.SetDeadline(time.Now().Add(batchTimeout))
-		defer func() { _ = conn.SetDeadline(time.Time{}) }()
-		first, last, err := conn.ReadOffsets()
-		if err != nil {
-			return false, err
+	f := svckit.PartitionFetch{Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: partition,
+		MaxBytes: c.cfg.FetchMaxBytes, MaxWait: c.cfg.FetchMaxWait, RetryMin: c.cfg.RetryMin,
+		Progress: func(hwm, next int64) { c.setLag(partition, hwm-next) }}
+	return f.Run(ctx, offset, func(ms []kafka.Message) (int, error) {
+		if err := msgs.PutAll(ctx, ms); err != nil {
+			return 0, err
 		}
-		offset = max(offset, first)
-		_, err = conn.Seek(offset, kafka.SeekAbsolute)
-		return offset > last, err
-	}
-	if _, err := seek(); err != nil {
-		return offset, err
-	}
-	fetched := make([]kafka.Message, 0, fetchChunk)
-	for ctx.Err() == nil {
-		_ = conn.SetReadDeadline(time.Now().Add(c.cfg.FetchMaxWait + batchTimeout))
-		batch := conn.ReadBatchWith(kafka.ReadBatchConfig{MinBytes: 1, MaxBytes: c.cfg.FetchMaxBytes, MaxWait: c.cfg.FetchMaxWait})
-		// Messages go to msgs in chunks: one lock and wake-up per chunk.
-		// Waiting for room there (ClickHouse down) must not run into the
-		// read deadline, which is set again after each chunk.
-		hwm := batch.HighWaterMark()
-		c.setLag(partition, hwm-offset)
-		var putErr error
-		for more := true; more; {
-			fetched = fetched[:0]
-			for len(fetched) < fetchChunk {
-				m, err := batch.ReadMessage()
-				if err != nil {
-					more = false
-					break
-				}
-				fetched = append(fetched, m)
-			}
-			if putErr = msgs.PutAll(ctx, fetched); putErr != nil {
-				break
-			}
-			if n := len(fetched); n > 0 {
-				offset = fetched[n-1].Offset + 1
-			}
-			clear(fetched) // the loop owns them now
-			c.setLag(partition, hwm-offset)
-			_ = conn.SetReadDeadline(time.Now().Add(batchTimeout))
-		}
-		closeErr := batch.Close()
-		if putErr != nil {
-			return offset, putErr
-		}
-		switch err := closeErr; {
-		case err == nil, errors.Is(err, kafka.RequestTimedOut):
-		case errors.Is(err, kafka.OffsetOutOfRange):
-			past, err := seek()
-			if err != nil {
-				return offset, err
-			}
-			if past { // ahead of the end (a truncated log): wait for it to grow
-				sleep(ctx, c.cfg.RetryMin)
-			}
-		default:
-			return offset, err
-		}
-	}
-	return offset, ctx.Err()
+		return len(ms), nil
+	})
 }
 
 // setLag records how far partition's fetch position is behind its end.
