@@ -210,7 +210,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		if err := waitFor(ctx, 3*time.Minute, after, caughtUp(true)); err != nil {
 			return err
 		}
-		c, err := pipelineChecks(ctx, conn, w, after)
+		c, err := totalsChecks(ctx, conn, w, after, pipelineSinks())
 		rec.Exactness = append(rec.Exactness, c...)
 		return err
 	}
@@ -239,9 +239,23 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	return pub.close()
 }
 
-// pipelineChecks compares the distinct raw rows, their sums and the
-// aggregator's period totals with what was published.
-func pipelineChecks(ctx context.Context, conn driver.Conn, w *workload, after string) ([]Check, error) {
+// pipelineSinks are ours: the aggregator's period totals and its daily
+// event counts (ReplacingMergeTree, read through FINAL).
+func pipelineSinks() sinks {
+	return sinks{sumWhat: "usage_period sum",
+		sumSQL:   "SELECT feature_type, toString(sum(value)) FROM usage_period FINAL GROUP BY feature_type",
+		countSQL: "SELECT toUInt64(sum(events)) FROM usage_1d FINAL"}
+}
+
+// sinks names the aggregate tables a mode's totals are read from.
+type sinks struct {
+	sumWhat, sumSQL, countSQL string
+}
+
+// totalsChecks compares the distinct raw rows and their sums (through
+// FINAL), and the mode's aggregate sums and daily event count, with what
+// was published.
+func totalsChecks(ctx context.Context, conn driver.Conn, w *workload, after string, s sinks) ([]Check, error) {
 	raw, err := count(ctx, conn, "SELECT count() FROM usage_events FINAL")
 	if err != nil {
 		return nil, err
@@ -253,12 +267,12 @@ func pipelineChecks(ctx context.Context, conn driver.Conn, w *workload, after st
 		return out, err
 	}
 	out = append(out, compareSums(after, "raw sum", w.sums, rawSums)...)
-	periodSums, err := sumsByFeature(ctx, conn, "SELECT feature_type, toString(sum(value)) FROM usage_period FINAL GROUP BY feature_type")
+	aggSums, err := sumsByFeature(ctx, conn, s.sumSQL)
 	if err != nil {
 		return out, err
 	}
-	out = append(out, compareSums(after, "usage_period sum", w.sums, periodSums)...)
-	dayCount, err := count(ctx, conn, "SELECT toUInt64(sum(events)) FROM usage_1d FINAL")
+	out = append(out, compareSums(after, s.sumWhat, w.sums, aggSums)...)
+	dayCount, err := count(ctx, conn, s.countSQL)
 	if err != nil {
 		return out, err
 	}
