@@ -97,7 +97,7 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 		return err
 	}
 	m := startMeter([]watched{{"clickhouse-server", chPid, "private to this run; consumes with its Kafka engine"},
-		{"kafka broker", brokerPid, "shared with other users of the machine"},
+		{"kafka broker", brokerPid, o.brokerNote()},
 		{"publisher (SDK, this process)", 0, "also polls ClickHouse"}})
 	evs := w.next(o.events, o.tenants, tenantFmt, "")
 	start := time.Now()
@@ -105,11 +105,14 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 		return err
 	}
 	published += len(evs)
-	if err := waitFor(ctx, 10*time.Minute, "throughput", rowsAtLeast(published)); err != nil {
+	rec.Phases = map[string]float64{}
+	notePhase(rec.Phases, "published", start, true)
+	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput", rowsAtLeast(published)); err != nil {
 		m.finish(o.events)
 		return err
 	}
 	elapsed := time.Since(start)
+	notePhase(rec.Phases, "raw rows", start, true)
 	rec.Processes = m.finish(o.events)
 	rec.Seconds = round(elapsed.Seconds(), 2)
 	rec.EventsPerS = round(float64(o.events)/elapsed.Seconds(), 0)

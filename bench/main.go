@@ -23,9 +23,18 @@ import (
 	"time"
 )
 
+// brokerNote says whose work the broker's CPU figure is.
+func (o *options) brokerNote() string {
+	if o.kafkaPrivate {
+		return "private to this run"
+	}
+	return "shared with other users of the machine"
+}
+
 type options struct {
 	broker, clickhouse         string
 	kafkaPidFile, chPidFile    string
+	kafkaPrivate               bool   // the broker serves only this run (make bench with KAFKA_PORT)
 	chScript                   string // scripts/clickhouse.sh, to restart the private server
 	consumerBin, aggregatorBin string
 	events, tenants            int
@@ -45,16 +54,22 @@ type options struct {
 
 // Record is one run of one mode: the line written to --out.
 type Record struct {
-	Time        string                 `json:"time"`
-	Mode        string                 `json:"mode"`
-	Commit      string                 `json:"commit,omitempty"`
-	CPUs        int                    `json:"cpus"`
-	LoadStart   [3]float64             `json:"load_avg_start"`
-	LoadEnd     [3]float64             `json:"load_avg_end"`
-	Events      int                    `json:"events"`
-	Tenants     int                    `json:"tenants"`
-	Partitions  int                    `json:"partitions"`
-	Seconds     float64                `json:"seconds"`
+	Time       string     `json:"time"`
+	Mode       string     `json:"mode"`
+	Commit     string     `json:"commit,omitempty"`
+	CPUs       int        `json:"cpus"`
+	LoadStart  [3]float64 `json:"load_avg_start"`
+	LoadEnd    [3]float64 `json:"load_avg_end"`
+	Events     int        `json:"events"`
+	Tenants    int        `json:"tenants"`
+	Partitions int        `json:"partitions"`
+	Seconds    float64    `json:"seconds"`
+	// Phases are seconds from the clock's start to the first poll that saw
+	// each milestone: "published" (the last Publish call returned: every
+	// event handed to the SDK), "raw rows" (usage_events holds them all),
+	// "checkpoint" (the aggregator's checkpoint covers the topic). Seconds
+	// minus "published" is the tail the services add after the last event.
+	Phases      map[string]float64     `json:"phases,omitempty"`
 	EventsPerS  float64                `json:"events_per_s"`
 	Processes   map[string]ProcFigures `json:"processes"`
 	Freshness   *Freshness             `json:"freshness,omitempty"`
@@ -81,6 +96,7 @@ func main() {
 	flag.StringVar(&o.broker, "kafka", os.Getenv("USAGE_TEST_KAFKA"), "Kafka bootstrap address")
 	flag.StringVar(&o.clickhouse, "clickhouse", "", "address of a PRIVATE ClickHouse server (it is restarted)")
 	flag.StringVar(&o.kafkaPidFile, "kafka-pidfile", "", "the broker's pid file (its CPU and RSS are recorded)")
+	flag.BoolVar(&o.kafkaPrivate, "kafka-private", false, "the broker serves only this run (its CPU is this run's work alone)")
 	flag.StringVar(&o.chPidFile, "clickhouse-pidfile", "", "the private ClickHouse server's pid file")
 	flag.StringVar(&o.chScript, "clickhouse-script", "", "scripts/clickhouse.sh, with CH_* of the private server in the environment (for the restart)")
 	flag.StringVar(&o.consumerBin, "consumer", "", "usage-consumer binary")

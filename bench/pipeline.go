@@ -117,6 +117,9 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	tenantFmt := "tenant-%07d"
 	// caughtUp: raw rows (distinct ids, through FINAL when asked) and the
 	// aggregator's checkpoint cover everything in the topic.
+	// phases, when not nil, gets the first time each part held.
+	var phases map[string]float64
+	var start time.Time
 	caughtUp := func(final bool) func() (bool, string, error) {
 		return func() (bool, string, error) {
 			if err := errors.Join(cons.alive(), agg.alive()); err != nil {
@@ -138,6 +141,10 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 			if err != nil {
 				return false, "", err
 			}
+			if phases != nil {
+				notePhase(phases, "raw rows", start, raw >= uint64(w.distinct))
+				notePhase(phases, "checkpoint", start, cp >= uint64(inTopic))
+			}
 			state := fmt.Sprintf("raw rows %d of %d, aggregator checkpoint %d of %d messages", raw, w.distinct, cp, inTopic)
 			return raw >= uint64(w.distinct) && cp >= uint64(inTopic), state, nil
 		}
@@ -157,7 +164,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		return err
 	}
 	m := startMeter([]watched{{"usage-consumer", cons.cmd.Process.Pid, ""}, {"usage-aggregator", agg.cmd.Process.Pid, ""},
-		{"clickhouse-server", chPid, "private to this run"}, {"kafka broker", brokerPid, "shared with other users of the machine"},
+		{"clickhouse-server", chPid, "private to this run"}, {"kafka broker", brokerPid, o.brokerNote()},
 		{"publisher (SDK, this process)", 0, "also polls ClickHouse and the broker"}})
 	evs := w.next(o.events, o.tenants, tenantFmt, "")
 	var perfs []*proc
@@ -176,15 +183,18 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 			perfs = append(perfs, pr)
 		}
 	}
-	start := time.Now()
+	start = time.Now()
 	if err := pub.publish(ctx, evs); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 10*time.Minute, "throughput", caughtUp(false)); err != nil {
+	phases = map[string]float64{}
+	notePhase(phases, "published", start, true)
+	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput", caughtUp(false)); err != nil {
 		m.finish(o.events)
 		return err
 	}
 	elapsed := time.Since(start)
+	rec.Phases, phases = phases, nil
 	rec.Processes = m.finish(o.events)
 	for _, pr := range perfs {
 		pr.stop()

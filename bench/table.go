@@ -46,8 +46,12 @@ func printTable(path, since string, w io.Writer) error {
 		if r.Freshness != nil {
 			fresh = fmt.Sprintf("%.0f / %.0f ms", r.Freshness.P50ms, r.Freshness.P99ms)
 		}
-		fmt.Fprintf(w, "| %s | %s | %d / %d | %.0fk | %s | %.2f, %.2f | %s | %s | %s | %.1f → %.1f |\n",
-			strings.TrimSuffix(strings.Replace(r.Time, "T", " ", 1), "Z"), what, r.Events, r.Tenants, r.EventsPerS/1000, cpu,
+		rate := fmt.Sprintf("%.0fk", r.EventsPerS/1000)
+		if pub, ok := r.Phases["published"]; ok {
+			rate += fmt.Sprintf(" (%.2f s; last publish at %.2f s)", r.Seconds, pub)
+		}
+		fmt.Fprintf(w, "| %s | %s | %d / %d | %s | %s | %.2f, %.2f | %s | %s | %s | %.1f → %.1f |\n",
+			strings.TrimSuffix(strings.Replace(r.Time, "T", " ", 1), "Z"), what, r.Events, r.Tenants, rate, cpu,
 			p["kafka broker"].CPUUsPerEvent, p["publisher (SDK, this process)"].CPUUsPerEvent, rss, fresh, exactness(r.Exactness),
 			r.LoadStart[0], r.LoadEnd[0])
 	}

@@ -30,6 +30,12 @@ since=$(date -u +%FT%TZ) # this run's records are the ones from now on
 # only this benchmark's work (the shared engines serve everyone's tests).
 # Its CH_* settings go only to the commands that handle it: clickhouse.sh
 # defaults to the shared server, which must never be stopped from here.
+# A broker on a KAFKA_PORT of its own (not the shared 19092) serves only this
+# run, so its CPU figure is this run's work.
+kafka_private=""
+if [[ -n ${KAFKA_PORT:-} && $KAFKA_PORT != 19092 ]]; then
+  kafka_private=--kafka-private
+fi
 bench_ch_port=${BENCH_CH_PORT:-19310}
 bench_ch_dir="$CACHE_DIR/run/clickhouse-bench-$bench_ch_port"
 bench_logs=${BENCH_LOG_DIR:-$CACHE_DIR/run/bench-logs}
@@ -44,7 +50,7 @@ go build -o "$bin/" ./consumer/cmd/usage-consumer ./aggregator/cmd/usage-aggrega
 go build -o "$bin/usage-bench" ./bench
 echo "== the whole pipeline as processes, then ClickHouse's Kafka engine, $n events each (JSON: ${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl})"
 bench_ch "$bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-50}" --modes "${BENCH_MODES:-pipeline,chkafka}" \
-  --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
+  --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" $kafka_private \
   --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
   --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
   --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$bench_logs"
@@ -54,7 +60,7 @@ for tenants in ${BENCH_TENANT_CURVE:-}; do
   echo "== the whole pipeline over $tenants tenants (JSON: $CACHE_DIR/bench/tenants.jsonl)"
   bench_ch "$bin/usage-bench" --events "$((2 * tenants > n ? 2 * tenants : n))" --tenants "$tenants" --modes pipeline \
     --freshness 0 --duplicates 0 --restart=false \
-    --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" \
+    --kafka "$USAGE_TEST_KAFKA" --kafka-pidfile "$CACHE_DIR/run/kafka-${KAFKA_PORT:-19092}/kafka.pid" $kafka_private \
     --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" \
     --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
     --out "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --dir "$bench_logs"
