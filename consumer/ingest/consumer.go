@@ -413,11 +413,18 @@ func (c *Consumer) Run(ctx context.Context) error {
 		writeErr <- nil
 	}()
 
-	tick := time.NewTicker(max(c.cfg.FlushInterval/10, time.Millisecond))
+	every := c.cfg.FlushInterval / 10
+	if c.cfg.FlushIdle > 0 {
+		every = min(every, c.cfg.FlushIdle/2)
+	}
+	tick := time.NewTicker(max(every, time.Millisecond))
 	defer tick.Stop()
 	cur := c.newBatch(free)
 	var runErr error
 	var spare []kafka.Message
+	// lastMsg is when the loop last took messages; lastIdle when it last
+	// flushed because they stopped (see Config.FlushIdle).
+	var lastMsg, lastIdle time.Time
 
 loop:
 	for {
@@ -426,6 +433,7 @@ loop:
 		case <-msgs.Ready():
 			batch := msgs.Take(spare)
 			spare = batch
+			lastMsg = time.Now()
 			for _, m := range batch {
 				c.m.consumed.Inc()
 				if err := c.checkGap(ctx, m); err != nil {
@@ -458,8 +466,11 @@ loop:
 			// uncommitted, they are read again after a restart.
 			runErr = fmt.Errorf("fetch from %s: %w", c.cfg.Topic, err)
 			break loop
-		case <-tick.C:
-			full = cur.msgs > 0 && time.Since(cur.started) >= c.cfg.FlushInterval
+		case now := <-tick.C:
+			full = cur.msgs > 0 && now.Sub(cur.started) >= c.cfg.FlushInterval
+			if !full && cur.msgs > 0 && c.idle(now, lastMsg, lastIdle) {
+				full, lastIdle = true, now
+			}
 		case <-ctx.Done():
 			break loop
 		case err := <-partsChanged:
@@ -507,6 +518,21 @@ loop:
 		c.log.Info("stopped cleanly: every message read is written and committed")
 	}
 	return runErr
+}
+
+// idleFlushSpacing is the least time between two idle flushes: ClickHouse
+// wants about one insert per second per table, so trickling traffic (quiet
+// for FlushIdle between events) costs at most one insert per second more
+// than the FlushInterval flushes.
+const idleFlushSpacing = time.Second
+
+// idle reports whether a partial batch should be flushed at now because
+// the input went quiet: no message for FlushIdle, and no idle flush within
+// idleFlushSpacing. Continuous traffic reaches the loop every few
+// milliseconds from the partitions' concurrent fetchers and never idles
+// that long, so it is flushed by size and FlushInterval only.
+func (c *Consumer) idle(now, lastMsg, lastIdle time.Time) bool {
+	return c.cfg.FlushIdle > 0 && now.Sub(lastMsg) >= c.cfg.FlushIdle && now.Sub(lastIdle) >= idleFlushSpacing
 }
 
 // write stores one batch and commits it. It only returns early when ctx is

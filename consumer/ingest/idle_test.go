@@ -1,0 +1,72 @@
+package ingest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestIdleInputFlushesEarly: with flush_interval 30 s, a burst that ends
+// is in ClickHouse flush_idle after its last event, not 30 s later.
+func TestIdleInputFlushesEarly(t *testing.T) {
+	e := newEnv(t, "")
+	e.cfg.FlushInterval = 30 * time.Second
+	e.cfg.FlushIdle = 100 * time.Millisecond
+	r := e.start()
+	p := e.publisher()
+	events, _ := mixed(10, time.Now().Add(-time.Hour))
+	// The first burst also waits for the group join.
+	if err := p.Publish(context.Background(), events[:5]...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(5, 25*time.Second)
+	time.Sleep(idleFlushSpacing) // the next idle flush is allowed from here
+	start := time.Now()
+	if err := p.Publish(context.Background(), events[5:]...); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(10, 2*time.Second)
+	t.Logf("second burst written %s after its publish", time.Since(start).Round(time.Millisecond))
+	if err := r.shutdown(t); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	assertCommittedToEnd(t, e)
+}
+
+// TestIdleFlushAddsNoInsertsUnderContinuousTraffic: events arriving every
+// few milliseconds for 3 s are flushed by flush_interval (1 s), about one
+// insert a second, as without flush_idle.
+func TestIdleFlushAddsNoInsertsUnderContinuousTraffic(t *testing.T) {
+	e := newEnv(t, "")
+	e.cfg.FlushInterval = time.Second
+	e.cfg.FlushIdle = 100 * time.Millisecond
+	r := e.start()
+	p := e.publisher()
+	events, want := mixed(3000, time.Now().Add(-time.Hour))
+	// Wait for the join with the first event, so that the traffic below
+	// meets a consumer that is already reading.
+	if err := p.Publish(context.Background(), events[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(1, 25*time.Second)
+	before := testutil.ToFloat64(r.c.m.batches)
+	start := time.Now()
+	for i := 1; i < len(events); i += 10 { // ~1,000 events/s for 3 s
+		if err := p.Publish(context.Background(), events[i:min(i+10, len(events))]...); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Until(start.Add(time.Duration(i) * time.Millisecond)))
+	}
+	took := time.Since(start)
+	e.waitDedup(uint64(len(events)), 10*time.Second)
+	assertSums(t, e.sums(), want)
+	inserts := testutil.ToFloat64(r.c.m.batches) - before
+	// One per flush_interval while events flow, one idle flush at the end,
+	// one for a batch cut at the boundary.
+	if limit := took.Seconds() + 2; inserts > limit {
+		t.Fatalf("%v inserts for %s of continuous traffic, want at most %.1f", inserts, took.Round(time.Millisecond), limit)
+	}
+	t.Logf("%v inserts for %s of continuous traffic", inserts, took.Round(time.Millisecond))
+}
