@@ -51,6 +51,11 @@ type wireEvent struct {
 	// the entry limits (checkRest reports it in its turn): the scanner sees
 	// every entry anyway, so Decode does not walk the map again.
 	metaErr *ValidationError
+	// flat is DecodeView's mode: metadata goes to entries, in document
+	// order, not to a map, and the quantity to fixed, not to a decimal.
+	flat    bool
+	entries []MetadataEntry
+	fixed   Fixed9
 }
 
 // wireQuantity is the quantity value as found in the JSON.
@@ -85,29 +90,38 @@ type decoder struct {
 // scanEvent parses data into a wireEvent. Its errors are malformed_json,
 // unknown_field:<key> and invalid_type:<field>.
 func scanEvent(data []byte) (wireEvent, error) {
-	d := decoder{s: string(data)}
 	w := wireEvent{UsageEvent: UsageEvent{SchemaVersion: CurrentSchemaVersion}}
+	if err := scanInto(data, &w); err != nil {
+		return wireEvent{}, err
+	}
+	return w, nil
+}
+
+// scanInto is scanEvent into w, which holds the defaults (and, in flat
+// mode, the entries slice to reuse).
+func scanInto(data []byte, w *wireEvent) error {
+	d := decoder{s: string(data)}
 	d.skipSpace()
 	switch d.peek() {
 	case '{':
-		d.event(&w)
+		d.event(w)
 	case 'n':
 		// encoding/json decodes a top-level null into nothing at all; the
 		// empty event then fails validation.
 		d.literal("null")
 	default:
-		return wireEvent{}, invalid(CodeMalformedJSON, "", "the event must be a JSON object")
+		return invalid(CodeMalformedJSON, "", "the event must be a JSON object")
 	}
 	switch {
 	case d.syntax:
-		return wireEvent{}, d.syntaxError()
+		return d.syntaxError()
 	case d.first != nil:
-		return wireEvent{}, d.first
+		return d.first
 	}
 	if d.skipSpace(); d.i < len(d.s) {
-		return wireEvent{}, invalid(CodeMalformedJSON, "", "trailing data after the JSON object at offset %d", d.i)
+		return invalid(CodeMalformedJSON, "", "trailing data after the JSON object at offset %d", d.i)
 	}
-	return w, nil
+	return nil
 }
 
 // event reads the top-level object. seen has one bit per known field, so
@@ -177,7 +191,11 @@ func (d *decoder) field(w *wireEvent, key string) {
 	case "timestamp":
 		d.stringField(&w.timestamp, key)
 	case "metadata":
-		d.metadata(&w.Metadata, &w.metaErr)
+		if w.flat {
+			d.flatMetadata(w)
+		} else {
+			d.metadata(&w.Metadata, &w.metaErr)
+		}
 	case "billing_period":
 		w.periodSet = d.stringField(&w.BillingPeriod, key)
 	case "schema_version":
@@ -291,6 +309,65 @@ func (d *decoder) metadata(dst *map[string]string, bad **ValidationError) {
 	default:
 		d.wrongType("metadata", 2)
 	}
+}
+
+// flatMetadata is metadata for DecodeView: the entries go to w.entries in
+// document order, with the same verdicts (duplicates, null, types, limits).
+// Duplicates are found by a linear scan while an object is small (the
+// usual case: no map) and by a set beyond 16 entries, so that a hostile
+// object of thousands of entries stays linear.
+func (d *decoder) flatMetadata(w *wireEvent) {
+	w.entries, w.metaErr = w.entries[:0], nil
+	switch d.peek() {
+	case 'n':
+		d.literal("null")
+	case '{':
+		var set map[string]struct{}
+		for more := d.open('}'); more; more = d.next('}') {
+			key := d.key()
+			if hasKey(w.entries, &set, key) {
+				d.duplicate("metadata", "metadata."+key)
+				d.skipValue(3)
+				continue
+			}
+			switch d.peek() {
+			case '"':
+				val := d.str()
+				w.entries = append(w.entries, MetadataEntry{Key: key, Value: val})
+				if set != nil {
+					set[key] = struct{}{}
+				}
+				if w.metaErr == nil && !d.syntax {
+					w.metaErr = checkMetadataEntry(key, val, true)
+				}
+			default:
+				d.wrongType("metadata", 3)
+			}
+		}
+	default:
+		d.wrongType("metadata", 2)
+	}
+}
+
+// hasKey reports whether entries has key. Past 16 entries it builds *set
+// once; the caller adds later keys to it.
+func hasKey(entries []MetadataEntry, set *map[string]struct{}, key string) bool {
+	if *set == nil {
+		if len(entries) < 16 {
+			for i := range entries {
+				if entries[i].Key == key {
+					return true
+				}
+			}
+			return false
+		}
+		*set = make(map[string]struct{}, 2*len(entries))
+		for i := range entries {
+			(*set)[entries[i].Key] = struct{}{}
+		}
+	}
+	_, ok := (*set)[key]
+	return ok
 }
 
 // wrongType records a type error for field and skips the value, which sits

@@ -19,6 +19,17 @@
 // because JSON parsers in other languages turn numbers into floats) or a
 // JSON number (1.25), which is read from its text, not through a float.
 //
+// Readers that handle millions of events use Validator.DecodeView instead
+// of Decode: the same verdict for every input (the same *ValidationError,
+// checked by TestDecodeViewMatchesDecode over the shared vectors and the
+// differential corpus, and by FuzzDecodeViewMatchesDecode), decoded into a
+// caller-owned EventView that is refilled per event: the quantity as
+// Fixed9 (exact units of 10^-9 in 128 bits, convertible to and from
+// decimal.Decimal and written as ClickHouse Decimal128 by
+// AppendDecimal128), the metadata as a flat list in document order, and
+// one allocation per event (the message's string copy). EventView.UsageEvent
+// gives the public type back where one is needed.
+//
 // The other contracts follow the same pattern (JSON Schema, decoder with the
 // same error tags, shared vectors): QuotaState on usage.quota-state
 // (quota_state.go) and UsageAlert on usage.alerts (usage_alert.go), whose

@@ -79,44 +79,59 @@ func NewValidator(opts ...Option) *Validator {
 // event is normalised: Timestamp in UTC, BillingPeriod and SchemaVersion
 // filled. Any failure is a *ValidationError.
 func (v *Validator) Decode(data []byte) (UsageEvent, error) {
-	if len(data) > v.maxBytes {
-		return UsageEvent{}, invalid(CodePayloadTooLarge, "", "event is %d bytes, the limit is %d", len(data), v.maxBytes)
-	}
-	w, err := scanEvent(data)
-	if err != nil {
+	w := wireEvent{UsageEvent: UsageEvent{SchemaVersion: CurrentSchemaVersion}}
+	if err := v.decodeWire(data, &w); err != nil {
 		return UsageEvent{}, err
+	}
+	return w.UsageEvent, nil
+}
+
+// decodeWire is Decode and DecodeView: it scans data into w and validates
+// it, leaving the normalised event in w (the quantity in w.Quantity, or in
+// w.fixed in flat mode).
+func (v *Validator) decodeWire(data []byte, w *wireEvent) error {
+	if len(data) > v.maxBytes {
+		return invalid(CodePayloadTooLarge, "", "event is %d bytes, the limit is %d", len(data), v.maxBytes)
+	}
+	if err := scanInto(data, w); err != nil {
+		return err
 	}
 
-	e := w.UsageEvent
+	e := &w.UsageEvent
 	// Field order here is the order in which errors are reported.
-	if err := checkIdentity(&e); err != nil {
-		return UsageEvent{}, err
+	if err := checkIdentity(e); err != nil {
+		return err
 	}
 	if w.userIDSet && e.UserID == "" {
 		// "" would count as a user of its own in unique_count meters.
-		return UsageEvent{}, invalid(CodeInvalidField, "user_id", `user_id "" is not a user: omit it (or send null) when there is none`)
+		return invalid(CodeInvalidField, "user_id", `user_id "" is not a user: omit it (or send null) when there is none`)
 	}
-	q, err := parseQuantity(w.quantity)
-	if err != nil {
-		return UsageEvent{}, err
+	if w.flat {
+		q, err := parseQuantityFixed(w.quantity)
+		if err != nil {
+			return err
+		}
+		w.fixed = q
+	} else {
+		q, err := parseQuantity(w.quantity)
+		if err != nil {
+			return err
+		}
+		e.Quantity = q
 	}
-	e.Quantity = q
 	if w.timestamp == "" {
-		return UsageEvent{}, invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
+		return invalid(CodeMissingField, "timestamp", "timestamp is required (RFC 3339)")
 	}
 	ts, derived, ok := eventTime(w.timestamp)
 	if !ok {
-		return UsageEvent{}, invalid(CodeInvalidTimestamp, "timestamp",
+		return invalid(CodeInvalidTimestamp, "timestamp",
 			"%q is not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, at most 9 fractional digits, Z or ±HH:MM)", w.timestamp)
 	}
 	e.Timestamp = ts
 	if w.periodSet && e.BillingPeriod == "" {
-		return UsageEvent{}, invalid(CodeInvalidBillingPeriod, "billing_period", `billing_period "" is not YYYY-MM (omit it to derive it from timestamp)`)
+		return invalid(CodeInvalidBillingPeriod, "billing_period", `billing_period "" is not YYYY-MM (omit it to derive it from timestamp)`)
 	}
-	if err := v.checkRest(&e, derived, &w); err != nil {
-		return UsageEvent{}, err
-	}
-	return e, nil
+	return v.checkRest(e, derived, w)
 }
 
 // Validate checks an event built in Go and normalises it like Decode. ID
@@ -186,8 +201,12 @@ func (v *Validator) checkRest(e *UsageEvent, derived string, scanned *wireEvent)
 		// with the aggregates.
 		return invalid(CodeInvalidBillingPeriod, "billing_period", "billing_period %s is not the UTC month of timestamp (%s)", e.BillingPeriod, derived)
 	}
-	if len(e.Metadata) > MaxMetadataEntries {
-		return invalid(CodeInvalidField, "metadata", "metadata has %d entries, the limit is %d", len(e.Metadata), MaxMetadataEntries)
+	entries := len(e.Metadata)
+	if scanned != nil && scanned.flat {
+		entries = len(scanned.entries)
+	}
+	if entries > MaxMetadataEntries {
+		return invalid(CodeInvalidField, "metadata", "metadata has %d entries, the limit is %d", entries, MaxMetadataEntries)
 	}
 	if scanned != nil {
 		if scanned.metaErr != nil {

@@ -59,6 +59,26 @@ func NewIntake(opts ...IntakeOption) *Intake {
 // reports, which is the publisher's clock even on a LogAppendTime topic
 // (kafka-go v0.4.51 ignores the LogAppendTime flag): use DecodeRecord.
 func (in *Intake) Decode(m kafka.Message, partitions int) (schemas.UsageEvent, error) {
+	in.setRecordRef(m)
+	e, err := in.v.Decode(m.Value)
+	if err != nil {
+		return e, err
+	}
+	return e, schemas.CheckRouting(m.Key, e.TenantID, m.Partition, partitions)
+}
+
+// DecodeView is Decode into dst (schemas.Validator.DecodeView): the same
+// verdicts, without a metadata map or a big.Int per event.
+func (in *Intake) DecodeView(m kafka.Message, partitions int, dst *schemas.EventView) error {
+	in.setRecordRef(m)
+	if err := in.v.DecodeView(m.Value, dst); err != nil {
+		return err
+	}
+	return schemas.CheckRouting(m.Key, dst.TenantID, m.Partition, partitions)
+}
+
+// setRecordRef makes the validator's clock m's timestamp, for Decode.
+func (in *Intake) setRecordRef(m kafka.Message) {
 	in.ref = m.Time
 	if m.Time.Unix() <= 0 {
 		// A record without a timestamp (Kafka's -1): a reference far
@@ -66,11 +86,6 @@ func (in *Intake) Decode(m kafka.Message, partitions int) (schemas.UsageEvent, e
 		// timestamp, the same for every reader.
 		in.ref = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
 	}
-	e, err := in.v.Decode(m.Value)
-	if err != nil {
-		return e, err
-	}
-	return e, schemas.CheckRouting(m.Key, e.TenantID, m.Partition, partitions)
 }
 
 // lastReference is the validator's clock while DecodeRecord decodes: every
@@ -108,21 +123,43 @@ func (in *Intake) DecodeRecord(ctx context.Context, m kafka.Message, partitions 
 	if err != nil {
 		return e, err
 	}
+	return e, in.judge(ctx, m, partitions, e.TenantID, e.Timestamp)
+}
+
+// DecodeRecordView is DecodeRecord into dst (schemas.Validator.DecodeView):
+// the same verdicts by the same broker-clock rule, without a metadata map
+// or a big.Int per event. On a routing or future-rule error dst holds the
+// decoded event (a misrouted event's tenant names its partition); on a
+// contract error it is cleared.
+func (in *Intake) DecodeRecordView(ctx context.Context, m kafka.Message, partitions int, dst *schemas.EventView) error {
+	if in.clock == nil {
+		return in.DecodeView(m, partitions, dst)
+	}
+	in.ref = lastReference()
+	if err := in.v.DecodeView(m.Value, dst); err != nil {
+		return err
+	}
+	return in.judge(ctx, m, partitions, dst.TenantID, dst.Timestamp)
+}
+
+// judge applies the broker-clock future rule, then routing, to a record
+// that passed the contract.
+func (in *Intake) judge(ctx context.Context, m kafka.Message, partitions int, tenant string, ts time.Time) error {
 	// A misrouted record is judged too, before its routing error: its
 	// re-routed copy is appended later, so judging only the copy would
 	// loosen the rule by the consumer's lag. A copy of an original that
 	// passed passes as well (later append, same timestamp).
-	routing := schemas.CheckRouting(m.Key, e.TenantID, m.Partition, partitions)
+	routing := schemas.CheckRouting(m.Key, tenant, m.Partition, partitions)
 	skew := schemas.DefaultMaxFutureSkew
-	ok, err := in.clock.appendedSince(ctx, m.Partition, m.Offset, e.Timestamp.Add(-skew), e.Timestamp.Add(-skew/2))
+	ok, err := in.clock.appendedSince(ctx, m.Partition, m.Offset, ts.Add(-skew), ts.Add(-skew/2))
 	if err != nil {
-		return e, err
+		return err
 	}
 	if !ok {
-		return e, &schemas.ValidationError{Code: schemas.CodeTimestampTooFarInFuture, Field: "timestamp",
-			Reason: fmt.Sprintf("%s is more than %s ahead of the time the broker appended the record", e.Timestamp.Format(time.RFC3339Nano), skew)}
+		return &schemas.ValidationError{Code: schemas.CodeTimestampTooFarInFuture, Field: "timestamp",
+			Reason: fmt.Sprintf("%s is more than %s ahead of the time the broker appended the record", ts.Format(time.RFC3339Nano), skew)}
 	}
-	return e, routing
+	return routing
 }
 
 // Lookups returns how many ListOffsets requests DecodeRecord has made.
