@@ -23,6 +23,16 @@ type Config struct {
 	// FlushInterval is how often aggregate rows and the checkpoint are
 	// written to ClickHouse.
 	FlushInterval time.Duration `mapstructure:"flush_interval"`
+	// FlushIdle: when no message has arrived for this long, what was
+	// applied is flushed at once instead of at the next FlushInterval, so
+	// the tables and the checkpoint do not lag the end of a burst by up to
+	// an interval. Continuous traffic never goes idle, so it still flushes
+	// once per interval. 0 turns it off.
+	FlushIdle time.Duration `mapstructure:"flush_idle"`
+	// FlushMinSpacing bounds idle flushes: none starts sooner than this
+	// after the previous flush, so traffic that pauses just past FlushIdle
+	// again and again costs at most one flush per FlushMinSpacing.
+	FlushMinSpacing time.Duration `mapstructure:"flush_min_spacing"`
 	// QuotaCoalesce: a quota-state key is published at most this often.
 	QuotaCoalesce   time.Duration `mapstructure:"quota_coalesce"`
 	AllowedLateness time.Duration `mapstructure:"allowed_lateness"`
@@ -55,6 +65,8 @@ func DefaultConfig() Config {
 		AssignmentTopic: "usage.plan-assignments",
 		PositionTopic:   "usage.quota-positions",
 		FlushInterval:   time.Second,
+		FlushIdle:       100 * time.Millisecond,
+		FlushMinSpacing: 250 * time.Millisecond,
 		QuotaCoalesce:   100 * time.Millisecond,
 		AllowedLateness: 10 * time.Minute,
 		DedupHorizon:    200_000,
@@ -83,6 +95,12 @@ func (c Config) Validate() error {
 	}
 	if c.FlushInterval <= 0 {
 		bad("flush_interval", "must be > 0")
+	}
+	if c.FlushIdle < 0 {
+		bad("flush_idle", "must not be negative (0 turns it off)")
+	}
+	if c.FlushMinSpacing < 0 {
+		bad("flush_min_spacing", "must not be negative")
 	}
 	if c.QuotaCoalesce < 0 {
 		bad("quota_coalesce", "must not be negative")
