@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -184,8 +185,8 @@ func TestDedupIsBounded(t *testing.T) {
 			t.Fatalf("%s not new", k)
 		}
 	}
-	if len(d.seen)+len(d.extra) != 3 || !d.add(h.sum("t", "a"), 3) || d.add(h.sum("t", "d"), 3) {
-		t.Fatalf("horizon not enforced: %v", d.seen)
+	if d.len() != 3 || !d.add(h.sum("t", "a"), 3) || d.add(h.sum("t", "d"), 3) {
+		t.Fatalf("horizon not enforced: %d keys", d.len())
 	}
 }
 
@@ -302,5 +303,35 @@ func TestUniqueCountIgnoresEventsWithoutSubject(t *testing.T) {
 	q, ok := s.QuotaOf(QuotaKey{"acme", meter, "2026-11"})
 	if !ok || !q.Usage.Equal(decimal.NewFromInt(1)) {
 		t.Fatalf("active users = %v (%v), want 1", q.Usage, ok)
+	}
+}
+
+// The open-addressing set answers as a plain map with the same horizon
+// would, on keys crowded into few slots (long clusters that wrap around
+// the table, deletions inside them, growth, and the zero key).
+func TestDedupMatchesAMap(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, capacity := range []int{1, 3, 7, 50, 300} {
+		d := newDedup(capacity)
+		var ring []idHash
+		inSet := map[idHash]bool{}
+		for i := range 20_000 {
+			k := idHash{r.Uint64N(64) << (r.Uint64N(2) * 40), r.Uint64N(4)}
+			want := !inSet[k]
+			if want {
+				if len(ring) == capacity {
+					delete(inSet, ring[0])
+					ring = ring[1:]
+				}
+				ring = append(ring, k)
+				inSet[k] = true
+			}
+			if got := d.add(k, capacity); got != want {
+				t.Fatalf("capacity %d, step %d, key %v: new = %v, want %v", capacity, i, k, got, want)
+			}
+			if d.len() != len(inSet) {
+				t.Fatalf("capacity %d, step %d: %d keys, want %d", capacity, i, d.len(), len(inSet))
+			}
+		}
 	}
 }
