@@ -1,9 +1,7 @@
 package producer
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
 	"github.com/shopspring/decimal"
@@ -37,6 +34,7 @@ type Publisher struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	stats     counters
+	ids       idClock
 	// msgs recycles the []kafka.Message of Publish calls: kafka-go copies
 	// each Message into its batch before WriteMessages returns, so the
 	// slice is free again once the call succeeded (on error it may be
@@ -264,37 +262,6 @@ func (p *Publisher) getMsgs(n int) []kafka.Message {
 func (p *Publisher) putMsgs(msgs []kafka.Message) {
 	clear(msgs)
 	p.msgs.Put(&msgs)
-}
-
-// fillIDs gives every event without an ID a UUIDv7, as schemas.NewID does,
-// with the random bits of the whole call read from crypto/rand at once
-// rather than once per event.
-func (p *Publisher) fillIDs(events []schemas.UsageEvent) error {
-	missing := 0
-	for i := range events {
-		if events[i].ID == "" {
-			missing++
-		}
-	}
-	if missing == 0 {
-		return nil
-	}
-	random := make([]byte, 16*missing)
-	if _, err := rand.Read(random); err != nil {
-		return fmt.Errorf("event ids: %w", err)
-	}
-	r := bytes.NewReader(random)
-	for i := range events {
-		if events[i].ID != "" {
-			continue
-		}
-		id, err := uuid.NewV7FromReader(r)
-		if err != nil {
-			return fmt.Errorf("event ids: %w", err)
-		}
-		events[i].ID = id.String()
-	}
-	return nil
 }
 
 // queued reports whether the events of a WriteMessages call that returned err
