@@ -63,11 +63,12 @@ const firstWriteWins = uint64(1) << 63
 
 // EventBatch accumulates accepted events column by column, the layout the
 // native protocol sends. Metadata is kept flat (all keys, all values, and
-// where each row's entries end), so an event adds no slices of its own.
+// where each row's entries end), so an event adds no slices of its own, and
+// quantities are schemas.Fixed9 (no big.Int per event) until the insert.
 // Reset keeps the capacity for the next batch.
 type EventBatch struct {
 	ids, tenants, users, meters, periods []string
-	quantities                           []decimal.Decimal
+	quantities                           []schemas.Fixed9
 	times, ingested                      []time.Time
 	nanos                                []uint32
 	keys, values                         []string // every row's metadata, in row order
@@ -76,24 +77,52 @@ type EventBatch struct {
 	partitions                           []int32
 	offsets                              []int64
 	dedup                                []uint64
+
+	// decimals is the quantity column as clickhouse-go takes it, rebuilt
+	// per insert; decs caches the decimals of recent values.
+	decimals []decimal.Decimal
+	decs     decimalCache
 }
 
-// Append adds one event read from the given Kafka position.
-func (b *EventBatch) Append(e *schemas.UsageEvent, partition int32, offset int64) {
-	b.ids = append(b.ids, e.ID)
-	b.tenants = append(b.tenants, e.TenantID)
-	b.users = append(b.users, e.UserID)
-	b.meters = append(b.meters, e.FeatureType)
-	b.periods = append(b.periods, e.BillingPeriod)
-	b.quantities = append(b.quantities, e.Quantity)
-	b.times = append(b.times, e.Timestamp.Truncate(time.Second))
-	b.nanos = append(b.nanos, uint32(e.Timestamp.Nanosecond()))
+// AppendView adds one event decoded by schemas.Validator.DecodeView, read
+// from the given Kafka position; metadata is stored in document order.
+func (b *EventBatch) AppendView(e *schemas.EventView, partition int32, offset int64) {
+	for _, m := range e.Metadata {
+		b.keys = append(b.keys, m.Key)
+		b.values = append(b.values, m.Value)
+	}
+	b.appendRow(e.ID, e.TenantID, e.UserID, e.FeatureType, e.BillingPeriod, e.Quantity, e.Timestamp, e.SchemaVersion, partition, offset)
+}
+
+// Append adds one valid event read from the given Kafka position. It fails
+// only for a quantity Decimal(38, 9) cannot hold exactly (negative, more
+// than 9 decimals, 29 integer digits), which no valid event has.
+func (b *EventBatch) Append(e *schemas.UsageEvent, partition int32, offset int64) error {
+	q, ok := schemas.Fixed9FromDecimal(e.Quantity)
+	if !ok {
+		return fmt.Errorf("event %s: quantity %s does not fit Decimal(38, 9)", e.ID, e.Quantity)
+	}
 	for k, v := range e.Metadata {
 		b.keys = append(b.keys, k)
 		b.values = append(b.values, v)
 	}
+	b.appendRow(e.ID, e.TenantID, e.UserID, e.FeatureType, e.BillingPeriod, q, e.Timestamp, e.SchemaVersion, partition, offset)
+	return nil
+}
+
+// appendRow adds a row's columns; its metadata entries are already in
+// keys and values.
+func (b *EventBatch) appendRow(id, tenant, user, meter, period string, q schemas.Fixed9, ts time.Time, version int, partition int32, offset int64) {
+	b.ids = append(b.ids, id)
+	b.tenants = append(b.tenants, tenant)
+	b.users = append(b.users, user)
+	b.meters = append(b.meters, meter)
+	b.periods = append(b.periods, period)
+	b.quantities = append(b.quantities, q)
+	b.times = append(b.times, ts.Truncate(time.Second))
+	b.nanos = append(b.nanos, uint32(ts.Nanosecond()))
 	b.ends = append(b.ends, len(b.keys))
-	b.versions = append(b.versions, uint8(e.SchemaVersion))
+	b.versions = append(b.versions, uint8(version))
 	b.partitions = append(b.partitions, partition)
 	b.offsets = append(b.offsets, offset)
 	b.dedup = append(b.dedup, firstWriteWins-uint64(offset))
@@ -104,13 +133,35 @@ func (b *EventBatch) Len() int { return len(b.ids) }
 
 // Reset empties the batch, keeping its memory.
 func (b *EventBatch) Reset() {
-	clear(b.quantities) // drop the big.Int references
+	clear(b.decimals) // drop the big.Int references
 	*b = EventBatch{
 		ids: b.ids[:0], tenants: b.tenants[:0], users: b.users[:0], meters: b.meters[:0], periods: b.periods[:0],
 		quantities: b.quantities[:0], times: b.times[:0], ingested: b.ingested[:0], nanos: b.nanos[:0],
 		keys: b.keys[:0], values: b.values[:0], ends: b.ends[:0],
 		versions: b.versions[:0], partitions: b.partitions[:0], offsets: b.offsets[:0], dedup: b.dedup[:0],
+		decimals: b.decimals[:0], decs: b.decs,
 	}
+}
+
+// decimalCache maps recent quantities to their decimal.Decimal, direct
+// mapped: metering traffic repeats a few values (1, a token count), and
+// each decimal costs a big.Int. A decimal is never modified once built
+// (clickhouse-go copies the coefficient), so rows may share one.
+type decimalCache struct {
+	keys [256]schemas.Fixed9
+	vals [256]decimal.Decimal
+}
+
+// decimal returns q as a decimal with exponent -9: clickhouse-go's
+// Decimal(38, 9) column then needs no rescaling multiplication.
+func (c *decimalCache) decimal(q schemas.Fixed9) decimal.Decimal {
+	i := (q.Lo ^ q.Hi) * 0x9e3779b97f4a7c15 >> 56
+	if c.keys[i] == q && c.vals[i].Exponent() == -schemas.QuantityScale {
+		return c.vals[i]
+	}
+	d := q.Decimal()
+	c.keys[i], c.vals[i] = q, d
+	return d
 }
 
 // appendTo appends the batch to the columns of an insertEvents batch, with
@@ -120,7 +171,11 @@ func (b *EventBatch) appendTo(cols []column.Interface, now time.Time) error {
 	for range b.Len() {
 		b.ingested = append(b.ingested, now)
 	}
-	whole := []any{b.ids, b.tenants, b.users, b.meters, b.quantities, b.times, b.nanos, b.periods,
+	b.decimals = b.decimals[:0]
+	for _, q := range b.quantities {
+		b.decimals = append(b.decimals, b.decs.decimal(q))
+	}
+	whole := []any{b.ids, b.tenants, b.users, b.meters, b.decimals, b.times, b.nanos, b.periods,
 		nil, nil, b.versions, b.ingested, b.partitions, b.offsets, b.dedup}
 	for i, col := range whole {
 		if col == nil {

@@ -103,6 +103,10 @@ type Consumer struct {
 	// jumps; only Run's loop uses it.
 	gaps *svckit.OffsetGaps
 
+	// view is the event add decodes into, reused (only Run's loop uses it):
+	// no metadata map and no big.Int per event.
+	view schemas.EventView
+
 	// publishers are the values of the reroute metric's publisher label
 	// seen so far, capped at maxPublisherLabels; only Run's loop uses it.
 	publishers map[string]bool
@@ -257,10 +261,11 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 // the future-rule lookup (the message is then not in the batch, and is read
 // again after a restart).
 func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
-	e, err := c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
+	e := &c.view
+	err := c.intake.DecodeRecordView(ctx, m, int(c.partitions.Load()), e)
 	if errors.Is(err, svckit.ErrBrokerTime) { // no verdict: ask again (rare, so no retry closure per record)
 		if rerr := c.retry(ctx, "learn the broker time of a record", c.m.fetchErrors, func(ctx context.Context) error {
-			e, err = c.intake.DecodeRecord(ctx, m, int(c.partitions.Load()))
+			err = c.intake.DecodeRecordView(ctx, m, int(c.partitions.Load()), e)
 			if errors.Is(err, svckit.ErrBrokerTime) {
 				return err
 			}
@@ -288,7 +293,7 @@ func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
 		b.invalid = append(b.invalid, c.dlqMessage(m, err))
 		return nil
 	}
-	b.rows.Append(&e, int32(m.Partition), m.Offset)
+	b.rows.AppendView(e, int32(m.Partition), m.Offset)
 	return nil
 }
 

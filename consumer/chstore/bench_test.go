@@ -1,0 +1,81 @@
+package chstore
+
+import (
+	"context"
+	"testing"
+
+	"github.com/shopspring/decimal"
+	"go.uber.org/zap"
+
+	"github.com/usagemeter/usagemeter/schemas"
+	"github.com/usagemeter/usagemeter/svckit/chconn"
+	"github.com/usagemeter/usagemeter/testenv"
+)
+
+// BenchmarkQuantityColumn measures the Decimal(38, 9) column of one insert
+// per op (benchRows rows; quantities as usage-bench makes them: 1-7 and a
+// thousandth-precision token count), fed as before (the decimals Decode
+// built, exponent 0 or -3, which clickhouse-go rescales) and as now
+// (Fixed9 -> a cached decimal with exponent -9).
+func BenchmarkQuantityColumn(b *testing.B) {
+	const benchRows = 50_000
+	cfg := chconn.DefaultConfig()
+	cfg.Addr = []string{testenv.ClickHouseAddr(b)}
+	cfg.Database = testenv.Name("t")
+	ctx := context.Background()
+	s, err := Open(ctx, cfg, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.conn.Exec(ctx, "DROP DATABASE "+cfg.Database); _ = s.Close() })
+	if err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = batch.Abort() }()
+	col := batch.Columns()[4]
+	unscaled := func(i int) (int64, int32) {
+		if i%4 == 3 { // tokens
+			return int64(i % 100_000), -3
+		}
+		return int64(i%7 + 1), 0
+	}
+	b.Run("decoded-decimals", func(b *testing.B) {
+		decs := make([]decimal.Decimal, benchRows)
+		b.ReportAllocs()
+		for b.Loop() {
+			col.Reset()
+			for i := range decs {
+				v, e := unscaled(i)
+				decs[i] = decimal.New(v, e) // what Decode built per event
+			}
+			if _, err := col.Append(decs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRows), "ns/row")
+	})
+	b.Run("fixed9-cached", func(b *testing.B) {
+		var eb EventBatch
+		qs := make([]schemas.Fixed9, benchRows)
+		for i := range qs {
+			v, e := unscaled(i)
+			qs[i], _ = schemas.Fixed9FromDecimal(decimal.New(v, e))
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			col.Reset()
+			eb.decimals = eb.decimals[:0]
+			for _, q := range qs {
+				eb.decimals = append(eb.decimals, eb.decs.decimal(q))
+			}
+			if _, err := col.Append(eb.decimals); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRows), "ns/row")
+	})
+}
