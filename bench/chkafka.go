@@ -96,10 +96,10 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 	if err != nil {
 		return err
 	}
+	evs := w.next(o.events, o.tenants, tenantFmt, "") // before the meter, as in runPipeline
 	m := startMeter([]watched{{"clickhouse-server", chPid, "private to this run; consumes with its Kafka engine"},
 		{"kafka broker", brokerPid, o.brokerNote()},
 		{"publisher (SDK, this process)", 0, "also polls ClickHouse"}})
-	evs := w.next(o.events, o.tenants, tenantFmt, "")
 	start := time.Now()
 	if err := pub.publish(ctx, evs); err != nil {
 		return err

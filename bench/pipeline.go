@@ -163,10 +163,12 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	if err != nil {
 		return err
 	}
+	// The events are made before the meter starts: making them (fmt, big.Int
+	// sums) is the harness's work, not the SDK's.
+	evs := w.next(o.events, o.tenants, tenantFmt, "")
 	m := startMeter([]watched{{"usage-consumer", cons.cmd.Process.Pid, ""}, {"usage-aggregator", agg.cmd.Process.Pid, ""},
 		{"clickhouse-server", chPid, "private to this run"}, {"kafka broker", brokerPid, o.brokerNote()},
 		{"publisher (SDK, this process)", 0, "also polls ClickHouse and the broker"}})
-	evs := w.next(o.events, o.tenants, tenantFmt, "")
 	var perfs []*proc
 	if o.perfDir != "" {
 		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
