@@ -51,6 +51,9 @@ type Service struct {
 	partitionsEvery time.Duration
 
 	written []state.Checkpoint // the last checkpoint written
+	// view is the apply loop's decoded event, refilled per message
+	// (schemas.EventView: no metadata map or big.Int per event).
+	view schemas.EventView
 	// statesPublished: the last publishStates left nothing due unpublished.
 	statesPublished bool
 
@@ -590,7 +593,8 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 	p, o := int32(m.Partition), m.Offset
 	// The consumer's rule, so every event is in the raw table and the
 	// aggregates, or in neither (the consumer puts it in the DLQ).
-	e, err := s.intake.DecodeRecord(ctx, m.Message, s.partitions)
+	e := &s.view
+	err := s.intake.DecodeRecordView(ctx, m.Message, s.partitions, e)
 	if errors.Is(err, svckit.ErrBrokerTime) {
 		return nil, err // no verdict yet: rejoin and read the record again
 	}
@@ -600,10 +604,10 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 		return nil, nil
 	}
 	if m.replay {
-		st.Remember(&e, p)
+		st.Remember(e, p)
 		return nil, nil
 	}
-	out, err := st.Apply(&e, p, o)
+	out, err := st.ApplyView(e, p, o)
 	if err != nil {
 		return nil, err
 	}

@@ -121,9 +121,31 @@ func (s *State) part(p int32) *part {
 	return pt
 }
 
-// Apply folds one event read at (partition, offset) into every row it
-// belongs to.
+// ApplyView folds one event read at (partition, offset) into every row it
+// belongs to. It is the service's path: the quantity is already exact
+// Fixed9 and the metadata a flat list (schemas.Validator.DecodeView), so
+// nothing is allocated or looked up in a map per event for sum meters.
+func (s *State) ApplyView(e *schemas.EventView, partition int32, offset int64) (Outcome, error) {
+	return s.apply(e, nil, true, partition, offset)
+}
+
+// Apply is ApplyView for a decoded UsageEvent (reconcile, tests). A
+// quantity that is no Decimal(38, 9) amount >= 0 (the contract refuses
+// those upstream) overflows a sum meter, as ever; max and latest meters
+// keep the decimal as it is.
 func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Outcome, error) {
+	qf, ok := schemas.Fixed9FromDecimal(e.Quantity)
+	v := schemas.EventView{ID: e.ID, TenantID: e.TenantID, UserID: e.UserID, FeatureType: e.FeatureType, Quantity: qf,
+		Timestamp: e.Timestamp, BillingPeriod: e.BillingPeriod, SchemaVersion: e.SchemaVersion}
+	for k, val := range e.Metadata {
+		v.Metadata = append(v.Metadata, schemas.MetadataEntry{Key: k, Value: val})
+	}
+	return s.apply(&v, &e.Quantity, ok, partition, offset)
+}
+
+// apply is ApplyView; dq, when not nil, is the quantity as a decimal (for
+// max and latest meters), and fixedOK says whether e.Quantity holds it.
+func (s *State) apply(e *schemas.EventView, dq *decimal.Decimal, fixedOK bool, partition int32, offset int64) (Outcome, error) {
 	pt := s.part(partition)
 	pt.processed, pt.hasProcessed = offset, true
 	meter, known := s.cfg.Plans.MeterFor(e.FeatureType)
@@ -195,12 +217,18 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 		}
 		rows[g] = r
 	}
-	var qf fixed
-	if meter.Aggregation == plans.Sum {
-		var over bool
-		if qf, over = s.overflows(rows[Period], e.Quantity, partition, offset); over {
-			return Overflow, nil
-		}
+	qf := e.Quantity
+	if meter.Aggregation == plans.Sum && s.overflows(rows[Period], qf, fixedOK, partition, offset) {
+		return Overflow, nil
+	}
+	// The gauges keep a decimal value; the other aggregations never read q.
+	var q decimal.Decimal
+	switch {
+	case meter.Aggregation != plans.Max && meter.Aggregation != plans.Latest:
+	case dq != nil:
+		q = *dq
+	default:
+		q = qf.Decimal()
 	}
 	outcome := Replayed
 	for _, g := range Grains {
@@ -213,7 +241,7 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 			r.queued = true
 			s.dirtyRows = append(s.dirtyRows, r)
 		}
-		r.apply(e.Quantity, qf, tsNs, partition, offset)
+		r.apply(q, qf, tsNs, partition, offset)
 		if g == Period {
 			s.fold(r, oldAcc, oldEvents)
 		}
@@ -222,37 +250,42 @@ func (s *State) Apply(e *schemas.UsageEvent, partition int32, offset int64) (Out
 	return outcome, nil
 }
 
-// overflows converts q to fixed units and reports whether adding it to the
-// period row (the largest of an event's rows) or to its quota total would
-// pass MaxValue; a quantity that is no Decimal(38, 9) amount >= 0 (the
-// contract refuses those upstream) overflows too. A replayed event that
-// the row already reflects never overflows: it was checked the first time,
-// in the same order.
-func (s *State) overflows(period *Row, q decimal.Decimal, partition int32, offset int64) (fixed, bool) {
+// overflows reports whether adding qf to the period row (the largest of
+// an event's rows) or to its quota total would pass MaxValue, or the
+// quantity was no Decimal(38, 9) amount >= 0 (!fixedOK; the contract
+// refuses those upstream). A replayed event that the row already reflects
+// never overflows: it was checked the first time, in the same order.
+//
+// Sums fold in schemas.Fixed9, 128-bit units of 10^-9: MaxValue is
+// 10^38 - 1 units, below 2^127, so adding one amount that fits to a total
+// that fits never wraps, and comparing the would-be sum with MaxValue
+// before any row changes catches every overflow (Add also reports a carry
+// out of 128 bits).
+func (s *State) overflows(period *Row, qf schemas.Fixed9, fixedOK bool, partition int32, offset int64) bool {
 	if period.Offset >= offset && period.Partition == partition {
-		return fixed{}, false
+		return false
 	}
-	qf, ok := fixedOf(q)
-	if !ok {
-		return qf, true
+	if !fixedOK {
+		return true
 	}
-	if sum, ok := period.acc.add(qf); !ok || maxFixed.less(sum) {
-		return qf, true
+	maxFixed := schemas.MaxFixed9()
+	if sum, ok := period.acc.Add(qf); !ok || sum.Cmp(maxFixed) > 0 {
+		return true
 	}
 	total := period.quota
 	if total == nil {
 		var ok bool
 		if total, ok = s.quotas[QuotaKey{period.Tenant, period.Meter, period.PeriodID}]; !ok {
-			return qf, false
+			return false
 		}
 	}
-	sum, ok := total.acc.add(qf)
-	return qf, !ok || maxFixed.less(sum)
+	sum, ok := total.acc.Add(qf)
+	return !ok || sum.Cmp(maxFixed) > 0
 }
 
 // Remember records an event that is already reflected in storage (read
 // again before the checkpoint to warm the dedup set) without applying it.
-func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
+func (s *State) Remember(e *schemas.EventView, partition int32) {
 	pt := s.part(partition)
 	s.remember(pt, e)
 	if e.Timestamp.After(pt.watermark) {
@@ -268,16 +301,17 @@ func (s *State) Remember(e *schemas.UsageEvent, partition int32) {
 // watermark never runs more than that ahead of the broker's clock,
 // whatever a publisher's clock says.
 
-func (s *State) remember(pt *part, e *schemas.UsageEvent) bool {
+func (s *State) remember(pt *part, e *schemas.EventView) bool {
 	if pt.dedup == nil {
 		pt.dedup = newDedup(s.cfg.DedupHorizon)
 	}
 	return pt.dedup.add(s.ids.sum(e.TenantID, e.ID), s.cfg.DedupHorizon)
 }
 
-func subjectOf(m plans.Meter, e *schemas.UsageEvent) string {
+func subjectOf(m plans.Meter, e *schemas.EventView) string {
 	if key, ok := strings.CutPrefix(m.UniqueBy, "metadata."); ok {
-		return e.Metadata[key]
+		v, _ := e.Meta(key)
+		return v
 	}
 	return e.UserID
 }
@@ -322,13 +356,13 @@ func (s *State) Load(r *Row) {
 	r.quota = nil                                    // fold finds the total
 	if accumulates(r.Aggregation) {
 		var ok bool
-		r.acc, ok = fixedOf(r.Value)
+		r.acc, ok = schemas.Fixed9FromDecimal(r.Value)
 		r.badValue = !ok
 	}
 	s.rows[r.Key] = r
 	s.evictDirty = true // its end may be the earliest: scan at the next Evict
 	if r.Grain == Period {
-		s.fold(r, fixed{}, 0)
+		s.fold(r, schemas.Fixed9{}, 0)
 		s.quotas[QuotaKey{r.Tenant, r.Meter, r.PeriodID}].dirty = false
 	}
 }

@@ -44,3 +44,32 @@ func BenchmarkApply(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkApplyView is BenchmarkApply on the service's path: events as
+// schemas.Validator.DecodeView gives them (Fixed9 quantity, flat metadata).
+//
+//	go test -run '^$' -bench ApplyView -benchmem ./aggregator/state/
+func BenchmarkApplyView(b *testing.B) {
+	s := New(Config{Plans: seedPlans(b), AllowedLateness: 1 << 62, DedupHorizon: 200_000}, t0, nil)
+	v := schemas.NewValidator()
+	evs := benchEvents(b.N + 1000)
+	views := make([]schemas.EventView, len(evs))
+	for i := range evs {
+		if err := v.DecodeView(evs[i].AppendJSON(nil), &views[i]); err != nil {
+			b.Fatal(err)
+		}
+		views[i].Metadata = nil // each view its own (DecodeView reuses the slice)
+	}
+	for i := range views[:1000] { // the rows exist
+		if _, err := s.ApplyView(&views[i], 0, int64(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if out, err := s.ApplyView(&views[1000+i], 0, int64(1000+i)); err != nil || out != Applied {
+			b.Fatalf("event %d: %s, %v", i, out, err)
+		}
+	}
+}

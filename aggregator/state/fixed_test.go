@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+
+	"github.com/usagemeter/usagemeter/schemas"
 )
 
 func TestFixedBounds(t *testing.T) {
-	if got := maxFixed.decimal(); !got.Equal(decimal.RequireFromString(MaxValue)) {
+	if got := schemas.MaxFixed9().Decimal(); !got.Equal(decimal.RequireFromString(MaxValue)) {
 		t.Fatalf("maxFixed = %s, want MaxValue %s", got, MaxValue)
 	}
 	for _, c := range []struct {
@@ -29,19 +31,19 @@ func TestFixedBounds(t *testing.T) {
 		{"18446744073.709551616", true, "18446744073.709551616"}, // 2^64 units: the carry into hi
 		{"0", true, "0"},
 	} {
-		f, ok := fixedOf(decimal.RequireFromString(c.in))
+		f, ok := schemas.Fixed9FromDecimal(decimal.RequireFromString(c.in))
 		if ok != c.ok {
-			t.Errorf("fixedOf(%s): ok %v, want %v", c.in, ok, c.ok)
+			t.Errorf("Fixed9FromDecimal(%s): ok %v, want %v", c.in, ok, c.ok)
 			continue
 		}
-		if ok && !f.decimal().Equal(decimal.RequireFromString(c.want)) {
-			t.Errorf("fixedOf(%s) = %s, want %s", c.in, f.decimal(), c.want)
+		if ok && !f.Decimal().Equal(decimal.RequireFromString(c.want)) {
+			t.Errorf("Fixed9FromDecimal(%s) = %s, want %s", c.in, f.Decimal(), c.want)
 		}
 	}
-	if _, ok := maxFixed.add(maxFixed); !ok {
+	if _, ok := schemas.MaxFixed9().Add(schemas.MaxFixed9()); !ok {
 		t.Error("MaxValue + MaxValue must not carry out of 128 bits")
 	}
-	if _, ok := (fixed{hi: 1 << 63}).add(fixed{hi: 1 << 63}); ok {
+	if _, ok := (schemas.Fixed9{Hi: 1 << 63}).Add(schemas.Fixed9{Hi: 1 << 63}); ok {
 		t.Error("a carry out of 128 bits must be reported")
 	}
 }
@@ -52,27 +54,27 @@ func TestFixedBounds(t *testing.T) {
 func TestFixedSumsEqualDecimalSums(t *testing.T) {
 	r := rand.New(rand.NewPCG(19, 1))
 	for round := range 200 {
-		var f fixed
+		var f schemas.Fixed9
 		d := decimal.Zero
 		for range 500 {
 			q := decimal.New(r.Int64N(1_000_000_000_000_000_000), -int32(r.IntN(10)))
 			if round%3 == 0 {
 				q = q.Shift(int32(r.IntN(10))) // wide coefficients now and then
 			}
-			qf, ok := fixedOf(q)
+			qf, ok := schemas.Fixed9FromDecimal(q)
 			if !ok {
-				t.Fatalf("fixedOf(%s) refused", q)
+				t.Fatalf("Fixed9FromDecimal(%s) refused", q)
 			}
 			var carry bool
-			if f, carry = f.add(qf); !carry {
+			if f, carry = f.Add(qf); !carry {
 				t.Fatal("carry")
 			}
 			d = d.Add(q)
 		}
-		if !f.decimal().Equal(d) {
-			t.Fatalf("round %d: fixed %s, decimal %s", round, f.decimal(), d)
+		if !f.Decimal().Equal(d) {
+			t.Fatalf("round %d: fixed %s, decimal %s", round, f.Decimal(), d)
 		}
-		if back, _ := fixedOf(d); back != f {
+		if back, _ := schemas.Fixed9FromDecimal(d); back != f {
 			t.Fatalf("round %d: %s does not round-trip", round, d)
 		}
 	}
@@ -123,7 +125,7 @@ func TestSeriesCacheFollowsLoad(t *testing.T) {
 	}
 	loaded := *period
 	loaded.Value, loaded.Events, loaded.Offset = decimal.NewFromInt(100), 5, 10
-	loaded.acc, loaded.stale = fixed{}, false
+	loaded.acc, loaded.stale = schemas.Fixed9{}, false
 	s.Load(&loaded)
 	if out, err := s.Apply(ev("acme", "tokens", "u", "2", t0.Add(time.Second), "e2"), 0, 11); err != nil || out != Applied {
 		t.Fatalf("%s, %v", out, err)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -31,21 +32,21 @@ type Quota struct {
 	published time.Time
 	// acc is Usage in fixed units for sum, count and unique_count totals;
 	// Usage is brought up to date (sync) when the quota is handed out.
-	acc   fixed
+	acc   schemas.Fixed9
 	stale bool
 }
 
 // sync brings Usage up to date with acc.
 func (q *Quota) sync() {
 	if q.stale {
-		q.Usage, q.stale = q.acc.decimal(), false
+		q.Usage, q.stale = q.acc.Decimal(), false
 	}
 }
 
 // fold updates the quota total from a period row that changed from
 // (oldAcc, oldEvents) to its current value (oldAcc: its fixed value before,
 // for sum and count rows).
-func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
+func (s *State) fold(r *Row, oldAcc schemas.Fixed9, oldEvents uint64) {
 	q := r.quota
 	if q == nil {
 		k := QuotaKey{r.Tenant, r.Meter, r.PeriodID}
@@ -60,7 +61,8 @@ func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
 	switch r.Aggregation {
 	case plans.Sum, plans.Count:
 		// The row only grows, and overflows checked the quota's sum.
-		q.acc, _ = q.acc.add(r.acc.sub(oldAcc))
+		d, _ := r.acc.Sub(oldAcc)
+		q.acc, _ = q.acc.Add(d)
 		q.stale = true
 	case plans.Max:
 		if q.Events == 0 || r.Value.GreaterThan(q.Usage) {
@@ -72,7 +74,7 @@ func (s *State) fold(r *Row, oldAcc fixed, oldEvents uint64) {
 		}
 	case plans.UniqueCount:
 		if oldEvents == 0 && r.Events > 0 {
-			q.acc, _ = q.acc.add(fixedOne)
+			q.acc, _ = q.acc.Add(fixedOne)
 			q.stale = true
 		}
 	}
@@ -128,7 +130,7 @@ func (s *State) Requeue(qs []Quota) {
 			s.touch(cur)
 		} else if q.Final {
 			if q.Aggregation != plans.Max && q.Aggregation != plans.Latest {
-				q.acc, _ = fixedOf(q.Usage) // a copy handed out holds the same total
+				q.acc, _ = schemas.Fixed9FromDecimal(q.Usage) // a copy handed out holds the same total
 			}
 			cp := q
 			cp.queued = false

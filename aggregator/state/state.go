@@ -18,6 +18,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"github.com/usagemeter/usagemeter/schemas"
 	"github.com/usagemeter/usagemeter/schemas/plans"
 )
 
@@ -103,7 +104,7 @@ type Row struct {
 	// acc is the value of a sum or count row in fixed units; Value is
 	// brought up to date from it (sync) when the row is handed out, so the
 	// fold itself never allocates.
-	acc fixed
+	acc schemas.Fixed9
 	// quota is the period row's quota total once fold found it (nil for
 	// other grains), sparing the look-up per event. A total leaves
 	// State.quotas only once final, when its rows were evicted; Load
@@ -117,21 +118,25 @@ func accumulates(a plans.Aggregation) bool { return a == plans.Sum || a == plans
 // sync brings Value up to date with acc.
 func (r *Row) sync() {
 	if r.stale {
-		r.Value, r.stale = r.acc.decimal(), false
+		r.Value, r.stale = r.acc.Decimal(), false
 	}
 }
 
 var one = decimal.NewFromInt(1)
 
-// apply folds one event into the row; qf is q in fixed units (sum meters).
-// A sum's overflow was checked before (State.overflows).
-func (r *Row) apply(q decimal.Decimal, qf fixed, tsNs int64, partition int32, offset int64) {
+// fixedOne is 1 in Fixed9 units (10^9 of 10^-9).
+var fixedOne = schemas.Fixed9Units(1_000_000_000)
+
+// apply folds one event into the row; qf is its quantity in Fixed9 units
+// (sum meters), q the same as a decimal (max and latest meters only). A
+// sum's overflow was checked before (State.overflows).
+func (r *Row) apply(q decimal.Decimal, qf schemas.Fixed9, tsNs int64, partition int32, offset int64) {
 	switch r.Aggregation {
 	case plans.Sum:
-		r.acc, _ = r.acc.add(qf)
+		r.acc, _ = r.acc.Add(qf)
 		r.stale = true
 	case plans.Count:
-		r.acc, _ = r.acc.add(fixedOne)
+		r.acc, _ = r.acc.Add(fixedOne)
 		r.stale = true
 	case plans.Max:
 		if r.Events == 0 || q.GreaterThan(r.Value) {
