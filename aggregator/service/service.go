@@ -562,19 +562,30 @@ func (s *Service) readFrom(ctx context.Context, partition int, offset, ckpt int6
 	f := svckit.PartitionFetch{Brokers: s.cfg.Brokers, Topic: s.cfg.Topic, Partition: partition,
 		MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond, RetryMin: s.cfg.RetryMin}
 	next := offset // after the last message taken: where a gap starts
+	var chunk []message
 	return f.Run(ctx, offset, func(ms []kafka.Message) (int, error) {
-		for i, m := range ms {
+		// A chunk goes to the apply loop at once (one lock and one wake-up,
+		// not one per message).
+		chunk = chunk[:0]
+		for _, m := range ms {
 			deleted, err := gaps.Observe(ctx, partition, m.Offset)
 			if err == nil && deleted > 0 {
 				err = s.retentionGapWhileReading(partition, next, deleted, ckpt)
 			}
-			if err == nil {
-				err = msgs.Put(ctx, message{Message: m, replay: m.Offset <= ckpt})
-			}
 			if err != nil {
-				return i, err // the reader is re-created after the last message taken
+				// The reader is re-created after the last message taken.
+				if perr := msgs.PutAll(ctx, chunk); perr != nil {
+					return 0, perr // ctx ended: the generation is over
+				}
+				return len(chunk), err
 			}
+			chunk = append(chunk, message{Message: m, replay: m.Offset <= ckpt})
 			next = m.Offset + 1
+		}
+		err := msgs.PutAll(ctx, chunk)
+		clear(chunk) // the apply loop's now
+		if err != nil {
+			return 0, err // ctx ended: the generation is over
 		}
 		return len(ms), nil
 	})
