@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Decode runs once per consumed message, so it does not use encoding/json:
@@ -56,6 +57,8 @@ type wireEvent struct {
 	flat    bool
 	entries []MetadataEntry
 	fixed   Fixed9
+	// alias reads data in place instead of a string copy (WithAliasedInput).
+	alias bool
 }
 
 // wireQuantity is the quantity value as found in the JSON.
@@ -100,7 +103,12 @@ func scanEvent(data []byte) (wireEvent, error) {
 // scanInto is scanEvent into w, which holds the defaults (and, in flat
 // mode, the entries slice to reuse).
 func scanInto(data []byte, w *wireEvent) error {
-	d := decoder{s: string(data)}
+	d := decoder{}
+	if w.alias {
+		d.s = unsafe.String(unsafe.SliceData(data), len(data))
+	} else {
+		d.s = string(data)
+	}
 	d.skipSpace()
 	switch d.peek() {
 	case '{':

@@ -51,6 +51,7 @@ type Validator struct {
 	maxBytes int
 	maxSkew  time.Duration
 	now      func() time.Time
+	alias    bool // DecodeView reads data in place (WithAliasedInput)
 }
 
 // Option configures a Validator.
@@ -62,6 +63,13 @@ func WithMaxEventBytes(n int) Option { return func(v *Validator) { v.maxBytes = 
 // WithMaxFutureSkew sets how far in the future (relative to now) an event
 // time may be, to tolerate clock skew between producers and the pipeline.
 func WithMaxFutureSkew(d time.Duration) Option { return func(v *Validator) { v.maxSkew = d } }
+
+// WithAliasedInput makes DecodeView's strings substrings of data itself
+// instead of a copy of it: no allocation per event. The caller promises
+// never to modify data while any of those strings is in use (a Kafka
+// client's message value that nothing writes to again is such data).
+// Decode always copies.
+func WithAliasedInput() Option { return func(v *Validator) { v.alias = true } }
 
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(v *Validator) { v.now = now } }

@@ -59,9 +59,9 @@ func (v *EventView) UsageEvent() UsageEvent {
 // list in document order appended to dst.Metadata[:0]. On error dst is
 // cleared (keeping Metadata's backing array). One string copy of data is
 // the only allocation for the usual event (more only for escaped strings
-// or over 16 metadata entries).
+// or over 16 metadata entries); none with WithAliasedInput.
 func (v *Validator) DecodeView(data []byte, dst *EventView) error {
-	w := wireEvent{UsageEvent: UsageEvent{SchemaVersion: CurrentSchemaVersion}, flat: true, entries: dst.Metadata[:0]}
+	w := wireEvent{UsageEvent: UsageEvent{SchemaVersion: CurrentSchemaVersion}, flat: true, entries: dst.Metadata[:0], alias: v.alias}
 	if err := v.decodeWire(data, &w); err != nil {
 		*dst = EventView{Metadata: w.entries[:0]}
 		return err

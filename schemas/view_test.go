@@ -7,6 +7,7 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +121,7 @@ func viewCorpus(tb testing.TB) [][]byte {
 
 func TestDecodeViewMatchesDecode(t *testing.T) {
 	v := NewValidator(WithClock(func() time.Time { return fuzzNow }))
+	aliased := NewValidator(WithClock(func() time.Time { return fuzzNow }), WithAliasedInput())
 	var view EventView // reused across every input, as a service does
 	n, valid := 0, 0
 	for _, data := range viewCorpus(t) {
@@ -127,6 +129,10 @@ func TestDecodeViewMatchesDecode(t *testing.T) {
 		gerr := v.DecodeView(data, &view)
 		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
 			t.Fatalf("%s\ninput: %q", msg, data)
+		}
+		gerr = aliased.DecodeView(slices.Clone(data), &view)
+		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
+			t.Fatalf("aliased: %s\ninput: %q", msg, data)
 		}
 		n++
 		if werr == nil {
@@ -142,11 +148,16 @@ func FuzzDecodeViewMatchesDecode(f *testing.F) {
 	}
 	v := NewValidator(WithClock(func() time.Time { return fuzzNow }))
 	var view EventView
+	aliased := NewValidator(WithClock(func() time.Time { return fuzzNow }), WithAliasedInput())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		want, werr := v.Decode(data)
 		gerr := v.DecodeView(data, &view)
 		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
 			t.Fatalf("%s\ninput: %q", msg, data)
+		}
+		gerr = aliased.DecodeView(slices.Clone(data), &view)
+		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
+			t.Fatalf("aliased: %s\ninput: %q", msg, data)
 		}
 	})
 }
@@ -196,6 +207,10 @@ func TestDecodeViewAllocatesOnlyTheCopy(t *testing.T) {
 	}
 	if view.Quantity != Fixed9Units(1_250_000_000) {
 		t.Fatalf("quantity %v", view.Quantity)
+	}
+	aliased := NewValidator(WithAliasedInput())
+	if n := testing.AllocsPerRun(100, func() { _ = aliased.DecodeView(raw, &view) }); n != 0 {
+		t.Fatalf("aliased: %v allocations per event, want 0", n)
 	}
 }
 
@@ -275,8 +290,12 @@ func TestFixed9Arithmetic(t *testing.T) {
 }
 
 func BenchmarkDecodeView(b *testing.B) {
+	b.Run("copy", func(b *testing.B) { benchmarkDecodeView(b, NewValidator()) })
+	b.Run("aliased", func(b *testing.B) { benchmarkDecodeView(b, NewValidator(WithAliasedInput())) })
+}
+
+func benchmarkDecodeView(b *testing.B, v *Validator) {
 	raw := []byte(`{"id":"018f3a5e-7c1d-7b3e-9a2f-0c4b5d6e7f80","tenant_id":"acme","user_id":"user-42","feature_type":"api_calls","quantity":"1","timestamp":"2026-11-20T10:00:00.123456789Z","metadata":{"endpoint":"/v1/items","method":"GET"}}`)
-	v := NewValidator()
 	var view EventView
 	b.ReportAllocs()
 	b.SetBytes(int64(len(raw)))

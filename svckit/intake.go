@@ -29,6 +29,7 @@ type Intake struct {
 	v     *schemas.Validator
 	ref   time.Time    // the time the validator's clock returns
 	clock *brokerClock // nil: judge by the record's own timestamp
+	alias bool         // DecodeView/DecodeRecordView read m.Value in place
 }
 
 // IntakeOption configures an Intake.
@@ -43,13 +44,24 @@ func WithBrokerClock(brokers []string, topic string) IntakeOption {
 	return func(in *Intake) { in.clock = newBrokerClock(brokers, topic) }
 }
 
+// WithAliasedValues makes DecodeView and DecodeRecordView decode m.Value in
+// place (schemas.WithAliasedInput): the view's strings are substrings of
+// m.Value, with no copy per record. The caller promises never to modify a
+// message's Value afterwards; kafka-go gives every message a Value of its
+// own and never writes to it again.
+func WithAliasedValues() IntakeOption { return func(in *Intake) { in.alias = true } }
+
 // NewIntake returns an Intake.
 func NewIntake(opts ...IntakeOption) *Intake {
 	in := &Intake{}
-	in.v = schemas.NewValidator(schemas.WithClock(func() time.Time { return in.ref }))
 	for _, o := range opts {
 		o(in)
 	}
+	vopts := []schemas.Option{schemas.WithClock(func() time.Time { return in.ref })}
+	if in.alias {
+		vopts = append(vopts, schemas.WithAliasedInput())
+	}
+	in.v = schemas.NewValidator(vopts...)
 	return in
 }
 

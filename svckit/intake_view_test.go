@@ -39,7 +39,7 @@ func vectorMessages(t *testing.T) []kafka.Message {
 // every vector, routed right or wrong, at several record times; a valid or
 // misrouted event has the same tenant.
 func TestIntakeDecodeViewAgreesWithDecode(t *testing.T) {
-	plain, view := NewIntake(), NewIntake()
+	plain, view := NewIntake(), NewIntake(WithAliasedValues())
 	var dst schemas.EventView
 	ts := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
 	for _, m := range vectorMessages(t) {
@@ -83,7 +83,7 @@ func TestDecodeRecordViewAgreesWithDecodeRecord(t *testing.T) {
 	}
 	rd := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: 0, MaxWait: 100 * time.Millisecond})
 	defer rd.Close()
-	plain, view := NewIntake(WithBrokerClock([]string{broker}, topic)), NewIntake(WithBrokerClock([]string{broker}, topic))
+	plain, view := NewIntake(WithBrokerClock([]string{broker}, topic)), NewIntake(WithBrokerClock([]string{broker}, topic), WithAliasedValues())
 	var dst schemas.EventView
 	refused := 0
 	for range msgs {

@@ -119,7 +119,7 @@ func (b *EventBatch) appendRow(id, tenant, user, meter, period string, q schemas
 	b.meters = append(b.meters, meter)
 	b.periods = append(b.periods, period)
 	b.quantities = append(b.quantities, q)
-	b.times = append(b.times, ts.Truncate(time.Second))
+	b.times = append(b.times, ts) // DateTime keeps the whole seconds (Unix()); the rest goes to event_time_ns
 	b.nanos = append(b.nanos, uint32(ts.Nanosecond()))
 	b.ends = append(b.ends, len(b.keys))
 	b.versions = append(b.versions, uint8(version))

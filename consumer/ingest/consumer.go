@@ -154,7 +154,7 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 		cfg:             cfg,
 		log:             log,
 		store:           store,
-		intake:          svckit.NewIntake(),
+		intake:          svckit.NewIntake(svckit.WithAliasedValues()), // nothing writes to a message's Value
 		publishers:      map[string]bool{},
 		partitionsEvery: 10 * time.Second,
 	}
@@ -232,8 +232,10 @@ func New(cfg Config, store Store, log *zap.Logger, opts ...Option) (*Consumer, e
 type batch struct {
 	rows    chstore.EventBatch
 	invalid []kafka.Message
-	reroute []kafka.Message       // copies of misrouted events, for Topic
-	last    map[int]kafka.Message // the last message read per partition
+	reroute []kafka.Message // copies of misrouted events, for Topic
+	// next[p] is the offset after the last message read from partition p,
+	// 0 when none was (a slice, not a map: add sets it for every message).
+	next    []int64
 	msgs    int
 	started time.Time
 
@@ -249,10 +251,10 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 	case b := <-free:
 		b.rows.Reset()
 		b.invalid, b.reroute, b.rerouteSrc, b.msgs = b.invalid[:0], b.reroute[:0], b.rerouteSrc[:0], 0
-		clear(b.last)
+		clear(b.next)
 		return b
 	default:
-		return &batch{last: make(map[int]kafka.Message)}
+		return &batch{}
 	}
 }
 
@@ -278,7 +280,10 @@ func (c *Consumer) add(ctx context.Context, b *batch, m kafka.Message) error {
 		b.started = time.Now()
 	}
 	b.msgs++
-	b.last[m.Partition] = m
+	if m.Partition >= len(b.next) {
+		b.next = append(b.next, make([]int64, m.Partition+1-len(b.next))...)
+	}
+	b.next[m.Partition] = m.Offset + 1
 	if reason, ok := svckit.Misrouted(err); ok {
 		// A valid event on the wrong partition or under the wrong key:
 		// its copy goes where the rule says, and is written to the raw
@@ -369,7 +374,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return err
 		}
 		if tt == "LogAppendTime" {
-			c.intake = svckit.NewIntake(svckit.WithBrokerClock(c.cfg.Brokers, c.cfg.Topic))
+			c.intake = svckit.NewIntake(svckit.WithBrokerClock(c.cfg.Brokers, c.cfg.Topic), svckit.WithAliasedValues())
 			c.clocked.Store(c.intake)
 		} else {
 			c.log.Warn("the events topic keeps the publishers' timestamps (message.timestamp.type "+tt+"): "+
@@ -439,8 +444,8 @@ loop:
 			batch := msgs.Take(spare)
 			spare = batch
 			lastMsg = time.Now()
+			c.m.consumed.Add(float64(len(batch)))
 			for _, m := range batch {
-				c.m.consumed.Inc()
 				if err := c.checkGap(ctx, m); err != nil {
 					if ctx.Err() == nil { // a shutdown mid-check is no error: m is read again later
 						runErr = err
@@ -577,9 +582,11 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 	// as kafka.Reader does). A commit is not retried: the data is durable,
 	// and a lost commit only means these messages are read and
 	// deduplicated again.
-	offsets := make(map[int]int64, len(b.last))
-	for p, m := range b.last {
-		offsets[p] = m.Offset + 1
+	offsets := make(map[int]int64, len(b.next))
+	for p, next := range b.next {
+		if next > 0 {
+			offsets[p] = next
+		}
 	}
 	var err error
 	if gen := c.gen.Load(); gen == nil {
@@ -591,8 +598,8 @@ func (c *Consumer) write(ctx context.Context, b *batch) error {
 		c.m.commitErrors.Inc()
 		c.log.Warn("commit offsets failed; the batch will be re-read and deduplicated", zap.Error(err))
 	} else {
-		for p, m := range b.last {
-			c.m.committed.WithLabelValues(strconv.Itoa(p)).Set(float64(m.Offset))
+		for p, next := range offsets {
+			c.m.committed.WithLabelValues(strconv.Itoa(p)).Set(float64(next - 1))
 		}
 	}
 	c.m.batches.Inc()
