@@ -59,3 +59,12 @@ func (t *topicMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.
 	}
 	return res, nil
 }
+
+// partitions is the partition count of the last good answer about topic,
+// however old, or 0: Publish lays out its events by it.
+func (t *topicMetadata) partitions(topic string) int {
+	if a := t.last.Load(); a != nil && a.topic == topic {
+		return len(a.res.Topics[0].Partitions)
+	}
+	return 0
+}

@@ -26,6 +26,7 @@ var ErrClosed = errors.New("producer: publisher is closed")
 // Publisher publishes usage events to Kafka. It is safe for concurrent use.
 type Publisher struct {
 	w         *kafka.Writer
+	meta      *topicMetadata // the writer's Transport
 	validator *schemas.Validator
 	async     bool
 	onError   func(error, []schemas.UsageEvent)
@@ -81,6 +82,7 @@ func New(brokers []string, opts ...Option) (*Publisher, error) {
 		return nil, errors.New("producer: topic must not be empty")
 	}
 	p := &Publisher{
+		meta:      &topicMetadata{},
 		validator: schemas.NewValidator(cfg.validatorOpts...),
 		async:     cfg.async,
 		onError:   cfg.onError,
@@ -100,7 +102,7 @@ func New(brokers []string, opts ...Option) (*Publisher, error) {
 		Async:                  cfg.async,
 		AllowAutoTopicCreation: false,
 		Completion:             p.complete,
-		Transport:              &topicMetadata{},
+		Transport:              p.meta,
 	}
 	return p, nil
 }
@@ -189,7 +191,27 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 	// page-faulted afresh each time). The writer may keep the bytes after
 	// Publish returns (async mode, or a cancelled context), so a slab is
 	// never reused.
-	var slab []byte
+	//
+	// Each partition the writer will choose gets slabs of its own, so that
+	// the records of one produce request lie together in memory: kafka-go
+	// copies each record into its lz4 block, and records picked from all
+	// over the call's slabs made that copy wait on cache misses (a quarter
+	// of the SDK's CPU). The partition is the routing rule's (Murmur2 of
+	// the tenant, as the writer's balancer) over the last partition count
+	// the writer saw; a stale count only costs locality.
+	parts := p.meta.partitions(p.w.Topic)
+	if parts > maxLayoutPartitions {
+		parts = 0
+	}
+	var left [maxLayoutPartitions]int // events still to encode, per partition
+	if parts > 1 {
+		for i := range events {
+			left[schemas.PartitionFor(events[i].TenantID, parts)]++
+		}
+	} else {
+		left[0] = len(events)
+	}
+	var slabs [maxLayoutPartitions][]byte
 	// One encoder per call: the validator's checks and AppendEvent's bytes,
 	// in one pass over the usual event, the clock read once.
 	enc := p.validator.BatchEncoder()
@@ -198,9 +220,15 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		if e.Timestamp.IsZero() {
 			e.Timestamp = now
 		}
-		if cap(slab)-len(slab) < maxEventGuess {
-			slab = make([]byte, 0, min(slabBytes, maxEventGuess*(len(events)-i)))
+		k := 0
+		if parts > 1 {
+			k = schemas.PartitionFor(e.TenantID, parts)
 		}
+		slab := slabs[k]
+		if cap(slab)-len(slab) < maxEventGuess {
+			slab = make([]byte, 0, min(slabBytes, maxEventGuess*left[k]))
+		}
+		left[k]--
 		start := len(slab)
 		var err error
 		if slab, err = enc.Append(slab, e); err != nil {
@@ -214,6 +242,7 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 		slab = append(slab, e.TenantID...)
 		msgs[i].Value = slab[start:end:end]
 		msgs[i].Key = slab[end:len(slab):len(slab)]
+		slabs[k] = slab
 	}
 	if p.async && p.onError != nil {
 		// One copy of the call's events for the error callback; a pointer
@@ -247,6 +276,9 @@ const (
 	// maxEventGuess is the room a slab keeps for the next event (a typical
 	// event is ~280 bytes; a larger one makes append grow the slab).
 	maxEventGuess = 512
+	// maxLayoutPartitions bounds the partitions that get slabs of their
+	// own in a call; a topic with more shares one run of slabs.
+	maxLayoutPartitions = 64
 )
 
 // getMsgs returns a zeroed []kafka.Message of length n.
