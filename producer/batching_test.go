@@ -56,7 +56,7 @@ func TestFillIDs(t *testing.T) {
 	defer p.Close()
 	events := make([]schemas.UsageEvent, 5000)
 	events[17].ID = "kept"
-	if err := p.fillIDs(events); err != nil {
+	if err := p.fillIDs(events, time.Now().UnixNano()); err != nil {
 		t.Fatal(err)
 	}
 	later, err := uuid.Parse(schemas.NewID())

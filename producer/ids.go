@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync/atomic"
-	"time"
 
 	"github.com/usagemeter/usagemeter/schemas"
 )
@@ -18,8 +17,8 @@ type idClock struct {
 	last atomic.Int64 // ms<<12 | fraction of the last call
 }
 
-func (c *idClock) next() int64 {
-	nano := time.Now().UnixNano()
+// next returns the time part for a call made at nano (Unix ns).
+func (c *idClock) next(nano int64) int64 {
 	t := nano/1e6<<12 | (nano%1e6)>>8
 	for {
 		old := c.last.Load()
@@ -43,7 +42,7 @@ const idsPerString = 32
 // calls elsewhere (another publisher or process) with the same 256 ns time
 // part collide only if their random ranges overlap, under 2n/2^61 for n
 // ids, against about n^2/2^62 for n random ids.
-func (p *Publisher) fillIDs(events []schemas.UsageEvent) error {
+func (p *Publisher) fillIDs(events []schemas.UsageEvent, nano int64) error {
 	missing := 0
 	for i := range events {
 		if events[i].ID == "" {
@@ -59,7 +58,7 @@ func (p *Publisher) fillIDs(events []schemas.UsageEvent) error {
 	}
 	// Below 2^61, so start + missing stays within 62 bits.
 	r := binary.BigEndian.Uint64(seed[:]) >> 3
-	t := p.ids.next()
+	t := p.ids.next(nano)
 	var head [16]byte
 	binary.BigEndian.PutUint64(head[:8], uint64(t>>12)<<16|0x7000|uint64(t&0xfff))
 	var buf [idsPerString * 36]byte

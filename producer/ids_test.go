@@ -33,7 +33,7 @@ func TestFillIDsAcrossCalls(t *testing.T) {
 					events[0].ID, events[len(events)/2].ID = "kept-0", "kept-1"
 				}
 				before := time.Now().UnixMilli()
-				if err := p.fillIDs(events); err != nil {
+				if err := p.fillIDs(events, time.Now().UnixNano()); err != nil {
 					t.Error(err)
 					return
 				}
@@ -74,7 +74,7 @@ func BenchmarkFillIDs(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		clear(events)
-		if err := p.fillIDs(events); err != nil {
+		if err := p.fillIDs(events, time.Now().UnixNano()); err != nil {
 			b.Fatal(err)
 		}
 	}

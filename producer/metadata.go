@@ -24,6 +24,12 @@ const metadataTTL = 500 * time.Millisecond
 type topicMetadata struct {
 	next kafka.RoundTripper // nil: kafka.DefaultTransport at the time of the request, as a Writer without a Transport
 	last atomic.Pointer[metadataAnswer]
+	// asOf is the start of the latest Publish call (Unix ns), taken as
+	// now by the look-ups: the writer makes them in WriteMessages, once
+	// per message, and a clock read each was 4 % of the SDK's CPU. An
+	// answer may so serve up to one call's partitioning past metadataTTL.
+	// 0: read the clock.
+	asOf atomic.Int64
 }
 
 func (t *topicMetadata) transport() kafka.RoundTripper {
@@ -37,7 +43,7 @@ type metadataAnswer struct {
 	topic string
 	auto  bool
 	res   *meta.Response
-	until time.Time
+	until int64 // Unix ns
 }
 
 func (t *topicMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.Request) (kafka.Response, error) {
@@ -45,8 +51,11 @@ func (t *topicMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.
 	if !ok || len(m.TopicNames) != 1 {
 		return t.transport().RoundTrip(ctx, addr, req)
 	}
-	now := time.Now()
-	if a := t.last.Load(); a != nil && a.topic == m.TopicNames[0] && a.auto == m.AllowAutoTopicCreation && now.Before(a.until) {
+	now := t.asOf.Load()
+	if now == 0 {
+		now = time.Now().UnixNano()
+	}
+	if a := t.last.Load(); a != nil && a.topic == m.TopicNames[0] && a.auto == m.AllowAutoTopicCreation && now < a.until {
 		return a.res, nil
 	}
 	res, err := t.transport().RoundTrip(ctx, addr, req)
@@ -55,7 +64,7 @@ func (t *topicMetadata) RoundTrip(ctx context.Context, addr net.Addr, req kafka.
 	}
 	if r, ok := res.(*meta.Response); ok && len(r.Topics) == 1 && r.Topics[0].Name == m.TopicNames[0] &&
 		r.Topics[0].ErrorCode == 0 && len(r.Topics[0].Partitions) > 0 {
-		t.last.Store(&metadataAnswer{topic: m.TopicNames[0], auto: m.AllowAutoTopicCreation, res: r, until: now.Add(metadataTTL)})
+		t.last.Store(&metadataAnswer{topic: m.TopicNames[0], auto: m.AllowAutoTopicCreation, res: r, until: now + int64(metadataTTL)})
 	}
 	return res, nil
 }

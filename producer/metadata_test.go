@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/segmentio/kafka-go"
 	meta "github.com/segmentio/kafka-go/protocol/metadata"
@@ -34,6 +35,8 @@ func TestTopicMetadata(t *testing.T) {
 	ctx := context.Background()
 	next := &countingTransport{}
 	tm := &topicMetadata{next: next}
+	now := time.Now().UnixNano()
+	tm.asOf.Store(now) // as Publish does before handing messages to the writer
 	ask := func(topic string) *meta.Response {
 		t.Helper()
 		res, err := tm.RoundTrip(ctx, kafka.TCP("x"), &meta.Request{TopicNames: []string{topic}})
@@ -50,11 +53,24 @@ func TestTopicMetadata(t *testing.T) {
 	if next.calls != 1 {
 		t.Fatalf("1000 asks for one topic reached the transport %d times, want 1", next.calls)
 	}
-	ask("other")
+	// Publish's time stands for now: past the TTL, the transport is asked.
+	tm.asOf.Store(now + int64(metadataTTL) - 1)
+	ask("usage.events")
+	if next.calls != 1 {
+		t.Fatalf("an answer younger than the TTL reached the transport (%d calls)", next.calls)
+	}
+	tm.asOf.Store(now + int64(metadataTTL) + int64(time.Millisecond))
+	ask("usage.events")
+	ask("usage.events")
 	if next.calls != 2 {
+		t.Fatalf("an answer past the TTL was reused (%d calls, want 2)", next.calls)
+	}
+	tm.asOf.Store(0)
+	ask("other")
+	if next.calls != 3 {
 		t.Fatalf("another topic was answered from the cache (%d calls)", next.calls)
 	}
-	if _, err := tm.RoundTrip(ctx, kafka.TCP("x"), &produce.Request{}); err != nil || next.calls != 3 {
+	if _, err := tm.RoundTrip(ctx, kafka.TCP("x"), &produce.Request{}); err != nil || next.calls != 4 {
 		t.Fatalf("a produce request did not pass through (%d calls, %v)", next.calls, err)
 	}
 	// An error answer (topic deleted, not created yet) is never reused.

@@ -180,9 +180,9 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
-	now := p.now()
+	now, wall := p.now(), time.Now().UnixNano() // now for timestamps (WithClock), wall for ids and metadata
 	msgs := p.getMsgs(len(events))
-	if err := p.fillIDs(events); err != nil {
+	if err := p.fillIDs(events, wall); err != nil {
 		return fmt.Errorf("producer: publish %d events: %w", len(events), err)
 	}
 	// Encoded events go to slabs of up to slabBytes: one allocation per
@@ -253,6 +253,7 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 			msgs[i].WriterData = &kept[i]
 		}
 	}
+	p.meta.asOf.Store(wall)
 	err := p.w.WriteMessages(ctx, msgs...)
 	if err == nil {
 		p.putMsgs(msgs)
