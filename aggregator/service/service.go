@@ -93,7 +93,10 @@ func New(cfg Config, p *plans.Config, store *aggstore.Store, log *zap.Logger, op
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid aggregator config: %w", err)
 	}
-	s := &Service{cfg: cfg, plans: p, store: store, log: log, intake: svckit.NewIntake(),
+	// Aliased: the view's strings are the message's own bytes, not a copy
+	// (nothing here writes to a message's Value, and the state clones
+	// every string it keeps: cloneSeriesKey).
+	s := &Service{cfg: cfg, plans: p, store: store, log: log, intake: svckit.NewIntake(svckit.WithAliasedValues()),
 		latest: make(map[string][]byte), partitionsEvery: 10 * time.Second}
 	for _, o := range opts {
 		o(s)
@@ -197,7 +200,7 @@ func (s *Service) intakeRules(ctx context.Context) error {
 			return err
 		}
 		if tt == "LogAppendTime" {
-			s.intake = svckit.NewIntake(svckit.WithBrokerClock(s.cfg.Brokers, s.cfg.Topic))
+			s.intake = svckit.NewIntake(svckit.WithBrokerClock(s.cfg.Brokers, s.cfg.Topic), svckit.WithAliasedValues())
 		} else {
 			s.log.Warn("the events topic keeps the publishers' timestamps (message.timestamp.type "+tt+"): "+
 				"\"at most 5 minutes in the future\" is judged by each publisher's clock; set LogAppendTime to judge it by the broker's",
