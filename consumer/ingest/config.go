@@ -17,13 +17,15 @@ type Config struct {
 	BatchSize     int           `mapstructure:"batch_size"`
 	FlushInterval time.Duration `mapstructure:"flush_interval"`
 	// FlushIdle flushes a partial batch early when no message has arrived
-	// for this long (the input went quiet: the end of a burst reaches
-	// ClickHouse FlushIdle after its last event instead of up to
-	// FlushInterval later). Continuous traffic never idles this long, so it
-	// adds no inserts there; idle flushes are at least a second apart, so
-	// trickling traffic costs at most one insert per second more. 0
-	// disables it.
-	FlushIdle time.Duration `mapstructure:"flush_idle"`
+	// for this long and the previous flush is at least FlushMinSpacing old
+	// (the input went quiet: the end of a burst reaches ClickHouse about
+	// FlushIdle after its last event instead of up to FlushInterval later).
+	// Continuous traffic never idles this long, so it adds no inserts there;
+	// trickling traffic, quiet for FlushIdle between events, costs at most
+	// one insert per FlushMinSpacing (4/s by default) instead of one per
+	// FlushInterval. FlushIdle 0 disables it.
+	FlushIdle       time.Duration `mapstructure:"flush_idle"`
+	FlushMinSpacing time.Duration `mapstructure:"flush_min_spacing"`
 	// Insert (and DLQ write) retries back off from RetryMin to RetryMax,
 	// forever: offsets are never committed past unwritten data.
 	RetryMin time.Duration `mapstructure:"retry_min"`
@@ -56,6 +58,7 @@ func DefaultConfig() Config {
 		BatchSize:       50000,
 		FlushInterval:   time.Second,
 		FlushIdle:       100 * time.Millisecond,
+		FlushMinSpacing: 250 * time.Millisecond,
 		RetryMin:        100 * time.Millisecond,
 		RetryMax:        10 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
@@ -92,6 +95,9 @@ func (c Config) Validate() error {
 	}
 	if c.FlushIdle < 0 {
 		bad("flush_idle", "must be >= 0 (0 disables it), got %s", c.FlushIdle)
+	}
+	if c.FlushMinSpacing < 0 {
+		bad("flush_min_spacing", "must be >= 0, got %s", c.FlushMinSpacing)
 	}
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		bad("retry_min", "need 0 < retry_min <= retry_max, got %s and %s", c.RetryMin, c.RetryMax)

@@ -432,9 +432,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	cur := c.newBatch(free)
 	var runErr error
 	var spare []kafka.Message
-	// lastMsg is when the loop last took messages; lastIdle when it last
-	// flushed because they stopped (see Config.FlushIdle).
-	var lastMsg, lastIdle time.Time
+	// lastMsg is when the loop last took messages, lastFlush when it last
+	// handed a batch to the writer (see Config.FlushIdle).
+	var lastMsg, lastFlush time.Time
 
 loop:
 	for {
@@ -463,7 +463,7 @@ loop:
 				// ClickHouse is down.
 				select {
 				case batches <- cur:
-					cur = c.newBatch(free)
+					cur, lastFlush = c.newBatch(free), time.Now()
 				case <-ctx.Done():
 					break loop
 				case err := <-writeErr:
@@ -478,9 +478,7 @@ loop:
 			break loop
 		case now := <-tick.C:
 			full = cur.msgs > 0 && now.Sub(cur.started) >= c.cfg.FlushInterval
-			if !full && cur.msgs > 0 && c.idle(now, lastMsg, lastIdle) {
-				full, lastIdle = true, now
-			}
+			full = full || cur.msgs > 0 && c.idle(now, lastMsg, lastFlush)
 		case <-ctx.Done():
 			break loop
 		case err := <-partsChanged:
@@ -499,7 +497,7 @@ loop:
 		// the back-pressure that pauses consumption when ClickHouse is down.
 		select {
 		case batches <- cur:
-			cur = c.newBatch(free)
+			cur, lastFlush = c.newBatch(free), time.Now()
 		case <-ctx.Done():
 			break loop
 		case err := <-writeErr:
@@ -530,19 +528,15 @@ loop:
 	return runErr
 }
 
-// idleFlushSpacing is the least time between two idle flushes: ClickHouse
-// wants about one insert per second per table, so trickling traffic (quiet
-// for FlushIdle between events) costs at most one insert per second more
-// than the FlushInterval flushes.
-const idleFlushSpacing = time.Second
-
 // idle reports whether a partial batch should be flushed at now because
-// the input went quiet: no message for FlushIdle, and no idle flush within
-// idleFlushSpacing. Continuous traffic reaches the loop every few
+// the input went quiet: no message for FlushIdle, and the previous flush at
+// least FlushMinSpacing ago. Continuous traffic reaches the loop every few
 // milliseconds from the partitions' concurrent fetchers and never idles
-// that long, so it is flushed by size and FlushInterval only.
-func (c *Consumer) idle(now, lastMsg, lastIdle time.Time) bool {
-	return c.cfg.FlushIdle > 0 && now.Sub(lastMsg) >= c.cfg.FlushIdle && now.Sub(lastIdle) >= idleFlushSpacing
+// that long, so it is flushed by size and FlushInterval only; trickling
+// traffic (quiet for FlushIdle between events) costs at most one insert
+// per FlushMinSpacing.
+func (c *Consumer) idle(now, lastMsg, lastFlush time.Time) bool {
+	return c.cfg.FlushIdle > 0 && now.Sub(lastMsg) >= c.cfg.FlushIdle && now.Sub(lastFlush) >= c.cfg.FlushMinSpacing
 }
 
 // write stores one batch and commits it. It only returns early when ctx is

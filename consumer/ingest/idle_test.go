@@ -22,7 +22,7 @@ func TestIdleInputFlushesEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitDedup(5, 25*time.Second)
-	time.Sleep(idleFlushSpacing) // the next idle flush is allowed from here
+	time.Sleep(e.cfg.FlushMinSpacing) // the next idle flush is allowed from here
 	start := time.Now()
 	if err := p.Publish(context.Background(), events[5:]...); err != nil {
 		t.Fatal(err)
@@ -69,4 +69,37 @@ func TestIdleFlushAddsNoInsertsUnderContinuousTraffic(t *testing.T) {
 		t.Fatalf("%v inserts for %s of continuous traffic, want at most %.1f", inserts, took.Round(time.Millisecond), limit)
 	}
 	t.Logf("%v inserts for %s of continuous traffic", inserts, took.Round(time.Millisecond))
+}
+
+// TestIdleFlushesSpacedUnderTrickle: one event every 150 ms idles the
+// input after each event, but flushes stay flush_min_spacing apart (here
+// 500 ms: at most ~2 inserts/s, not ~7), and every event is written.
+func TestIdleFlushesSpacedUnderTrickle(t *testing.T) {
+	e := newEnv(t, "")
+	e.cfg.FlushInterval = 30 * time.Second
+	e.cfg.FlushIdle = 100 * time.Millisecond
+	e.cfg.FlushMinSpacing = 500 * time.Millisecond
+	r := e.start()
+	p := e.publisher()
+	events, want := mixed(21, time.Now().Add(-time.Hour))
+	if err := p.Publish(context.Background(), events[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDedup(1, 25*time.Second)
+	before := testutil.ToFloat64(r.c.m.batches)
+	start := time.Now()
+	for i := 1; i < len(events); i++ {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * 150 * time.Millisecond)))
+		if err := p.Publish(context.Background(), events[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	e.waitDedup(uint64(len(events)), 5*time.Second)
+	assertSums(t, e.sums(), want)
+	inserts := testutil.ToFloat64(r.c.m.batches) - before
+	if limit := took.Seconds()/e.cfg.FlushMinSpacing.Seconds() + 2; inserts > limit {
+		t.Fatalf("%v inserts for %d events over %s, want at most %.1f", inserts, len(events)-1, took.Round(time.Millisecond), limit)
+	}
+	t.Logf("%v inserts for %d events over %s", inserts, len(events)-1, took.Round(time.Millisecond))
 }
