@@ -271,9 +271,11 @@ func (p *Publisher) Publish(ctx context.Context, events ...schemas.UsageEvent) e
 }
 
 const (
-	// slabBytes bounds one slab of encoded events: the largest size class
-	// Go allocates without the large-object path.
-	slabBytes = 32 << 10
+	// slabBytes bounds one slab of encoded events: within Go's largest
+	// size class (32 KiB), and below the 32 KiB - 8 above which even a
+	// pointer-free object takes the large-object path (page-level
+	// allocation, zeroed in chunks: 32 KiB slabs did).
+	slabBytes = 32<<10 - 256
 	// maxEventGuess is the room a slab keeps for the next event (a typical
 	// event is ~280 bytes; a larger one makes append grow the slab).
 	maxEventGuess = 512
