@@ -254,7 +254,11 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 		clear(b.next)
 		return b
 	default:
-		return &batch{}
+		b := &batch{}
+		// Sized for a full batch up front: Go hands out fresh, untouched
+		// pages for it, so only the rows written cost memory.
+		b.rows.Grow(c.cfg.BatchSize)
+		return b
 	}
 }
 
