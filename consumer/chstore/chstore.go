@@ -6,7 +6,6 @@ package chstore
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -127,29 +126,6 @@ func (b *EventBatch) appendRow(id, tenant, user, meter, period string, q schemas
 	b.partitions = append(b.partitions, partition)
 	b.offsets = append(b.offsets, offset)
 	b.dedup = append(b.dedup, firstWriteWins-uint64(offset))
-}
-
-// Grow makes room for rows more rows without growing a column again: a
-// fresh batch grown by appends copies each column about twice and touches
-// twice the memory.
-func (b *EventBatch) Grow(rows int) {
-	b.ids = slices.Grow(b.ids, rows)
-	b.tenants = slices.Grow(b.tenants, rows)
-	b.users = slices.Grow(b.users, rows)
-	b.meters = slices.Grow(b.meters, rows)
-	b.periods = slices.Grow(b.periods, rows)
-	b.quantities = slices.Grow(b.quantities, rows)
-	b.times = slices.Grow(b.times, rows)
-	b.ingested = slices.Grow(b.ingested, rows)
-	b.nanos = slices.Grow(b.nanos, rows)
-	b.ends = slices.Grow(b.ends, rows)
-	b.keys = slices.Grow(b.keys, rows) // a guess: one metadata entry per row
-	b.values = slices.Grow(b.values, rows)
-	b.versions = slices.Grow(b.versions, rows)
-	b.partitions = slices.Grow(b.partitions, rows)
-	b.offsets = slices.Grow(b.offsets, rows)
-	b.dedup = slices.Grow(b.dedup, rows)
-	b.decimals = slices.Grow(b.decimals, rows)
 }
 
 // Len is the number of events in the batch.

@@ -254,11 +254,7 @@ func (c *Consumer) newBatch(free chan *batch) *batch {
 		clear(b.next)
 		return b
 	default:
-		b := &batch{}
-		// Sized for a full batch up front: Go hands out fresh, untouched
-		// pages for it, so only the rows written cost memory.
-		b.rows.Grow(c.cfg.BatchSize)
-		return b
+		return &batch{}
 	}
 }
 
