@@ -2,7 +2,9 @@ package chstore
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
@@ -78,4 +80,50 @@ func BenchmarkQuantityColumn(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRows), "ns/row")
 	})
+}
+
+// BenchmarkAppendTo measures filling the insert's columns from an
+// EventBatch of benchRows events as usage-bench publishes them (no
+// metadata), per op one insert's worth, without sending it.
+func BenchmarkAppendTo(b *testing.B) {
+	const benchRows = 50_000
+	cfg := chconn.DefaultConfig()
+	cfg.Addr = []string{testenv.ClickHouseAddr(b)}
+	cfg.Database = testenv.Name("t")
+	ctx := context.Background()
+	s, err := Open(ctx, cfg, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.conn.Exec(ctx, "DROP DATABASE "+cfg.Database); _ = s.Close() })
+	if err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = batch.Abort() }()
+	cols := batch.Columns()
+	v := schemas.NewValidator()
+	var view schemas.EventView
+	var eb EventBatch
+	for i := range benchRows {
+		raw := fmt.Sprintf(`{"id":"b-%d","tenant_id":"tenant-%d","user_id":"user-%d","feature_type":"api_calls","quantity":"%d","timestamp":"2026-11-20T10:00:00.5Z"}`, i, i%50, i%500, i%7+1)
+		if err := v.DecodeView([]byte(raw), &view); err != nil {
+			b.Fatal(err)
+		}
+		eb.AppendView(&view, 0, int64(i))
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, c := range cols {
+			c.Reset()
+		}
+		if err := eb.appendTo(cols, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRows), "ns/row")
 }
