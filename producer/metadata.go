@@ -27,8 +27,8 @@ type topicMetadata struct {
 	// asOf is the start of the latest Publish call (Unix ns), taken as
 	// now by the look-ups: the writer makes them in WriteMessages, once
 	// per message, and a clock read each was 4 % of the SDK's CPU. An
-	// answer may so serve up to one call's partitioning past metadataTTL.
-	// 0: read the clock.
+	// answer may so serve past metadataTTL by as long as one call takes
+	// to encode and partition its events. 0: read the clock.
 	asOf atomic.Int64
 }
 
