@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/usagemeter/usagemeter/producer"
+	"github.com/usagemeter/usagemeter/schemas"
 )
 
 // TestIdleInputFlushesEarly: with flush_interval 30 s, a burst that ends
@@ -35,16 +38,16 @@ func TestIdleInputFlushesEarly(t *testing.T) {
 	assertCommittedToEnd(t, e)
 }
 
-// TestIdleFlushAddsNoInsertsUnderContinuousTraffic: events arriving every
-// few milliseconds for 3 s are flushed by flush_interval (1 s), about one
-// insert a second, as without flush_idle.
+// TestIdleFlushAddsNoInsertsUnderContinuousTraffic: 10,000 events/s for
+// 3 s (the SDK, async, 100 events every 10 ms) are flushed by
+// flush_interval (1 s), about one insert a second, as without flush_idle.
 func TestIdleFlushAddsNoInsertsUnderContinuousTraffic(t *testing.T) {
 	e := newEnv(t, "")
 	e.cfg.FlushInterval = time.Second
 	e.cfg.FlushIdle = 100 * time.Millisecond
 	r := e.start()
-	p := e.publisher()
-	events, want := mixed(3000, time.Now().Add(-time.Hour))
+	p := e.publisher(producer.WithAsync(func(err error, _ []schemas.UsageEvent) { t.Errorf("async publish: %v", err) }))
+	events, want := mixed(30_001, time.Now().Add(-time.Hour))
 	// Wait for the join with the first event, so that the traffic below
 	// meets a consumer that is already reading.
 	if err := p.Publish(context.Background(), events[0]); err != nil {
@@ -53,11 +56,14 @@ func TestIdleFlushAddsNoInsertsUnderContinuousTraffic(t *testing.T) {
 	e.waitDedup(1, 25*time.Second)
 	before := testutil.ToFloat64(r.c.m.batches)
 	start := time.Now()
-	for i := 1; i < len(events); i += 10 { // ~1,000 events/s for 3 s
-		if err := p.Publish(context.Background(), events[i:min(i+10, len(events))]...); err != nil {
+	for i := 1; i < len(events); i += 100 {
+		if err := p.Publish(context.Background(), events[i:min(i+100, len(events))]...); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Until(start.Add(time.Duration(i) * time.Millisecond)))
+		time.Sleep(time.Until(start.Add(time.Duration(i) * 100 * time.Microsecond)))
+	}
+	if err := p.Close(); err != nil { // sends what is buffered
+		t.Fatal(err)
 	}
 	took := time.Since(start)
 	e.waitDedup(uint64(len(events)), 10*time.Second)
