@@ -27,8 +27,9 @@
 // Fixed9 (exact units of 10^-9 in 128 bits, convertible to and from
 // decimal.Decimal and written as ClickHouse Decimal128 by
 // AppendDecimal128), the metadata as a flat list in document order, and
-// one allocation per event (the message's string copy). EventView.UsageEvent
-// gives the public type back where one is needed.
+// one allocation per event (the message's string copy; none with
+// WithAliasedInput, for callers that never modify the message afterwards).
+// EventView.UsageEvent gives the public type back where one is needed.
 //
 // The other contracts follow the same pattern (JSON Schema, decoder with the
 // same error tags, shared vectors): QuotaState on usage.quota-state
