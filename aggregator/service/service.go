@@ -638,7 +638,7 @@ func (s *Service) apply(ctx context.Context, st *state.State, m message) (*kafka
 		return s.sideMessage(s.cfg.DLQTopic, m, state.Overflow.String(), fmt.Sprintf(
 			"quantity %s would take the %s total of %s past %s, the most an aggregate holds", e.Quantity, e.FeatureType, e.TenantID, state.MaxValue)), nil
 	case state.Applied:
-		if _, known := s.plans.MeterFor(e.FeatureType); !known {
+		if _, known := st.MeterFor(e.FeatureType); !known {
 			s.m.unknownMeters.Inc()
 			s.log.Debug("event of an unconfigured meter aggregated as sum", zap.String("feature_type", e.FeatureType))
 		}

@@ -69,3 +69,20 @@ func TestApplyViewMatchesApply(t *testing.T) {
 		}
 	}
 }
+
+// The meter cache answers as the plans do, for configured and unknown
+// meters, as more meters than it holds come and go.
+func TestMeterForMatchesThePlans(t *testing.T) {
+	s := newState(t)
+	cfg := seedPlans(t)
+	names := []string{"api_calls", "tokens", "exports", "storage", "users", "active_users", "projects", "mystery", "", "api_calls"}
+	r := rand.New(rand.NewPCG(7, 8))
+	for range 1000 {
+		name := names[r.IntN(len(names))]
+		gm, gk := s.MeterFor(name)
+		wm, wk := cfg.MeterFor(name)
+		if gm != wm || gk != wk {
+			t.Fatalf("MeterFor(%q) = %+v, %v; the plans say %+v, %v", name, gm, gk, wm, wk)
+		}
+	}
+}
