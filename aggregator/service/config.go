@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/usagemeter/usagemeter/aggregator/state"
 )
 
 // Config tunes usage-aggregator. Keys are the viper/YAML names.
@@ -108,8 +110,8 @@ func (c Config) Validate() error {
 	if c.AllowedLateness < 0 {
 		bad("allowed_lateness", "must not be negative")
 	}
-	if c.DedupHorizon < 1 {
-		bad("dedup_horizon", "must be >= 1, got %d", c.DedupHorizon)
+	if c.DedupHorizon < 1 || c.DedupHorizon > state.MaxDedupHorizon {
+		bad("dedup_horizon", "must be between 1 and %d, got %d", state.MaxDedupHorizon, c.DedupHorizon)
 	}
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		bad("retry_min", "need 0 < retry_min <= retry_max")

@@ -19,17 +19,27 @@ import "hash/maphash"
 type dedup struct {
 	ring []idHash // keys in arrival order, a circular buffer
 	next int
-	// slots is an open-addressing table of the keys (linear probing from
-	// the first half's low bits, which are already uniformly random; at
-	// most half full). A look-up is one or two adjacent cache lines,
-	// where Go's map took a directory, a table and a group (two to four
-	// misses in a set of 4 x 200,000 keys, the dedup set's whole cost).
-	// The zero key marks a free slot; the key {0, 0} itself is zero.
-	slots []idHash
+	// slots is an open-addressing table over the ring (linear probing,
+	// at most half full, backward-shift deletion: no tombstones). A slot
+	// is 8 bytes: the key's first half with its low posBits replaced by
+	// the key's ring position + 1 (0: a free slot). Its upper 40 bits
+	// pick the home slot and reject nearly every other key at once; a
+	// match is confirmed on the full 128-bit key in the ring, so the set
+	// stays exact. Half the bytes of a table of whole keys: the four
+	// tables of a member fit the last-level cache beside the rest (a
+	// look-up is a cache or TLB miss in a table too large for it: the
+	// dedup set's whole cost).
+	slots []uint64
 	mask  uint64
-	n     int // keys in slots
-	zero  bool
+	n     int // keys in the set
 }
+
+// posBits is the room for a ring position in a slot: the horizon is at
+// most 1<<posBits - 1 (Config.Validate in the service holds it there).
+const posBits = 24
+
+// MaxDedupHorizon is the largest dedup horizon a set holds.
+const MaxDedupHorizon = 1<<posBits - 1
 
 // idHash is a 128-bit hash of an event's tenant and id.
 type idHash [2]uint64
@@ -53,117 +63,88 @@ func (h *idHasher) sum(tenant, id string) idHash {
 	return idHash{maphash.Bytes(h.a, b), maphash.Bytes(h.b, b)}
 }
 
-// newDedup makes a set for a horizon of n keys at its full size at once:
-// growing it rehashed every key at each doubling (about 5 % of the
-// aggregator's CPU in a 500,000-event run). The ring fills in order, so
-// only its used part is ever touched; the table's pages are touched as
-// keys land on them. At the default horizon that is 8 MB of table and
-// 3.2 MB of ring per partition.
+// newDedup makes a set for a horizon of n keys (at most MaxDedupHorizon)
+// at its full size at once: growing it rehashed every key at each
+// doubling. The ring fills in order, so only its used part is ever
+// touched; the table's pages are touched as keys land on them. At the
+// default horizon that is 4 MB of table and 3.2 MB of ring per partition.
 func newDedup(n int) *dedup {
-	d := &dedup{ring: make([]idHash, 0, n)}
-	d.resize(n)
-	return d
-}
-
-// resize makes a table for n keys, at most half full, and puts the keys
-// back.
-func (d *dedup) resize(n int) {
 	size := 16
 	for size < 2*n {
 		size <<= 1
 	}
-	old := d.slots
-	d.slots, d.mask, d.n = make([]idHash, size), uint64(size-1), 0
-	for _, k := range old {
-		if k != (idHash{}) {
-			d.put(k)
-		}
-	}
+	return &dedup{ring: make([]idHash, 0, n), slots: make([]uint64, size), mask: uint64(size - 1)}
 }
 
-// find returns the slot holding key, or the free slot that ends its probe.
-func (d *dedup) find(key idHash) (uint64, bool) {
-	for i := key[0] & d.mask; ; i = (i + 1) & d.mask {
-		switch d.slots[i] {
-		case key:
-			return i, true
-		case idHash{}:
-			return i, false
-		}
-	}
-}
+// home is the slot where key's probe starts.
+func (d *dedup) home(key idHash) uint64 { return key[0] >> posBits & d.mask }
 
 // has reports whether key is in the set.
 func (d *dedup) has(key idHash) bool {
-	if key == (idHash{}) {
-		return d.zero
+	tag := key[0] >> posBits
+	for i := d.home(key); ; i = (i + 1) & d.mask {
+		sl := d.slots[i]
+		if sl == 0 {
+			return false
+		}
+		if sl>>posBits == tag && d.ring[sl&MaxDedupHorizon-1] == key {
+			return true
+		}
 	}
-	_, ok := d.find(key)
-	return ok
 }
 
-// put adds key, which is not in the set.
-func (d *dedup) put(key idHash) {
-	if key == (idHash{}) {
-		d.zero = true
-		return
+// put adds key, which is not in the set, at ring position pos.
+func (d *dedup) put(key idHash, pos int) {
+	i := d.home(key)
+	for d.slots[i] != 0 {
+		i = (i + 1) & d.mask
 	}
-	if 2*(d.n+1) > len(d.slots) {
-		d.resize(d.n + 1)
-	}
-	i, _ := d.find(key)
-	d.slots[i] = key
+	d.slots[i] = key[0]&^MaxDedupHorizon | uint64(pos+1)
 	d.n++
 }
 
-// drop removes key, which is in the set. The keys after it in its
-// cluster move back where their probes still find them (no tombstones, so
-// probes stay short however many keys come and go).
-func (d *dedup) drop(key idHash) {
-	if key == (idHash{}) {
-		d.zero = false
-		return
-	}
-	i, ok := d.find(key)
-	if !ok {
-		return
+// drop removes the key at ring position pos. The slots after it in its
+// cluster move back where their probes still find them.
+func (d *dedup) drop(pos int) {
+	want := uint64(pos + 1)
+	i := d.home(d.ring[pos])
+	for d.slots[i]&MaxDedupHorizon != want {
+		i = (i + 1) & d.mask
 	}
 	d.n--
 	for j := i; ; {
 		j = (j + 1) & d.mask
-		k := d.slots[j]
-		if k == (idHash{}) {
+		sl := d.slots[j]
+		if sl == 0 {
 			break
 		}
-		// k may fill slot i unless its home lies in (i, j].
-		if home := k[0] & d.mask; (j-home)&d.mask >= (j-i)&d.mask {
-			d.slots[i] = k
+		// sl may fill slot i unless its home lies in (i, j].
+		if home := sl >> posBits & d.mask; (j-home)&d.mask >= (j-i)&d.mask {
+			d.slots[i] = sl
 			i = j
 		}
 	}
-	d.slots[i] = idHash{}
+	d.slots[i] = 0
 }
 
 // len is how many keys the set holds.
-func (d *dedup) len() int {
-	if d.zero {
-		return d.n + 1
-	}
-	return d.n
-}
+func (d *dedup) len() int { return d.n }
 
-// add records key and reports whether it was new.
+// add records key and reports whether it was new; capacity is the
+// horizon the set was made for.
 func (d *dedup) add(key idHash, capacity int) bool {
 	if d.has(key) {
 		return false
 	}
-	if len(d.ring) < capacity {
+	pos := len(d.ring)
+	if pos < capacity {
 		d.ring = append(d.ring, key)
 	} else {
-		d.drop(d.ring[d.next])
-		d.ring[d.next] = key
+		pos = d.next
+		d.drop(pos)
+		d.ring[pos] = key
 		d.next = (d.next + 1) % capacity
 	}
-	d.put(key)
+	d.put(key, pos)
 	return true
 }
