@@ -102,8 +102,10 @@ func TestIdleFlushAddsNoFlushesUnderContinuousTraffic(t *testing.T) {
 	})
 	n := flushes.Load() - before
 	// One per flush_interval while events flow, one idle flush at the end,
-	// one for a tick at the boundary.
-	if limit := took.Seconds() + 2; float64(n) > limit {
+	// one for a tick at the boundary (4 in quiet runs); the limit leaves
+	// room for a publisher stalled past flush_idle on a loaded machine,
+	// and is still far below a flush per 50 ms tick (60).
+	if limit := 2*took.Seconds() + 2; float64(n) > limit {
 		t.Fatalf("%d flushes for %s of continuous traffic, want at most %.1f", n, took.Round(time.Millisecond), limit)
 	}
 	t.Logf("%d flushes for %s of continuous traffic", n, took.Round(time.Millisecond))
