@@ -47,6 +47,7 @@ type options struct {
 	workDir                    string
 	perfDir                    string
 	aggSettings                []string // extra USAGE_* settings of usage-aggregator
+	consumerSettings           []string // and of usage-consumer
 	// settle is how long the Kafka engine's raw table must stop growing
 	// before its totals are read (it may re-read after a restart).
 	settle time.Duration
@@ -69,15 +70,16 @@ type Record struct {
 	// event handed to the SDK), "raw rows" (usage_events holds them all),
 	// "checkpoint" (the aggregator's checkpoint covers the topic). Seconds
 	// minus "published" is the tail the services add after the last event.
-	Phases      map[string]float64     `json:"phases,omitempty"`
-	EventsPerS  float64                `json:"events_per_s"`
-	Processes   map[string]ProcFigures `json:"processes"`
-	Freshness   *Freshness             `json:"freshness,omitempty"`
-	Exactness   []Check                `json:"exactness,omitempty"`
-	Notes       []string               `json:"notes,omitempty"`
-	Error       string                 `json:"error,omitempty"`
-	CPUPerEvent float64                `json:"pipeline_cpu_us_per_event"` // the processes that do the work, without publisher and broker
-	Settings    []string               `json:"aggregator_settings,omitempty"`
+	Phases       map[string]float64     `json:"phases,omitempty"`
+	EventsPerS   float64                `json:"events_per_s"`
+	Processes    map[string]ProcFigures `json:"processes"`
+	Freshness    *Freshness             `json:"freshness,omitempty"`
+	Exactness    []Check                `json:"exactness,omitempty"`
+	Notes        []string               `json:"notes,omitempty"`
+	Error        string                 `json:"error,omitempty"`
+	CPUPerEvent  float64                `json:"pipeline_cpu_us_per_event"` // the processes that do the work, without publisher and broker
+	Settings     []string               `json:"aggregator_settings,omitempty"`
+	ConsSettings []string               `json:"consumer_settings,omitempty"`
 }
 
 // Check is one exactness check after a phase: what was expected, what the
@@ -118,6 +120,13 @@ func main() {
 		o.aggSettings = append(o.aggSettings, v)
 		return nil
 	})
+	flag.Func("consumer-env", "an extra USAGE_*=value setting for usage-consumer (repeatable), e.g. USAGE_KAFKA_BATCH_SIZE=100000", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || !strings.HasPrefix(k, "USAGE_") {
+			return fmt.Errorf("%q: want USAGE_NAME=value", v)
+		}
+		o.consumerSettings = append(o.consumerSettings, v)
+		return nil
+	})
 	flag.DurationVar(&o.settle, "settle", 5*time.Second, "chkafka: how long the raw table must stop growing before totals are read")
 	table := flag.String("table", "", "print the README's markdown table from this results file and exit")
 	since := flag.String("since", "", "with --table: only records at or after this RFC 3339 UTC time (one make bench run)")
@@ -139,7 +148,7 @@ func main() {
 	failed := false
 	for _, m := range o.modes {
 		rec := Record{Time: time.Now().UTC().Format(time.RFC3339), Mode: m, Commit: gitCommit(), CPUs: runtime.NumCPU(),
-			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Partitions: partitions, Settings: o.aggSettings}
+			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Partitions: partitions, Settings: o.aggSettings, ConsSettings: o.consumerSettings}
 		var err error
 		switch m {
 		case "pipeline":

@@ -88,6 +88,7 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 		"USAGE_AGGREGATOR_LATE_TOPIC="+n.late, "USAGE_AGGREGATOR_DLQ_TOPIC="+n.dlq,
 		"USAGE_AGGREGATOR_ASSIGNMENT_TOPIC="+n.asg, "USAGE_AGGREGATOR_POSITION_TOPIC="+n.positions)...)
 	aggEnv = append(aggEnv, o.aggSettings...)
+	consumerEnv = append(consumerEnv, o.consumerSettings...)
 	mig := command(o.consumerBin, consumerEnv, "migrate")
 	if out, err := mig.CombinedOutput(); err != nil {
 		return fmt.Errorf("usage-consumer migrate: %w\n%s", err, out)
