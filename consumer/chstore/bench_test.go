@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/shopspring/decimal"
 	"go.uber.org/zap"
 
@@ -21,23 +22,7 @@ import (
 // (Fixed9 -> a cached decimal with exponent -9).
 func BenchmarkQuantityColumn(b *testing.B) {
 	const benchRows = 50_000
-	cfg := chconn.DefaultConfig()
-	cfg.Addr = []string{testenv.ClickHouseAddr(b)}
-	cfg.Database = testenv.Name("t")
-	ctx := context.Background()
-	s, err := Open(ctx, cfg, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = s.conn.Exec(ctx, "DROP DATABASE "+cfg.Database); _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
-	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = batch.Abort() }()
+	batch := benchBatch(b)
 	col := batch.Columns()[4]
 	unscaled := func(i int) (int64, int32) {
 		if i%4 == 3 { // tokens
@@ -87,23 +72,7 @@ func BenchmarkQuantityColumn(b *testing.B) {
 // metadata), per op one insert's worth, without sending it.
 func BenchmarkAppendTo(b *testing.B) {
 	const benchRows = 50_000
-	cfg := chconn.DefaultConfig()
-	cfg.Addr = []string{testenv.ClickHouseAddr(b)}
-	cfg.Database = testenv.Name("t")
-	ctx := context.Background()
-	s, err := Open(ctx, cfg, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = s.conn.Exec(ctx, "DROP DATABASE "+cfg.Database); _ = s.Close() })
-	if err := s.Migrate(ctx); err != nil {
-		b.Fatal(err)
-	}
-	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = batch.Abort() }()
+	batch := benchBatch(b)
 	cols := batch.Columns()
 	v := schemas.NewValidator()
 	var view schemas.EventView
@@ -126,4 +95,27 @@ func BenchmarkAppendTo(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchRows), "ns/row")
+}
+
+// benchBatch prepares an insertEvents batch on a fresh migrated database,
+// aborted and dropped when the benchmark ends.
+func benchBatch(b *testing.B) driver.Batch {
+	cfg := chconn.DefaultConfig()
+	cfg.Addr = []string{testenv.ClickHouseAddr(b)}
+	cfg.Database = testenv.Name("t")
+	ctx := context.Background()
+	s, err := Open(ctx, cfg, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.conn.Exec(ctx, "DROP DATABASE "+cfg.Database); _ = s.Close() })
+	if err := s.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	batch, err := s.conn.PrepareBatch(ctx, insertEvents)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = batch.Abort() })
+	return batch
 }
