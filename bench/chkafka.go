@@ -83,7 +83,7 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 		}
 	}
 	published := 0
-	warm := w.next(min(o.tenants, 10_000), o.tenants, tenantFmt, "")
+	warm := w.warmUp(o, tenantFmt)
 	if err := pub.publish(ctx, warm); err != nil {
 		return err
 	}
@@ -107,12 +107,12 @@ func runCHKafka(ctx context.Context, o options, rec *Record) error {
 	published += len(evs)
 	rec.Phases = map[string]float64{}
 	notePhase(rec.Phases, "published", start, true)
-	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput", rowsAtLeast(published)); err != nil {
+	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput",
+		brokerGated(ctx, o.broker, n.topic, []gate{{n.rawGroup, "raw rows"}}, rec.Phases, start, rowsAtLeast(published))); err != nil {
 		m.finish(o.events)
 		return err
 	}
 	elapsed := time.Since(start)
-	notePhase(rec.Phases, "raw rows", start, true)
 	rec.Processes = m.finish(o.events)
 	rec.Seconds = round(elapsed.Seconds(), 2)
 	rec.EventsPerS = round(float64(o.events)/elapsed.Seconds(), 0)

@@ -66,6 +66,19 @@ func (w *workload) next(n, tenants int, tenantFmt, feature string) []schemas.Usa
 	return evs
 }
 
+// warmUp makes the events published before the clock starts, in both
+// modes: one per tenant (the first 10,000 tenants at most: every group has
+// joined and written once) and at least o.warmup in all, over those
+// tenants. A large warm-up is no free lunch: ClickHouse then merges its
+// parts while the clock runs (100,000 events: its CPU per event 0.8-1.0 ->
+// 1.1-1.5 in fresh-broker pairs), so the default is none.
+func (w *workload) warmUp(o options, tenantFmt string) []schemas.UsageEvent {
+	return w.next(o.warmupEvents(), min(o.tenants, 10_000), tenantFmt, "")
+}
+
+// warmupEvents is how many events warmUp makes.
+func (o *options) warmupEvents() int { return max(min(o.tenants, 10_000), o.warmup) }
+
 // publisher is the SDK as an app uses it: async, lz4, calls of 1000.
 type publisher struct {
 	p      *producer.Publisher
@@ -148,6 +161,75 @@ func endOffsets(ctx context.Context, broker, topic string, n int) (int64, error)
 	return total, nil
 }
 
+// committed is the sum over the topic's partitions of what group has
+// committed (the offset it would read next; none counts 0).
+func committed(ctx context.Context, broker, group, topic string, n int) (int64, error) {
+	client := &kafka.Client{Addr: kafka.TCP(broker), Timeout: 10 * time.Second}
+	parts := make([]int, n)
+	for p := range n {
+		parts[p] = p
+	}
+	res, err := client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err == nil {
+		err = res.Error
+	}
+	if err != nil {
+		return 0, fmt.Errorf("committed offsets of %s: %w", group, err)
+	}
+	var total int64
+	for _, po := range res.Topics[topic] {
+		if po.Error != nil {
+			return 0, fmt.Errorf("committed offsets of %s[%d]: %w", group, po.Partition, po.Error)
+		}
+		total += max(po.CommittedOffset, 0)
+	}
+	return total, nil
+}
+
+// gate is a consumer group brokerGated waits for, and the milestone
+// (Record.Phases) its commit of the whole topic marks.
+type gate struct{ group, phase string }
+
+// brokerGated polls the end of the throughput phase mostly at the broker:
+// cond (ClickHouse queries) runs once every gate's group has committed the
+// end of the topic — the consumer commits after its insert, the aggregator
+// after its checkpoint, the Kafka engine after writing a block — and at
+// least every 250 ms (a commit may fail: the aggregator's are best
+// effort). A query costs ClickHouse about a millisecond of CPU (measured:
+// 200 in 0.17 s), which at every 20 ms poll would put a third of a
+// microsecond per event in its row; an offset request costs the broker
+// microseconds. Each group's first commit of the whole topic is noted in
+// phases (seconds since start); when cond holds, the milestones not seen
+// yet are noted then.
+func brokerGated(ctx context.Context, broker, topic string, gates []gate, phases map[string]float64, start time.Time,
+	cond func() (bool, string, error)) func() (bool, string, error) {
+	var lastCH time.Time
+	return func() (bool, string, error) {
+		end, err := endOffsets(ctx, broker, topic, partitions)
+		if err != nil {
+			return false, "", err
+		}
+		atEnd := true
+		for _, g := range gates {
+			c, err := committed(ctx, broker, g.group, topic, partitions)
+			if err != nil {
+				return false, "", err
+			}
+			notePhase(phases, g.phase, start, c >= end)
+			atEnd = atEnd && c >= end
+		}
+		if !atEnd && time.Since(lastCH) < 250*time.Millisecond {
+			return false, "", nil
+		}
+		lastCH = time.Now()
+		ok, state, err := cond()
+		for _, g := range gates {
+			notePhase(phases, g.phase, start, ok)
+		}
+		return ok, state, err
+	}
+}
+
 func openCH(ctx context.Context, addr, db string) (driver.Conn, error) {
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, Auth: clickhouse.Auth{Database: db},
 		DialTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second})
@@ -216,8 +298,8 @@ func notePhase(phases map[string]float64, what string, start time.Time, holds bo
 
 // throughputPoll is how often the throughput phase's end is looked for: the
 // clock stops at the first poll that sees every event, so the poll adds up
-// to this much to the measured time (1 % of a 2 s run), for three cheap
-// requests per poll (a count(), a checkpoint sum, ListOffsets).
+// to this much to the measured time (1 % of a 2 s run). Most polls ask only
+// the broker (brokerGated).
 const throughputPoll = 20 * time.Millisecond
 
 // pollFor is waitFor polling every interval.

@@ -38,6 +38,8 @@ type options struct {
 	chScript                   string // scripts/clickhouse.sh, to restart the private server
 	consumerBin, aggregatorBin string
 	events, tenants            int
+	warmup                     int // events published before the clock starts (see warmUp)
+	warmBroker                 int // events through a scratch topic before any mode (see warmBroker)
 	dupFraction                float64
 	restart                    bool
 	freshness                  time.Duration
@@ -63,6 +65,8 @@ type Record struct {
 	LoadEnd    [3]float64 `json:"load_avg_end"`
 	Events     int        `json:"events"`
 	Tenants    int        `json:"tenants"`
+	Warmup     int        `json:"warmup_events,omitempty"`        // published before the clock started
+	WarmBroker int        `json:"broker_warmup_events,omitempty"` // through a scratch topic before any mode
 	Partitions int        `json:"partitions"`
 	Seconds    float64    `json:"seconds"`
 	// Phases are seconds from the clock's start to the first poll that saw
@@ -105,6 +109,8 @@ func main() {
 	flag.StringVar(&o.aggregatorBin, "aggregator", "", "usage-aggregator binary")
 	flag.IntVar(&o.events, "events", 500_000, "events per throughput phase")
 	flag.IntVar(&o.tenants, "tenants", 50, "tenants the events spread over")
+	flag.IntVar(&o.warmBroker, "warm-broker", 2_000_000, "events published to and read from a scratch topic before any mode is measured, to warm the broker's JVM (0: none)")
+	flag.IntVar(&o.warmup, "warmup", 0, "events published through the whole pipeline before the clock starts (at least one per tenant, up to 10,000 tenants)")
 	flag.Float64Var(&o.dupFraction, "duplicates", 0.1, "duplicate burst: this fraction of the events published again (same ids)")
 	flag.BoolVar(&o.restart, "restart", true, "restart the ClickHouse server while events flow, then check totals")
 	flag.DurationVar(&o.freshness, "freshness", 10*time.Second, "how long to publish at --fresh-rate for the freshness figure (0: skip)")
@@ -145,10 +151,16 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.warmBroker > 0 {
+		if err := warmBroker(ctx, o.broker, o.warmBroker); err != nil {
+			fmt.Fprintln(os.Stderr, "usage-bench: warming the broker:", err)
+			os.Exit(1)
+		}
+	}
 	failed := false
 	for _, m := range o.modes {
 		rec := Record{Time: time.Now().UTC().Format(time.RFC3339), Mode: m, Commit: gitCommit(), CPUs: runtime.NumCPU(),
-			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Partitions: partitions, Settings: o.aggSettings, ConsSettings: o.consumerSettings}
+			LoadStart: loadAvg(), Events: o.events, Tenants: o.tenants, Warmup: o.warmupEvents(), WarmBroker: o.warmBroker, Partitions: partitions, Settings: o.aggSettings, ConsSettings: o.consumerSettings}
 		var err error
 		switch m {
 		case "pipeline":

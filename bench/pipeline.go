@@ -118,9 +118,6 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 	tenantFmt := "tenant-%07d"
 	// caughtUp: raw rows (distinct ids, through FINAL when asked) and the
 	// aggregator's checkpoint cover everything in the topic.
-	// phases, when not nil, gets the first time each part held.
-	var phases map[string]float64
-	var start time.Time
 	caughtUp := func(final bool) func() (bool, string, error) {
 		return func() (bool, string, error) {
 			if err := errors.Join(cons.alive(), agg.alive()); err != nil {
@@ -142,17 +139,13 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 			if err != nil {
 				return false, "", err
 			}
-			if phases != nil {
-				notePhase(phases, "raw rows", start, raw >= uint64(w.distinct))
-				notePhase(phases, "checkpoint", start, cp >= uint64(inTopic))
-			}
 			state := fmt.Sprintf("raw rows %d of %d, aggregator checkpoint %d of %d messages", raw, w.distinct, cp, inTopic)
 			return raw >= uint64(w.distinct) && cp >= uint64(inTopic), state, nil
 		}
 	}
 
-	// Warm-up: the groups join and every tenant's first event goes through.
-	if err := pub.publish(ctx, w.next(min(o.tenants, 10_000), o.tenants, tenantFmt, "")); err != nil {
+	// Warm-up: the groups join and the processes warm up (see warmUp).
+	if err := pub.publish(ctx, w.warmUp(o, tenantFmt)); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, 3*time.Minute, "warm-up", caughtUp(false)); err != nil {
@@ -186,18 +179,18 @@ func runPipeline(ctx context.Context, o options, rec *Record) error {
 			perfs = append(perfs, pr)
 		}
 	}
-	start = time.Now()
+	start := time.Now()
 	if err := pub.publish(ctx, evs); err != nil {
 		return err
 	}
-	phases = map[string]float64{}
-	notePhase(phases, "published", start, true)
-	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput", caughtUp(false)); err != nil {
+	rec.Phases = map[string]float64{}
+	notePhase(rec.Phases, "published", start, true)
+	if err := pollFor(ctx, 10*time.Minute, throughputPoll, "throughput",
+		brokerGated(ctx, o.broker, n.topic, []gate{{n.rawGroup, "raw rows"}, {n.aggGroup, "checkpoint"}}, rec.Phases, start, caughtUp(false))); err != nil {
 		m.finish(o.events)
 		return err
 	}
 	elapsed := time.Since(start)
-	rec.Phases, phases = phases, nil
 	rec.Processes = m.finish(o.events)
 	for _, pr := range perfs {
 		pr.stop()
