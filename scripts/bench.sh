@@ -5,7 +5,7 @@
 #     state), then ClickHouse's own Kafka engine on the same events; one JSON
 #     record per mode is appended to $BENCH_OUT (.cache/bench/runs.jsonl);
 #  2. usage-api beside a bare net/http handler under wrk (api/bench/run.sh;
-#     BENCH_API=0 skips it);
+#     BENCH_API=0 skips it), then the tenant curve (BENCH_TENANT_CURVE);
 #  3. unless BENCH_STAGES=0, the stage benchmarks (go test -bench);
 #  4. the README's tables from this run's records (usage-bench --table --since).
 # BENCH_EVENTS sets the event count per benchmark (default 500000);
@@ -54,6 +54,11 @@ bench_ch "$bin/usage-bench" --events "$n" --tenants "${BENCH_TENANTS:-50}" --mod
   --clickhouse "127.0.0.1:$bench_ch_port" --clickhouse-pidfile "$bench_ch_dir/clickhouse.pid" --clickhouse-script "$SCRIPTS_DIR/clickhouse.sh" \
   --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
   --out "${BENCH_OUT:-$CACHE_DIR/bench/runs.jsonl}" --dir "$bench_logs"
+# usage-api beside a bare net/http handler under wrk (api/README.md, "Figures"), before the
+# tenant curve: its 1M-tenant run leaves the machine busy freeing 8 GB for a while.
+if [[ ${BENCH_API:-1} != 0 ]]; then
+  BENCH_BIN_DIR=$bin "$REPO_ROOT/api/bench/run.sh"
+fi
 # Memory and cost curve: BENCH_TENANT_CURVE="1000 10000 100000 1000000" runs the pipeline once
 # per tenant count (at least 2 events per tenant, so every tenant has rows of both meters).
 for tenants in ${BENCH_TENANT_CURVE:-}; do
@@ -65,10 +70,6 @@ for tenants in ${BENCH_TENANT_CURVE:-}; do
     --consumer "$bin/usage-consumer" --aggregator "$bin/usage-aggregator" \
     --out "${BENCH_TENANTS_OUT:-$CACHE_DIR/bench/tenants.jsonl}" --dir "$bench_logs"
 done
-# usage-api beside a bare net/http handler under wrk (api/README.md, "Figures").
-if [[ ${BENCH_API:-1} != 0 ]]; then
-  BENCH_BIN_DIR=$bin "$REPO_ROOT/api/bench/run.sh"
-fi
 
 # The README's tables, from this run's JSON records only.
 readme_tables() {
