@@ -125,15 +125,7 @@ func TestDecodeViewMatchesDecode(t *testing.T) {
 	var view EventView // reused across every input, as a service does
 	n, valid := 0, 0
 	for _, data := range viewCorpus(t) {
-		want, werr := v.Decode(data)
-		gerr := v.DecodeView(data, &view)
-		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
-			t.Fatalf("%s\ninput: %q", msg, data)
-		}
-		gerr = aliased.DecodeView(slices.Clone(data), &view)
-		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
-			t.Fatalf("aliased: %s\ninput: %q", msg, data)
-		}
+		werr := decodeBothWays(t, v, aliased, &view, data)
 		n++
 		if werr == nil {
 			valid++
@@ -150,15 +142,7 @@ func FuzzDecodeViewMatchesDecode(f *testing.F) {
 	var view EventView
 	aliased := NewValidator(WithClock(func() time.Time { return fuzzNow }), WithAliasedInput())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		want, werr := v.Decode(data)
-		gerr := v.DecodeView(data, &view)
-		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
-			t.Fatalf("%s\ninput: %q", msg, data)
-		}
-		gerr = aliased.DecodeView(slices.Clone(data), &view)
-		if msg := compareView(data, &view, gerr, want, werr); msg != "" {
-			t.Fatalf("aliased: %s\ninput: %q", msg, data)
-		}
+		decodeBothWays(t, v, aliased, &view, data)
 	})
 }
 
@@ -304,4 +288,21 @@ func benchmarkDecodeView(b *testing.B, v *Validator) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// decodeBothWays decodes data with Decode, then into view with a copy (v)
+// and in place (aliased, on a clone of data), and fails unless both views
+// match Decode's event or error; it returns Decode's error.
+func decodeBothWays(t *testing.T, v, aliased *Validator, view *EventView, data []byte) error {
+	t.Helper()
+	want, werr := v.Decode(data)
+	gerr := v.DecodeView(data, view)
+	if msg := compareView(data, view, gerr, want, werr); msg != "" {
+		t.Fatalf("%s\ninput: %q", msg, data)
+	}
+	gerr = aliased.DecodeView(slices.Clone(data), view)
+	if msg := compareView(data, view, gerr, want, werr); msg != "" {
+		t.Fatalf("aliased: %s\ninput: %q", msg, data)
+	}
+	return werr
 }

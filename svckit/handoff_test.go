@@ -33,27 +33,7 @@ func TestHandoff(t *testing.T) {
 			}
 		}()
 	}
-	next := make([]int64, readers)
-	var spare []item
-	for got := 0; got < readers*each; {
-		select {
-		case <-h.Ready():
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no batch after %d messages", got)
-		}
-		batch := h.Take(spare)
-		if len(batch) > 8 {
-			t.Fatalf("batch of %d past the limit 8", len(batch))
-		}
-		for _, m := range batch {
-			if m.Offset != next[m.Partition] {
-				t.Fatalf("partition %d: offset %d, want %d", m.Partition, m.Offset, next[m.Partition])
-			}
-			next[m.Partition]++
-		}
-		got += len(batch)
-		spare = batch
-	}
+	takeInOrder(t, h, readers, readers*each)
 	wg.Wait()
 	select {
 	case <-h.Ready():
@@ -114,9 +94,26 @@ func TestHandoffPutAll(t *testing.T) {
 			}
 		}()
 	}
-	next := make([]int64, readers)
+	takeInOrder(t, h, readers, readers*chunks*chunk)
+	wg.Wait()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := h.PutAll(short, make([]item, 9)); err == nil {
+		t.Fatal("nine messages were taken into a buffer of 8")
+	}
+	<-h.Ready()
+	if b := h.Take(nil); len(b) != 8 {
+		t.Fatalf("took %d, want 8 (as many as fit before ctx ended)", len(b))
+	}
+}
+
+// takeInOrder takes total messages from h in batches of at most 8 and
+// fails unless each partition's offsets come 0, 1, 2, ... in order.
+func takeInOrder(t *testing.T, h *Handoff[item], partitions, total int) {
+	t.Helper()
+	next := make([]int64, partitions)
 	var spare []item
-	for got := 0; got < readers*chunks*chunk; {
+	for got := 0; got < total; {
 		select {
 		case <-h.Ready():
 		case <-time.After(5 * time.Second):
@@ -134,15 +131,5 @@ func TestHandoffPutAll(t *testing.T) {
 		}
 		got += len(batch)
 		spare = batch
-	}
-	wg.Wait()
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if err := h.PutAll(short, make([]item, 9)); err == nil {
-		t.Fatal("nine messages were taken into a buffer of 8")
-	}
-	<-h.Ready()
-	if b := h.Take(nil); len(b) != 8 {
-		t.Fatalf("took %d, want 8 (as many as fit before ctx ended)", len(b))
 	}
 }
